@@ -1,0 +1,272 @@
+"""Decode neurons (or any residual-stream vector) into vocabulary terms through the LM head.
+
+The recipe, recorded with every result::
+
+    v        = neuron vector              (up/gate row: what it reads; down column: what it writes)
+    v        = g_out * v                  (down only, Gemma 2/3 and OLMo 2: post-MLP norm gain)
+    v        = v - mean(v)                (LayerNorm models: the final norm centres)
+    v        = g_final * v                (final-norm gain folded in; Gemma's gain is 1 + w)
+    scores   = W_U @ v                    [vocab], accumulated in float32
+    top/bottom-k of scores
+
+With ``fold_norm=False`` only ``W_U @ v`` is used. Probabilities (``probs=True``) are what
+the model would predict if its final residual stream were exactly ``v``:
+``softmax(softcap(W_U @ final_norm(v)))``, using the real norm with its scale and bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .models import Model, load
+from .neurons import NeuronId, check_matrix
+from .tokens import TokenText, show
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """One decoded token: its id, readable text, logit score and (optionally) probability."""
+
+    id: int
+    token: str
+    score: float
+    prob: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the token as a plain dict."""
+        d = {"id": self.id, "token": self.token, "score": self.score}
+        if self.prob is not None:
+            d["prob"] = self.prob
+        return d
+
+
+@dataclass
+class Decoding:
+    """Top and bottom tokens of one neuron (or vector) projected through the LM head."""
+
+    model: str
+    neuron: NeuronId | None
+    matrix: str | None
+    top: list[TokenScore]
+    bottom: list[TokenScore]
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def top_tokens(self) -> list[str]:
+        """The top tokens' text, best first."""
+        return [t.token for t in self.top]
+
+    @property
+    def bottom_tokens(self) -> list[str]:
+        """The bottom tokens' text, most negative first."""
+        return [t.token for t in self.bottom]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict (what ``conceptvec neuron --json`` prints)."""
+        return {
+            "model": self.model,
+            "neuron": str(self.neuron) if self.neuron is not None else None,
+            "matrix": self.matrix,
+            "top": [t.to_dict() for t in self.top],
+            "bottom": [t.to_dict() for t in self.bottom],
+            "recipe": self.recipe,
+        }
+
+    def __str__(self) -> str:
+        what = f"{self.neuron} ({self.matrix})" if self.neuron is not None else "vector"
+        fold = "final norm folded" if self.recipe.get("fold_norm") else "no norm folding"
+        lines = [f"{self.model}  {what}  [{fold}]"]
+        width = max([len(show(t.token)) for t in self.top + self.bottom] + [12])
+        has_p = any(t.prob is not None for t in self.top)
+        head = f"{'':>3}  {'top':<{width}} {'score':>8}" + (f" {'prob':>7}" if has_p else "")
+        lines.append(head + f"   {'bottom':<{width}} {'score':>8}")
+        for i in range(max(len(self.top), len(self.bottom))):
+            row = f"{i + 1:>3}  "
+            if i < len(self.top):
+                t = self.top[i]
+                row += f"{show(t.token):<{width}} {t.score:>8.3f}"
+                row += f" {t.prob:>7.4f}" if t.prob is not None else ""
+            else:
+                row += " " * (width + 9 + (8 if has_p else 0))
+            if i < len(self.bottom):
+                b = self.bottom[i]
+                row += f"   {show(b.token):<{width}} {b.score:>8.3f}"
+            lines.append(row.rstrip())
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = "".join(
+            f"<tr><td>{i + 1}</td><td><code>{html.escape(show(t.token))}</code></td>"
+            f"<td>{t.score:.3f}</td><td><code>{html.escape(show(b.token))}</code></td>"
+            f"<td>{b.score:.3f}</td></tr>"
+            for i, (t, b) in enumerate(zip(self.top, self.bottom))
+        )
+        what = f"{self.neuron} ({self.matrix})" if self.neuron is not None else "vector"
+        return (
+            f"<b>{html.escape(self.model)} {what}</b><table><tr><th>#</th><th>top</th>"
+            f"<th>score</th><th>bottom</th><th>score</th></tr>{rows}</table>"
+        )
+
+
+def residual_vectors(model: Model, layer: int, matrix: str, fold_norm: bool = True) -> torch.Tensor:
+    """Return ``[d_mlp, d_model]`` float32: every neuron of a layer as a residual-space vector.
+
+    For ``down`` with ``fold_norm``, the post-MLP norm gain (Gemma 2/3, OLMo 2) is applied.
+    """
+    w = model.neurons(layer, matrix).float()
+    if fold_norm and matrix == "down":
+        g = model.mlp_out_gain(layer)
+        if g is not None:
+            w = w * g
+    return w
+
+
+def project(model: Model, vectors: torch.Tensor, fold_norm: bool = True) -> torch.Tensor:
+    """Return ``[n, vocab]`` float32 scores of residual-space ``vectors`` ``[n, d_model]``."""
+    v = vectors.float()
+    if fold_norm:
+        if model.spec.norm_style.startswith("layernorm"):
+            v = v - v.mean(-1, keepdim=True)
+        g = model.final_norm_gain()
+        if g is not None:
+            v = v * g
+    w_u = model.unembedding()
+    return v @ w_u.to(torch.float32).T
+
+
+def final_logits(model: Model, vectors: torch.Tensor) -> torch.Tensor:
+    """Return ``[n, vocab]``: the logits the model gives when its final residual is ``vectors``."""
+    v = vectors.float()
+    eps = _norm_eps(model)
+    if model.spec.norm_style.startswith("layernorm"):
+        v = v - v.mean(-1, keepdim=True)
+    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
+    g = model.final_norm_gain()
+    if g is not None:
+        v = v * g
+    b = model.final_norm_bias()
+    if b is not None:
+        v = v + b
+    logits = v @ model.unembedding().to(torch.float32).T
+    cap = model.dims.logit_softcap
+    if cap:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+def _norm_eps(model: Model) -> float:
+    from .models.specs import text_config
+
+    c = text_config(model.config)
+    for name in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps"):
+        value = getattr(c, name, None)
+        if value is not None:
+            return float(value)
+    return 1e-5
+
+
+def _recipe(model: Model, matrix: str | None, fold_norm: bool) -> dict[str, Any]:
+    steps = []
+    if fold_norm and matrix == "down" and model.spec.mlp_out_norm and model.mlp_out_gain(0) is not None:
+        steps.append("post_mlp_norm_gain")
+    if fold_norm and model.spec.norm_style.startswith("layernorm"):
+        steps.append("center")
+    if fold_norm and model.spec.final_norm:
+        steps.append("final_norm_gain" + ("(1+w)" if model.spec.norm_style == "rmsnorm_1p" else ""))
+    steps.append("unembed")
+    return {
+        "fold_norm": fold_norm,
+        "norm_style": model.spec.norm_style,
+        "steps": steps,
+        "accumulate": "float32",
+    }
+
+
+def decode(
+    model: Any,
+    what: str | NeuronId | tuple[int, int] | Sequence[str | NeuronId] | torch.Tensor,
+    matrix: str = "down",
+    k: int = 20,
+    *,
+    fold_norm: bool = True,
+    probs: bool = False,
+) -> Decoding | list[Decoding]:
+    """Return the top-k and bottom-k tokens of a neuron, a list of neurons, or vectors.
+
+    ``model`` is a :class:`Model` or anything :func:`conceptvec.load` accepts. ``what`` is a
+    neuron id (``"L12.345"``, ``NeuronId(12, 345)``), a list of them (one Decoding each),
+    or a tensor ``[d_model]`` / ``[n, d_model]`` of residual-stream vectors.
+
+    >>> d = decode("smollm2-135m", "L27.1184", matrix="down", k=5)  # doctest: +SKIP
+    >>> d.top_tokens  # doctest: +SKIP
+    """
+    m = load(model)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    k = min(k, m.dims.vocab)
+    if isinstance(what, torch.Tensor):
+        vectors = what.reshape(-1, what.shape[-1])
+        if vectors.shape[-1] != m.dims.d_model:
+            raise ValueError(
+                f"vectors must have d_model={m.dims.d_model} entries, got shape {tuple(what.shape)}"
+            )
+        out = _decode_vectors(m, vectors, [None] * len(vectors), None, k, fold_norm, probs)
+        return out[0] if what.dim() == 1 else out
+    single = isinstance(what, (str, NeuronId, tuple))
+    neurons = [NeuronId.parse(n) for n in ([what] if single else list(what))]
+    matrix = check_matrix(matrix, m.spec.gated)
+    for n in neurons:
+        n.check(m.dims.n_layers, m.dims.d_mlp)
+    results: dict[NeuronId, Decoding] = {}
+    for layer in sorted({n.layer for n in neurons}):
+        here = [n for n in neurons if n.layer == layer]
+        vecs = residual_vectors(m, layer, matrix, fold_norm)[[n.index for n in here]]
+        for n, d in zip(here, _decode_vectors(m, vecs, here, matrix, k, fold_norm, probs)):
+            results[n] = d
+    out = [results[n] for n in neurons]
+    return out[0] if single else out
+
+
+def _decode_vectors(
+    m: Model,
+    vectors: torch.Tensor,
+    neurons: Iterable[NeuronId | None],
+    matrix: str | None,
+    k: int,
+    fold_norm: bool,
+    probs: bool,
+) -> list[Decoding]:
+    scores = project(m, vectors, fold_norm)
+    top_v, top_i = scores.topk(k, dim=-1)
+    bot_v, bot_i = scores.topk(k, dim=-1, largest=False)
+    p = torch.softmax(final_logits(m, vectors), dim=-1) if probs else None
+    text = TokenText(m.tokenizer)
+    recipe = _recipe(m, matrix, fold_norm)
+    out = []
+    for row, neuron in enumerate(neurons):
+
+        def tokens(ids, vals, row=row):
+            return [
+                TokenScore(
+                    int(i), text(i), float(v), float(p[row, i]) if p is not None else None
+                )
+                for i, v in zip(ids.tolist(), vals.tolist())
+            ]
+
+        out.append(
+            Decoding(
+                model=m.name,
+                neuron=neuron,
+                matrix=matrix,
+                top=tokens(top_i[row], top_v[row]),
+                bottom=tokens(bot_i[row], bot_v[row]),
+                recipe=dict(recipe),
+            )
+        )
+    return out

@@ -1,0 +1,35 @@
+"""The one exception family conceptvec raises for problems a user can fix.
+
+Every message is one line: what was wrong, then what to do. The CLI prints it without a
+traceback and exits non-zero; Python callers can catch :class:`ConceptvecError`.
+"""
+
+from __future__ import annotations
+
+
+class ConceptvecError(Exception):
+    """Base class: a problem with the user's input or environment, with a fix in the message."""
+
+
+class ModelNotFoundError(ConceptvecError):
+    """An alias, path or hub id that does not resolve to a model."""
+
+
+class NoWeightsError(ConceptvecError):
+    """A folder or repository that has no readable weights (safetensors or GGUF)."""
+
+
+class UnsupportedArchitectureError(ConceptvecError):
+    """A model whose architecture has no spec in :mod:`conceptvec.models.specs`."""
+
+
+class CorruptWeightsError(ConceptvecError):
+    """A truncated or damaged safetensors or GGUF file."""
+
+
+class NeuronOutOfRangeError(ConceptvecError, IndexError):
+    """A layer or neuron index outside the model's dimensions."""
+
+
+class BadNeuronIdError(ConceptvecError, ValueError):
+    """A neuron id string that does not parse (expected ``L12.345``)."""

@@ -1,0 +1,123 @@
+"""GGUF files: their HF config, tokenizer and (once) a safetensors copy, cached on disk.
+
+Parsing a GGUF's tokenizer metadata and dequantizing every tensor through transformers takes
+~20 s for SmolLM2 on a laptop CPU; a safetensors copy then loads in ~2 s. So the first use
+of each GGUF converts what is asked for (config, tokenizer or the whole model) into
+``$CONCEPTVEC_CACHE/gguf/<name>-<key>/`` (default ``~/.cache/conceptvec``), writing to a
+temporary folder and renaming it, so an interrupted conversion never leaves a half cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnsupportedArchitectureError
+from .specs import supported_model_types
+
+# llama.cpp architecture names -> transformers model_type, for the families we have specs for.
+GGUF_ARCHITECTURES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "qwen2": "qwen2",
+    "qwen3": "qwen3",
+    "gemma": "gemma",
+    "gemma2": "gemma2",
+    "gemma3": "gemma3_text",
+    "olmo": "olmo",
+    "olmo2": "olmo2",
+    "gpt2": "gpt2",
+}
+
+
+def cache_root() -> Path:
+    """Return conceptvec's cache folder (``$CONCEPTVEC_CACHE`` or ``~/.cache/conceptvec``)."""
+    env = os.environ.get("CONCEPTVEC_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "conceptvec"
+
+
+def cache_dir_for(path: Path) -> Path:
+    """Return the cache folder for one GGUF file, keyed by its path, size and mtime."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    return cache_root() / "gguf" / f"{path.stem}-{key[:12]}"
+
+
+def check_architecture(arch: str | None, path: Path) -> str:
+    """Return the transformers model_type for a GGUF architecture, or raise naming ours."""
+    if arch not in GGUF_ARCHITECTURES:
+        raise UnsupportedArchitectureError(
+            f"{path.name} is a GGUF of architecture {arch!r}, which conceptvec does not "
+            f"support; supported GGUF architectures: {', '.join(sorted(GGUF_ARCHITECTURES))} "
+            f"(model types: {', '.join(supported_model_types())})"
+        )
+    return GGUF_ARCHITECTURES[arch]
+
+
+def _write_atomically(final: Path, write) -> Path:
+    """Run ``write(tmp_folder)`` and rename the folder to ``final``; return ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        write(tmp)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process finished first: keep theirs
+            if not final.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def gguf_config(path: Path) -> Any:
+    """Return the HF config of a GGUF file (cached as config.json)."""
+    from transformers import AutoConfig
+
+    folder = cache_dir_for(path) / "config"
+    if not (folder / "config.json").exists():
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        _write_atomically(folder, config.save_pretrained)
+    return AutoConfig.from_pretrained(str(folder))
+
+
+def gguf_tokenizer(path: Path) -> Any:
+    """Return the HF tokenizer of a GGUF file (converted once, then cached)."""
+    from transformers import AutoTokenizer
+
+    folder = cache_dir_for(path) / "tokenizer"
+    if not folder.exists():
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        _write_atomically(folder, tok.save_pretrained)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def gguf_hf_model(path: Path, dtype: Any = None) -> Any:
+    """Return the HF causal LM of a GGUF file, from a cached safetensors copy when there is one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = cache_dir_for(path) / "model"
+    if not (folder / "config.json").exists():
+        print(
+            f"conceptvec: converting {path.name} to safetensors once (cached in {folder})",
+            file=sys.stderr,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            str(path.parent), gguf_file=path.name, dtype=torch.float32
+        )
+        # The weights are plain dequantized tensors now; drop transformers' GGUF quantizer
+        # marks, which make save_pretrained refuse.
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        _write_atomically(folder, model.save_pretrained)
+        meta = {"gguf": str(path.resolve()), "size": path.stat().st_size}
+        (folder / "conceptvec.json").write_text(json.dumps(meta))
+    return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)

@@ -1,0 +1,260 @@
+"""``load``: open a model from an alias, a hub id, a local folder, a GGUF file or a live object.
+
+Opening is cheap: it reads the config and memory-maps the weights. The torch model is built
+only when :attr:`Model.hf` is used, and the tokenizer only when tokens are shown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConceptvecError, ModelNotFoundError, NoWeightsError
+from .aliases import ALIASES, find_alias
+from .gguf_cache import check_architecture, gguf_config, gguf_hf_model, gguf_tokenizer
+from .model import Model
+from .specs import spec_for_model_type, text_config
+from .weights import GGUFWeightReader, ModuleReader, SafetensorsReader
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer*",
+    "special_tokens_map.json",
+    "*.model",
+    "chat_template*",
+]
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(f"conceptvec: {message}", file=sys.stderr)
+
+
+def load(
+    source: Any,
+    *,
+    tokenizer: Any = None,
+    revision: str | None = None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    quiet: bool = False,
+) -> Model:
+    """Return a :class:`Model` for ``source``.
+
+    ``source`` may be an alias (``smollm2-135m``, ``llama-3.1-8b``; see ``conceptvec
+    aliases``), a Hugging Face hub id (``org/name``; read from the local cache, downloaded
+    only when online and not cached), a local folder with ``config.json`` and safetensors, a
+    ``.gguf`` file, or an already-loaded ``transformers`` model, TransformerLens
+    ``TransformerBridge`` or nnsight ``LanguageModel``. ``dtype`` applies when the torch
+    model is built; weight-only work reads tensors as stored.
+    """
+    if isinstance(source, Model):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        return _from_object(source, tokenizer=tokenizer)
+    text = os.fspath(source)
+    alias = find_alias(text)
+    if alias is not None:
+        if alias.locate is not None:
+            path = alias.locate()
+            _say(quiet, f"{alias.name} -> {path} ({alias.note})")
+            return _from_gguf(path, name=alias.name, source="alias", dtype=dtype)
+        _say(quiet, f"{alias.name} -> {alias.target} ({alias.note})")
+        folder, rev = _hub_snapshot(alias.target, revision, quiet)
+        return _from_folder(folder, name=alias.name, source="alias", revision=rev, dtype=dtype,
+                            trust_remote_code=trust_remote_code)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.suffix.lower() == ".gguf":
+            return _from_gguf(path, name=text, source="gguf", dtype=dtype)
+        if path.name == "config.json":
+            path = path.parent
+        else:
+            raise ModelNotFoundError(
+                f"{path} is a file but not a .gguf model; pass a .gguf file or a folder with "
+                "config.json and safetensors"
+            )
+    if path.is_dir():
+        return _from_folder(path, name=text, source="folder", dtype=dtype,
+                            trust_remote_code=trust_remote_code)
+    if HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        folder, rev = _hub_snapshot(text, revision, quiet)
+        return _from_folder(folder, name=text, source="hub", revision=rev, dtype=dtype,
+                            trust_remote_code=trust_remote_code)
+    raise ModelNotFoundError(
+        f"{text!r} is not an alias, an existing path or a hub id (org/name); aliases: "
+        f"{', '.join(ALIASES)}"
+    )
+
+
+# ---------------------------------------------------------------------------- sources
+def _from_folder(
+    folder: Path,
+    *,
+    name: str,
+    source: str,
+    revision: str | None = None,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+) -> Model:
+    folder = Path(folder)
+    config_file = folder / "config.json"
+    if not config_file.exists():
+        ggufs = sorted(folder.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return _from_gguf(ggufs[0], name=name, source=source, dtype=dtype)
+        what = f"{len(ggufs)} .gguf files (pass one of them)" if ggufs else "no weights"
+        raise NoWeightsError(
+            f"{folder} has no config.json and {what}; pass a folder with config.json and "
+            "*.safetensors, or a .gguf file"
+        )
+    try:
+        raw = json.loads(config_file.read_text())
+    except ValueError as e:
+        raise NoWeightsError(f"{config_file} is not valid JSON ({e}); re-download it") from None
+    model_type = (raw.get("text_config") or {}).get("model_type") or raw.get("model_type")
+    spec = spec_for_model_type(str(model_type))
+    reader = SafetensorsReader(folder)
+
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+
+    def load_tokenizer():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+
+    def load_hf():
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype or "auto", trust_remote_code=trust_remote_code
+        )
+
+    return Model(
+        name=name,
+        spec=spec,
+        config=config,
+        reader=reader,
+        source=source,
+        location=str(folder),
+        revision=revision,
+        tokenizer_loader=load_tokenizer,
+        hf_loader=load_hf,
+    )
+
+
+def _from_gguf(path: Path, *, name: str, source: str, dtype: Any = None) -> Model:
+    path = Path(path)
+    reader = GGUFWeightReader(path)
+    model_type = check_architecture(reader.field("general.architecture"), path)
+    spec = spec_for_model_type(model_type)
+    try:
+        config = gguf_config(path)
+    except ConceptvecError:
+        raise
+    except Exception as e:
+        raise NoWeightsError(
+            f"transformers cannot read the config of {path.name} ({str(e).splitlines()[0]}); "
+            "is the GGUF complete?"
+        ) from None
+    return Model(
+        name=name,
+        spec=spec,
+        config=config,
+        reader=reader,
+        source=source,
+        location=str(path),
+        tokenizer_loader=lambda: gguf_tokenizer(path),
+        hf_loader=lambda: gguf_hf_model(path, dtype),
+    )
+
+
+def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
+    """Wrap a live HF, TransformerLens (bridge) or nnsight model without copying weights."""
+    module = type(obj).__module__ or ""
+    hf = obj
+    if module.startswith("transformer_lens"):
+        hf = obj.__dict__.get("original_model")
+        if hf is None:
+            raise ModelNotFoundError(
+                f"{type(obj).__name__} has no underlying transformers model; pass a "
+                "TransformerBridge (TransformerLens 3+) or the HF model itself"
+            )
+        tokenizer = tokenizer or getattr(obj, "tokenizer", None)
+    elif module.startswith("nnsight"):
+        hf = getattr(obj, "_model", None)
+        tokenizer = tokenizer or getattr(obj, "tokenizer", None)
+    config = getattr(hf, "config", None)
+    if config is None or not hasattr(hf, "state_dict"):
+        raise ModelNotFoundError(
+            f"cannot use a {type(obj).__name__} as a model; pass an alias, path, hub id, a "
+            "transformers PreTrainedModel, a TransformerBridge or an nnsight LanguageModel"
+        )
+    spec = spec_for_model_type(str(getattr(text_config(config), "model_type", None)))
+    name = getattr(config, "_name_or_path", "") or type(hf).__name__
+
+    def load_tokenizer():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+
+    return Model(
+        name=name,
+        spec=spec,
+        config=config,
+        reader=ModuleReader(hf),
+        source="object",
+        location="<in memory>",
+        tokenizer=tokenizer,
+        tokenizer_loader=None if tokenizer is not None else load_tokenizer,
+        hf_model=hf,
+    )
+
+
+# ------------------------------------------------------------------------------- hub
+def _hub_snapshot(repo_id: str, revision: str | None, quiet: bool) -> tuple[Path, str | None]:
+    """Return (local snapshot folder, commit) for a hub repo: cache first, download if allowed."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, allow_patterns=HUB_FILES, local_files_only=True
+        )
+    except Exception:
+        folder = None
+    if folder is None or not any(Path(folder).glob("*.safetensors")):
+        if _offline():
+            raise ModelNotFoundError(
+                f"{repo_id} is not in the local Hugging Face cache and the hub is offline "
+                "(HF_HUB_OFFLINE is set); download it on a machine with internet or pass a "
+                "local folder"
+            )
+        _say(quiet, f"{repo_id} is not in the local cache; downloading it from the Hugging Face Hub")
+        try:
+            folder = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES)
+        except Exception as e:
+            raise ModelNotFoundError(
+                f"could not download {repo_id} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                "check the id, your network, and for gated models `hf auth login`"
+            ) from None
+    folder = Path(folder)
+    if not any(folder.glob("*.safetensors")):
+        raise NoWeightsError(
+            f"{repo_id} has no safetensors weights; conceptvec never unpickles .bin files"
+        )
+    return folder, folder.name
+
+
+def _offline() -> bool:
+    value = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
+    return value.strip().lower() in {"1", "true", "yes", "on"}

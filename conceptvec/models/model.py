@@ -1,0 +1,234 @@
+"""``Model``: one handle on a language model's weights, tokenizer and (lazily) its torch module.
+
+Everything that needs only weights (decoding, search, atlases) goes through
+:meth:`Model.neurons`, :meth:`Model.unembedding` and the norm gains, which read one tensor at
+a time from disk (or from the live module when the user handed us one). The full torch model
+is built only when something asks for :attr:`Model.hf` (forward passes, interventions).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ..errors import CorruptWeightsError, NoWeightsError
+from ..neurons import NeuronId, check_matrix
+from .specs import ArchSpec, Dims, dims_from_config, text_config
+
+
+class Model:
+    """A language model as conceptvec sees it: a spec, dims, a weight reader and a tokenizer.
+
+    Build one with :func:`conceptvec.load`; do not call the constructor directly.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        spec: ArchSpec,
+        config: Any,
+        reader: Any,
+        source: str,
+        location: str,
+        revision: str | None = None,
+        tokenizer_loader: Callable[[], Any] | None = None,
+        hf_loader: Callable[[], Any] | None = None,
+        hf_model: Any = None,
+        tokenizer: Any = None,
+    ):
+        self.name = name
+        """What the user asked for (alias, hub id, path or class name)."""
+        self.spec = spec
+        self.config = config
+        self.reader = reader
+        self.source = source
+        """Kind of source: ``alias``, ``hub``, ``folder``, ``gguf`` or ``object``."""
+        self.location = location
+        """Where the weights are: a folder, a file or ``<in memory>``."""
+        self.revision = revision
+        self._tokenizer = tokenizer
+        self._tokenizer_loader = tokenizer_loader
+        self._hf = hf_model
+        self._hf_loader = hf_loader
+        self._unembedding: torch.Tensor | None = None
+        self.prefix = self._find_prefix()
+        self.dims = self._read_dims()
+
+    # ------------------------------------------------------------------ layout
+    def _find_prefix(self) -> str:
+        if self.reader.kind == "gguf":
+            return ""
+        probe = self.spec.mlp["down"][0].format(layer=0)
+        for prefix in self.spec.prefixes:
+            if self.reader.has(prefix + probe):
+                return prefix
+        raise NoWeightsError(
+            f"{self.location} has no MLP weights where a {self.spec.family} checkpoint keeps "
+            f"them (looked for {' or '.join(p + probe for p in self.spec.prefixes)}); "
+            "is this a complete causal-LM checkpoint?"
+        )
+
+    def _key(self, logical: str, layer: int | None = None) -> str:
+        """Return the reader's key for a logical weight (``up``, ``final_norm``, ...)."""
+        if self.reader.kind == "gguf":
+            return self.spec.gguf[logical].format(layer=layer)
+        if logical in self.spec.mlp:
+            return self.prefix + self.spec.mlp[logical][0].format(layer=layer)
+        if logical == "unembed":
+            return self.spec.unembed
+        relative = {
+            "final_norm": self.spec.final_norm,
+            "embed": self.spec.embed,
+            "mlp_out_norm": self.spec.mlp_out_norm,
+        }[logical]
+        return self.prefix + relative.format(layer=layer) if relative else ""
+
+    def _is_tied(self) -> bool:
+        has_head = self.reader.has(self._key("unembed"))
+        if self.reader.kind == "gguf" or not has_head:
+            return not has_head
+        return dims_from_config(self.config).tied
+
+    def _unembed_key(self) -> str:
+        key = self._key("embed") if self._is_tied() else self._key("unembed")
+        if not self.reader.has(key):
+            raise NoWeightsError(
+                f"{self.location} has neither an unembedding ({self._key('unembed')}) nor an "
+                f"embedding ({self._key('embed')}); is this a complete causal-LM checkpoint?"
+            )
+        return key
+
+    def _read_dims(self) -> Dims:
+        dims = dims_from_config(self.config)
+        vocab, d_model = self.reader.shape(self._unembed_key())
+        if d_model != dims.d_model:
+            raise CorruptWeightsError(
+                f"{self.location}: unembedding has width {d_model} but the config says "
+                f"d_model={dims.d_model}; the config and weights do not belong together"
+            )
+        return Dims(
+            dims.n_layers, dims.d_model, dims.d_mlp, int(vocab), self._is_tied(), dims.logit_softcap
+        )
+
+    # ----------------------------------------------------------------- weights
+    def neurons(self, layer: int, matrix: str) -> torch.Tensor:
+        """Return ``[d_mlp, d_model]``: row i is neuron i's vector in ``matrix`` of ``layer``.
+
+        ``up``/``gate`` rows are what a neuron reads from the residual stream; ``down``
+        columns (returned here as rows) are what it writes. Values are as stored (dtype);
+        no norm is folded in.
+        """
+        matrix = check_matrix(matrix, self.spec.gated)
+        NeuronId(layer, 0).check(self.dims.n_layers, self.dims.d_mlp)
+        key = self._key(matrix, layer)
+        if not self.reader.has(key):
+            raise NoWeightsError(f"{self.location} has no tensor {key}; the checkpoint is incomplete")
+        w = self.reader.get(key)
+        layout = "out_in" if self.reader.kind == "gguf" else self.spec.mlp[matrix][1]
+        reads = matrix != "down"
+        w = w if reads == (layout == "out_in") else w.T
+        if tuple(w.shape) != (self.dims.d_mlp, self.dims.d_model):
+            raise CorruptWeightsError(
+                f"{key} has shape {tuple(w.shape)}, expected neurons x d_model = "
+                f"({self.dims.d_mlp}, {self.dims.d_model}); the config and weights disagree"
+            )
+        return w
+
+    def neuron_vector(self, neuron: NeuronId | str, matrix: str = "down") -> torch.Tensor:
+        """Return ``[d_model]``: one neuron's vector (a down column or an up/gate row)."""
+        n = NeuronId.parse(neuron).check(self.dims.n_layers, self.dims.d_mlp)
+        return self.neurons(n.layer, matrix)[n.index]
+
+    def unembedding(self) -> torch.Tensor:
+        """Return ``[vocab, d_model]``, the LM head (the embedding when tied). Cached."""
+        if self._unembedding is None:
+            self._unembedding = self.reader.get(self._unembed_key())
+        return self._unembedding
+
+    def _gain(self, key: str) -> torch.Tensor | None:
+        if not key or not self.reader.has(key):
+            return None
+        w = self.reader.get(key).float()
+        # Gemma's RMSNorm multiplies by (1 + w); llama.cpp's converter stores 1 + w in GGUF.
+        if self.spec.norm_style == "rmsnorm_1p" and self.reader.kind != "gguf":
+            w = 1.0 + w
+        return w
+
+    def final_norm_gain(self) -> torch.Tensor | None:
+        """Return the final norm's effective gain ``[d_model]`` (1 + w for Gemma), or None."""
+        return self._gain(self._key("final_norm")) if self.spec.final_norm else None
+
+    def final_norm_bias(self) -> torch.Tensor | None:
+        """Return the final LayerNorm's bias ``[d_model]`` (GPT-2), or None."""
+        if self.spec.norm_style != "layernorm":
+            return None
+        key = self._key("final_norm").replace(".weight", ".bias")
+        return self.reader.get(key).float() if self.reader.has(key) else None
+
+    def mlp_out_gain(self, layer: int) -> torch.Tensor | None:
+        """Return the gain of the norm on this layer's MLP output (Gemma 2/3, OLMo 2), or None."""
+        if not self.spec.mlp_out_norm:
+            return None
+        return self._gain(self._key("mlp_out_norm", layer))
+
+    # ----------------------------------------------------- tokenizer and module
+    @property
+    def tokenizer(self) -> Any:
+        """The HF tokenizer, loaded on first use; None when the checkpoint has none."""
+        if self._tokenizer is None and self._tokenizer_loader is not None:
+            loader, self._tokenizer_loader = self._tokenizer_loader, None
+            try:
+                self._tokenizer = loader()
+            except Exception as e:  # a checkpoint without tokenizer files is still decodable
+                print(
+                    f"conceptvec: no tokenizer for {self.name} ({str(e).splitlines()[0][:120]}); "
+                    "tokens are shown as ids",
+                    file=sys.stderr,
+                )
+        return self._tokenizer
+
+    @property
+    def hf(self) -> Any:
+        """The ``transformers`` causal LM, built on first use (for forward passes)."""
+        if self._hf is None:
+            if self._hf_loader is None:
+                raise NoWeightsError(f"{self.name} cannot be built as a torch model")
+            self._hf = self._hf_loader()
+            self._hf.eval()
+        return self._hf
+
+    # ------------------------------------------------------------------ summary
+    def summary(self) -> dict[str, Any]:
+        """Return the architecture summary that ``conceptvec info`` prints."""
+        tc = text_config(self.config)
+        return {
+            "name": self.name,
+            "source": self.source,
+            "location": self.location,
+            "revision": self.revision,
+            "family": self.spec.family,
+            "model_type": getattr(tc, "model_type", None),
+            "layers": self.dims.n_layers,
+            "d_model": self.dims.d_model,
+            "d_mlp": self.dims.d_mlp,
+            "neurons": self.dims.n_layers * self.dims.d_mlp,
+            "vocab": self.dims.vocab,
+            "tied_embeddings": self.dims.tied,
+            "norm_style": self.spec.norm_style,
+            "mlp": ("gated " if self.spec.gated else "") + self.spec.activation,
+            "matrices": list(self.spec.matrices),
+            "mlp_out_norm": bool(self.spec.mlp_out_norm) and self.mlp_out_gain(0) is not None,
+            "logit_softcap": self.dims.logit_softcap,
+            "weights_dtype": self.reader.dtype(self._key("down", 0)),
+        }
+
+    def __repr__(self) -> str:
+        d = self.dims
+        return (
+            f"Model({self.name!r}, family={self.spec.family}, layers={d.n_layers}, "
+            f"d_model={d.d_model}, d_mlp={d.d_mlp}, vocab={d.vocab})"
+        )

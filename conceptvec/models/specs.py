@@ -1,0 +1,220 @@
+"""Architecture specs: where each family keeps its MLP matrices, final norm and unembedding.
+
+A spec is pure data about checkpoint layout. It never infers orientation from tensor shapes
+(square matrices exist); it states it. Weight keys are relative to a *prefix* that differs
+between checkpoints of the same family (``model.`` for ``LlamaForCausalLM``,
+``model.language_model.`` for multimodal Gemma 3, ``transformer.`` or nothing for GPT-2), so
+each spec lists the prefixes it accepts and the reader picks the one the checkpoint has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..errors import UnsupportedArchitectureError
+
+NormStyle = Literal["rmsnorm", "rmsnorm_1p", "layernorm", "layernorm_noparam"]
+Layout = Literal["out_in", "in_out"]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Where one model family keeps the weights that decoding and interventions need."""
+
+    family: str
+    """Short family name shown to users, e.g. ``llama``."""
+    model_types: tuple[str, ...]
+    """``config.model_type`` values that use this layout."""
+    gated: bool
+    """True for ``act(gate(x)) * up(x)`` MLPs; False for ``act(up(x))`` (GPT-2)."""
+    mlp: dict[str, tuple[str, Layout]]
+    """Matrix name -> (key relative to the prefix, with ``{layer}``; stored layout).
+    ``out_in`` is ``nn.Linear``'s ``[out, in]``; ``in_out`` is GPT-2's ``Conv1D``."""
+    final_norm: str | None
+    """Key of the final norm's gain, or None when the norm has no parameters."""
+    norm_style: NormStyle
+    """``rmsnorm`` (gain w), ``rmsnorm_1p`` (Gemma: gain 1 + w), ``layernorm`` (centre,
+    gain, bias) or ``layernorm_noparam`` (OLMo 1: centre only)."""
+    embed: str
+    """Key of the input embedding ``[vocab, d_model]``, relative to the prefix."""
+    mlp_out_norm: str | None = None
+    """Key of a norm applied to the MLP's output before the residual add (Gemma 2/3 and
+    OLMo 2 post-feed-forward norms), or None. Its gain is folded into ``down`` columns."""
+    unembed: str = "lm_head.weight"
+    """Key of the unembedding ``[vocab, d_model]``, relative to the checkpoint root."""
+    prefixes: tuple[str, ...] = ("model.",)
+    """Candidate prefixes for the keys above, tried in order."""
+    layers_module: str = "model.layers"
+    """Attribute path of the decoder layer list in the loaded HF model."""
+    down_module: str = "mlp.down_proj"
+    """Attribute path (within one layer) of the module whose input is the MLP hidden
+    activation: where activation hooks go."""
+    final_norm_module: str = "model.norm"
+    """Attribute path of the final norm module in the loaded HF model."""
+    activation: str = "silu"
+    """The MLP nonlinearity, for display."""
+    gguf: dict[str, str] = field(default_factory=dict)
+    """GGUF tensor names for the same logical weights (GGUF stores every matrix as
+    ``[out, in]``)."""
+
+    @property
+    def matrices(self) -> tuple[str, ...]:
+        """The MLP matrices a neuron has in this family: ``up, gate, down`` or ``up, down``."""
+        return ("up", "gate", "down") if self.gated else ("up", "down")
+
+
+_GGUF_GATED = {
+    "up": "blk.{layer}.ffn_up.weight",
+    "gate": "blk.{layer}.ffn_gate.weight",
+    "down": "blk.{layer}.ffn_down.weight",
+    "final_norm": "output_norm.weight",
+    "embed": "token_embd.weight",
+    "unembed": "output.weight",
+}
+
+_LLAMA_MLP: dict[str, tuple[str, Layout]] = {
+    "up": ("layers.{layer}.mlp.up_proj.weight", "out_in"),
+    "gate": ("layers.{layer}.mlp.gate_proj.weight", "out_in"),
+    "down": ("layers.{layer}.mlp.down_proj.weight", "out_in"),
+}
+
+LLAMA = ArchSpec(
+    family="llama",
+    model_types=("llama", "mistral", "qwen2", "qwen3"),
+    gated=True,
+    mlp=_LLAMA_MLP,
+    final_norm="norm.weight",
+    norm_style="rmsnorm",
+    embed="embed_tokens.weight",
+    gguf=_GGUF_GATED,
+)
+
+GEMMA = ArchSpec(
+    family="gemma",
+    model_types=("gemma", "gemma2", "gemma3", "gemma3_text"),
+    gated=True,
+    mlp=_LLAMA_MLP,
+    final_norm="norm.weight",
+    norm_style="rmsnorm_1p",
+    embed="embed_tokens.weight",
+    mlp_out_norm="layers.{layer}.post_feedforward_layernorm.weight",
+    prefixes=("model.", "model.language_model.", "language_model.model."),
+    activation="gelu_tanh",
+    gguf={**_GGUF_GATED, "mlp_out_norm": "blk.{layer}.post_ffw_norm.weight"},
+)
+
+OLMO = ArchSpec(
+    family="olmo",
+    model_types=("olmo",),
+    gated=True,
+    mlp=_LLAMA_MLP,
+    final_norm=None,
+    norm_style="layernorm_noparam",
+    embed="embed_tokens.weight",
+    gguf=_GGUF_GATED,
+)
+
+OLMO2 = ArchSpec(
+    family="olmo2",
+    model_types=("olmo2", "olmo3"),
+    gated=True,
+    mlp=_LLAMA_MLP,
+    final_norm="norm.weight",
+    norm_style="rmsnorm",
+    embed="embed_tokens.weight",
+    mlp_out_norm="layers.{layer}.post_feedforward_layernorm.weight",
+    gguf={**_GGUF_GATED, "mlp_out_norm": "blk.{layer}.post_ffw_norm.weight"},
+)
+
+GPT2 = ArchSpec(
+    family="gpt2",
+    model_types=("gpt2",),
+    gated=False,
+    mlp={
+        "up": ("h.{layer}.mlp.c_fc.weight", "in_out"),
+        "down": ("h.{layer}.mlp.c_proj.weight", "in_out"),
+    },
+    final_norm="ln_f.weight",
+    norm_style="layernorm",
+    embed="wte.weight",
+    prefixes=("transformer.", ""),
+    layers_module="transformer.h",
+    down_module="mlp.c_proj",
+    final_norm_module="transformer.ln_f",
+    activation="gelu_new",
+    gguf={
+        "up": "blk.{layer}.ffn_up.weight",
+        "down": "blk.{layer}.ffn_down.weight",
+        "final_norm": "output_norm.weight",
+        "embed": "token_embd.weight",
+        "unembed": "output.weight",
+    },
+)
+
+SPECS: tuple[ArchSpec, ...] = (LLAMA, GEMMA, OLMO, OLMO2, GPT2)
+
+
+def supported_model_types() -> list[str]:
+    """Return every ``config.model_type`` that has a spec, sorted."""
+    return sorted(t for spec in SPECS for t in spec.model_types)
+
+
+def spec_for_model_type(model_type: str) -> ArchSpec:
+    """Return the spec for a ``config.model_type``, or raise naming the supported ones."""
+    for spec in SPECS:
+        if model_type in spec.model_types:
+            return spec
+    raise UnsupportedArchitectureError(
+        f"architecture {model_type!r} is not supported; supported model types: "
+        f"{', '.join(supported_model_types())} (open an issue to add a spec)"
+    )
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The sizes decoding needs, read from a model's config."""
+
+    n_layers: int
+    d_model: int
+    d_mlp: int
+    vocab: int
+    tied: bool
+    logit_softcap: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the dims as a plain dict."""
+        return {
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "d_mlp": self.d_mlp,
+            "vocab": self.vocab,
+            "tied": self.tied,
+            "logit_softcap": self.logit_softcap,
+        }
+
+
+def text_config(config: Any) -> Any:
+    """Return the language-model part of a config (``text_config`` for multimodal ones)."""
+    sub = getattr(config, "text_config", None)
+    return sub if sub is not None else config
+
+
+def dims_from_config(config: Any) -> Dims:
+    """Return the Dims an HF config describes (GPT-2's ``n_inner`` defaults to 4 d_model)."""
+    c = text_config(config)
+    top = config
+    d_model = getattr(c, "hidden_size", None) or getattr(c, "n_embd")
+    d_mlp = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * d_model
+    n_layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer")
+    tied = getattr(top, "tie_word_embeddings", None)
+    if tied is None:
+        tied = getattr(c, "tie_word_embeddings", True)
+    return Dims(
+        n_layers=int(n_layers),
+        d_model=int(d_model),
+        d_mlp=int(d_mlp),
+        vocab=int(c.vocab_size),
+        tied=bool(tied),
+        logit_softcap=getattr(c, "final_logit_softcapping", None),
+    )

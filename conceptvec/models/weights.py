@@ -1,0 +1,224 @@
+"""Streaming weight readers: one tensor at a time, never the whole model.
+
+Three sources share one small interface (``kind``, ``has``, ``shape``, ``get``):
+
+- :class:`SafetensorsReader` over a folder of safetensors shards (through the index file
+  when there is one), memory-mapped, so reading ``down_proj`` of layer 3 touches only
+  that tensor's bytes;
+- :class:`GGUFWeightReader` over a ``.gguf`` file, dequantizing one tensor on request;
+- :class:`ModuleReader` over an already-loaded ``torch.nn.Module`` (no copy).
+
+Readers return tensors as stored (dtype and layout); :class:`conceptvec.models.Model`
+turns them into the canonical ``[neurons, d_model]`` orientation using the spec.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..errors import CorruptWeightsError, NoWeightsError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+class SafetensorsReader:
+    """Read tensors one at a time from a folder of safetensors files."""
+
+    kind = "safetensors"
+
+    def __init__(self, folder: str | Path):
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        index = self.folder / INDEX_FILE
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (ValueError, KeyError) as e:
+                raise CorruptWeightsError(
+                    f"{index} is not a valid safetensors index ({e}); re-download the checkpoint"
+                ) from None
+            files = sorted(set(weight_map.values()))
+        else:
+            files = sorted(p.name for p in self.folder.glob("*.safetensors"))
+            weight_map = None
+        if not files:
+            raise NoWeightsError(
+                f"{self.folder} has no .safetensors weights; conceptvec reads safetensors or "
+                "GGUF only (convert .bin checkpoints with transformers' save_pretrained)"
+            )
+        self._handles = {}
+        self._key_to_file: dict[str, str] = {}
+        for name in files:
+            path = self.folder / name
+            if not path.exists():
+                raise NoWeightsError(
+                    f"{path} is listed in {INDEX_FILE} but missing; re-download the checkpoint"
+                )
+            try:
+                handle = safe_open(str(path), framework="pt")
+                keys = list(handle.keys())
+            except Exception as e:  # safetensors raises its own error types for bad headers
+                raise CorruptWeightsError(
+                    f"{path} is truncated or corrupted ({_one_line(e)}); re-download or re-save it"
+                ) from None
+            _check_safetensors_size(path)
+            self._handles[name] = handle
+            for key in keys:
+                self._key_to_file[key] = name
+        if weight_map is not None:
+            missing = [k for k, f in weight_map.items() if self._key_to_file.get(k) != f]
+            if missing:
+                raise CorruptWeightsError(
+                    f"{self.folder}: {len(missing)} tensors listed in {INDEX_FILE} are not in "
+                    f"their shards (first: {missing[0]}); re-download the checkpoint"
+                )
+
+    def has(self, key: str) -> bool:
+        """Return True if the checkpoint holds ``key``."""
+        return key in self._key_to_file
+
+    def keys(self) -> list[str]:
+        """Return every tensor name in the checkpoint."""
+        return list(self._key_to_file)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Return the stored shape of ``key`` without reading its data."""
+        return tuple(self._handle(key).get_slice(key).get_shape())
+
+    def dtype(self, key: str) -> str:
+        """Return the stored dtype name of ``key`` (e.g. ``BF16``)."""
+        return str(self._handle(key).get_slice(key).get_dtype())
+
+    def get(self, key: str) -> torch.Tensor:
+        """Return the tensor ``key`` as stored (dtype and layout)."""
+        try:
+            return self._handle(key).get_tensor(key)
+        except KeyError:
+            raise
+        except Exception as e:
+            raise CorruptWeightsError(
+                f"cannot read {key} from {self.folder} ({_one_line(e)}); re-download the checkpoint"
+            ) from None
+
+    def _handle(self, key: str):
+        try:
+            return self._handles[self._key_to_file[key]]
+        except KeyError:
+            raise KeyError(f"{key} is not in the checkpoint at {self.folder}") from None
+
+
+def _check_safetensors_size(path: Path) -> None:
+    """Raise CorruptWeightsError if the file is shorter than its header says."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CorruptWeightsError(f"{path} is truncated (no header); re-download it")
+        n = int.from_bytes(head, "little")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise CorruptWeightsError(f"{path} has a corrupted header; re-download it") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    size = path.stat().st_size
+    if size < 8 + n + end:
+        raise CorruptWeightsError(
+            f"{path} is truncated ({size} bytes, header promises {8 + n + end}); re-download it"
+        )
+
+
+class GGUFWeightReader:
+    """Read and dequantize tensors one at a time from a GGUF file (memory-mapped)."""
+
+    kind = "gguf"
+
+    def __init__(self, path: str | Path):
+        import gguf
+
+        self.path = Path(path)
+        try:
+            self.reader = gguf.GGUFReader(str(self.path))
+        except Exception as e:
+            raise CorruptWeightsError(
+                f"{self.path} is not a readable GGUF file ({_one_line(e)}); it may be truncated: "
+                "re-download it"
+            ) from None
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        if not self._tensors:
+            raise NoWeightsError(f"{self.path} holds no tensors; is it a vocabulary-only GGUF?")
+
+    def has(self, key: str) -> bool:
+        """Return True if the file holds tensor ``key``."""
+        return key in self._tensors
+
+    def keys(self) -> list[str]:
+        """Return every tensor name in the file."""
+        return list(self._tensors)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Return the logical shape of ``key`` in numpy order (``[out, in]`` for matrices)."""
+        return tuple(int(x) for x in reversed(self._tensors[key].shape.tolist()))
+
+    def dtype(self, key: str) -> str:
+        """Return the GGML type name of ``key`` (e.g. ``Q4_1``)."""
+        return self._tensors[key].tensor_type.name
+
+    def get(self, key: str) -> torch.Tensor:
+        """Return tensor ``key`` dequantized to float32, in numpy order."""
+        from gguf import dequantize
+
+        t = self._tensors[key]
+        try:
+            array = dequantize(t.data, t.tensor_type)
+        except Exception as e:
+            raise CorruptWeightsError(
+                f"cannot dequantize {key} from {self.path} ({_one_line(e)}); re-download it"
+            ) from None
+        return torch.from_numpy(array.reshape(self.shape(key)).copy())
+
+    def field(self, name: str, default=None):
+        """Return the metadata value ``name`` (a scalar, string or list), or ``default``."""
+        f = self.reader.fields.get(name)
+        if f is None:
+            return default
+        value = f.contents()
+        return value
+
+
+class ModuleReader:
+    """Read tensors from an already-loaded ``torch.nn.Module`` by state-dict key (no copy)."""
+
+    kind = "module"
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self._state = module.state_dict(keep_vars=True)
+
+    def has(self, key: str) -> bool:
+        """Return True if the module has a parameter or buffer named ``key``."""
+        return key in self._state
+
+    def keys(self) -> list[str]:
+        """Return every state-dict key."""
+        return list(self._state)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Return the shape of ``key``."""
+        return tuple(self._state[key].shape)
+
+    def dtype(self, key: str) -> str:
+        """Return the dtype name of ``key``."""
+        return str(self._state[key].dtype).replace("torch.", "")
+
+    def get(self, key: str) -> torch.Tensor:
+        """Return the live tensor ``key``, detached (edits to the model show through)."""
+        return self._state[key].detach()
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]

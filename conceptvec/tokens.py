@@ -1,0 +1,89 @@
+"""Token ids -> readable text, with leading spaces kept and partial bytes made visible.
+
+``tokenizer.decode([id])`` is not good enough for a neuron atlas: SentencePiece tokenizers
+drop the leading space of a lone token (" dog" prints as "dog"), and byte-level BPE tokens
+that hold part of a UTF-8 character decode to "\\ufffd". :class:`TokenText` reads the raw
+vocabulary piece instead and converts it by the tokenizer's own convention:
+
+- byte-level BPE (GPT-2, Llama 3, SmolLM2, Qwen): the piece's characters map to bytes;
+  bytes that are not valid UTF-8 show as ``\\xe2``-style escapes;
+- SentencePiece (Llama 2, Gemma): ``▁`` is a space and ``<0x0A>`` is the byte 0x0A.
+
+Without a tokenizer, a token shows as ``<id 123>``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+_SP_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+
+
+@lru_cache(maxsize=1)
+def _byte_decoder() -> dict[str, int]:
+    """Return GPT-2's printable-character -> byte table (the inverse of its byte encoder)."""
+    printable = list(range(ord("!"), ord("~") + 1))
+    printable += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table = {chr(b): b for b in printable}
+    shift = 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + shift)] = b
+            shift += 1
+    return table
+
+
+def _bytes_to_text(data: bytes) -> str:
+    """Decode UTF-8, showing each byte of an invalid or partial sequence as ``\\xNN``."""
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+def _is_byte_level(tokenizer: Any) -> bool:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return False
+    try:
+        decoder = json.loads(backend.to_str()).get("decoder") or {}
+    except Exception:
+        return False
+    kinds = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders", []) or []]
+    return "ByteLevel" in kinds
+
+
+class TokenText:
+    """Readable text for each token id of one tokenizer (or ids alone when there is none)."""
+
+    def __init__(self, tokenizer: Any = None):
+        self.tokenizer = tokenizer
+        self.byte_level = tokenizer is not None and _is_byte_level(tokenizer)
+        self._size = len(tokenizer) if tokenizer is not None else 0
+
+    def __call__(self, token_id: int) -> str:
+        """Return the text of one token id; a leading space stays a space."""
+        token_id = int(token_id)
+        if self.tokenizer is None or not 0 <= token_id < self._size:
+            return f"<id {token_id}>"
+        piece = self.tokenizer.convert_ids_to_tokens(token_id)
+        if piece is None:
+            return f"<id {token_id}>"
+        if self.byte_level:
+            table = _byte_decoder()
+            if all(ch in table for ch in piece):
+                return _bytes_to_text(bytes(table[ch] for ch in piece))
+            return piece  # added / special tokens are stored as plain text
+        m = _SP_BYTE.match(piece)
+        if m:
+            return _bytes_to_text(bytes([int(m.group(1), 16)]))
+        return piece.replace("▁", " ")
+
+    def many(self, token_ids) -> list[str]:
+        """Return the text of each id in ``token_ids``."""
+        return [self(int(i)) for i in token_ids]
+
+
+def show(text: str) -> str:
+    """Return ``text`` quoted with escapes, so ``" dog"`` and ``"\\n"`` are visible."""
+    return json.dumps(text, ensure_ascii=False)
