@@ -60,7 +60,9 @@ def info(
 @app.command()
 def neuron(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
-    neuron_ids: Annotated[list[str], typer.Argument(metavar="L.N...", help="Neuron ids, e.g. L12.345.")],
+    neuron_ids: Annotated[
+        list[str], typer.Argument(metavar="L.N...", help="Neuron ids, e.g. L12.345.")
+    ],
     matrix: Annotated[str, typer.Option("--matrix", "-m", help="up | gate | down")] = "down",
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Tokens to show at each end.")] = 20,
     probs: Annotated[bool, typer.Option("--probs", help="Also show probabilities.")] = False,
@@ -73,7 +75,9 @@ def neuron(
     from .decode import decode
     from .models import load
 
-    results = decode(load(model), neuron_ids, matrix=matrix, k=k, fold_norm=not no_fold, probs=probs)
+    results = decode(
+        load(model), neuron_ids, matrix=matrix, k=k, fold_norm=not no_fold, probs=probs
+    )
     if json_out:
         data = [r.to_dict() for r in results]
         _print_json(data[0] if len(data) == 1 else data)
@@ -90,6 +94,7 @@ def main() -> None:
     except ConceptvecError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+
 
 if __name__ == "__main__":
     main()

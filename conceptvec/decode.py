@@ -173,7 +173,12 @@ def _norm_eps(model: Model) -> float:
 
 def _recipe(model: Model, matrix: str | None, fold_norm: bool) -> dict[str, Any]:
     steps = []
-    if fold_norm and matrix == "down" and model.spec.mlp_out_norm and model.mlp_out_gain(0) is not None:
+    if (
+        fold_norm
+        and matrix == "down"
+        and model.spec.mlp_out_norm
+        and model.mlp_out_gain(0) is not None
+    ):
         steps.append("post_mlp_norm_gain")
     if fold_norm and model.spec.norm_style.startswith("layernorm"):
         steps.append("center")
@@ -253,9 +258,7 @@ def _decode_vectors(
 
         def tokens(ids, vals, row=row):
             return [
-                TokenScore(
-                    int(i), text(i), float(v), float(p[row, i]) if p is not None else None
-                )
+                TokenScore(int(i), text(i), float(v), float(p[row, i]) if p is not None else None)
                 for i, v in zip(ids.tolist(), vals.tolist())
             ]
 

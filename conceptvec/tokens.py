@@ -6,7 +6,7 @@ that hold part of a UTF-8 character decode to "\\ufffd". :class:`TokenText` read
 vocabulary piece instead and converts it by the tokenizer's own convention:
 
 - byte-level BPE (GPT-2, Llama 3, SmolLM2, Qwen): the piece's characters map to bytes;
-  bytes that are not valid UTF-8 show as ``\\xe2``-style escapes;
+  bytes that are not valid UTF-8 show as ``<0xE2>``, as SentencePiece writes them;
 - SentencePiece (Llama 2, Gemma): ``▁`` is a space and ``<0x0A>`` is the byte 0x0A.
 
 Without a tokenizer, a token shows as ``<id 123>``.
@@ -14,6 +14,7 @@ Without a tokenizer, a token shows as ``<id 123>``.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from functools import lru_cache
@@ -36,9 +37,16 @@ def _byte_decoder() -> dict[str, int]:
     return table
 
 
+def _hex_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
+    return "".join(f"<0x{b:02X}>" for b in err.object[err.start : err.end]), err.end
+
+
+codecs.register_error("conceptvec_hex", _hex_bytes)
+
+
 def _bytes_to_text(data: bytes) -> str:
-    """Decode UTF-8, showing each byte of an invalid or partial sequence as ``\\xNN``."""
-    return data.decode("utf-8", errors="backslashreplace")
+    """Decode UTF-8, showing each byte of an invalid or partial sequence as ``<0xE2>``."""
+    return data.decode("utf-8", errors="conceptvec_hex")
 
 
 def _is_byte_level(tokenizer: Any) -> bool:
@@ -84,6 +92,22 @@ class TokenText:
         return [self(int(i)) for i in token_ids]
 
 
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def show(text: str) -> str:
-    """Return ``text`` quoted with escapes, so ``" dog"`` and ``"\\n"`` are visible."""
-    return json.dumps(text, ensure_ascii=False)
+    """Return ``text`` in double quotes with escapes, so ``" dog"`` and ``"\\n"`` are visible.
+
+    >>> show(" dog"), show("a\\nb"), show("\\x7f")
+    ('" dog"', '"a\\\\nb"', '"\\\\x7f"')
+    """
+    out = []
+    for ch in text:
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch == " " or ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 256 else f"\\u{code:04x}")
+    return '"' + "".join(out) + '"'

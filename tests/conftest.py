@@ -37,8 +37,14 @@ FAMILIES = {
 
 def make_tokenizer(kind: str):
     """Return a PreTrainedTokenizerFast trained on CORPUS (byte-level BPE or SentencePiece)."""
-    from tokenizers import SentencePieceBPETokenizer
-    from tokenizers import models, pre_tokenizers, decoders, trainers, Tokenizer
+    from tokenizers import (
+        SentencePieceBPETokenizer,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     if kind == "bytelevel":
@@ -55,7 +61,9 @@ def make_tokenizer(kind: str):
     else:
         sp = SentencePieceBPETokenizer()
         sp.train_from_iterator(CORPUS, vocab_size=300, special_tokens=["<pad>", "<eos>", "<0x0A>"])
-        fast = PreTrainedTokenizerFast(tokenizer_object=sp._tokenizer, eos_token="<eos>", pad_token="<pad>")
+        fast = PreTrainedTokenizerFast(
+            tokenizer_object=sp._tokenizer, eos_token="<eos>", pad_token="<pad>"
+        )
     return fast
 
 

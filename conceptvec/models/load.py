@@ -69,8 +69,14 @@ def load(
             return _from_gguf(path, name=alias.name, source="alias", dtype=dtype)
         _say(quiet, f"{alias.name} -> {alias.target} ({alias.note})")
         folder, rev = _hub_snapshot(alias.target, revision, quiet)
-        return _from_folder(folder, name=alias.name, source="alias", revision=rev, dtype=dtype,
-                            trust_remote_code=trust_remote_code)
+        return _from_folder(
+            folder,
+            name=alias.name,
+            source="alias",
+            revision=rev,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
     path = Path(text).expanduser()
     if path.is_file():
         if path.suffix.lower() == ".gguf":
@@ -83,12 +89,27 @@ def load(
                 "config.json and safetensors"
             )
     if path.is_dir():
-        return _from_folder(path, name=text, source="folder", dtype=dtype,
-                            trust_remote_code=trust_remote_code)
-    if HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        return _from_folder(
+            path, name=text, source="folder", dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    looks_like_path = (
+        text.startswith((".", "/", "~")) or text.count("/") > 1 or text.endswith(".gguf")
+    )
+    if looks_like_path:
+        raise ModelNotFoundError(
+            f"{text} does not exist; pass an existing folder or .gguf file, an alias "
+            f"({', '.join(ALIASES)}) or a hub id (org/name)"
+        )
+    if HUB_ID.match(text):
         folder, rev = _hub_snapshot(text, revision, quiet)
-        return _from_folder(folder, name=text, source="hub", revision=rev, dtype=dtype,
-                            trust_remote_code=trust_remote_code)
+        return _from_folder(
+            folder,
+            name=text,
+            source="hub",
+            revision=rev,
+            dtype=dtype,
+            trust_remote_code=trust_remote_code,
+        )
     raise ModelNotFoundError(
         f"{text!r} is not an alias, an existing path or a hub id (org/name); aliases: "
         f"{', '.join(ALIASES)}"
@@ -192,7 +213,7 @@ def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
             )
         tokenizer = tokenizer or getattr(obj, "tokenizer", None)
     elif module.startswith("nnsight"):
-        hf = getattr(obj, "_model", None)
+        hf = obj.__dict__.get("_module") or obj.__dict__.get("_model")
         tokenizer = tokenizer or getattr(obj, "tokenizer", None)
     config = getattr(hf, "config", None)
     if config is None or not hasattr(hf, "state_dict"):
@@ -239,7 +260,9 @@ def _hub_snapshot(repo_id: str, revision: str | None, quiet: bool) -> tuple[Path
                 "(HF_HUB_OFFLINE is set); download it on a machine with internet or pass a "
                 "local folder"
             )
-        _say(quiet, f"{repo_id} is not in the local cache; downloading it from the Hugging Face Hub")
+        _say(
+            quiet, f"{repo_id} is not in the local cache; downloading it from the Hugging Face Hub"
+        )
         try:
             folder = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES)
         except Exception as e:

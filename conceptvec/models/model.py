@@ -126,7 +126,9 @@ class Model:
         NeuronId(layer, 0).check(self.dims.n_layers, self.dims.d_mlp)
         key = self._key(matrix, layer)
         if not self.reader.has(key):
-            raise NoWeightsError(f"{self.location} has no tensor {key}; the checkpoint is incomplete")
+            raise NoWeightsError(
+                f"{self.location} has no tensor {key}; the checkpoint is incomplete"
+            )
         w = self.reader.get(key)
         layout = "out_in" if self.reader.kind == "gguf" else self.spec.mlp[matrix][1]
         reads = matrix != "down"

@@ -204,9 +204,9 @@ def dims_from_config(config: Any) -> Dims:
     """Return the Dims an HF config describes (GPT-2's ``n_inner`` defaults to 4 d_model)."""
     c = text_config(config)
     top = config
-    d_model = getattr(c, "hidden_size", None) or getattr(c, "n_embd")
+    d_model = getattr(c, "hidden_size", None) or c.n_embd
     d_mlp = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * d_model
-    n_layers = getattr(c, "num_hidden_layers", None) or getattr(c, "n_layer")
+    n_layers = getattr(c, "num_hidden_layers", None) or c.n_layer
     tied = getattr(top, "tie_word_embeddings", None)
     if tied is None:
         tied = getattr(c, "tie_word_embeddings", True)

@@ -196,7 +196,11 @@ class ModuleReader:
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
-        self._state = module.state_dict(keep_vars=True)
+        self._state: dict[str, torch.Tensor] = {}
+        for key, value in module.state_dict(keep_vars=True).items():
+            # TransformerLens' bridge wraps each HF submodule in place and keeps the original
+            # under ``_original_component``; reading through it gives the HF key names back.
+            self._state.setdefault(key.replace("._original_component", ""), value)
 
     def has(self, key: str) -> bool:
         """Return True if the module has a parameter or buffer named ``key``."""
