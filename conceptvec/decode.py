@@ -127,8 +127,14 @@ def residual_vectors(model: Model, layer: int, matrix: str, fold_norm: bool = Tr
     return w
 
 
-def project(model: Model, vectors: torch.Tensor, fold_norm: bool = True) -> torch.Tensor:
-    """Return ``[n, vocab]`` float32 scores of residual-space ``vectors`` ``[n, d_model]``."""
+def project(
+    model: Model, vectors: torch.Tensor, fold_norm: bool = True, chunk: int = 16384
+) -> torch.Tensor:
+    """Return ``[n, vocab]`` float32 scores of residual-space ``vectors`` ``[n, d_model]``.
+
+    The unembedding is upcast to float32 ``chunk`` vocabulary rows at a time, so a bf16
+    128k-vocabulary head never needs a full float32 copy.
+    """
     v = vectors.float()
     if fold_norm:
         if model.spec.norm_style.startswith("layernorm"):
@@ -137,7 +143,9 @@ def project(model: Model, vectors: torch.Tensor, fold_norm: bool = True) -> torc
         if g is not None:
             v = v * g
     w_u = model.unembedding()
-    return v @ w_u.to(torch.float32).T
+    if w_u.dtype == torch.float32:
+        return v @ w_u.T
+    return torch.cat([v @ part.float().T for part in w_u.split(chunk)], dim=-1)
 
 
 def final_logits(model: Model, vectors: torch.Tensor) -> torch.Tensor:
@@ -228,13 +236,14 @@ def decode(
     matrix = check_matrix(matrix, m.spec.gated)
     for n in neurons:
         n.check(m.dims.n_layers, m.dims.d_mlp)
-    results: dict[NeuronId, Decoding] = {}
-    for layer in sorted({n.layer for n in neurons}):
-        here = [n for n in neurons if n.layer == layer]
-        vecs = residual_vectors(m, layer, matrix, fold_norm)[[n.index for n in here]]
-        for n, d in zip(here, _decode_vectors(m, vecs, here, matrix, k, fold_norm, probs)):
-            results[n] = d
-    out = [results[n] for n in neurons]
+    rows: dict[NeuronId, torch.Tensor] = {}
+    for layer in sorted({n.layer for n in neurons}):  # each layer's matrix is read once
+        layer_vectors = residual_vectors(m, layer, matrix, fold_norm)
+        for n in neurons:
+            if n.layer == layer:
+                rows[n] = layer_vectors[n.index]
+    vectors = torch.stack([rows[n] for n in neurons])
+    out = _decode_vectors(m, vectors, neurons, matrix, k, fold_norm, probs)
     return out[0] if single else out
 
 

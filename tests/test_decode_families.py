@@ -172,3 +172,14 @@ def test_decoding_renders_and_serialises(models):
     data = d.to_dict()
     assert data["neuron"] == "L1.1" and len(data["top"]) == 3 and "prob" in data["top"][0]
     assert "<table>" in d._repr_html_()
+
+
+def test_bf16_head_is_projected_in_float32_chunks():
+    hf, tok = build_tiny("llama")
+    m = conceptvec.load(hf.to(torch.bfloat16), tokenizer=tok)
+    vectors = residual_vectors(m, 1, "down")[:4]
+    whole = vectors @ (m.unembedding().float() * m.final_norm_gain()).T
+    chunked = conceptvec.project(m, vectors, chunk=50)  # vocab 394 -> 8 chunks
+    assert chunked.dtype == torch.float32 and chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
+    assert m.summary()["weights_dtype"] == "bfloat16"
