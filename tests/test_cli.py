@@ -1,0 +1,60 @@
+"""The command line: info for every family, neuron decoding as text and JSON, aliases."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import FAMILIES, run_cli
+
+EXPECTED_FAMILY = {"mistral": "llama", "qwen2": "llama", "gemma2": "gemma", "gemma3": "gemma"}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_info_every_family(family, tiny_dir, monkeypatch, capsys):
+    code, out, _ = run_cli(["info", str(tiny_dir(family)), "--json"], monkeypatch, capsys)
+    assert code == 0
+    info = json.loads(out)
+    assert info["family"] == EXPECTED_FAMILY.get(family, family)
+    assert info["layers"] == 3 and info["d_model"] == 32
+    assert info["norm_style"] in {"rmsnorm", "rmsnorm_1p", "layernorm", "layernorm_noparam"}
+    assert info["matrices"] == (["up", "down"] if family == "gpt2" else ["up", "gate", "down"])
+    code, text, _ = run_cli(["info", str(tiny_dir(family))], monkeypatch, capsys)
+    assert code == 0 and "d_mlp" in text and "tied_embeddings" in text
+
+
+def test_neuron_json_is_clean_stdout(tiny_dir, monkeypatch, capsys):
+    folder = str(tiny_dir("llama"))
+    code, out, _ = run_cli(
+        ["neuron", folder, "L1.3", "--k", "4", "--json", "--probs"], monkeypatch, capsys
+    )
+    assert code == 0
+    data = json.loads(out)
+    assert data["neuron"] == "L1.3" and data["matrix"] == "down"
+    assert len(data["top"]) == 4 and len(data["bottom"]) == 4
+    assert {"id", "token", "score", "prob"} <= set(data["top"][0])
+    assert data["recipe"]["fold_norm"] is True
+    code, out, _ = run_cli(
+        ["neuron", folder, "L1.3", "L2.0", "-m", "up", "--json"], monkeypatch, capsys
+    )
+    both = json.loads(out)
+    assert [d["neuron"] for d in both] == ["L1.3", "L2.0"] and both[0]["matrix"] == "up"
+
+
+def test_neuron_text_output(tiny_dir, monkeypatch, capsys):
+    code, out, _ = run_cli(
+        ["neuron", str(tiny_dir("gemma2")), "L0.1", "--k", "3", "--no-fold"], monkeypatch, capsys
+    )
+    assert code == 0
+    assert "L0.1 (down)" in out and "no norm folding" in out
+    assert len([line for line in out.splitlines() if line.strip()[:1].isdigit()]) == 3
+    assert '"' in out  # tokens are quoted, so leading spaces are visible
+
+
+def test_aliases(monkeypatch, capsys):
+    code, out, _ = run_cli(["aliases", "--json"], monkeypatch, capsys)
+    assert code == 0
+    assert json.loads(out)["llama-3.1-8b"]["target"] == "meta-llama/Llama-3.1-8B"
+    code, out, _ = run_cli(["aliases"], monkeypatch, capsys)
+    assert "smollm2-135m" in out and "(default)" in out
