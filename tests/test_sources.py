@@ -167,3 +167,24 @@ def test_import_does_not_pull_optional_frameworks():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lean_gguf_index_matches_gguf_reader(gguf_file):
+    import gguf
+    import numpy as np
+
+    from conceptvec.models.gguf_file import GGUFFile
+
+    ours, theirs = GGUFFile(gguf_file), gguf.GGUFReader(str(gguf_file))
+    assert set(ours.tensors) == {t.name for t in theirs.tensors}
+    for t in theirs.tensors:
+        expected = gguf.quants.dequantize(t.data, t.tensor_type)
+        np.testing.assert_array_equal(ours.dequantize(t.name).ravel(), expected.ravel())
+    for key, field in theirs.fields.items():
+        if not key.startswith("GGUF."):
+            value = field.contents()
+            assert (
+                ours.field(key) == pytest.approx(value)
+                if isinstance(value, float)
+                else ours.field(key) == value
+            )

@@ -15,6 +15,7 @@ turns them into the canonical ``[neurons, d_model]`` orientation using the spec.
 from __future__ import annotations
 
 import json
+import struct
 from pathlib import Path
 
 import torch
@@ -137,56 +138,50 @@ class GGUFWeightReader:
     kind = "gguf"
 
     def __init__(self, path: str | Path):
-        import gguf
+        from .gguf_file import GGUFFile
 
         self.path = Path(path)
         try:
-            self.reader = gguf.GGUFReader(str(self.path))
-        except Exception as e:
+            self.file = GGUFFile(self.path)
+        except (OSError, ValueError, struct.error, UnicodeDecodeError) as e:
             raise CorruptWeightsError(
                 f"{self.path} is not a readable GGUF file ({_one_line(e)}); it may be truncated: "
                 "re-download it"
             ) from None
-        self._tensors = {t.name: t for t in self.reader.tensors}
-        if not self._tensors:
+        if not self.file.tensors:
             raise NoWeightsError(f"{self.path} holds no tensors; is it a vocabulary-only GGUF?")
 
     def has(self, key: str) -> bool:
         """Return True if the file holds tensor ``key``."""
-        return key in self._tensors
+        return key in self.file.tensors
 
     def keys(self) -> list[str]:
         """Return every tensor name in the file."""
-        return list(self._tensors)
+        return list(self.file.tensors)
 
     def shape(self, key: str) -> tuple[int, ...]:
         """Return the logical shape of ``key`` in numpy order (``[out, in]`` for matrices)."""
-        return tuple(int(x) for x in reversed(self._tensors[key].shape.tolist()))
+        return self.file.tensors[key].shape
 
     def dtype(self, key: str) -> str:
         """Return the GGML type name of ``key`` (e.g. ``Q4_1``)."""
-        return self._tensors[key].tensor_type.name
+        return self.file.type_name(key)
 
     def get(self, key: str) -> torch.Tensor:
         """Return tensor ``key`` dequantized to float32, in numpy order."""
-        from gguf import dequantize
-
-        t = self._tensors[key]
         try:
-            array = dequantize(t.data, t.tensor_type)
+            array = self.file.dequantize(key)
+        except KeyError:
+            raise
         except Exception as e:
             raise CorruptWeightsError(
                 f"cannot dequantize {key} from {self.path} ({_one_line(e)}); re-download it"
             ) from None
-        return torch.from_numpy(array.reshape(self.shape(key)).copy())
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
 
     def field(self, name: str, default=None):
         """Return the metadata value ``name`` (a scalar, string or list), or ``default``."""
-        f = self.reader.fields.get(name)
-        if f is None:
-            return default
-        value = f.contents()
-        return value
+        return self.file.field(name, default)
 
 
 class ModuleReader:
