@@ -126,7 +126,10 @@ def test_folder_with_one_gguf_and_config_path(gguf_file, tiny_dir, tmp_path):
 
 def test_transformer_lens_bridge(tiny_pair):
     pytest.importorskip("transformer_lens")
-    from transformer_lens import TransformerBridge
+    try:
+        from transformer_lens import TransformerBridge
+    except ImportError:
+        pytest.skip("this transformer_lens has no TransformerBridge at the top level")
 
     hf, tok = tiny_pair
     bridge = TransformerBridge.boot_transformers(

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import ConceptvecError, ModelNotFoundError, NoWeightsError
 from .aliases import ALIASES, find_alias
 from .gguf_cache import check_architecture, gguf_config, gguf_hf_model, gguf_tokenizer
+from .hooked import from_hooked_transformer, is_hooked_transformer
 from .model import Model
 from .specs import spec_for_model_type, text_config
 from .weights import GGUFWeightReader, ModuleReader, SafetensorsReader
@@ -201,7 +202,10 @@ def _from_gguf(path: Path, *, name: str, source: str, dtype: Any = None) -> Mode
 
 
 def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
-    """Wrap a live HF, TransformerLens (bridge) or nnsight model without copying weights."""
+    """Wrap a live HF, TransformerLens (bridge or HookedTransformer) or nnsight model without
+    copying weights."""
+    if is_hooked_transformer(obj):
+        return from_hooked_transformer(obj, tokenizer=tokenizer)
     module = type(obj).__module__ or ""
     hf = obj
     if module.startswith("transformer_lens"):
