@@ -24,7 +24,7 @@ import torch
 
 from .models import Model, load
 from .neurons import NeuronId, check_matrix
-from .tokens import TokenText, show
+from .tokens import show, token_text
 
 
 @dataclass(frozen=True)
@@ -216,8 +216,9 @@ def decode(
     neuron id (``"L12.345"``, ``NeuronId(12, 345)``), a list of them (one Decoding each),
     or a tensor ``[d_model]`` / ``[n, d_model]`` of residual-stream vectors.
 
-    >>> d = decode("smollm2-135m", "L27.1184", matrix="down", k=5)  # doctest: +SKIP
+    >>> d = decode("smollm2-135m", "L29.883", matrix="down", k=5)  # doctest: +SKIP
     >>> d.top_tokens  # doctest: +SKIP
+    [' light', 'light', ' Light', 'Light', 'lights']
     """
     m = load(model)
     if k < 1:
@@ -260,7 +261,7 @@ def _decode_vectors(
     top_v, top_i = scores.topk(k, dim=-1)
     bot_v, bot_i = scores.topk(k, dim=-1, largest=False)
     p = torch.softmax(final_logits(m, vectors), dim=-1) if probs else None
-    text = TokenText(m.tokenizer)
+    text = token_text(m.tokenizer)
     recipe = _recipe(m, matrix, fold_norm)
     out = []
     for row, neuron in enumerate(neurons):

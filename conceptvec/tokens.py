@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import json
 import re
+import weakref
 from functools import lru_cache
 from typing import Any
 
@@ -51,14 +52,31 @@ def _bytes_to_text(data: bytes) -> str:
 
 def _is_byte_level(tokenizer: Any) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
+    decoder = getattr(backend, "decoder", None)
+    if decoder is None:
         return False
-    try:
-        decoder = json.loads(backend.to_str()).get("decoder") or {}
+    try:  # the decoder alone serialises in microseconds; the whole tokenizer can take 0.4 s
+        state = json.loads(decoder.__getstate__())
     except Exception:
         return False
-    kinds = [decoder.get("type")] + [d.get("type") for d in decoder.get("decoders", []) or []]
+    kinds = [state.get("type")] + [d.get("type") for d in state.get("decoders", []) or []]
     return "ByteLevel" in kinds
+
+
+_BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def token_text(tokenizer: Any) -> TokenText:
+    """Return the (cached) :class:`TokenText` of ``tokenizer``."""
+    if tokenizer is None:
+        return TokenText(None)
+    try:
+        cached = _BY_TOKENIZER.get(tokenizer)
+    except TypeError:  # not weak-referenceable
+        return TokenText(tokenizer)
+    if cached is None:
+        cached = _BY_TOKENIZER[tokenizer] = TokenText(tokenizer)
+    return cached
 
 
 class TokenText:

@@ -176,3 +176,12 @@ def test_usage_errors_exit_nonzero(tiny_dir, monkeypatch, capsys):
         ["neuron", str(tiny_dir("llama")), "L0.1", "--k", "0"], monkeypatch, capsys
     )
     assert code == 2 and "Traceback" not in err
+
+
+def test_config_transformers_cannot_read(tmp_path, tiny_dir, monkeypatch, capsys):
+    folder = _copy(tiny_dir("llama"), tmp_path / "broken-config")
+    config = json.loads((folder / "config.json").read_text())
+    config["rope_scaling"] = "not a dict"  # transformers' own validation refuses this
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedArchitectureError, match="transformers cannot read"):
+        conceptvec.load(folder)

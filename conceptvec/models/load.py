@@ -13,7 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConceptvecError, ModelNotFoundError, NoWeightsError
+from ..errors import (
+    ConceptvecError,
+    ModelNotFoundError,
+    NoWeightsError,
+    UnsupportedArchitectureError,
+)
 from .aliases import ALIASES, find_alias
 from .gguf_cache import check_architecture, gguf_config, gguf_hf_model, gguf_tokenizer
 from .hooked import from_hooked_transformer, is_hooked_transformer
@@ -148,7 +153,13 @@ def _from_folder(
 
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+    except Exception as e:
+        raise UnsupportedArchitectureError(
+            f"transformers cannot read {config_file} ({str(e).splitlines()[0][:160]}); "
+            "upgrade transformers, or pass trust_remote_code=True if you trust this repo"
+        ) from None
 
     def load_tokenizer():
         from transformers import AutoTokenizer
