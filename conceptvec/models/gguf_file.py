@@ -36,6 +36,7 @@ _SCALARS = {
     12: "d",
 }
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 _EAGER_ARRAY_LIMIT = 256
 """Arrays up to this length are decoded while indexing; longer ones on request."""
 
@@ -142,9 +143,17 @@ class GGUFFile:
     def _skip_array(self, elem: int, count: int) -> None:
         if elem in _SCALARS:
             self._take(struct.calcsize("<" + _SCALARS[elem]) * count)
-        elif elem == _STRING:
-            for _ in range(count):
-                self._take(self._unpack("Q"))
+        elif elem == _STRING:  # hot loop (a tokenizer has 49k-262k strings): no copies
+            pos, length = self._pos, _U64.unpack_from
+            buffer = self._map
+            try:
+                for _ in range(count):
+                    pos += 8 + length(buffer, pos)[0]
+            except struct.error:
+                raise GGUFFormatError("the header ends early (truncated)") from None
+            if pos > len(buffer):
+                raise GGUFFormatError("the header ends early (truncated)")
+            self._pos = pos
         else:
             for _ in range(count):
                 self._value(elem)
