@@ -117,7 +117,11 @@ def gguf_hf_model(path: Path, dtype: Any = None) -> Any:
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        _write_atomically(folder, model.save_pretrained)
-        meta = {"gguf": str(path.resolve()), "size": path.stat().st_size}
-        (folder / "conceptvec.json").write_text(json.dumps(meta))
+
+        def write(tmp: Path) -> None:
+            model.save_pretrained(tmp)
+            meta = {"gguf": str(path.resolve()), "size": path.stat().st_size}
+            (tmp / "conceptvec.json").write_text(json.dumps(meta))
+
+        _write_atomically(folder, write)
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
