@@ -181,12 +181,7 @@ def _norm_eps(model: Model) -> float:
 
 def _recipe(model: Model, matrix: str | None, fold_norm: bool) -> dict[str, Any]:
     steps = []
-    if (
-        fold_norm
-        and matrix == "down"
-        and model.spec.mlp_out_norm
-        and model.mlp_out_gain(0) is not None
-    ):
+    if fold_norm and matrix == "down" and model.has_mlp_out_norm:
         steps.append("post_mlp_norm_gain")
     if fold_norm and model.spec.norm_style.startswith("layernorm"):
         steps.append("center")

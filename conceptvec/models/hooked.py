@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from ..errors import NoWeightsError, UnsupportedArchitectureError
-from .model import Model
+from .model import Model, local_tokenizer_loader
 from .specs import ArchSpec, spec_for_model_type
 
 ARCHITECTURES: dict[str, str] = {
@@ -297,11 +297,6 @@ def from_hooked_transformer(model: Any, *, tokenizer: Any = None) -> Model:
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     tokenizer_name = getattr(cfg, "tokenizer_name", None)
 
-    def load_tokenizer():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(tokenizer_name, local_files_only=True)
-
     return Model(
         name=name,
         spec=spec,
@@ -310,5 +305,7 @@ def from_hooked_transformer(model: Any, *, tokenizer: Any = None) -> Model:
         source="object",
         location="<in memory>",
         tokenizer=tokenizer,
-        tokenizer_loader=load_tokenizer if tokenizer is None and tokenizer_name else None,
+        tokenizer_loader=(
+            local_tokenizer_loader(tokenizer_name) if tokenizer is None and tokenizer_name else None
+        ),
     )

@@ -22,7 +22,7 @@ from ..errors import (
 from .aliases import ALIASES, find_alias
 from .gguf_cache import check_architecture, gguf_config, gguf_hf_model, gguf_tokenizer
 from .hooked import from_hooked_transformer, is_hooked_transformer
-from .model import Model
+from .model import Model, local_tokenizer_loader
 from .specs import spec_for_model_type, text_config
 from .weights import GGUFWeightReader, ModuleReader, SafetensorsReader
 
@@ -239,11 +239,6 @@ def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
     spec = spec_for_model_type(str(getattr(text_config(config), "model_type", None)))
     name = getattr(config, "_name_or_path", "") or type(hf).__name__
 
-    def load_tokenizer():
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(name, local_files_only=True)
-
     return Model(
         name=name,
         spec=spec,
@@ -252,7 +247,7 @@ def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
         source="object",
         location="<in memory>",
         tokenizer=tokenizer,
-        tokenizer_loader=None if tokenizer is not None else load_tokenizer,
+        tokenizer_loader=None if tokenizer is not None else local_tokenizer_loader(name),
         hf_model=hf,
     )
 

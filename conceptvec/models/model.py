@@ -93,26 +93,22 @@ class Model:
             return not has_head
         return dims_from_config(self.config).tied
 
-    def _unembed_key(self) -> str:
-        key = self._key("embed") if self._is_tied() else self._key("unembed")
-        if not self.reader.has(key):
+    def _read_dims(self) -> Dims:
+        dims = dims_from_config(self.config)
+        tied = self._is_tied()
+        self._head_key = self._key("embed") if tied else self._key("unembed")
+        if not self.reader.has(self._head_key):
             raise NoWeightsError(
                 f"{self.location} has neither an unembedding ({self._key('unembed')}) nor an "
                 f"embedding ({self._key('embed')}); is this a complete causal-LM checkpoint?"
             )
-        return key
-
-    def _read_dims(self) -> Dims:
-        dims = dims_from_config(self.config)
-        vocab, d_model = self.reader.shape(self._unembed_key())
+        vocab, d_model = self.reader.shape(self._head_key)
         if d_model != dims.d_model:
             raise CorruptWeightsError(
                 f"{self.location}: unembedding has width {d_model} but the config says "
                 f"d_model={dims.d_model}; the config and weights do not belong together"
             )
-        return Dims(
-            dims.n_layers, dims.d_model, dims.d_mlp, int(vocab), self._is_tied(), dims.logit_softcap
-        )
+        return Dims(dims.n_layers, dims.d_model, dims.d_mlp, int(vocab), tied, dims.logit_softcap)
 
     # ----------------------------------------------------------------- weights
     def neurons(self, layer: int, matrix: str) -> torch.Tensor:
@@ -148,7 +144,7 @@ class Model:
     def unembedding(self) -> torch.Tensor:
         """Return ``[vocab, d_model]``, the LM head (the embedding when tied). Cached."""
         if self._unembedding is None:
-            self._unembedding = self.reader.get(self._unembed_key())
+            self._unembedding = self.reader.get(self._head_key)
         return self._unembedding
 
     def _gain(self, key: str) -> torch.Tensor | None:
@@ -170,6 +166,11 @@ class Model:
             return None
         key = self._key("final_norm").replace(".weight", ".bias")
         return self.reader.get(key).float() if self.reader.has(key) else None
+
+    @property
+    def has_mlp_out_norm(self) -> bool:
+        """True when this checkpoint has a norm on the MLP output (folded into ``down``)."""
+        return bool(self.spec.mlp_out_norm) and self.reader.has(self._key("mlp_out_norm", 0))
 
     def mlp_out_gain(self, layer: int) -> torch.Tensor | None:
         """Return the gain of the norm on this layer's MLP output (Gemma 2/3, OLMo 2), or None."""
@@ -223,7 +224,7 @@ class Model:
             "norm_style": self.spec.norm_style,
             "mlp": ("gated " if self.spec.gated else "") + self.spec.activation,
             "matrices": list(self.spec.matrices),
-            "mlp_out_norm": bool(self.spec.mlp_out_norm) and self.mlp_out_gain(0) is not None,
+            "mlp_out_norm": self.has_mlp_out_norm,
             "logit_softcap": self.dims.logit_softcap,
             "weights_dtype": self.reader.dtype(self._key("down", 0)),
         }
@@ -234,3 +235,14 @@ class Model:
             f"Model({self.name!r}, family={self.spec.family}, layers={d.n_layers}, "
             f"d_model={d.d_model}, d_mlp={d.d_mlp}, vocab={d.vocab})"
         )
+
+
+def local_tokenizer_loader(name: str) -> Callable[[], Any]:
+    """Return a loader of ``name``'s tokenizer from local files (a folder or the HF cache)."""
+
+    def load_tokenizer() -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+
+    return load_tokenizer

@@ -67,7 +67,6 @@ class SafetensorsReader:
                 raise CorruptWeightsError(
                     f"{path} is truncated or corrupted ({_one_line(e)}); re-download or re-save it"
                 ) from None
-            _check_safetensors_size(path)
             self._handles[name] = handle
             for key in keys:
                 self._key_to_file[key] = name
@@ -111,25 +110,6 @@ class SafetensorsReader:
             return self._handles[self._key_to_file[key]]
         except KeyError:
             raise KeyError(f"{key} is not in the checkpoint at {self.folder}") from None
-
-
-def _check_safetensors_size(path: Path) -> None:
-    """Raise CorruptWeightsError if the file is shorter than its header says."""
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CorruptWeightsError(f"{path} is truncated (no header); re-download it")
-        n = int.from_bytes(head, "little")
-        try:
-            header = json.loads(f.read(n))
-        except ValueError:
-            raise CorruptWeightsError(f"{path} has a corrupted header; re-download it") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    size = path.stat().st_size
-    if size < 8 + n + end:
-        raise CorruptWeightsError(
-            f"{path} is truncated ({size} bytes, header promises {8 + n + end}); re-download it"
-        )
 
 
 class GGUFWeightReader:
