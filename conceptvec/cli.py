@@ -22,7 +22,7 @@ app = typer.Typer(
 MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
 
 
-def _print_json(data) -> None:
+def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
@@ -32,7 +32,7 @@ def aliases(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")
     from .models.aliases import ALIASES, DEFAULT_MODEL
 
     if json_out:
-        _print_json({a.name: {"target": a.target, "note": a.note} for a in ALIASES.values()})
+        print_json({a.name: {"target": a.target, "note": a.note} for a in ALIASES.values()})
         return
     for a in ALIASES.values():
         mark = " (default)" if a.name == DEFAULT_MODEL else ""
@@ -49,7 +49,7 @@ def info(
 
     summary = load(model).summary()
     if json_out:
-        _print_json(summary)
+        print_json(summary)
         return
     for key, value in summary.items():
         if isinstance(value, list):
@@ -80,9 +80,19 @@ def neuron(
     )
     if json_out:
         data = [r.to_dict() for r in results]
-        _print_json(data[0] if len(data) == 1 else data)
+        print_json(data[0] if len(data) == 1 else data)
         return
     typer.echo("\n\n".join(str(r) for r in results))
+
+
+def _register_groups() -> None:
+    from .commands import atlas, intervene
+
+    atlas.register(app)
+    intervene.register(app)
+
+
+_register_groups()
 
 
 def main() -> None:
