@@ -33,3 +33,24 @@ class NeuronOutOfRangeError(ConceptvecError, IndexError):
 
 class BadNeuronIdError(ConceptvecError, ValueError):
     """A neuron id string that does not parse (expected ``L12.345``)."""
+
+
+class AtlasError(ConceptvecError):
+    """An atlas folder that cannot be written, resumed, read or compared as asked."""
+
+
+class CorruptAtlasError(AtlasError):
+    """An atlas shard or manifest that does not match its recorded hash or schema."""
+
+
+class BadInterventionError(ConceptvecError, ValueError):
+    """An intervention that cannot be applied as written: a non-finite value, a malformed
+    ``L.N=VALUE``, an unknown position set or a vector of the wrong size."""
+
+
+class UnsupportedModelError(ConceptvecError, TypeError):
+    """A model object that interventions cannot hook (not HF, TransformerLens or nnsight)."""
+
+
+class HookNeverFiredError(ConceptvecError, RuntimeError):
+    """An intervention whose hook never fired (or never matched a token) inside its block."""

@@ -2,8 +2,247 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from ..errors import AtlasError
+
+MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
+EXPORTS = ("parquet", "neuronpedia", "html")
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """Return the layers in ``"0-3,7"`` (None for all)."""
+    if not text:
+        return None
+    out: list[int] = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m:
+            raise AtlasError(f"cannot read layers {text!r}; write them like 0-3,7")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        out += range(lo, hi + 1)
+    return out
+
+
+def _formats(text: str) -> list[str]:
+    formats = [f for f in text.replace(" ", "").split(",") if f and f != "none"]
+    bad = [f for f in formats if f not in EXPORTS]
+    if bad:
+        raise AtlasError(f"unknown export {bad[0]!r}; use some of {', '.join(EXPORTS)} or none")
+    return formats
+
+
+def default_out(model: str) -> Path:
+    """Return ``atlas-<model>`` in the current folder, with path separators made safe."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "--", Path(model).name if Path(model).exists() else model)
+    return Path(f"atlas-{name.strip('-') or 'model'}")
+
+
+def run_exports(atlas_dir: Path, formats: list[str], out: Path | None = None) -> list[Path]:
+    """Write each export of ``formats`` for the atlas in ``atlas_dir``; return the paths."""
+    from ..atlas import Atlas
+    from ..atlas.export import export_neuronpedia, export_parquet
+
+    atlas = Atlas(atlas_dir)
+    paths = []
+    for f in formats:
+        target = out if out is not None and len(formats) == 1 else None
+        if f == "parquet":
+            paths.append(export_parquet(atlas, target))
+        elif f == "neuronpedia":
+            paths.append(export_neuronpedia(atlas, target))
+        else:
+            from ..atlas.html import export_html
+
+            paths.append(export_html(atlas, target or atlas.path / "html", progress=True))
+    return paths
+
+
+def bound_malloc() -> None:
+    """Make glibc return freed large buffers to the system at once (Linux only; no-op elsewhere).
+
+    Mapping streams one 30-250 MB matrix after another through two threads; glibc's adaptive
+    mmap threshold would keep such buffers in per-thread heaps, and peak memory then grows
+    by a gigabyte on a 1B model. A fixed 1 MiB threshold keeps it near the working set.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def register(app: typer.Typer) -> None:
     """Add the atlas commands to ``app``."""
+
+    @app.command("map")
+    def map_(
+        model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+        matrices: Annotated[
+            str | None,
+            typer.Option(help="Comma-separated, e.g. up,down [default: all the model has]."),
+        ] = None,
+        k: Annotated[int, typer.Option("--k", "-k", min=1, help="Top and bottom tokens.")] = 20,
+        out: Annotated[
+            Path | None, typer.Option("--out", "-o", help="Atlas folder [default: atlas-MODEL].")
+        ] = None,
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float32")] = "auto",
+        layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. 0-3,7.")] = None,
+        export: Annotated[
+            str, typer.Option(help="Also write: parquet, neuronpedia, html (comma list) or none.")
+        ] = "parquet",
+        no_fold: Annotated[
+            bool, typer.Option("--no-fold", help="Do not fold the final norm into W_U.")
+        ] = False,
+        overwrite: Annotated[
+            bool, typer.Option(help="Replace an atlas made from another model or recipe.")
+        ] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+        json_out: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+    ) -> None:
+        """Decode every MLP neuron through the LM head into a resumable atlas folder."""
+        from ..atlas import build_atlas
+
+        formats = _formats(export)
+        target = out or default_out(model)
+        bound_malloc()
+        try:
+            report = build_atlas(
+                model,
+                target,
+                matrices=matrices,
+                k=k,
+                layers=parse_layers(layers),
+                device=device,
+                dtype=dtype,
+                fold_norm=not no_fold,
+                overwrite=overwrite,
+                progress=not quiet,
+            )
+        except KeyboardInterrupt:
+            typer.echo(
+                f"interrupted; finished shards are kept in {target}. Run the same command "
+                "again to resume.",
+                err=True,
+            )
+            raise typer.Exit(130) from None
+        if not _is_rank0():
+            return
+        exported = [str(p) for p in run_exports(target, formats)] if report.complete else []
+        if json_out:
+            from ..cli import print_json
+
+            print_json({**report.to_dict(), "exports": exported})
+            return
+        s = report.seconds
+        typer.echo(
+            f"atlas: {target}  ({len(report.shards_written)} shards written, "
+            f"{len(report.shards_reused)} reused; {s['total']:.1f} s, of which projecting "
+            f"{s['project']:.1f} s on {report.device} in {report.dtype})"
+        )
+        for p in exported:
+            typer.echo(f"export: {p}")
+        typer.echo(f"search it: conceptvec search {target} WORD")
+
+    @app.command()
+    def search(
+        model: Annotated[str, typer.Argument(help=MODEL_HELP + " Or an atlas folder.")],
+        word: Annotated[str, typer.Argument(help="The token to look for, e.g. dog.")],
+        matrix: Annotated[
+            str | None, typer.Option("--matrix", "-m", help="up | gate | down [default: down]")
+        ] = None,
+        top: Annotated[int, typer.Option("--top", "-n", min=1, help="Neurons to list.")] = 20,
+        exact: Annotated[
+            bool, typer.Option(help="Match the token text exactly (case and spaces).")
+        ] = False,
+        bottom: Annotated[bool, typer.Option(help="Search the most negative scores.")] = False,
+        by: Annotated[str, typer.Option(help="Rank by zscore or raw score.")] = "zscore",
+        layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. 20-29.")] = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Rank every neuron by a token's score in its projection (exact, from the weights).
+
+        Given an atlas folder instead of a model, list the neurons whose stored top tokens
+        hold the word.
+        """
+        from ..cli import print_json
+
+        if (Path(model) / "manifest.json").exists():
+            from ..atlas import Atlas
+
+            atlas = Atlas(model)
+            hits = atlas.search(word, matrix=matrix, top=top, exact=exact, bottom=bottom)
+            if json_out:
+                print_json([h.to_dict() for h in hits])
+            else:
+                typer.echo(atlas.search_table(hits) if hits else f"no neuron lists {word!r}")
+            return
+        from ..atlas.search import hits_table, search_weights
+
+        hits = search_weights(
+            model,
+            word,
+            matrix=matrix or "down",
+            top=top,
+            exact=exact,
+            bottom=bottom,
+            layers=parse_layers(layers),
+            by=by,
+        )
+        if json_out:
+            print_json([h.to_dict() for h in hits])
+        else:
+            typer.echo(hits_table(hits))
+
+    @app.command()
+    def diff(
+        atlas_a: Annotated[Path, typer.Argument(help="Atlas folder A (e.g. the base model).")],
+        atlas_b: Annotated[Path, typer.Argument(help="Atlas folder B (e.g. instruct/unlearned).")],
+        top: Annotated[
+            int, typer.Option("--top", "-n", min=0, help="Changed neurons to list.")
+        ] = 20,
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """Compare two atlases: per layer, the share of neurons with the same top-1 token."""
+        from ..atlas.diff import diff_atlases
+
+        result = diff_atlases(atlas_a, atlas_b, top=top)
+        if json_out:
+            from ..cli import print_json
+
+            print_json(result.to_dict())
+        else:
+            typer.echo(str(result))
+
+    @app.command("export")
+    def export_(
+        atlas_dir: Annotated[Path, typer.Argument(help="An atlas folder from `conceptvec map`.")],
+        format: Annotated[
+            str, typer.Option("--format", "-f", help="parquet, neuronpedia, html (comma list).")
+        ] = "parquet",
+        out: Annotated[
+            Path | None, typer.Option("--out", "-o", help="Where to write (one format only).")
+        ] = None,
+    ) -> None:
+        """Export an atlas: Parquet table, Neuronpedia batch-N.jsonl.gz, or an HTML browser."""
+        formats = _formats(format)
+        if not formats:
+            raise AtlasError("nothing to export; give --format parquet, neuronpedia or html")
+        if out is not None and len(formats) > 1:
+            raise AtlasError("--out works with one --format at a time")
+        for p in run_exports(atlas_dir, formats, out):
+            typer.echo(f"export: {p}")
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

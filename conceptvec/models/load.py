@@ -39,6 +39,15 @@ HUB_FILES = [
 ]
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "spiece.model",
+)
+
+
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
         print(f"conceptvec: {message}", file=sys.stderr)
@@ -162,6 +171,8 @@ def _from_folder(
         ) from None
 
     def load_tokenizer():
+        if not any((folder / f).exists() for f in TOKENIZER_FILES):
+            raise FileNotFoundError(f"{folder} has no tokenizer files")  # skip importing them
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)

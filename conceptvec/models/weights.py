@@ -3,8 +3,7 @@
 Three sources share one small interface (``kind``, ``has``, ``shape``, ``get``):
 
 - :class:`SafetensorsReader` over a folder of safetensors shards (through the index file
-  when there is one), memory-mapped, so reading ``down_proj`` of layer 3 touches only
-  that tensor's bytes;
+  when there is one), reading ``down_proj`` of layer 3 touches only that tensor's bytes;
 - :class:`GGUFWeightReader` over a ``.gguf`` file, dequantizing one tensor on request;
 - :class:`ModuleReader` over an already-loaded ``torch.nn.Module`` (no copy).
 
@@ -23,6 +22,18 @@ import torch
 from ..errors import CorruptWeightsError, NoWeightsError
 
 INDEX_FILE = "model.safetensors.index.json"
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 SINGLE_FILE = "model.safetensors"
 
 
@@ -53,6 +64,8 @@ class SafetensorsReader:
                 "GGUF only (convert .bin checkpoints with transformers' save_pretrained)"
             )
         self._handles = {}
+        self._headers: dict[str, dict] = {}
+        self._data_start: dict[str, int] = {}
         self._key_to_file: dict[str, str] = {}
         for name in files:
             path = self.folder / name
@@ -95,15 +108,44 @@ class SafetensorsReader:
         return str(self._handle(key).get_slice(key).get_dtype())
 
     def get(self, key: str) -> torch.Tensor:
-        """Return the tensor ``key`` as stored (dtype and layout)."""
+        """Return the tensor ``key`` as stored (dtype and layout), in its own memory.
+
+        The bytes are read with ``pread`` into a fresh tensor rather than through a memory
+        map, so a streamed matrix leaves no mapped file pages behind once it is dropped
+        (peak memory stays near one matrix, not the sum of every matrix read).
+        """
         try:
-            return self._handle(key).get_tensor(key)
+            name = self._key_to_file[key]
         except KeyError:
-            raise
+            raise KeyError(f"{key} is not in the checkpoint at {self.folder}") from None
+        try:
+            entry = self._layout(name).get(key)
+            if entry is None or entry["dtype"] not in _ST_DTYPES:
+                return self._handle(key).get_tensor(key)
+            start, end = entry["data_offsets"]
+            out = torch.empty(entry["shape"], dtype=_ST_DTYPES[entry["dtype"]])
+            buf = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
+            if buf is not None:
+                if buf.nbytes != end - start:
+                    raise ValueError(f"{key}: {end - start} bytes for {buf.nbytes} expected")
+                with open(self.folder / name, "rb") as f:
+                    f.seek(self._data_start[name] + start)
+                    if f.readinto(memoryview(buf)) != buf.nbytes:
+                        raise ValueError(f"{key} is cut short")
+            return out
         except Exception as e:
             raise CorruptWeightsError(
                 f"cannot read {key} from {self.folder} ({_one_line(e)}); re-download the checkpoint"
             ) from None
+
+    def _layout(self, name: str) -> dict:
+        """Return the parsed safetensors header of shard ``name`` (cached)."""
+        if name not in self._headers:
+            with open(self.folder / name, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                self._headers[name] = json.loads(f.read(n))
+            self._data_start[name] = 8 + n
+        return self._headers[name]
 
     def _handle(self, key: str):
         try:

@@ -1,0 +1,262 @@
+"""``Atlas``: a finished (or partial) atlas folder, read without the model.
+
+>>> atlas = Atlas("atlas/smollm2-135m")  # doctest: +SKIP
+>>> atlas.neuron("L29.883", matrix="down").top_tokens[:3]  # doctest: +SKIP
+[' light', 'light', ' Light']
+>>> atlas.search("dog")[:1]  # doctest: +SKIP
+[AtlasHit(neuron=L29.808, matrix='down', rank=0, token=' dog', score=...)]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..decode import Decoding, TokenScore
+from ..errors import AtlasError
+from ..neurons import NeuronId, check_matrix
+from ..tokens import show
+from . import store
+
+
+@dataclass(frozen=True)
+class AtlasHit:
+    """One neuron whose top (or bottom) tokens hold a searched token."""
+
+    neuron: NeuronId
+    matrix: str
+    rank: int
+    """Position of the best matching token in the neuron's list (0 = its top token)."""
+    token: str
+    score: float
+    matches: int = 1
+    """How many of the neuron's listed tokens match the query."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "neuron": str(self.neuron),
+            "matrix": self.matrix,
+            "rank": self.rank,
+            "token": self.token,
+            "score": self.score,
+            "matches": self.matches,
+        }
+
+
+def normalize(text: str) -> str:
+    """Return the form tokens and queries are matched in: stripped and case-folded."""
+    return text.strip().casefold()
+
+
+class Atlas:
+    """An atlas folder written by :func:`conceptvec.atlas.build_atlas` (``conceptvec map``)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path).expanduser()
+        if not self.path.is_dir():
+            raise AtlasError(
+                f"{self.path} is not a folder; give the --out folder of `conceptvec map`"
+            )
+        self.manifest: dict[str, Any] = store.read_json(self.path / store.MANIFEST, "manifest")
+        if self.manifest.get("schema") != store.SCHEMA:
+            raise AtlasError(f"{self.path / store.MANIFEST} is not a conceptvec atlas manifest")
+        if self.manifest.get("schema_version") != store.SCHEMA_VERSION:
+            raise AtlasError(
+                f"{self.path} uses atlas schema {self.manifest.get('schema_version')}, this "
+                f"conceptvec reads {store.SCHEMA_VERSION}; remake it with `conceptvec map`"
+            )
+        self._shards: dict[str, dict[str, torch.Tensor]] = {}
+
+    # --------------------------------------------------------------------- facts
+    @property
+    def model_name(self) -> str:
+        """The model the atlas was made from (as the user named it)."""
+        return self.manifest["model_name"]
+
+    @property
+    def k(self) -> int:
+        """How many top and bottom tokens each neuron keeps."""
+        return int(self.manifest["k"])
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """``n_layers, d_model, d_mlp, vocab`` of the model."""
+        return self.manifest["dims"]
+
+    @property
+    def layers(self) -> list[int]:
+        """Layers with at least one shard."""
+        return sorted({e["layer"] for e in self.manifest["shards"].values()})
+
+    @property
+    def matrices(self) -> list[str]:
+        """Matrices with at least one shard (``up``, ``gate``, ``down``)."""
+        present = {e["matrix"] for e in self.manifest["shards"].values()}
+        return [m for m in ("up", "gate", "down") if m in present]
+
+    @property
+    def complete(self) -> bool:
+        """False when the run that made the atlas stopped early (resume it with ``map``)."""
+        return bool(self.manifest.get("complete"))
+
+    @cached_property
+    def vocab(self) -> list[str]:
+        """Display text of every token id (``vocab.json``)."""
+        path = self.path / store.VOCAB
+        data = path.read_bytes() if path.exists() else b""
+        if store.sha256_bytes(data) != self.manifest.get("vocab_sha256"):
+            raise store.CorruptAtlasError(
+                f"{path} is missing or does not match its hash in the manifest; remake the atlas"
+            )
+        return json.loads(data)
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "partial"
+        return (
+            f"Atlas({self.model_name!r}, {len(self.layers)} layers x {self.matrices}, "
+            f"k={self.k}, {state}, path={str(self.path)!r})"
+        )
+
+    # -------------------------------------------------------------------- shards
+    def shard(self, layer: int, matrix: str) -> dict[str, torch.Tensor]:
+        """Return one layer's ``top_ids, top_values, bottom_ids, bottom_values`` ``[d_mlp, k]``.
+
+        The file's sha256 is checked against the manifest on first read.
+        """
+        name = store.shard_name(layer, matrix)
+        if name not in self._shards:
+            entry = self.manifest["shards"].get(name)
+            if entry is None:
+                have = ", ".join(self.matrices) or "none"
+                raise AtlasError(
+                    f"this atlas has no {matrix} shard for layer {layer} (layers "
+                    f"{_ranges(self.layers)}, matrices {have}); map it with `conceptvec map "
+                    f"--matrices {matrix}`"
+                )
+            self._shards[name] = store.decode_shard(self.path / entry["file"], entry["sha256"])
+        return self._shards[name]
+
+    def shards(self, matrix: str | None = None) -> Iterator[tuple[int, str, dict]]:
+        """Yield ``(layer, matrix, shard)`` for every shard, in layer order."""
+        for entry in sorted(self.manifest["shards"].values(), key=lambda e: e["layer"]):
+            if matrix is None or entry["matrix"] == matrix:
+                yield entry["layer"], entry["matrix"], self.shard(entry["layer"], entry["matrix"])
+
+    def verify(self) -> list[str]:
+        """Return the names of shards whose files are missing or do not match their hash."""
+        bad = []
+        for name, entry in self.manifest["shards"].items():
+            path = self.path / entry["file"]
+            if not path.exists() or store.sha256_file(path) != entry["sha256"]:
+                bad.append(name)
+        return bad
+
+    # ------------------------------------------------------------------- lookups
+    def neuron(self, neuron: str | NeuronId, matrix: str = "down") -> Decoding:
+        """Return the stored top and bottom tokens of one neuron as a :class:`Decoding`."""
+        n = NeuronId.parse(neuron).check(self.dims["n_layers"], self.dims["d_mlp"])
+        matrix = check_matrix(matrix)
+        s = self.shard(n.layer, matrix)
+        vocab = self.vocab
+
+        def tokens(ids, values):
+            return [
+                TokenScore(int(i), vocab[int(i)], float(v))
+                for i, v in zip(ids[n.index].tolist(), values[n.index].tolist())
+            ]
+
+        return Decoding(
+            model=self.model_name,
+            neuron=n,
+            matrix=matrix,
+            top=tokens(s["top_ids"], s["top_values"]),
+            bottom=tokens(s["bottom_ids"], s["bottom_values"]),
+            recipe=dict(self.manifest["recipe"]["down" if matrix == "down" else "up"]),
+        )
+
+    def token_ids(self, query: str | list[str], exact: bool = False) -> list[int]:
+        """Return the ids of tokens matching ``query`` (case- and space-insensitive unless exact)."""
+        queries = [query] if isinstance(query, str) else list(query)
+        if exact:
+            wanted = set(queries)
+            return [i for i, t in enumerate(self.vocab) if t in wanted]
+        wanted = {normalize(q) for q in queries}
+        return [i for i, t in enumerate(self.vocab) if normalize(t) in wanted]
+
+    def search(
+        self,
+        query: str | list[str],
+        *,
+        matrix: str | None = None,
+        top: int | None = 50,
+        exact: bool = False,
+        bottom: bool = False,
+        max_rank: int | None = None,
+    ) -> list[AtlasHit]:
+        """Return the neurons whose top tokens hold ``query``, best first.
+
+        Matching ignores case and surrounding spaces (``"dog"`` finds ``" dog"``, ``"Dog"``)
+        unless ``exact``. Neurons rank by where the token sits in their list (top-1 first),
+        then by how many listed tokens match, then by score. ``bottom`` searches the bottom
+        tokens instead; ``max_rank`` keeps only hits within the first ``max_rank`` places.
+        """
+        ids = self.token_ids(query, exact)
+        if not ids:
+            raise AtlasError(
+                f"no token in this atlas's vocabulary reads {query!r}"
+                + ("" if exact else " (ignoring case and spaces)")
+                + "; try another spelling or a word piece"
+            )
+        want = torch.tensor(ids, dtype=torch.int32)
+        side = "bottom" if bottom else "top"
+        hits: list[AtlasHit] = []
+        for layer, m, s in self.shards(check_matrix(matrix) if matrix else None):
+            ids_k, vals_k = s[f"{side}_ids"], s[f"{side}_values"]
+            if max_rank is not None:
+                ids_k, vals_k = ids_k[:, :max_rank], vals_k[:, :max_rank]
+            found = torch.isin(ids_k, want)
+            rows = found.any(dim=1).nonzero().flatten()
+            if not len(rows):
+                continue
+            first = found[rows].int().argmax(dim=1)
+            count = found[rows].sum(dim=1)
+            for r, f, c in zip(rows.tolist(), first.tolist(), count.tolist()):
+                tok = int(ids_k[r, f])
+                hits.append(
+                    AtlasHit(NeuronId(layer, r), m, f, self.vocab[tok], float(vals_k[r, f]), c)
+                )
+        sign = 1.0 if bottom else -1.0
+        hits.sort(key=lambda h: (h.rank, -h.matches, sign * h.score))
+        return hits if top is None else hits[:top]
+
+    def search_table(self, hits: list[AtlasHit]) -> str:
+        """Return ``hits`` as a plain-text table (what ``conceptvec search --atlas`` prints)."""
+        lines = [f"{'neuron':<10} {'matrix':<6} {'rank':>4} {'token':<16} {'score':>8}  top tokens"]
+        for h in hits:
+            tops = self.neuron(h.neuron, h.matrix).top_tokens[:5]
+            lines.append(
+                f"{str(h.neuron):<10} {h.matrix:<6} {h.rank + 1:>4} {show(h.token):<16} "
+                f"{h.score:>8.3f}  {' '.join(show(t) for t in tops)}"
+            )
+        return "\n".join(lines)
+
+
+def _ranges(values: list[int]) -> str:
+    if not values:
+        return "none"
+    out, start, prev = [], values[0], values[0]
+    for v in values[1:] + [None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}" if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ",".join(out)

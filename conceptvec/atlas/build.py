@@ -1,0 +1,355 @@
+"""``build_atlas``: decode every MLP neuron of a model through the LM head, layer by layer.
+
+The weights stream from disk one matrix at a time (the model is never built). The folded
+unembedding ``W = center(W_U * g)`` stays on the device; each layer's neurons are projected
+in row chunks, ``scores = V @ W.T``, and only the top-k and bottom-k of each row are kept
+(:mod:`conceptvec.atlas.topk`). Shards are written by a background thread while the next
+layer computes; a journal line after each shard makes an interrupted run resumable.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import AtlasError
+from ..models import Model, load
+from ..neurons import check_matrix
+from . import store
+from .head import FoldedHead, layer_vectors, resolve_compute
+from .identity import atlas_identity, vocab_texts
+from .topk import merge_candidates, top_bottom
+
+CPU_SCORE_BYTES = 64 << 20  # one [rows, vocab chunk] float32 score block on CPU
+GPU_SCORE_BYTES = 4 << 30
+
+
+@dataclass
+class BuildReport:
+    """What :func:`build_atlas` did: where the atlas is and how long each phase took."""
+
+    out: Path
+    shards_written: list[str] = field(default_factory=list)
+    shards_reused: list[str] = field(default_factory=list)
+    shards_remade: list[str] = field(default_factory=list)
+    complete: bool = False
+    seconds: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready summary."""
+        return {
+            "out": str(self.out),
+            "complete": self.complete,
+            "written": len(self.shards_written),
+            "reused": len(self.shards_reused),
+            "remade": self.shards_remade,
+            "device": self.device,
+            "dtype": self.dtype,
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        }
+
+
+def build_atlas(
+    model: Any,
+    out: str | Path,
+    *,
+    matrices: tuple[str, ...] | list[str] | str | None = None,
+    k: int = 20,
+    layers: list[int] | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    fold_norm: bool = True,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> BuildReport:
+    """Map ``model``'s MLP neurons into an atlas folder ``out``; return a :class:`BuildReport`.
+
+    ``model`` is anything :func:`conceptvec.load` accepts; ``matrices`` defaults to all the
+    model has (``up, gate, down``, or ``up, down`` for an ungated MLP). Runs under ``torchrun`` split the
+    layers across ranks (gloo on CPU, NCCL on CUDA); rank 0 writes the manifest. A folder left
+    by an interrupted run with the same model and recipe is resumed; one made from another
+    model or recipe is refused unless ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    model = model if isinstance(model, Model) else load(model)
+    matrices = _matrices(matrices, model)
+    if not 1 <= k <= model.dims.vocab:
+        raise AtlasError(f"k must be between 1 and the vocabulary size {model.dims.vocab}")
+    layers = _layers(layers, model.dims.n_layers)
+    rank, world = _distributed()
+    dev, cdtype = resolve_compute(device, dtype, rank)
+    root = Path(out).expanduser()
+    report = BuildReport(out=root, device=str(dev), dtype=str(cdtype).replace("torch.", ""))
+
+    head = FoldedHead(model, dev, cdtype, fold_norm)  # hashes W_U in a thread meanwhile
+    manifest = atlas_identity(model, k=k, dtype=report.dtype, fold_norm=fold_norm)
+    manifest["unembedding_sha256"] = head.sha256()
+    manifest["compute"] = {"device": dev.type, "dtype": report.dtype, "world_size": world}
+    items = [store.shard_name(layer, m) for layer in layers for m in matrices]
+
+    plan = _collective(rank, world, lambda: _prepare(root, model, manifest, items, overwrite))
+    done = plan["done"]
+    report.shards_reused = sorted(done)
+    report.shards_remade = plan["remade"]
+    report.seconds["setup"] = time.perf_counter() - t0
+
+    todo = [(layer, m) for layer in layers[rank::world] for m in matrices]
+    todo = [(layer, m) for layer, m in todo if store.shard_name(layer, m) not in done]
+    t1 = time.perf_counter()
+    report.shards_written = _run(model, head, root, todo, k, fold_norm, rank, progress)
+    if world > 1:  # every rank reports what all of them wrote
+        import torch.distributed as dist
+
+        lists: list[Any] = [None] * world
+        dist.all_gather_object(lists, report.shards_written)
+        report.shards_written = sorted(name for names in lists for name in names)
+    report.seconds["project"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    report.complete = _collective(rank, world, lambda: _finish(root, items))
+    report.seconds["finish"] = time.perf_counter() - t2
+    report.seconds["total"] = time.perf_counter() - t0
+    return report
+
+
+def _matrices(matrices, model: Model) -> list[str]:
+    if matrices is None:
+        return ["up", "gate", "down"] if model.spec.gated else ["up", "down"]
+    if isinstance(matrices, str):
+        matrices = [m for m in matrices.replace(" ", "").split(",") if m]
+    if not matrices:
+        raise AtlasError("no matrices given; use some of up, gate, down")
+    out = []
+    for m in matrices:
+        m = check_matrix(m, model.spec.gated)
+        if m not in out:
+            out.append(m)
+    return out
+
+
+def _layers(layers, n_layers: int) -> list[int]:
+    if layers is None:
+        return list(range(n_layers))
+    bad = [layer for layer in layers if not 0 <= int(layer) < n_layers]
+    if bad:
+        raise AtlasError(f"layer {bad[0]} is out of range; this model has layers 0-{n_layers - 1}")
+    return sorted({int(layer) for layer in layers})
+
+
+def _distributed() -> tuple[int, int]:
+    """Return ``(rank, world_size)``, joining the torchrun process group when there is one."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _collective(rank: int, world: int, fn):
+    """Run ``fn`` on rank 0 and hand its result (or its error) to every rank."""
+    if world == 1:
+        return fn()
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box[0] = ("ok", fn())
+        except Exception as e:  # re-raised on every rank below
+            box[0] = ("error", e)
+    dist.barrier()
+    dist.broadcast_object_list(box, src=0)
+    status, value = box[0]
+    if status == "error":
+        raise value
+    return value
+
+
+# ---------------------------------------------------------------------------- folder state
+def _prepare(
+    root: Path, model: Model, manifest: dict, items: list[str], overwrite: bool
+) -> dict[str, Any]:
+    """Make ``root`` ready: refuse, clear or resume it. Return the shards already done."""
+    _check_writable(root)
+    old_path = root / store.MANIFEST
+    done: dict[str, dict] = {}
+    remade: list[str] = []
+    texts = vocab_texts(model)
+    manifest["vocab_sha256"] = store.sha256_bytes(texts)
+    if old_path.exists() and not overwrite:
+        old = store.read_json(old_path, "manifest")
+        why = store.identity_mismatch(store.identity(old), store.identity(manifest))
+        if why:
+            raise AtlasError(
+                f"{root} holds an atlas of {old.get('model_name', '?')} made another way ({why}); "
+                "pass --overwrite to replace it or choose another --out"
+            )
+        recorded = {**old.get("shards", {}), **store.read_journals(root)}
+        for name, entry in recorded.items():
+            path = root / entry["file"]
+            if path.exists() and store.sha256_file(path) == entry["sha256"]:
+                done[name] = entry
+            else:
+                remade.append(name)
+                print(
+                    f"conceptvec: shard {name} is damaged or missing; remaking it", file=sys.stderr
+                )
+        manifest["layers"] = old.get("layers", [])
+        manifest["matrices"] = old.get("matrices", [])
+    elif old_path.exists() or _has_atlas_files(root):
+        if not overwrite:
+            raise AtlasError(
+                f"{root} has files from an unfinished atlas but no manifest; pass --overwrite"
+            )
+        _clear(root)
+    elif root.exists() and any(root.iterdir()):
+        raise AtlasError(
+            f"{root} is not empty and holds no conceptvec atlas; choose a new or empty --out"
+        )
+    (root / store.SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    vocab_path = root / store.VOCAB
+    if not vocab_path.exists() or store.sha256_file(vocab_path) != manifest["vocab_sha256"]:
+        store.atomic_write(vocab_path, texts)
+    _write_manifest(root, manifest, done, items)
+    return {"done": set(done), "remade": remade}
+
+
+def _check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".conceptvec-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise AtlasError(
+            f"cannot write to {root} ({e.strerror or e}); choose a writable --out"
+        ) from None
+
+
+def _has_atlas_files(root: Path) -> bool:
+    return (root / store.SHARD_DIR).exists() or any(root.glob(store.JOURNAL_GLOB))
+
+
+def _clear(root: Path) -> None:
+    """Remove an old atlas's own files from ``root`` (nothing else)."""
+    shutil.rmtree(root / store.SHARD_DIR, ignore_errors=True)
+    for name in (store.MANIFEST, store.VOCAB):
+        (root / name).unlink(missing_ok=True)
+    for path in root.glob(store.JOURNAL_GLOB):
+        path.unlink()
+
+
+def _write_manifest(root: Path, manifest: dict, shards: dict, items: list[str]) -> bool:
+    manifest["shards"] = dict(sorted(shards.items()))
+    present = {(e["layer"], e["matrix"]) for e in shards.values()}
+    manifest["layers"] = sorted({layer for layer, _ in present} | set(manifest.get("layers", [])))
+    order = {m: i for i, m in enumerate(("up", "gate", "down"))}
+    manifest["matrices"] = sorted(
+        {m for _, m in present} | set(manifest.get("matrices", [])), key=order.get
+    )
+    manifest["complete"] = all(name in shards for name in items)
+    store.write_json(root / store.MANIFEST, manifest)
+    for path in root.glob(store.JOURNAL_GLOB):  # merged into the manifest now
+        path.unlink()
+    return manifest["complete"]
+
+
+def _finish(root: Path, items: list[str]) -> bool:
+    manifest = store.read_json(root / store.MANIFEST, "manifest")
+    shards = {**manifest.get("shards", {}), **store.read_journals(root)}
+    return _write_manifest(root, manifest, shards, items)
+
+
+# ------------------------------------------------------------------------------ the work
+def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
+    """Project every (layer, matrix) in ``todo``; write shards in the background."""
+    if not todo:
+        return []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(todo),
+        unit="shard",
+        desc=f"map {model.name}",
+        disable=not progress or rank != 0,
+        file=sys.stderr,
+    )
+    written: list[str] = []
+    pending: list[Future] = []
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        nxt = reader.submit(layer_vectors, model, *todo[0], head, fold_norm)
+        try:
+            for i, (layer, matrix) in enumerate(todo):
+                vectors = nxt.result()
+                if i + 1 < len(todo):
+                    nxt = reader.submit(layer_vectors, model, *todo[i + 1], head, fold_norm)
+                result = project_top_bottom(vectors, head, k)
+                name = store.shard_name(layer, matrix)
+                pending.append(writer.submit(_write_shard, root, rank, name, layer, matrix, result))
+                pending = [f for f in pending if not _done(f)]
+                written.append(name)
+                bar.update(1)
+            for f in pending:
+                f.result()
+        finally:
+            nxt.cancel()
+            bar.close()
+    return written
+
+
+def _done(f: Future) -> bool:
+    if f.done():
+        f.result()  # re-raise a failed write here, in the main thread
+        return True
+    return False
+
+
+def project_top_bottom(vectors: torch.Tensor, head: FoldedHead, k: int) -> dict[str, torch.Tensor]:
+    """Return top/bottom ``k`` ids and scores of ``vectors @ W.T`` for ``[n, d_model]`` vectors.
+
+    Each vocabulary chunk of the head is folded once; rows go through it in blocks whose
+    ``[rows, chunk]`` score matrix fits the device's budget; candidates merge at the end.
+    """
+    n = vectors.shape[0]
+    budget = GPU_SCORE_BYTES if vectors.device.type == "cuda" else CPU_SCORE_BYTES
+    rows = max(1, min(n, budget // (head.chunk_width * vectors.element_size())))
+    starts = range(0, n, rows)
+    parts: list[list] = [[] for _ in starts]
+    for offset, w in head.chunks():
+        for j, start in enumerate(starts):
+            tv, ti, bv, bi = top_bottom(vectors[start : start + rows] @ w.T, k)
+            parts[j].append((tv, ti + offset, bv, bi + offset))
+        del w  # let the next chunk be folded without this one alive
+    merged = [merge_candidates(p, k) for p in parts]
+    out = [torch.cat([m[j] for m in merged]) for j in range(4)]
+    return dict(zip(store.SHARD_TENSORS, (out[1], out[0], out[3], out[2])))
+
+
+def _write_shard(root: Path, rank: int, name: str, layer: int, matrix: str, result) -> None:
+    data = store.encode_shard(result, {"layer": str(layer), "matrix": matrix})
+    path = store.shard_path(root, name)
+    store.atomic_write(path, data)
+    entry = {
+        "name": name,
+        "file": str(path.relative_to(root)),
+        "layer": layer,
+        "matrix": matrix,
+        "sha256": store.sha256_bytes(data),
+        "bytes": len(data),
+    }
+    store.append_journal(root, rank, entry)

@@ -1,0 +1,191 @@
+"""Write an atlas as a Parquet table or as Neuronpedia-style ``batch-N.jsonl.gz`` files.
+
+Both use Neuronpedia's column names, one row per neuron and matrix::
+
+    layer, index, matrix, pos_str, pos_values, neg_str, neg_values
+
+``pos_*`` are the top tokens (best first) and their scores, ``neg_*`` the bottom tokens
+(most negative first). Files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AtlasError
+from . import store
+from .atlas import Atlas
+
+PARQUET = "atlas.parquet"
+NEURONPEDIA_DIR = "neuronpedia"
+COLUMNS = ("layer", "index", "matrix", "pos_str", "pos_values", "neg_str", "neg_values")
+
+
+def _open(atlas: Atlas | str) -> Atlas:
+    return atlas if isinstance(atlas, Atlas) else Atlas(atlas)
+
+
+def _arrow_table(atlas: Atlas, layer: int, matrix: str, shard: dict, vocab):
+    """Return one shard as a pyarrow table with Neuronpedia's columns (vectorised)."""
+    import pyarrow as pa
+
+    n, k = shard["top_ids"].shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+
+    def lists(ids, values):
+        strs = vocab.take(pa.array(ids.numpy().reshape(-1).astype(np.int64)))
+        vals = pa.array(values.numpy().reshape(-1).astype(np.float32))
+        return pa.ListArray.from_arrays(offsets, strs), pa.ListArray.from_arrays(offsets, vals)
+
+    pos_str, pos_values = lists(shard["top_ids"], shard["top_values"])
+    neg_str, neg_values = lists(shard["bottom_ids"], shard["bottom_values"])
+    return pa.table(
+        {
+            "layer": pa.array(np.full(n, layer, dtype=np.int32)),
+            "index": pa.array(np.arange(n, dtype=np.int32)),
+            "matrix": pa.array([matrix] * n, type=pa.string()),
+            "pos_str": pos_str,
+            "pos_values": pos_values,
+            "neg_str": neg_str,
+            "neg_values": neg_values,
+        }
+    )
+
+
+def _tables(atlas: Atlas) -> Iterator:
+    import pyarrow as pa
+
+    vocab = pa.array(atlas.vocab, type=pa.string())
+    for layer, matrix, shard in atlas.shards():
+        yield _arrow_table(atlas, layer, matrix, shard, vocab)
+
+
+def _require_pyarrow() -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise AtlasError(
+            "Parquet export needs pyarrow; install it with `pip install pyarrow`"
+        ) from None
+
+
+def export_parquet(atlas: Atlas | str, out: str | Path | None = None) -> Path:
+    """Write the atlas as one Parquet table (a row group per shard); return its path.
+
+    ``out`` defaults to ``atlas.parquet`` inside the atlas folder.
+    """
+    _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    atlas = _open(atlas)
+    path = Path(out) if out is not None else atlas.path / PARQUET
+    tables = _tables(atlas)
+    first = next(tables, None)
+    if first is None:
+        raise AtlasError(f"{atlas.path} has no shards yet; run `conceptvec map` first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, store.file_mode())
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, first.schema, compression="zstd") as writer:
+            writer.write_table(first)
+            for table in tables:
+                writer.write_table(table)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise AtlasError(store.write_problem(path, e)) from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_parquet(path: str | Path):
+    """Return an exported Parquet atlas as a pandas DataFrame (needs pandas)."""
+    _require_pyarrow()
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pandas()
+
+
+def neuronpedia_rows(atlas: Atlas | str, model_id: str | None = None) -> Iterator[dict]:
+    """Yield one Neuronpedia-style record per neuron and matrix.
+
+    ``layer`` follows Neuronpedia's ``"<layer>-<source>"`` form, here ``"12-mlp-down"``; the
+    numeric layer and the matrix are given on their own too.
+    """
+    atlas = _open(atlas)
+    vocab = atlas.vocab
+    model_id = model_id or atlas.model_name
+    for layer, matrix, shard in atlas.shards():
+        top_ids, top_v = shard["top_ids"].tolist(), shard["top_values"].tolist()
+        bot_ids, bot_v = shard["bottom_ids"].tolist(), shard["bottom_values"].tolist()
+        for i in range(len(top_ids)):
+            yield {
+                "modelId": model_id,
+                "layer": f"{layer}-mlp-{matrix}",
+                "index": str(i),
+                "layer_num": layer,
+                "matrix": matrix,
+                "pos_str": [vocab[t] for t in top_ids[i]],
+                "pos_values": [round(v, 5) for v in top_v[i]],
+                "neg_str": [vocab[t] for t in bot_ids[i]],
+                "neg_values": [round(v, 5) for v in bot_v[i]],
+            }
+
+
+def export_neuronpedia(
+    atlas: Atlas | str,
+    out: str | Path | None = None,
+    *,
+    batch_size: int = 4096,
+    model_id: str | None = None,
+) -> Path:
+    """Write ``batch-0.jsonl.gz, batch-1.jsonl.gz, ...`` (``batch_size`` records each).
+
+    The folder ``out`` (default ``neuronpedia/`` in the atlas folder) is built under a
+    temporary name and renamed, so a reader never sees half an export.
+    """
+    atlas = _open(atlas)
+    path = Path(out) if out is not None else atlas.path / NEURONPEDIA_DIR
+    if path.exists() and not (path / "batch-0.jsonl.gz").exists():
+        raise AtlasError(f"{path} exists and is not a Neuronpedia export; choose another folder")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        tmp.chmod(store.file_mode() | 0o111)
+    except OSError as e:
+        raise AtlasError(store.write_problem(path, e)) from None
+    try:
+        batch: list[str] = []
+        n = 0
+        for row in neuronpedia_rows(atlas, model_id):
+            batch.append(json.dumps(row, ensure_ascii=False))
+            if len(batch) == batch_size:
+                _write_batch(tmp / f"batch-{n}.jsonl.gz", batch)
+                batch, n = [], n + 1
+        if batch:
+            _write_batch(tmp / f"batch-{n}.jsonl.gz", batch)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise AtlasError(store.write_problem(path, e)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _write_batch(path: Path, lines: list[str]) -> None:
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
+        gz.write(("\n".join(lines) + "\n").encode())
+    path.write_bytes(buf.getvalue())

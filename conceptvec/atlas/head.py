@@ -1,0 +1,122 @@
+"""The folded LM head on the compute device, and each layer's neuron vectors beside it.
+
+Folding puts the final norm into the unembedding once, ``W = center(W_U * g)``, so a neuron's
+scores are one product ``v @ W.T`` (centring the rows of ``W`` is the same as centring ``v``
+for LayerNorm models). On CPU a head too large to hold in float32 is folded chunk by chunk
+from the stored (bf16) copy, which keeps peak memory near the size of the stored head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+
+from ..decode import residual_vectors
+from ..errors import AtlasError
+from ..models import Model
+
+CPU_HEAD_BYTES = 256 << 20  # fold the whole head at once below this (float32 size)
+CPU_HEAD_CHUNK_BYTES = 64 << 20  # above it, fold this many bytes of float32 rows at a time
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_compute(device: str, dtype: str, rank: int = 0) -> tuple[torch.device, torch.dtype]:
+    """Return the device and compute dtype for ``auto|cpu|cuda`` and ``auto|bfloat16|float32``."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise AtlasError("--device cuda was asked for but torch sees no GPU; use --device cpu")
+        dev = torch.device(device if ":" in device else f"cuda:{rank % torch.cuda.device_count()}")
+    elif device == "cpu":
+        dev = torch.device("cpu")
+    else:
+        raise AtlasError(f"unknown device {device!r}; use auto, cpu or cuda")
+    if dtype == "auto":
+        dtype = "bfloat16" if dev.type == "cuda" else "float32"
+    if dtype not in _DTYPES:
+        raise AtlasError(f"unknown dtype {dtype!r}; use auto, bfloat16, float16 or float32")
+    return dev, _DTYPES[dtype]
+
+
+class FoldedHead:
+    """``[vocab, d_model]`` scores matrix on ``device`` in ``dtype``, yielded in vocab chunks."""
+
+    def __init__(self, model: Model, device: torch.device, dtype: torch.dtype, fold: bool):
+        self.model, self.device, self.dtype, self.fold = model, device, dtype, fold
+        raw = model.unembedding()
+        self.vocab, self.d_model = raw.shape
+        self._hasher = ThreadPoolExecutor(1)
+        self._hash = self._hasher.submit(_sha256_tensor, raw)
+        self._hasher.shutdown(wait=False)
+        self.gain = model.final_norm_gain() if fold else None
+        self.center = fold and model.spec.norm_style.startswith("layernorm")
+        whole = device.type == "cuda" or self.vocab * self.d_model * 4 <= CPU_HEAD_BYTES
+        self._raw = None if whole else raw
+        self._whole = self._fold(raw.to(device)) if whole else None
+
+    @property
+    def chunk_width(self) -> int:
+        """The widest vocabulary chunk :meth:`chunks` yields."""
+        if self._whole is not None:
+            return self.vocab
+        return max(1, min(self.vocab, CPU_HEAD_CHUNK_BYTES // (4 * self.d_model)))
+
+    def sha256(self) -> str:
+        """Return the sha256 of the stored unembedding's bytes (computed in the background)."""
+        return self._hash.result()
+
+    def _fold(self, w: torch.Tensor) -> torch.Tensor:
+        return fold_rows(w, self.gain, self.center).to(self.dtype).contiguous()
+
+    def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(first_token_id, W[first:first + n])`` covering the vocabulary."""
+        if self._whole is not None:
+            yield 0, self._whole
+            return
+        step = self.chunk_width
+        for start in range(0, self.vocab, step):
+            yield start, self._fold(self._raw[start : start + step])
+
+
+def fold_rows(w: torch.Tensor, gain: torch.Tensor | None, center: bool) -> torch.Tensor:
+    """Return unembedding rows ``[n, d_model]`` as float32 with the final norm folded in.
+
+    ``v @ fold_rows(W).T`` equals decoding's ``center(v) * g @ W.T`` for any vector ``v``.
+    """
+    w = w.float() if w.dtype != torch.float32 else w.clone()
+    if gain is not None:
+        w.mul_(gain.to(w.device))
+    if center:
+        w.sub_(w.mean(-1, keepdim=True))
+    return w
+
+
+def folded_rows(model: Model, ids: list[int] | slice, fold: bool = True) -> torch.Tensor:
+    """Return the folded unembedding rows of token ``ids``, ``[len(ids), d_model]`` float32."""
+    gain = model.final_norm_gain() if fold else None
+    center = fold and model.spec.norm_style.startswith("layernorm")
+    return fold_rows(model.unembedding()[ids], gain, center)
+
+
+def layer_vectors(
+    model: Model, layer: int, matrix: str, head: FoldedHead, fold_norm: bool
+) -> torch.Tensor:
+    """Return ``[d_mlp, d_model]`` neuron vectors of one matrix on the head's device and dtype."""
+    if head.device.type == "cpu":
+        return residual_vectors(model, layer, matrix, fold_norm).to(head.dtype)
+    w = model.neurons(layer, matrix).to(head.device, non_blocking=True).float()
+    if fold_norm and matrix == "down":
+        g = model.mlp_out_gain(layer)
+        if g is not None:
+            w = w * g.to(head.device)
+    return w.to(head.dtype).contiguous()
+
+
+def _sha256_tensor(t: torch.Tensor) -> str:
+    t = t.detach().cpu().contiguous()
+    return hashlib.sha256(t.view(torch.uint8).numpy()).hexdigest()

@@ -1,0 +1,69 @@
+"""Top-k and bottom-k of score rows without sorting them: one pass of block extrema first.
+
+For scores ``[n, vocab]`` the exact top-k lies inside the k blocks (of ``block`` columns) with
+the largest maxima: a block holding one of the top-k values has a maximum at least as large
+as the k-th value, and at most k blocks can. So one memory pass (``aminmax`` over blocks)
+plus two small top-k calls over ``k * block`` candidates replaces two full ``topk`` passes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BLOCK = 64
+
+
+def top_bottom(
+    scores: torch.Tensor, k: int, block: int = BLOCK
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return ``(top_values, top_ids, bottom_values, bottom_ids)``, each ``[n, k]``, best first.
+
+    Values keep the dtype of ``scores``; ids are int64 column indices. Ties may pick a
+    different (equally scored) index than :func:`torch.topk`, never a different value.
+    """
+    n, vocab = scores.shape
+    k = min(k, vocab)
+    whole = vocab // block
+    if whole < k or block <= 1:
+        top = scores.topk(k, dim=-1)
+        bottom = scores.topk(k, dim=-1, largest=False)
+        return top.values, top.indices, bottom.values, bottom.indices
+    body = scores[:, : whole * block].reshape(n, whole, block)
+    low, high = torch.aminmax(body, dim=-1)
+    top_v, top_i = _pick(body, high, k, largest=True)
+    bot_v, bot_i = _pick(body, low, k, largest=False)
+    if whole * block < vocab:  # the tail that does not fill a block joins the candidates
+        tail = scores[:, whole * block :]
+        offset = whole * block
+        top_v, top_i = _merge(top_v, top_i, tail, offset, k, largest=True)
+        bot_v, bot_i = _merge(bot_v, bot_i, tail, offset, k, largest=False)
+    return top_v, top_i, bot_v, bot_i
+
+
+def _pick(body: torch.Tensor, extreme: torch.Tensor, k: int, largest: bool):
+    n, _, block = body.shape
+    blocks = extreme.topk(k, dim=-1, largest=largest).indices  # [n, k]
+    cand = body.gather(1, blocks[..., None].expand(-1, -1, block)).reshape(n, k * block)
+    values, pos = cand.topk(k, dim=-1, largest=largest)
+    ids = blocks.gather(1, pos // block) * block + pos % block
+    return values, ids
+
+
+def _merge(values, ids, tail, offset: int, k: int, largest: bool):
+    tail_ids = torch.arange(offset, offset + tail.shape[1], device=tail.device)
+    all_v = torch.cat([values, tail], dim=1)
+    all_i = torch.cat([ids, tail_ids.expand(tail.shape[0], -1)], dim=1)
+    v, pos = all_v.topk(k, dim=-1, largest=largest)
+    return v, all_i.gather(1, pos)
+
+
+def merge_candidates(
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge per-vocabulary-chunk results (ids already global) into one top/bottom-k."""
+    if len(parts) == 1:
+        return parts[0]
+    tv, ti, bv, bi = (torch.cat([p[j] for p in parts], dim=1) for j in range(4))
+    top_v, pos = tv.topk(k, dim=-1)
+    bot_v, bpos = bv.topk(k, dim=-1, largest=False)
+    return top_v, ti.gather(1, pos), bot_v, bi.gather(1, bpos)

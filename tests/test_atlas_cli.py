@@ -1,0 +1,143 @@
+"""The atlas commands: map, search (weights and atlas), diff, export; errors; torchrun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conceptvec.atlas import Atlas
+
+from .conftest import run_cli
+
+
+def test_map_search_export_round_trip(tiny_dir, tmp_path, monkeypatch, capsys):
+    folder, out = str(tiny_dir("llama")), tmp_path / "atlas"
+    code, stdout, err = run_cli(
+        ["map", folder, "--out", str(out), "-k", "5", "--json", "--export", "parquet,neuronpedia"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert report["complete"] and report["written"] == 9 and len(report["exports"]) == 2
+    assert (out / "atlas.parquet").exists() and (out / "neuronpedia" / "batch-0.jsonl.gz").exists()
+
+    atlas = Atlas(out)
+    token = atlas.neuron("L0.1", "down").top[0].token
+    code, stdout, _ = run_cli(["search", str(out), token, "--exact", "--json"], monkeypatch, capsys)
+    assert code == 0
+    hits = json.loads(stdout)
+    assert {"neuron": "L0.1", "matrix": "down"}.items() <= next(
+        h for h in hits if h["neuron"] == "L0.1" and h["matrix"] == "down"
+    ).items()
+
+    code, stdout, _ = run_cli(["search", folder, token, "--exact", "-n", "3"], monkeypatch, capsys)
+    assert code == 0 and "neuron" in stdout and len(stdout.splitlines()) == 4
+
+    code, stdout, _ = run_cli(["map", folder, "--out", str(out), "-k", "5"], monkeypatch, capsys)
+    assert code == 0 and "0 shards written, 9 reused" in stdout
+
+
+def test_map_layers_and_matrices(tiny_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "a"
+    args = ["map", str(tiny_dir("gpt2")), "-o", str(out), "--layers", "0,2", "--matrices", "down"]
+    code, _, err = run_cli(args + ["--export", "none", "-q"], monkeypatch, capsys)
+    assert code == 0, err
+    atlas = Atlas(out)
+    assert atlas.layers == [0, 2] and atlas.matrices == ["down"] and atlas.complete
+    assert not (out / "atlas.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--layers", "7"], "layer 7 is out of range"),
+        (["--layers", "1-x"], "cannot read layers"),
+        (["--matrices", "gate"], "no gate matrix"),
+        (["--device", "tpu"], "unknown device"),
+        (["--dtype", "int8"], "unknown dtype"),
+        (["--export", "pdf"], "unknown export"),
+        (["-k", "100000"], "k must be between"),
+    ],
+)
+def test_map_bad_input_is_one_line(args, message, tiny_dir, tmp_path, monkeypatch, capsys):
+    cmd = ["map", str(tiny_dir("gpt2")), "-o", str(tmp_path / "a"), *args]
+    code, _, err = run_cli(cmd, monkeypatch, capsys)
+    assert code == 2 and err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "a" / "shards").exists() or not any(
+        (tmp_path / "a" / "shards").iterdir()
+    )
+
+
+def test_map_into_another_models_atlas_is_refused(tiny_dir, tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "a")
+    assert (
+        run_cli(["map", str(tiny_dir("llama")), "-o", out, "-q", "-k", "3"], monkeypatch, capsys)[0]
+        == 0
+    )
+    code, _, err = run_cli(
+        ["map", str(tiny_dir("qwen2")), "-o", out, "-k", "3"], monkeypatch, capsys
+    )
+    assert code == 2 and "made another way" in err and "--overwrite" in err
+
+
+def test_diff_and_export_commands(tiny_dir, tmp_path, monkeypatch, capsys):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    for out in (a, b):
+        cmd = ["map", str(tiny_dir("olmo")), "-o", out, "-q", "-k", "4", "--export", "none"]
+        assert run_cli(cmd, monkeypatch, capsys)[0] == 0
+    code, stdout, _ = run_cli(["diff", a, b, "--json"], monkeypatch, capsys)
+    assert code == 0 and json.loads(stdout)["same_top1"] == 1.0
+    code, stdout, _ = run_cli(["diff", a, b], monkeypatch, capsys)
+    assert "same top-1 token: 100.0%" in stdout
+    code, _, err = run_cli(["diff", a, str(tmp_path)], monkeypatch, capsys)
+    assert code == 2 and "no manifest.json" in err
+    target = tmp_path / "np"
+    code, stdout, _ = run_cli(
+        ["export", a, "-f", "neuronpedia", "-o", str(target)], monkeypatch, capsys
+    )
+    assert code == 0 and (target / "batch-0.jsonl.gz").exists()
+    code, _, err = run_cli(
+        ["export", a, "-f", "parquet,neuronpedia", "-o", "x"], monkeypatch, capsys
+    )
+    assert code == 2 and "one --format" in err
+
+
+def test_torchrun_two_ranks_equal_one_process(tiny_dir, tmp_path):
+    """2 ranks on CPU with gloo: layers split across ranks, rank 0 writes the manifest."""
+    folder = str(tiny_dir("gemma2"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(launcher: list[str], out: str) -> subprocess.CompletedProcess:
+        args = ["map", folder, "-o", str(tmp_path / out), "-q", "-k", "6", "--device", "cpu"]
+        return subprocess.run(
+            [sys.executable, "-m", *launcher, *args, "--export", "none", "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+
+    single = run(["conceptvec.cli"], "one")
+    assert single.returncode == 0, single.stderr
+    torchrun = ["torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--module"]
+    dist = run([*torchrun, "conceptvec.cli"], "two")
+    assert dist.returncode == 0, dist.stderr[-2000:]
+    report = json.loads(dist.stdout)
+    assert report["complete"] and report["written"] == 9
+    one, two = Atlas(tmp_path / "one"), Atlas(tmp_path / "two")
+    assert two.manifest["compute"]["world_size"] == 2 and two.complete
+    assert one.manifest["shards"].keys() == two.manifest["shards"].keys()
+    for entry in one.manifest["shards"].values():
+        a = one.shard(entry["layer"], entry["matrix"])
+        b = two.shard(entry["layer"], entry["matrix"])
+        assert torch.equal(a["top_ids"], b["top_ids"]) and torch.equal(
+            a["bottom_ids"], b["bottom_ids"]
+        )
+        torch.testing.assert_close(a["top_values"], b["top_values"])

