@@ -23,12 +23,13 @@ from ..errors import AtlasError
 from ..models import Model, load
 from ..neurons import check_matrix
 from . import store
-from .head import FoldedHead, layer_vectors, resolve_compute
+from .head import FoldedHead, Pending, layer_vectors, resolve_compute
 from .identity import atlas_identity, vocab_texts
 from .topk import merge_candidates, top_bottom
 
 CPU_SCORE_BYTES = 64 << 20  # one [rows, vocab chunk] float32 score block on CPU
 GPU_SCORE_BYTES = 4 << 30
+READ_AHEAD_GPU = 4  # matrices read (and shards written) concurrently when mapping on a GPU
 
 
 @dataclass
@@ -277,9 +278,16 @@ def _finish(root: Path, items: list[str]) -> bool:
 
 # ------------------------------------------------------------------------------ the work
 def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
-    """Project every (layer, matrix) in ``todo``; write shards in the background."""
+    """Project every (layer, matrix) in ``todo``; read ahead and write shards in threads.
+
+    On CPU one matrix is read ahead (the cores are busy with the GEMMs); on a GPU several
+    are, so reading from disk, the host-to-device copies and the shard writes all overlap
+    the projections.
+    """
     if not todo:
         return []
+    from collections import deque
+
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -289,16 +297,24 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
         disable=not progress or rank != 0,
         file=sys.stderr,
     )
+    depth = 1 if head.device.type == "cpu" else READ_AHEAD_GPU
     written: list[str] = []
     pending: list[Future] = []
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
-        nxt = reader.submit(layer_vectors, model, *todo[0], head, fold_norm)
+    with ThreadPoolExecutor(depth) as reader, ThreadPoolExecutor(depth) as writer:
+        ahead: deque[Future] = deque()
+        upcoming = iter(todo)
         try:
-            for i, (layer, matrix) in enumerate(todo):
-                vectors = nxt.result()
-                if i + 1 < len(todo):
-                    nxt = reader.submit(layer_vectors, model, *todo[i + 1], head, fold_norm)
+            for layer, matrix in todo:
+                while len(ahead) < depth:
+                    nxt = next(upcoming, None)
+                    if nxt is None:
+                        break
+                    ahead.append(reader.submit(layer_vectors, model, *nxt, head, fold_norm))
+                vectors = ahead.popleft().result()
+                if isinstance(vectors, Pending):
+                    vectors = vectors.result()
                 result = project_top_bottom(vectors, head, k)
+                del vectors
                 name = store.shard_name(layer, matrix)
                 pending.append(writer.submit(_write_shard, root, rank, name, layer, matrix, result))
                 pending = [f for f in pending if not _done(f)]
@@ -307,7 +323,8 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
             for f in pending:
                 f.result()
         finally:
-            nxt.cancel()
+            for f in ahead:
+                f.cancel()
             bar.close()
     return written
 
@@ -341,6 +358,7 @@ def project_top_bottom(vectors: torch.Tensor, head: FoldedHead, k: int) -> dict[
 
 
 def _write_shard(root: Path, rank: int, name: str, layer: int, matrix: str, result) -> None:
+    result = {key: t.cpu() for key, t in result.items()}
     data = store.encode_shard(result, {"layer": str(layer), "matrix": matrix})
     path = store.shard_path(root, name)
     store.atomic_write(path, data)

@@ -55,6 +55,7 @@ class FoldedHead:
         self._hasher.shutdown(wait=False)
         self.gain = model.final_norm_gain() if fold else None
         self.center = fold and model.spec.norm_style.startswith("layernorm")
+        self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         whole = device.type == "cuda" or self.vocab * self.d_model * 4 <= CPU_HEAD_BYTES
         self._raw = None if whole else raw
         self._whole = self._fold(raw.to(device)) if whole else None
@@ -103,18 +104,40 @@ def folded_rows(model: Model, ids: list[int] | slice, fold: bool = True) -> torc
     return fold_rows(model.unembedding()[ids], gain, center)
 
 
-def layer_vectors(
-    model: Model, layer: int, matrix: str, head: FoldedHead, fold_norm: bool
-) -> torch.Tensor:
-    """Return ``[d_mlp, d_model]`` neuron vectors of one matrix on the head's device and dtype."""
+def layer_vectors(model: Model, layer: int, matrix: str, head: FoldedHead, fold_norm: bool):
+    """Start reading one matrix's ``[d_mlp, d_model]`` neuron vectors for the head's device.
+
+    Runs in a reader thread. On CPU it returns the finished float vectors. On CUDA it reads
+    into pinned memory and starts the copy on a side stream, returning a :class:`Pending`
+    that :meth:`Pending.result` finishes on the compute stream.
+    """
     if head.device.type == "cpu":
         return residual_vectors(model, layer, matrix, fold_norm).to(head.dtype)
-    w = model.neurons(layer, matrix).to(head.device, non_blocking=True).float()
-    if fold_norm and matrix == "down":
-        g = model.mlp_out_gain(layer)
-        if g is not None:
-            w = w * g.to(head.device)
-    return w.to(head.dtype).contiguous()
+    raw = model.neurons(layer, matrix, pin_memory=True)
+    gain = model.mlp_out_gain(layer) if fold_norm and matrix == "down" else None
+    stream = head.copy_stream
+    with torch.cuda.stream(stream):
+        w = raw.to(head.device, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(stream)
+    return Pending(w, done, gain, head.dtype)
+
+
+class Pending:
+    """A matrix on its way to the GPU: finish it on the stream that will use it."""
+
+    def __init__(self, w: torch.Tensor, done, gain: torch.Tensor | None, dtype: torch.dtype):
+        self.w, self.done, self.gain, self.dtype = w, done, gain, dtype
+
+    def result(self) -> torch.Tensor:
+        """Return the ``[d_mlp, d_model]`` vectors in the compute dtype, norm gain applied."""
+        stream = torch.cuda.current_stream(self.w.device)
+        stream.wait_event(self.done)
+        self.w.record_stream(stream)
+        w = self.w
+        if self.gain is not None:
+            w = w.float() * self.gain.to(w.device)
+        return w.to(self.dtype).contiguous()
 
 
 def _sha256_tensor(t: torch.Tensor) -> str:

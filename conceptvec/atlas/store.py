@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,7 @@ def file_mode() -> int:
 
 
 _MODE: int | None = None
+_JOURNAL_LOCK = threading.Lock()  # shard writers of one process share its journal
 
 
 def write_problem(path: Path, e: OSError) -> str:
@@ -204,7 +206,7 @@ def append_journal(root: Path, rank: int, entry: dict[str, Any]) -> None:
     """Record one finished shard in this rank's journal (one line, flushed and synced)."""
     path = root / f"journal.rank{rank}.jsonl"
     try:
-        with open(path, "a", encoding="utf-8") as f:
+        with _JOURNAL_LOCK, open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(entry) + "\n")
             f.flush()
             os.fsync(f.fileno())

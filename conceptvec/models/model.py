@@ -111,12 +111,13 @@ class Model:
         return Dims(dims.n_layers, dims.d_model, dims.d_mlp, int(vocab), tied, dims.logit_softcap)
 
     # ----------------------------------------------------------------- weights
-    def neurons(self, layer: int, matrix: str) -> torch.Tensor:
+    def neurons(self, layer: int, matrix: str, pin_memory: bool = False) -> torch.Tensor:
         """Return ``[d_mlp, d_model]``: row i is neuron i's vector in ``matrix`` of ``layer``.
 
         ``up``/``gate`` rows are what a neuron reads from the residual stream; ``down``
         columns (returned here as rows) are what it writes. Values are as stored (dtype);
-        no norm is folded in.
+        no norm is folded in. ``pin_memory`` asks for page-locked memory (for async copies
+        to a GPU) where the reader can read straight into it.
         """
         matrix = check_matrix(matrix, self.spec.gated)
         NeuronId(layer, 0).check(self.dims.n_layers, self.dims.d_mlp)
@@ -125,7 +126,8 @@ class Model:
             raise NoWeightsError(
                 f"{self.location} has no tensor {key}; the checkpoint is incomplete"
             )
-        w = self.reader.get(key)
+        pin = pin_memory and self.reader.kind == "safetensors"
+        w = self.reader.get(key, pin_memory=True) if pin else self.reader.get(key)
         layout = "out_in" if self.reader.kind == "gguf" else self.spec.mlp[matrix][1]
         reads = matrix != "down"
         w = w if reads == (layout == "out_in") else w.T

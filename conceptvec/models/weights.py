@@ -107,12 +107,13 @@ class SafetensorsReader:
         """Return the stored dtype name of ``key`` (e.g. ``BF16``)."""
         return str(self._handle(key).get_slice(key).get_dtype())
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str, pin_memory: bool = False) -> torch.Tensor:
         """Return the tensor ``key`` as stored (dtype and layout), in its own memory.
 
         The bytes are read with ``pread`` into a fresh tensor rather than through a memory
         map, so a streamed matrix leaves no mapped file pages behind once it is dropped
-        (peak memory stays near one matrix, not the sum of every matrix read).
+        (peak memory stays near one matrix, not the sum of every matrix read). With
+        ``pin_memory`` the tensor lands in page-locked memory, ready for an async GPU copy.
         """
         try:
             name = self._key_to_file[key]
@@ -123,7 +124,8 @@ class SafetensorsReader:
             if entry is None or entry["dtype"] not in _ST_DTYPES:
                 return self._handle(key).get_tensor(key)
             start, end = entry["data_offsets"]
-            out = torch.empty(entry["shape"], dtype=_ST_DTYPES[entry["dtype"]])
+            dtype = _ST_DTYPES[entry["dtype"]]
+            out = torch.empty(entry["shape"], dtype=dtype, pin_memory=pin_memory)
             buf = out.view(-1).view(torch.uint8).numpy() if out.numel() else None
             if buf is not None:
                 if buf.nbytes != end - start:

@@ -1,0 +1,164 @@
+"""Atlas speed: ``conceptvec map`` against the naive script and the GEMM floor, in one run.
+
+    python benchmarks/bench_atlas.py --model smollm2-135m --device cpu
+    python benchmarks/bench_atlas.py --model /tmp/llama-8b --device cuda --matrices up
+
+Four numbers, all for the same neurons (every neuron of ``--matrices``, top and bottom k):
+
+- end-to-end: the real CLI, ``conceptvec map``, in a fresh process, timed from process start
+  until the atlas is written (manifest, shards; no Parquet);
+- projection phase: conceptvec's chunked GEMM + block top-k over matrices already in
+  memory (what the pipeline overlaps reading and writing with);
+- GEMM floor: the bare ``V @ W.T`` products alone, nothing kept;
+- naive: what a research script does, one neuron at a time through the LM head and a full
+  sort, timed on ``--naive-sample`` neurons spread over the layers and scaled up linearly.
+  Its top tokens are checked against conceptvec's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import conceptvec
+from conceptvec.atlas.build import project_top_bottom
+from conceptvec.atlas.head import FoldedHead, Pending, layer_vectors, resolve_compute
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def end_to_end(model: str, device: str, matrices: str, k: int) -> dict:
+    """Run ``conceptvec map`` in a new process; return its wall time and its own report."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "conceptvec.cli", "map", model, "-o", f"{tmp}/atlas"]
+        cmd += ["--device", device, "--matrices", matrices, "-k", str(k), "--export", "none"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd + ["-q", "--json"], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if proc.returncode:
+            sys.exit(f"conceptvec map failed:\n{proc.stderr[-3000:]}")
+        report = json.loads(proc.stdout)
+        manifest = json.loads(open(f"{tmp}/atlas/manifest.json").read())
+        assert manifest["complete"]
+    return {"wall_s": round(wall, 2), "report": report["seconds"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--matrices", default="up,gate,down")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--naive-sample", type=int, default=240)
+    ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--json", type=str, default=None, help="also write the numbers here")
+    args = ap.parse_args()
+
+    out: dict = {"model": args.model, "matrices": args.matrices, "k": args.k}
+    if not args.skip_e2e:  # first, so its page cache state matches what a user sees
+        out["end_to_end"] = end_to_end(args.model, args.device, args.matrices, args.k)
+        print("end-to-end conceptvec map:", out["end_to_end"], flush=True)
+
+    model = conceptvec.load(args.model, quiet=True)
+    device, dtype = resolve_compute(args.device, args.dtype)
+    head = FoldedHead(model, device, dtype, True)
+    items = [(layer, m) for layer in range(model.dims.n_layers) for m in args.matrices.split(",")]
+    vectors = []
+    for layer, m in items:
+        v = layer_vectors(model, layer, m, head, True)
+        vectors.append(v.result() if isinstance(v, Pending) else v)
+    n_neurons = sum(len(v) for v in vectors)
+    out.update(device=str(device), dtype=str(dtype), neurons=n_neurons)
+    if device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+
+    # GEMM floor: the products alone, whole layers at once (the fastest way to run them).
+    chunks = [w for _, w in head.chunks()]
+    w = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # naive uses the whole head
+
+    def floor():
+        for v in vectors:
+            for c in chunks:
+                v @ c.T
+
+    floor()  # warm-up (cuBLAS heuristics, CPU caches)
+    floor_s = min(timed(floor, device) for _ in range(2))
+    out["floor_s"] = round(floor_s, 4)
+    print(f"GEMM floor: {out['floor_s']} s", flush=True)
+
+    results = []
+
+    def ours():
+        results.clear()
+        results.extend(project_top_bottom(v, head, args.k) for v in vectors)
+
+    ours()
+    projection_s = min(timed(ours, device) for _ in range(2))
+    out["projection_s"] = round(projection_s, 4)
+    out["projection_over_floor"] = round(projection_s / floor_s, 3)
+    print(f"projection phase: {out['projection_s']} s = {out['projection_over_floor']}x floor")
+
+    def torch_topk():
+        for v in vectors:
+            for c in chunks:
+                s = v @ c.T
+                s.topk(args.k)
+                s.topk(args.k, largest=False)
+
+    out["gemm_plus_torch_topk_s"] = round(timed(torch_topk, device), 3)
+
+    # naive: one neuron at a time, full sort, on a sample spread over all matrices
+    per = max(1, args.naive_sample // len(vectors))
+    sample = [
+        (i, j)
+        for i in range(len(vectors))
+        for j in range(0, len(vectors[i]), len(vectors[i]) // per)
+    ][: args.naive_sample]
+    agree = 0
+
+    def naive():
+        nonlocal agree
+        for i, j in sample:
+            logits = w @ vectors[i][j]
+            order = torch.sort(logits.float(), descending=True).indices
+            top, bottom = order[: args.k], order.flip(0)[: args.k]
+            agree += int(top[0] == results[i]["top_ids"][j, 0]) + int(
+                bottom[0] == results[i]["bottom_ids"][j, 0]
+            )
+
+    t = timed(naive, device)
+    out["naive_per_neuron_ms"] = round(1000 * t / len(sample), 3)
+    out["naive_extrapolated_s"] = round(t / len(sample) * n_neurons, 1)
+    out["naive_top1_agreement"] = agree / (2 * len(sample))
+    out["speedup_vs_naive_projection"] = round(t / len(sample) * n_neurons / projection_s, 1)
+    if "end_to_end" in out:
+        e2e = out["end_to_end"]["wall_s"]
+        out["speedup_vs_naive_end_to_end"] = round(out["naive_extrapolated_s"] / e2e, 1)
+    print(json.dumps(out, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
