@@ -2,11 +2,13 @@
 # The GPU atlas benchmark, as one prepared script for a lent GPU machine (no internet):
 #   bash benchmarks/gpu_atlas.sh OUTDIR
 # 1. installs conceptvec's missing pure-Python deps from benchmarks/.wheels (carried along);
-# 2. checks GPU against CPU on a small random checkpoint (same top tokens);
+# 2. times top-k variants on one Llama-3.1-8B layer's scores;
 # 3. writes a Llama-3.1-8B-shaped bf16 checkpoint on the machine's own disk;
-# 4. times `conceptvec map` from process start until the atlas is written, for up alone
-#    (458,752 neurons) and for up+gate+down, and in the same run the bare bf16 GEMM floor,
-#    conceptvec's projection phase and the naive one-neuron-at-a-time script.
+# 4. times `conceptvec map` from process start until the atlas is written: up alone
+#    (458,752 neurons; twice, then once with the selection not overlapped, whose atlas must
+#    be identical) and up+gate+down;
+# 5. measures in one process the bare bf16 GEMM floor, conceptvec's projection phase and
+#    the naive one-neuron-at-a-time script (benchmarks/bench_atlas.py).
 set -uo pipefail
 OUT=${1:-/tmp/gpu-atlas-out}
 mkdir -p "$OUT"
@@ -24,47 +26,34 @@ python -c "import typer, gguf, einops" 2>/dev/null || python -m pip install -q -
   --find-links benchmarks/.wheels typer gguf einops >>"$OUT/log.txt" 2>&1
 python -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" \
   | tee -a "$OUT/log.txt"
-nproc | tee -a "$OUT/log.txt"
 CK=${CK_DIR:-/tmp/cv-bench}
 mkdir -p "$CK"
 
-log "check: GPU (bf16 and fp32) against CPU on a SmolLM2-shaped random checkpoint"
-python benchmarks/make_checkpoint.py --shape smollm2-135m --out "$CK/smol" --device cuda | tee -a "$OUT/log.txt"
-for spec in "cpu float32" "cuda float32" "cuda bfloat16"; do
-  set -- $spec
-  python -m conceptvec.cli map "$CK/smol" -o "$CK/smol-$1-$2" --device "$1" --dtype "$2" \
-    --layers 0-3 --export none -q >>"$OUT/log.txt" 2>&1 || log "map $spec FAILED"
-done
-python - "$CK" <<'EOF' 2>&1 | tee -a "$OUT/log.txt"
-import sys, torch
-from conceptvec.atlas import Atlas
-ck = sys.argv[1]
-ref = Atlas(f"{ck}/smol-cpu-float32")
-for name in ("cuda-float32", "cuda-bfloat16"):
-    other = Atlas(f"{ck}/smol-{name}")
-    same, total, err = 0, 0, 0.0
-    for layer, m, s in ref.shards():
-        o = other.shard(layer, m)
-        same += int((s["top_ids"][:, 0] == o["top_ids"][:, 0]).sum())
-        total += len(s["top_ids"])
-        err = max(err, float((s["top_values"] - o["top_values"]).abs().max()))
-    print(f"{name} vs cpu float32: same top-1 {same}/{total}, max |score diff| {err:.4f}")
-EOF
+log "top-k variants on one Llama-3.1-8B layer's scores"
+python benchmarks/bench_topk.py --device cuda --rows 14336 --vocab 128256 --d-model 4096 \
+  --dtype bfloat16 2>&1 | tee -a "$OUT/log.txt"
 
 log "generate a Llama-3.1-8B-shaped bf16 checkpoint"
 python benchmarks/make_checkpoint.py --shape llama-3.1-8b --out "$CK/l8b" --device cuda | tee -a "$OUT/log.txt"
 
-for mats in up up,gate,down; do
-  log "conceptvec map --matrices $mats (from process start)"
-  rm -rf "$CK/atlas"
+timed_map() {  # NAME MATRICES [VAR=VALUE...]: conceptvec map, from process start to atlas written
+  local name=$1 mats=$2
+  shift 2
+  rm -rf "$CK/atlas-$name"
+  local t0 t1 rc
   t0=$(date +%s.%N)
-  python -m conceptvec.cli map "$CK/l8b" -o "$CK/atlas" --matrices "$mats" --device cuda \
-    --export none -q --json >"$OUT/map-$mats.json" 2>>"$OUT/log.txt"
+  env "$@" python -m conceptvec.cli map "$CK/l8b" -o "$CK/atlas-$name" --matrices "$mats" \
+    --device cuda --export none -q --json >"$OUT/map-$name.json" 2>>"$OUT/log.txt"
   rc=$?
   t1=$(date +%s.%N)
-  log "map $mats: rc=$rc wall $(python -c "print(round($t1 - $t0, 2))") s; report: $(tr -d '\n ' <"$OUT/map-$mats.json")"
-  du -sh "$CK/atlas" | tee -a "$OUT/log.txt"
-done
+  log "map $name ($mats): rc=$rc wall $(python -c "print(round($t1 - $t0, 2))") s; report: $(tr -d '\n ' <"$OUT/map-$name.json")"
+}
+timed_map up up
+timed_map up-again up
+timed_map up-serial up CONCEPTVEC_OVERLAP=0
+python benchmarks/compare_atlases.py "$CK/atlas-up" "$CK/atlas-up-serial" 2>&1 | tee -a "$OUT/log.txt"
+timed_map all up,gate,down
+du -sh "$CK/atlas-all" | tee -a "$OUT/log.txt"
 
 log "floor, projection phase and naive baseline (all 32 up matrices, in one process)"
 python benchmarks/bench_atlas.py --model "$CK/l8b" --device cuda --matrices up --skip-e2e \

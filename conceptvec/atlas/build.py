@@ -9,9 +9,11 @@ layer computes; a journal line after each shard makes an interrupted run resumab
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +84,7 @@ def build_atlas(
     """
     t0 = time.perf_counter()
     model = model if isinstance(model, Model) else load(model)
+    t_load = time.perf_counter()
     matrices = _matrices(matrices, model)
     if not 1 <= k <= model.dims.vocab:
         raise AtlasError(f"k must be between 1 and the vocabulary size {model.dims.vocab}")
@@ -94,6 +97,7 @@ def build_atlas(
     head = FoldedHead(model, dev, cdtype, fold_norm)  # hashes W_U in a thread meanwhile
     manifest = atlas_identity(model, k=k, dtype=report.dtype, fold_norm=fold_norm)
     manifest["unembedding_sha256"] = head.sha256()
+    t_head = time.perf_counter()
     manifest["compute"] = {"device": dev.type, "dtype": report.dtype, "world_size": world}
     items = [store.shard_name(layer, m) for layer in layers for m in matrices]
 
@@ -101,6 +105,8 @@ def build_atlas(
     done = plan["done"]
     report.shards_reused = sorted(done)
     report.shards_remade = plan["remade"]
+    report.seconds["load"] = t_load - t0
+    report.seconds["head"] = t_head - t_load
     report.seconds["setup"] = time.perf_counter() - t0
 
     todo = [(layer, m) for layer in layers[rank::world] for m in matrices]
@@ -286,8 +292,6 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
     """
     if not todo:
         return []
-    from collections import deque
-
     from tqdm.auto import tqdm
 
     bar = tqdm(
@@ -298,6 +302,9 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
         file=sys.stderr,
     )
     depth = 1 if head.device.type == "cpu" else READ_AHEAD_GPU
+    overlap = head.device.type == "cuda" and os.environ.get("CONCEPTVEC_OVERLAP", "1") != "0"
+    side = torch.cuda.Stream(head.device) if overlap else None
+    in_flight: deque = deque()
     written: list[str] = []
     pending: list[Future] = []
     with ThreadPoolExecutor(depth) as reader, ThreadPoolExecutor(depth) as writer:
@@ -313,10 +320,17 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
                 vectors = ahead.popleft().result()
                 if isinstance(vectors, Pending):
                     vectors = vectors.result()
-                result = project_top_bottom(vectors, head, k)
+                if overlap:
+                    while len(in_flight) >= 2:  # bound the score buffers alive on the GPU
+                        in_flight.popleft().synchronize()
+                    result, done = project_async(vectors, head, k, side)
+                    in_flight.append(done)
+                else:
+                    result, done = project_top_bottom(vectors, head, k), None
                 del vectors
                 name = store.shard_name(layer, matrix)
-                pending.append(writer.submit(_write_shard, root, rank, name, layer, matrix, result))
+                job = (root, rank, name, layer, matrix, result, done)
+                pending.append(writer.submit(_write_shard, *job))
                 pending = [f for f in pending if not _done(f)]
                 written.append(name)
                 bar.update(1)
@@ -357,7 +371,31 @@ def project_top_bottom(vectors: torch.Tensor, head: FoldedHead, k: int) -> dict[
     return dict(zip(store.SHARD_TENSORS, (out[1], out[0], out[3], out[2])))
 
 
-def _write_shard(root: Path, rank: int, name: str, layer: int, matrix: str, result) -> None:
+def project_async(vectors: torch.Tensor, head: FoldedHead, k: int, side) -> tuple[dict, Any]:
+    """Queue ``vectors @ W.T`` on the current CUDA stream and its top-k on ``side``.
+
+    The selection of one layer then runs beside the next layer's GEMM (memory-bound kernels
+    next to a compute-bound one). Returns the results and an event that marks them ready.
+    """
+    ((_, w),) = head.chunks()  # on a GPU the whole folded head is one chunk
+    main = torch.cuda.current_stream(vectors.device)
+    scores = vectors @ w.T
+    ready = torch.cuda.Event()
+    ready.record(main)
+    with torch.cuda.stream(side):
+        side.wait_event(ready)
+        tv, ti, bv, bi = top_bottom(scores, k)
+        done = torch.cuda.Event()
+        done.record(side)
+    scores.record_stream(side)
+    return dict(zip(store.SHARD_TENSORS, (ti, tv, bi, bv))), done
+
+
+def _write_shard(
+    root: Path, rank: int, name: str, layer: int, matrix: str, result, done=None
+) -> None:
+    if done is not None:
+        done.synchronize()
     result = {key: t.cpu() for key, t in result.items()}
     data = store.encode_shard(result, {"layer": str(layer), "matrix": matrix})
     path = store.shard_path(root, name)

@@ -2,8 +2,8 @@
 
 For scores ``[n, vocab]`` the exact top-k lies inside the k blocks (of ``block`` columns) with
 the largest maxima: a block holding one of the top-k values has a maximum at least as large
-as the k-th value, and at most k blocks can. So one memory pass (``aminmax`` over blocks)
-plus two small top-k calls over ``k * block`` candidates replaces two full ``topk`` passes.
+as the k-th value, and at most k blocks can. So a pass of block maxima (and one of minima)
+plus small top-k calls over ``k * block`` candidates replaces two full ``topk`` passes.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ def top_bottom(
         bottom = scores.topk(k, dim=-1, largest=False)
         return top.values, top.indices, bottom.values, bottom.indices
     body = scores[:, : whole * block].reshape(n, whole, block)
-    low, high = torch.aminmax(body, dim=-1)
-    top_v, top_i = _pick(body, high, k, largest=True)
-    bot_v, bot_i = _pick(body, low, k, largest=False)
+    # amax and amin as two passes: torch's fused aminmax is slower than both together
+    # (benchmarks/bench_topk.py)
+    top_v, top_i = _pick(body, body.amax(-1), k, largest=True)
+    bot_v, bot_i = _pick(body, body.amin(-1), k, largest=False)
     if whole * block < vocab:  # the tail that does not fill a block joins the candidates
         tail = scores[:, whole * block :]
         offset = whole * block

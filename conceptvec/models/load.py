@@ -20,6 +20,7 @@ from ..errors import (
     UnsupportedArchitectureError,
 )
 from .aliases import ALIASES, find_alias
+from .config import JsonConfig
 from .gguf_cache import check_architecture, gguf_config, gguf_hf_model, gguf_tokenizer
 from .hooked import from_hooked_transformer, is_hooked_transformer
 from .model import Model, local_tokenizer_loader
@@ -159,16 +160,13 @@ def _from_folder(
     model_type = (raw.get("text_config") or {}).get("model_type") or raw.get("model_type")
     spec = spec_for_model_type(str(model_type))
     reader = SafetensorsReader(folder)
-
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    except Exception as e:
+    config = JsonConfig(raw, str(folder), trust_remote_code=trust_remote_code)
+    missing = [k for k in ("vocab_size",) if not hasattr(text_config(config), k)]
+    if missing or not any(hasattr(text_config(config), k) for k in ("hidden_size", "n_embd")):
         raise UnsupportedArchitectureError(
-            f"transformers cannot read {config_file} ({str(e).splitlines()[0][:160]}); "
-            "upgrade transformers, or pass trust_remote_code=True if you trust this repo"
-        ) from None
+            f"{config_file} lacks {', '.join(missing) or 'hidden_size'}; it is not a complete "
+            "causal-LM config (re-download it)"
+        )
 
     def load_tokenizer():
         if not any((folder / f).exists() for f in TOKENIZER_FILES):
@@ -180,9 +178,15 @@ def _from_folder(
     def load_hf():
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=dtype or "auto", trust_remote_code=trust_remote_code
-        )
+        try:
+            return AutoModelForCausalLM.from_pretrained(
+                str(folder), dtype=dtype or "auto", trust_remote_code=trust_remote_code
+            )
+        except Exception as e:  # transformers and huggingface_hub raise many types here
+            raise UnsupportedArchitectureError(
+                f"transformers cannot read {config_file} ({str(e).splitlines()[0][:160]}); "
+                "upgrade transformers, or pass trust_remote_code=True if you trust this repo"
+            ) from None
 
     return Model(
         name=name,
