@@ -320,7 +320,8 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
                 vectors = ahead.popleft().result()
                 if isinstance(vectors, Pending):
                     vectors = vectors.result()
-                if overlap:
+                fits = vectors.shape[0] * head.vocab * vectors.element_size() <= GPU_SCORE_BYTES
+                if overlap and fits:
                     while len(in_flight) >= 2:  # bound the score buffers alive on the GPU
                         in_flight.popleft().synchronize()
                     result, done = project_async(vectors, head, k, side)
