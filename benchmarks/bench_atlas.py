@@ -117,22 +117,6 @@ def main() -> None:
     out["projection_over_floor"] = round(projection_s / floor_s, 3)
     print(f"projection phase: {out['projection_s']} s = {out['projection_over_floor']}x floor")
 
-    if device.type == "cuda":  # the pipeline's mode: each selection beside the next GEMM
-        from conceptvec.atlas.build import project_async
-
-        side = torch.cuda.Stream(device)
-
-        def overlapped():
-            for v in vectors:
-                project_async(v, head, args.k, side)
-            side.synchronize()
-
-        overlapped()
-        over_s = min(timed(overlapped, device) for _ in range(2))
-        out["projection_overlapped_s"] = round(over_s, 4)
-        out["projection_overlapped_over_floor"] = round(over_s / floor_s, 3)
-        print(f"overlapped: {over_s:.3f} s = {over_s / floor_s:.3f}x floor", flush=True)
-
     def torch_topk():
         for v in vectors:
             for c in chunks:

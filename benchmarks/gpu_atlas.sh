@@ -5,8 +5,8 @@
 # 2. times top-k variants on one Llama-3.1-8B layer's scores;
 # 3. writes a Llama-3.1-8B-shaped bf16 checkpoint on the machine's own disk;
 # 4. times `conceptvec map` from process start until the atlas is written: up alone
-#    (458,752 neurons; twice, then once with the selection not overlapped, whose atlas must
-#    be identical) and up+gate+down;
+#    (458,752 neurons; twice, then once with 8 readers, whose atlas must be identical) and
+#    up+gate+down;
 # 5. measures in one process the bare bf16 GEMM floor, conceptvec's projection phase and
 #    the naive one-neuron-at-a-time script (benchmarks/bench_atlas.py).
 set -uo pipefail
@@ -50,8 +50,8 @@ timed_map() {  # NAME MATRICES [VAR=VALUE...]: conceptvec map, from process star
 }
 timed_map up up
 timed_map up-again up
-timed_map up-serial up CONCEPTVEC_OVERLAP=0
-python benchmarks/compare_atlases.py "$CK/atlas-up" "$CK/atlas-up-serial" 2>&1 | tee -a "$OUT/log.txt"
+timed_map up-8-readers up CONCEPTVEC_READ_AHEAD=8
+python benchmarks/compare_atlases.py "$CK/atlas-up" "$CK/atlas-up-8-readers" 2>&1 | tee -a "$OUT/log.txt"
 timed_map all up,gate,down
 du -sh "$CK/atlas-all" | tee -a "$OUT/log.txt"
 

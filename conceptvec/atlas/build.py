@@ -31,7 +31,17 @@ from .topk import merge_candidates, top_bottom
 
 CPU_SCORE_BYTES = 64 << 20  # one [rows, vocab chunk] float32 score block on CPU
 GPU_SCORE_BYTES = 4 << 30
-READ_AHEAD_GPU = 4  # matrices read (and shards written) concurrently when mapping on a GPU
+
+
+def read_ahead_gpu() -> int:
+    """Return how many matrices are read (and shards written) at once when mapping on a GPU.
+
+    4 by default; ``CONCEPTVEC_READ_AHEAD`` overrides it (more helps on slow disks).
+    """
+    try:
+        return max(1, int(os.environ.get("CONCEPTVEC_READ_AHEAD", "4")))
+    except ValueError:
+        return 4
 
 
 @dataclass
@@ -154,8 +164,6 @@ def _layers(layers, n_layers: int) -> list[int]:
 
 def _distributed() -> tuple[int, int]:
     """Return ``(rank, world_size)``, joining the torchrun process group when there is one."""
-    import os
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
@@ -301,10 +309,7 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
         disable=not progress or rank != 0,
         file=sys.stderr,
     )
-    depth = 1 if head.device.type == "cpu" else READ_AHEAD_GPU
-    overlap = head.device.type == "cuda" and os.environ.get("CONCEPTVEC_OVERLAP", "1") != "0"
-    side = torch.cuda.Stream(head.device) if overlap else None
-    in_flight: deque = deque()
+    depth = 1 if head.device.type == "cpu" else read_ahead_gpu()
     written: list[str] = []
     pending: list[Future] = []
     with ThreadPoolExecutor(depth) as reader, ThreadPoolExecutor(depth) as writer:
@@ -320,18 +325,10 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
                 vectors = ahead.popleft().result()
                 if isinstance(vectors, Pending):
                     vectors = vectors.result()
-                fits = vectors.shape[0] * head.vocab * vectors.element_size() <= GPU_SCORE_BYTES
-                if overlap and fits:
-                    while len(in_flight) >= 2:  # bound the score buffers alive on the GPU
-                        in_flight.popleft().synchronize()
-                    result, done = project_async(vectors, head, k, side)
-                    in_flight.append(done)
-                else:
-                    result, done = project_top_bottom(vectors, head, k), None
+                result = project_top_bottom(vectors, head, k)
                 del vectors
                 name = store.shard_name(layer, matrix)
-                job = (root, rank, name, layer, matrix, result, done)
-                pending.append(writer.submit(_write_shard, *job))
+                pending.append(writer.submit(_write_shard, root, rank, name, layer, matrix, result))
                 pending = [f for f in pending if not _done(f)]
                 written.append(name)
                 bar.update(1)
@@ -372,31 +369,7 @@ def project_top_bottom(vectors: torch.Tensor, head: FoldedHead, k: int) -> dict[
     return dict(zip(store.SHARD_TENSORS, (out[1], out[0], out[3], out[2])))
 
 
-def project_async(vectors: torch.Tensor, head: FoldedHead, k: int, side) -> tuple[dict, Any]:
-    """Queue ``vectors @ W.T`` on the current CUDA stream and its top-k on ``side``.
-
-    The selection of one layer then runs beside the next layer's GEMM (memory-bound kernels
-    next to a compute-bound one). Returns the results and an event that marks them ready.
-    """
-    ((_, w),) = head.chunks()  # on a GPU the whole folded head is one chunk
-    main = torch.cuda.current_stream(vectors.device)
-    scores = vectors @ w.T
-    ready = torch.cuda.Event()
-    ready.record(main)
-    with torch.cuda.stream(side):
-        side.wait_event(ready)
-        tv, ti, bv, bi = top_bottom(scores, k)
-        done = torch.cuda.Event()
-        done.record(side)
-    scores.record_stream(side)
-    return dict(zip(store.SHARD_TENSORS, (ti, tv, bi, bv))), done
-
-
-def _write_shard(
-    root: Path, rank: int, name: str, layer: int, matrix: str, result, done=None
-) -> None:
-    if done is not None:
-        done.synchronize()
+def _write_shard(root: Path, rank: int, name: str, layer: int, matrix: str, result) -> None:
     result = {key: t.cpu() for key, t in result.items()}
     data = store.encode_shard(result, {"layer": str(layer), "matrix": matrix})
     path = store.shard_path(root, name)
