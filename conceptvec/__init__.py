@@ -5,11 +5,39 @@ The table of contents:
 - :func:`load` opens a model (alias, hub id, folder, GGUF file or a live model object);
 - :func:`decode` turns a neuron (``"L12.345"``, matrix ``up``/``gate``/``down``) or any
   residual vector into top and bottom tokens through the LM head;
-- :class:`NeuronId` names a neuron; :class:`ConceptvecError` is what bad input raises.
+- :func:`build_atlas` maps every neuron into an :class:`Atlas` folder (``conceptvec map``);
+  :func:`search_weights` ranks neurons by a token straight from the weights;
+  :func:`diff_atlases` compares two atlases (base vs. instruct or unlearned);
+- :class:`NeuronId` names a neuron; :class:`ConceptvecError` is what bad input raises;
+- :func:`intervene` applies :func:`clamp`, :func:`scale`, :func:`zero`, :func:`add`,
+  :func:`mean_ablate`, :func:`noise`, :func:`zero_weights`, :func:`replace_weights` and
+  :func:`steer` to a HF, TransformerLens or nnsight model inside a ``with`` block;
+  :func:`measure_effect` and :func:`dose_response` measure what they do, against random
+  controls.
 """
 
+from .atlas import Atlas, build_atlas
+from .atlas.diff import diff_atlases
+from .atlas.search import search_weights
 from .decode import Decoding, TokenScore, decode, project
 from .errors import ConceptvecError
+from .interventions import (
+    DoseResponse,
+    EffectResult,
+    Intervention,
+    add,
+    clamp,
+    dose_response,
+    intervene,
+    mean_ablate,
+    measure_effect,
+    noise,
+    replace_weights,
+    scale,
+    steer,
+    zero,
+    zero_weights,
+)
 from .models import ALIASES, DEFAULT_MODEL, ArchSpec, Model, load
 from .neurons import MATRICES, NeuronId
 
@@ -20,12 +48,31 @@ __all__ = [
     "DEFAULT_MODEL",
     "MATRICES",
     "ArchSpec",
+    "Atlas",
     "ConceptvecError",
     "Decoding",
+    "DoseResponse",
+    "EffectResult",
+    "Intervention",
     "Model",
     "NeuronId",
     "TokenScore",
+    "add",
+    "build_atlas",
+    "clamp",
     "decode",
+    "diff_atlases",
+    "dose_response",
+    "intervene",
     "load",
+    "mean_ablate",
+    "measure_effect",
+    "noise",
     "project",
+    "replace_weights",
+    "scale",
+    "search_weights",
+    "steer",
+    "zero",
+    "zero_weights",
 ]

@@ -45,3 +45,35 @@ def test_decode_notebook():
     assert "dog" in _text(code[3]).lower()
     before, after = _text(code[4]).split("after:")
     assert "light" not in before.lower() and "light" in after.lower()
+
+
+def _dose_rows(text: str) -> dict[float, tuple[float, float, float]]:
+    """Return {clamp value: (p(target), control max p, percentile)} from a DoseResponse table."""
+    rows = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 5 and parts[0].replace(".", "").isdigit():
+            rows[float(parts[0])] = (float(parts[1]), float(parts[3]), float(parts[4]))
+    return rows
+
+
+def test_interventions_notebook():
+    nb = _run("02_interventions.ipynb")
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "best neuron: L29.808" in _text(code[1])
+    table = _text(code[2])
+    base = float(next(line for line in table.splitlines() if "(none)" in line).split()[1])
+    rows = _dose_rows(table)
+    assert sorted(rows) == [0.0, 10.0, 20.0, 30.0], table
+    probs = [rows[v][0] for v in (10.0, 20.0, 30.0)]
+    assert probs == sorted(probs) and probs[-1] > 3 * base, table
+    for value in (10.0, 20.0, 30.0):
+        p, control_max, pct = rows[value]
+        assert control_max < p and pct == 100.0, (value, table)
+    effect = _text(code[4])
+    assert effect.count("percentile 100 among 20 controls") == 2, effect
+    assert effect.count('top after:  " dog"') == 2, effect
+    before, after = _text(code[6]).lower().split("after:")
+    assert "dog" not in before and "cat" not in before
+    assert "cat" in after or "dog" in after
+    assert "' dog'" in _text(code[7])

@@ -1,9 +1,151 @@
-"""CLI commands for interventions: ``clamp`` and ``ablate``."""
+"""CLI commands for interventions: ``clamp`` and ``ablate``.
+
+Both call :func:`conceptvec.measure_effect`, the function a notebook calls, and print its
+result (a readable report, or ``--json``).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
+MODES = ("zero", "mean", "noise")
+
+PromptOpt = Annotated[
+    list[str], typer.Option("--prompt", "-p", help="Prompt text (repeat for several).")
+]
+ChatOpt = Annotated[bool, typer.Option("--chat", help="Apply the model's chat template.")]
+TokensOpt = Annotated[
+    int, typer.Option("--max-new-tokens", "-n", min=0, help="Greedy tokens to generate (0: none).")
+]
+TargetsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--targets", "-t", help='Target token, e.g. " dog" (repeat for several).'),
+]
+ControlsOpt = Annotated[
+    int, typer.Option("--controls", min=0, help="Random same-layer neurons to compare with.")
+]
+TopOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Top next tokens to show.")]
+PositionsOpt = Annotated[str, typer.Option("--positions", help="all | prompt | generated | last")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for controls and noise.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _report(model, edits, prompts, targets, controls, top_k, tokens, chat, seed, json_out):
+    from ..cli import print_json
+    from ..interventions import measure_effect
+    from ..interventions.specs import check_against
+
+    d = model.dims  # check ids before the torch model is built
+    check_against(edits, d.n_layers, d.d_mlp, d.d_model)
+
+    result = measure_effect(
+        model,
+        prompts,
+        edits,
+        targets or (),
+        controls=controls,
+        top_k=top_k,
+        generate=tokens,
+        chat=chat,
+        seed=seed,
+    )
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        typer.echo(str(result))
+
+
+def _check_prompts(prompts: list[str]) -> None:
+    from ..errors import BadInterventionError
+
+    if not prompts:
+        raise BadInterventionError("no prompt given; pass --prompt TEXT")
+
+
+def clamp(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    assignments: Annotated[
+        list[str], typer.Argument(metavar="L.N=VALUE...", help="Clamps, e.g. L29.808=30.")
+    ],
+    prompt: PromptOpt = [],  # noqa: B006 (typer reads the default; it is never mutated)
+    chat: ChatOpt = False,
+    max_new_tokens: TokensOpt = 20,
+    targets: TargetsOpt = None,
+    controls: ControlsOpt = 0,
+    positions: PositionsOpt = "all",
+    top_k: TopOpt = 5,
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Clamp MLP neurons to values and show what the model does (targets, top tokens, text)."""
+    from ..interventions import clamp as make_clamp
+    from ..interventions import parse_assignment
+    from ..models import load
+
+    edits = [make_clamp(*parse_assignment(a), positions=positions) for a in assignments]
+    _check_prompts(prompt)
+    m = load(model, quiet=json_out)
+    _report(m, edits, prompt, targets, controls, top_k, max_new_tokens, chat, seed, json_out)
+
+
+def ablate(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    neurons: Annotated[list[str], typer.Argument(metavar="L.N...", help="Neurons, e.g. L29.808.")],
+    prompt: PromptOpt = [],  # noqa: B006
+    mode: Annotated[str, typer.Option("--mode", help="zero | mean | noise")] = "zero",
+    std: Annotated[float, typer.Option("--std", help="Noise std (mode noise).")] = 0.1,
+    relative: Annotated[
+        bool, typer.Option("--relative", help="Noise std relative to |v| / sqrt(d_model).")
+    ] = False,
+    matrix: Annotated[
+        str, typer.Option("--matrix", "-m", help="Weights to noise: down | up | gate.")
+    ] = "down",
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="Text file, one reference text per line (mode mean)."),
+    ] = None,
+    chat: ChatOpt = False,
+    max_new_tokens: TokensOpt = 20,
+    targets: TargetsOpt = None,
+    controls: ControlsOpt = 0,
+    positions: PositionsOpt = "all",
+    top_k: TopOpt = 5,
+    seed: SeedOpt = 0,
+    json_out: JsonOpt = False,
+) -> None:
+    """Ablate MLP neurons (zero, mean over reference texts, or noise on their weights)."""
+    from ..errors import BadInterventionError
+    from ..interventions import REFERENCE_TEXTS, mean_ablate, noise, zero
+    from ..models import load
+    from ..neurons import NeuronId
+
+    if mode not in MODES:
+        raise BadInterventionError(f"unknown --mode {mode!r}: use one of {', '.join(MODES)}")
+    _check_prompts(prompt)
+    texts = REFERENCE_TEXTS
+    if reference is not None:
+        if not reference.is_file():
+            raise BadInterventionError(f"--reference {reference} is not a file")
+        texts = [line for line in reference.read_text().splitlines() if line.strip()]
+    m = load(model, quiet=json_out)
+    ids = [NeuronId.parse(n).check(m.dims.n_layers, m.dims.d_mlp) for n in neurons]
+    if mode == "zero":
+        edits = [zero(n, positions) for n in ids]
+    elif mode == "mean":
+        edits = mean_ablate(m, ids, texts, positions)
+    else:
+        edits = [
+            noise(n, std, matrix=matrix, relative=relative, seed=seed + i)
+            for i, n in enumerate(ids)
+        ]
+    _report(m, edits, prompt, targets, controls, top_k, max_new_tokens, chat, seed, json_out)
 
 
 def register(app: typer.Typer) -> None:
     """Add the intervention commands to ``app``."""
+    app.command()(clamp)
+    app.command()(ablate)

@@ -1,0 +1,58 @@
+"""Interventions: clamp, scale, zero, mean-ablate, add, noise, replace and steer, on any backend.
+
+The public names are re-exported by :mod:`conceptvec`; see ``docs/interventions.md``.
+"""
+
+from .ablation import REFERENCE_TEXTS, mean_ablate, neuron_means
+from .apply import Intervention, generate, intervene, logits
+from .controls import random_controls
+from .effect import EffectResult, PromptEffect, TokenProb, measure_effect
+from .specs import (
+    POSITIONS,
+    NeuronEdit,
+    Steer,
+    WeightEdit,
+    add,
+    clamp,
+    noise,
+    parse_assignment,
+    replace_weights,
+    scale,
+    steer,
+    zero,
+    zero_weights,
+)
+from .sweep import DoseResponse, dose_response
+from .targets import Target, resolve
+
+__all__ = [
+    "POSITIONS",
+    "REFERENCE_TEXTS",
+    "DoseResponse",
+    "EffectResult",
+    "Intervention",
+    "PromptEffect",
+    "TokenProb",
+    "NeuronEdit",
+    "Steer",
+    "Target",
+    "WeightEdit",
+    "add",
+    "clamp",
+    "dose_response",
+    "generate",
+    "intervene",
+    "logits",
+    "mean_ablate",
+    "measure_effect",
+    "neuron_means",
+    "noise",
+    "parse_assignment",
+    "random_controls",
+    "replace_weights",
+    "resolve",
+    "scale",
+    "steer",
+    "zero",
+    "zero_weights",
+]

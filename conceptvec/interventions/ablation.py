@@ -1,0 +1,90 @@
+"""Mean ablation: clamp neurons to their mean activation over a set of reference texts.
+
+Zero is an unusual value for many neurons (SiLU-gated activations are rarely exactly 0 and
+often have a non-zero mean), so mean ablation removes what a neuron says on *this* input
+while keeping its typical contribution. The means are read with the same hooks that edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import BadInterventionError
+from ..neurons import NeuronId
+from .apply import hooked
+from .specs import NeuronEdit, Positions, check_against, check_positions
+from .targets import resolve
+
+REFERENCE_TEXTS: tuple[str, ...] = (
+    "The weather was mild this morning, so we walked to the station.",
+    "She opened the window and the smell of fresh bread filled the kitchen.",
+    "Our meeting moved to Thursday because the manager was travelling.",
+    "He read the instructions twice before assembling the small wooden shelf.",
+    "The museum is closed on Mondays but open late on Fridays.",
+    "After dinner the children played a board game in the living room.",
+    "Prices at the market rose slightly during the winter months.",
+    "The train was delayed by twenty minutes due to works on the line.",
+    "I keep my keys in a bowl next to the front door.",
+    "The report summarises the results of the survey in three tables.",
+    "A light rain fell over the hills as the sun went down.",
+    "They painted the fence white and planted flowers along the path.",
+)
+"""Everyday sentences used for mean ablation when no reference texts are given."""
+
+
+def neuron_means(
+    model: Any,
+    neurons: Sequence[NeuronId | str],
+    texts: Sequence[str] = REFERENCE_TEXTS,
+    tokenizer: Any = None,
+) -> list[float]:
+    """Return each neuron's mean MLP activation over every token of ``texts``."""
+    target = resolve(model, tokenizer)
+    ns = [NeuronId.parse(n) for n in neurons]
+    d = target.model.dims
+    check_against([NeuronEdit(n, "add", 0.0) for n in ns], d.n_layers, d.d_mlp, d.d_model)
+    texts = list(texts)
+    if not texts or target.tokenizer is None:
+        raise BadInterventionError("mean ablation needs reference texts and a tokenizer")
+    layers = sorted({n.layer for n in ns})
+    sums = {n: 0.0 for n in ns}
+    count = 0
+    seen: dict[int, torch.Tensor] = {}
+
+    def reader(layer: int) -> Any:
+        def read(x: torch.Tensor) -> torch.Tensor:
+            seen[layer] = x.detach()
+            return x
+
+        return read
+
+    with torch.no_grad(), hooked(target, {layer: reader(layer) for layer in layers}, {}):
+        for text in texts:
+            ids = target.tokenizer(text, return_tensors="pt")["input_ids"].to(target.device)
+            seen.clear()
+            if target.hf is not None:
+                target.hf(input_ids=ids)
+            else:
+                target.obj(ids)
+            for n in ns:
+                sums[n] += float(seen[n.layer][..., n.index].float().sum())
+            count += ids.numel()
+    return [sums[n] / count for n in ns]
+
+
+def mean_ablate(
+    model: Any,
+    neurons: NeuronId | str | Sequence[NeuronId | str],
+    texts: Sequence[str] = REFERENCE_TEXTS,
+    positions: Positions = "all",
+    tokenizer: Any = None,
+) -> list[NeuronEdit]:
+    """Return clamps of ``neurons`` to their mean activation over ``texts`` (label ``mean``)."""
+    ns = [neurons] if isinstance(neurons, (str, NeuronId)) else list(neurons)
+    ns = [NeuronId.parse(n) for n in ns]
+    means = neuron_means(model, ns, texts, tokenizer)
+    check_positions(positions)
+    return [NeuronEdit(n, "clamp", m, positions, "mean") for n, m in zip(ns, means)]

@@ -1,0 +1,264 @@
+"""``intervene``: apply a list of edits to a model for the length of a ``with`` block.
+
+::
+
+    with conceptvec.intervene(model, [clamp("L29.808", 30), noise("L12.5", 0.1)]) as run:
+        model.hf.generate(...)          # or bridge(...), or inside nnsight's trace: run.apply()
+    run.fired                          # {'model.layers.29.mlp.down_proj': 7}
+
+On exit, always (exceptions included): hooks are removed and edited weights are copied back
+bit-exactly. On a normal exit, an activation edit or steering vector that never touched a
+token raises :class:`HookNeverFiredError`, naming it and saying why.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+
+from ..errors import BadInterventionError, HookNeverFiredError
+from . import hooks as torch_hooks
+from . import nns, tl
+from .edits import add_steering, edit_hidden
+from .positions import PassTracker
+from .specs import Edits, NeuronEdit, Steer, WeightEdit, check_against, flatten
+from .targets import Target, resolve
+from .weights import edited_weights
+
+
+class Intervention:
+    """A set of edits applied to one model while the object is entered as a context manager.
+
+    ``fired`` counts forward passes through each hooked place; ``applied`` counts, per edit,
+    the passes in which it touched at least one token. ``rows`` (one batch row per edit, or
+    None) confines each activation edit and steering vector to one row of the batch, so that
+    several variants (random controls) run side by side in one forward pass.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        interventions: Edits,
+        *,
+        check: bool = True,
+        rows: Sequence[int | None] | None = None,
+    ):
+        self.target: Target = resolve(model)
+        self.edits = flatten(interventions)
+        d = self.target.model.dims
+        check_against(self.edits, d.n_layers, d.d_mlp, d.d_model)
+        self._rows = _row_map(self.edits, rows)
+        self.check = check
+        self.fired: Counter = Counter()
+        self.applied: Counter = Counter()
+        self.tracker = PassTracker()
+        self._stack: ExitStack | None = None
+        self._hidden: dict[int, Any] = {}
+        self._resid: dict[int, Any] = {}
+
+    # ------------------------------------------------------------------ building
+    def _where(self, layer: int, kind: str) -> str:
+        if self.target.backend == "transformer_lens":
+            return tl.hidden_hook_name(layer) if kind == "hidden" else tl.resid_hook_name(layer)
+        if kind == "hidden":
+            return torch_hooks.mlp_input_name(self.target, layer)
+        return f"{self.target.model.spec.layers_module}.{layer}"
+
+    def _hook_functions(self) -> tuple[dict[int, Any], dict[int, Any]]:
+        by_layer: dict[tuple[str, int], list] = {}
+        for e in self.edits:
+            if isinstance(e, NeuronEdit):
+                by_layer.setdefault(("hidden", e.neuron.layer), []).append(e)
+            elif isinstance(e, Steer):
+                by_layer.setdefault(("resid", e.layer), []).append(e)
+        hidden: dict[int, Any] = {}
+        resid: dict[int, Any] = {}
+        for (kind, layer), edits in sorted(by_layer.items(), key=lambda kv: kv[0][1]):
+            edit, into = (edit_hidden, hidden) if kind == "hidden" else (add_steering, resid)
+            where = self._where(layer, kind)
+            into[layer] = torch_hooks.counted(
+                edit, edits, self.tracker, self.fired, where, self.applied, self._rows
+            )
+        return hidden, resid
+
+    @property
+    def weight_edits(self) -> list[WeightEdit]:
+        """The edits that change weights (applied on entry, restored on exit)."""
+        return [e for e in self.edits if isinstance(e, WeightEdit)]
+
+    # ----------------------------------------------------------- context manager
+    def __enter__(self) -> Intervention:
+        if self._stack is not None:
+            raise RuntimeError("this Intervention is already active; it cannot be nested")
+        self.fired.clear()
+        self.applied.clear()
+        self.tracker = PassTracker()
+        self._hidden, self._resid = self._hook_functions()
+        stack = ExitStack()
+        try:
+            stack.enter_context(edited_weights(self.target.model, self.weight_edits))
+            if self._hidden or self._resid:
+                tracking = torch_hooks.track_passes(self.target.module, self.tracker)
+                stack.callback(tracking.remove)
+                if self.target.backend != "nnsight":  # nnsight: apply() inside its trace
+                    stack.enter_context(hooked(self.target, self._hidden, self._resid))
+        except BaseException:
+            stack.close()
+            raise
+        self._stack = stack
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+        if exc_type is None and self.check:
+            self.raise_if_never_fired()
+
+    def apply(self) -> None:
+        """Place the activation edits inside the current nnsight trace (nnsight models only;
+        a no-op for the hook-based backends, whose hooks are already live)."""
+        if self._stack is None:
+            raise HookNeverFiredError(
+                "apply() was called outside the `with intervene(...)` block; call it inside"
+            )
+        if self.target.backend == "nnsight":
+            nns.apply(self.target, self._hidden, self._resid)
+
+    # -------------------------------------------------------------------- checks
+    def raise_if_never_fired(self) -> None:
+        """Raise HookNeverFiredError if an activation edit or steering vector never acted."""
+        problems = []
+        for e in self.edits:
+            if isinstance(e, WeightEdit) or self.applied[e] > 0:
+                continue
+            layer = e.neuron.layer if isinstance(e, NeuronEdit) else e.layer
+            where = self._where(layer, "hidden" if isinstance(e, NeuronEdit) else "resid")
+            n = self.fired[where]
+            if n == 0:
+                how = (
+                    "call run.apply() inside model.trace(...)"
+                    if self.target.backend == "nnsight"
+                    else "run the model inside the `with` block"
+                )
+                problems.append(f"{e}: its hook on {where} never fired ({how})")
+            else:
+                hint = (
+                    " ('generated' needs generate(); a single forward pass is all prompt)"
+                    if e.positions == "generated"
+                    else ""
+                )
+                problems.append(
+                    f"{e}: its hook on {where} fired {n} time(s) but no token matched "
+                    f"positions={e.positions!r}{hint}"
+                )
+        if problems:
+            raise HookNeverFiredError("; ".join(problems))
+
+    def __repr__(self) -> str:
+        edits = ", ".join(str(e) for e in self.edits)
+        return f"Intervention([{edits}], backend={self.target.backend})"
+
+
+def _row_map(edits: list, rows: Sequence[int | None] | None) -> dict[Any, int] | None:
+    if rows is None:
+        return None
+    rows = list(rows)
+    if len(rows) != len(edits):
+        raise BadInterventionError(f"rows has {len(rows)} entries for {len(edits)} edits")
+    if any(r is not None for e, r in zip(edits, rows) if isinstance(e, WeightEdit)):
+        raise BadInterventionError("weight edits change every row; they cannot have a row")
+    return {e: int(r) for e, r in zip(edits, rows) if r is not None}
+
+
+def intervene(model: Any, interventions: Edits, *, check: bool = True) -> Intervention:
+    """Return a context manager applying ``interventions`` to ``model`` inside its block.
+
+    ``model`` is a :class:`conceptvec.Model`, a ``transformers`` causal LM, a TransformerLens
+    ``TransformerBridge``/``HookedTransformer`` or an nnsight ``LanguageModel``; edits are
+    :func:`clamp`, :func:`scale`, :func:`zero`, :func:`add`, :func:`mean_ablate`,
+    :func:`noise`, :func:`zero_weights`, :func:`replace_weights`, :func:`steer`, or lists of
+    them. ``check=False`` skips the never-fired check.
+    """
+    return Intervention(model, interventions, check=check)
+
+
+# ------------------------------------------------------------- running a model
+@contextmanager
+def hooked(target: Target, hidden: dict[int, Any], resid: dict[int, Any]) -> Iterator[None]:
+    """Run ``hidden[layer]`` on MLP activations and ``resid[layer]`` on layer outputs inside
+    the block: TransformerLens hook points for TransformerLens models, else torch hooks on
+    the ``transformers`` module (which nnsight runs too). Hooks are removed on exit."""
+    if target.backend == "transformer_lens":
+        with tl.hooks(target, hidden, resid):
+            yield
+        return
+    handles = torch_hooks.install(target, hidden, resid)
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def pad_id(target: Target) -> int | None:
+    """Return the id generation pads with: the model's pad token, else its end-of-sequence."""
+    config = getattr(target.hf, "generation_config", None) or getattr(target.hf, "config", None)
+    for name in ("pad_token_id", "eos_token_id"):
+        value = getattr(config, name, None) if config is not None else None
+        if value is None and target.model._tokenizer is not None:
+            value = getattr(target.model._tokenizer, name, None)
+        if isinstance(value, (list, tuple)):
+            value = value[0] if value else None
+        if value is not None:
+            return int(value)
+    return None
+
+
+def logits(
+    model: Any,
+    input_ids: torch.Tensor,
+    interventions: Edits = (),
+    rows: Sequence[int | None] | None = None,
+) -> torch.Tensor:
+    """Return ``[batch, tokens, vocab]`` float32 logits of ``input_ids`` with the edits applied,
+    through the model's own backend (``rows``: see :class:`Intervention`)."""
+    iv = Intervention(model, interventions, rows=rows)
+    target = iv.target
+    with torch.no_grad(), iv:
+        if target.backend == "nnsight":
+            out = nns.logits(target, input_ids, iv.apply)
+        elif target.backend == "transformer_lens":
+            out = tl.logits(target, input_ids)
+        else:
+            out = target.hf(input_ids=input_ids).logits
+    return out.float()
+
+
+def generate(
+    model: Any,
+    input_ids: torch.Tensor,
+    interventions: Edits = (),
+    max_new_tokens: int = 20,
+) -> torch.Tensor:
+    """Return ``[batch, new tokens]``: greedy continuations of ``input_ids`` with the edits
+    applied at every step (KV cache on for HF and nnsight, off for TransformerLens)."""
+    iv = Intervention(model, interventions)
+    target = iv.target
+    with torch.no_grad(), iv:
+        if target.backend == "nnsight":
+            return nns.generate(target, input_ids, max_new_tokens, iv.apply, pad_id(target))
+        if target.backend == "transformer_lens":
+            return tl.generate(target, input_ids, max_new_tokens)
+        out = target.hf.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id(target),
+        )
+        return out[:, input_ids.shape[1] :]

@@ -1,0 +1,146 @@
+"""Dose-response: clamp neurons across a range of values and watch the targets move.
+
+Each value is one :func:`measure_effect` with the same prompts, targets and (same-seed, so
+the same) random control neurons, so the curve of the real neurons and the band of the
+controls are directly comparable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BadInterventionError
+from ..neurons import NeuronId
+from .effect import EffectResult, measure_effect, pretty_as_str
+from .specs import Positions, clamp, finite
+from .targets import resolve
+
+
+@dataclass
+class DoseResponse:
+    """Target probabilities as a function of the clamp value, with random controls."""
+
+    model: str
+    neurons: list[str]
+    targets: list[str]
+    values: list[float]
+    effects: list[EffectResult]
+    """One :class:`EffectResult` per value, in the order of :attr:`values`."""
+
+    @property
+    def base_prob(self) -> float:
+        """Mean over prompts of the summed target probability without intervention."""
+        return _mean([sum(p.prob_before) for p in self.effects[0].prompts])
+
+    @property
+    def probs(self) -> list[float]:
+        """Per value, the mean over prompts of the summed target probability."""
+        return [_mean([sum(p.prob_after) for p in e.prompts]) for e in self.effects]
+
+    @property
+    def control_probs(self) -> list[list[float]]:
+        """Per value, per control: the mean over prompts of the summed target probability."""
+        out = []
+        for e in self.effects:
+            n = len(e.controls)
+            out.append([_mean([p.control_probs[k] for p in e.prompts]) for k in range(n)])
+        return out
+
+    @property
+    def percentiles(self) -> list[float | None]:
+        """Per value, the percentile of the mean change in log p(target) among controls."""
+        return [e.percentile for e in self.effects]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "model": self.model,
+            "neurons": self.neurons,
+            "targets": self.targets,
+            "base_prob": self.base_prob,
+            "points": [
+                {
+                    "value": v,
+                    "prob": p,
+                    "mean_delta_logprob": e.mean_delta,
+                    "percentile": e.percentile,
+                    "control_mean_deltas": e.control_mean_deltas,
+                    "control_probs": c,
+                }
+                for v, p, e, c in zip(self.values, self.probs, self.effects, self.control_probs)
+            ],
+            "effects": [e.to_dict() for e in self.effects],
+        }
+
+    def plot(self) -> Any:
+        """Return a plotly figure of p(target) against the clamp value, controls shaded."""
+        from ..viz import dose_figure
+
+        return dose_figure(self)
+
+    _repr_pretty_ = pretty_as_str
+
+    def __str__(self) -> str:
+        head = f"{self.model}  clamp {', '.join(self.neurons)}  targets {self.targets}"
+        cols = f"{'value':>8} {'p(target)':>10} {'dlogp':>8} {'ctrl max p':>11} {'pct':>5}"
+        lines = [head, cols, f"{'(none)':>8} {self.base_prob:>10.4f}"]
+        for v, p, e, c in zip(self.values, self.probs, self.effects, self.control_probs):
+            ctrl = f"{max(c):>11.4f}" if c else ""
+            pct = "" if e.percentile is None else f" {e.percentile:>5.0f}"
+            lines.append(f"{v:>8g} {p:>10.4f} {e.mean_delta:>8.3f} {ctrl}{pct}".rstrip())
+        return "\n".join(lines)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def dose_response(
+    model: Any,
+    prompts: str | Sequence[str],
+    neurons: NeuronId | str | Sequence[NeuronId | str],
+    values: Sequence[float],
+    targets: str | int | Sequence[str | int],
+    *,
+    positions: Positions = "all",
+    controls: int = 0,
+    top_k: int = 5,
+    generate: int = 0,
+    chat: bool = False,
+    seed: int = 0,
+    tokenizer: Any = None,
+) -> DoseResponse:
+    """Return a :class:`DoseResponse`: ``neurons`` clamped to each of ``values`` in turn.
+
+    Controls (``controls`` random neurons of the same layers, the same at every value) are
+    clamped to the same values.
+    """
+    target = resolve(model, tokenizer)
+    ns = [neurons] if isinstance(neurons, (str, NeuronId)) else list(neurons)
+    ns = [NeuronId.parse(n) for n in ns]
+    values = [finite(v, "clamp value") for v in values]
+    if not values or not ns:
+        raise BadInterventionError("pass at least one neuron and one clamp value")
+    effects = [
+        measure_effect(
+            target,
+            prompts,
+            [clamp(n, v, positions) for n in ns],
+            targets,
+            controls=controls,
+            top_k=top_k,
+            generate=generate,
+            chat=chat,
+            seed=seed,
+        )
+        for v in values
+    ]
+    return DoseResponse(
+        model=target.model.name,
+        neurons=[str(n) for n in ns],
+        targets=effects[0].targets,
+        values=values,
+        effects=effects,
+    )

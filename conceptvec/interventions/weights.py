@@ -1,0 +1,63 @@
+"""Weight edits: change one neuron's vector in place, and put the exact bytes back after.
+
+The vector is a view of the live parameter (a ``down`` column or an ``up``/``gate`` row, read
+through :meth:`Model.neurons` on a model built over the live module), so the edit shows in
+every backend that runs those modules: plain torch, a TransformerBridge, an nnsight trace.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ..errors import UnsupportedModelError
+from ..models import Model
+from .specs import WeightEdit
+
+
+def neuron_view(model: Model, edit: WeightEdit) -> torch.Tensor:
+    """Return ``[d_model]``: a view of the edited neuron's vector inside the live weight."""
+    rows = model.neurons(edit.neuron.layer, edit.matrix)
+    vector = rows[edit.neuron.index]
+    param = model.reader.get(model._key(edit.matrix, edit.neuron.layer))
+    if vector.untyped_storage().data_ptr() != param.untyped_storage().data_ptr():
+        raise UnsupportedModelError(
+            f"the {edit.matrix} weights of layer {edit.neuron.layer} are not a plain tensor "
+            "that can be edited in place (quantized?); load the model unquantized"
+        )
+    return vector
+
+
+def new_vector(edit: WeightEdit, old: torch.Tensor) -> torch.Tensor:
+    """Return the vector that ``edit`` puts in place of ``old`` (same dtype and device)."""
+    if edit.op == "zero":
+        return torch.zeros_like(old)
+    if edit.op == "replace":
+        return edit.vector.to(device=old.device, dtype=old.dtype)
+    gen = torch.Generator().manual_seed(edit.seed)
+    std = edit.std
+    if edit.relative:
+        std = std * float(old.float().norm()) / math.sqrt(old.shape[0])
+    noise = torch.randn(old.shape, generator=gen, dtype=torch.float32) * std
+    return (old.float() + noise.to(old.device)).to(old.dtype)
+
+
+@contextmanager
+def edited_weights(model: Model, edits: list[WeightEdit]) -> Iterator[None]:
+    """Apply ``edits`` to the live weights of ``model``; restore them bit-exactly on exit,
+    exceptions included."""
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        with torch.no_grad():
+            for e in edits:
+                view = neuron_view(model, e)
+                saved.append((view, view.clone()))
+                view.copy_(new_vector(e, view))
+        yield
+    finally:
+        with torch.no_grad():
+            for view, original in reversed(saved):
+                view.copy_(original)

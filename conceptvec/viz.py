@@ -1,0 +1,77 @@
+"""Plotly figures built from result objects. Nothing here calls ``.show()``.
+
+plotly is imported inside each function, so importing conceptvec stays light.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def effect_figure(result: Any) -> Any:
+    """Return a figure of an :class:`EffectResult`: per prompt, the change in log p(target)
+    of the intervention (a marker) over the spread of its random controls (a box)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    labels = [p.prompt if len(p.prompt) <= 40 else p.prompt[:37] + "..." for p in result.prompts]
+    for label, p in zip(labels, result.prompts):
+        if p.control_deltas:
+            fig.add_trace(
+                go.Box(
+                    y=p.control_deltas,
+                    x=[label] * len(p.control_deltas),
+                    name="random controls",
+                    marker_color="lightgray",
+                    boxpoints="all",
+                    showlegend=label == labels[0],
+                )
+            )
+    fig.add_trace(
+        go.Scatter(
+            x=labels,
+            y=[p.delta for p in result.prompts],
+            mode="markers",
+            marker=dict(size=12, color="crimson", symbol="diamond"),
+            name=", ".join(result.intervention),
+        )
+    )
+    fig.update_layout(
+        title=f"{result.model}: effect on log p({', '.join(result.targets)})",
+        yaxis_title="change in log p(target)",
+        xaxis_title="prompt",
+    )
+    return fig
+
+
+def dose_figure(dose: Any) -> Any:
+    """Return a figure of a :class:`DoseResponse`: mean p(target) against the clamp value
+    for the chosen neurons, with the controls' range shaded."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    base = dose.base_prob
+    control_probs = dose.control_probs
+    if control_probs and control_probs[0]:
+        lows = [min(c) for c in control_probs]
+        highs = [max(c) for c in control_probs]
+        fig.add_trace(
+            go.Scatter(
+                x=dose.values + dose.values[::-1],
+                y=highs + lows[::-1],
+                fill="toself",
+                fillcolor="rgba(128,128,128,0.25)",
+                line=dict(width=0),
+                name="random controls (min-max)",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(x=dose.values, y=dose.probs, mode="lines+markers", name=", ".join(dose.neurons))
+    )
+    fig.add_hline(y=base, line_dash="dot", annotation_text="no intervention")
+    fig.update_layout(
+        title=f"{dose.model}: p({', '.join(dose.targets)}) vs clamp value",
+        xaxis_title="clamp value",
+        yaxis_title="mean p(target)",
+    )
+    return fig
