@@ -128,7 +128,7 @@ def test_torchrun_two_ranks_equal_one_process(tiny_dir, tmp_path):
     assert single.returncode == 0, single.stderr
     torchrun = ["torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--module"]
     dist = run([*torchrun, "conceptvec.cli"], "two")
-    assert dist.returncode == 0, dist.stderr[-2000:]
+    assert dist.returncode == 0, dist.stderr[:3000] + "\n...\n" + dist.stderr[-2000:]
     report = json.loads(dist.stdout)
     assert report["complete"] and report["written"] == 9
     one, two = Atlas(tmp_path / "one"), Atlas(tmp_path / "two")

@@ -99,7 +99,7 @@ def build_atlas(
     if not 1 <= k <= model.dims.vocab:
         raise AtlasError(f"k must be between 1 and the vocabulary size {model.dims.vocab}")
     layers = _layers(layers, model.dims.n_layers)
-    rank, world = _distributed()
+    rank, world, joined = _distributed()
     dev, cdtype = resolve_compute(device, dtype, rank)
     root = Path(out).expanduser()
     report = BuildReport(out=root, device=str(dev), dtype=str(cdtype).replace("torch.", ""))
@@ -133,6 +133,7 @@ def build_atlas(
 
     t2 = time.perf_counter()
     report.complete = _collective(rank, world, lambda: _finish(root, items))
+    _leave(joined)
     report.seconds["finish"] = time.perf_counter() - t2
     report.seconds["total"] = time.perf_counter() - t0
     return report
@@ -162,17 +163,34 @@ def _layers(layers, n_layers: int) -> list[int]:
     return sorted({int(layer) for layer in layers})
 
 
-def _distributed() -> tuple[int, int]:
-    """Return ``(rank, world_size)``, joining the torchrun process group when there is one."""
+def _distributed() -> tuple[int, int, bool]:
+    """Return ``(rank, world_size, joined)``, joining the torchrun process group if there is one.
+
+    ``joined`` is True when this call created the group (then :func:`_leave` destroys it).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1
+        return 0, 1, False
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size()
+    return dist.get_rank(), dist.get_world_size(), joined
+
+
+def _leave(joined: bool) -> None:
+    """Destroy the process group this run created, after every rank is done.
+
+    Left alive, its worker threads are still running when the interpreter exits, and a rank
+    can abort ("terminate called without an active exception") after finishing its work.
+    """
+    if joined:
+        import torch.distributed as dist
+
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _collective(rank: int, world: int, fn):
