@@ -83,3 +83,33 @@ def test_gemma3_atlas_layer_agrees_with_decode(tmp_path):
     hits = search_weights(model, word, matrix="down", layers=[17], top=5, exact=True)
     assert any(str(h.neuron) == "L17.1000" for h in atlas.search(word, exact=True, top=None))
     assert hits and all(h.neuron.layer == 17 for h in hits)
+
+
+def test_ctrl_c_leaves_a_resumable_atlas(tmp_path):
+    """A real SIGINT to `conceptvec map` mid-run: exit 130, a message, then a clean resume."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "a"
+    cmd = [sys.executable, "-m", "conceptvec.cli", "map", "smollm2-135m", "-o", str(out)]
+    cmd += ["--layers", "26-29", "--matrices", "down", "-q", "--export", "none"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("shards/*.safetensors")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Run the same command again to resume" in err and "Traceback" not in err
+    kept = sorted(p.name for p in out.glob("shards/*"))
+    assert 1 <= len(kept) < 4 and all(name.endswith(".safetensors") for name in kept)
+    assert not json.loads((out / "manifest.json").read_text())["complete"]
+    done = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (
+        report["complete"] and report["reused"] == len(kept) and report["written"] == 4 - len(kept)
+    )
+    assert Atlas(out).verify() == []
