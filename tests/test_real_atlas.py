@@ -13,6 +13,7 @@ import pytest
 
 import conceptvec
 from conceptvec.atlas import Atlas, build_atlas
+from conceptvec.atlas.diff import diff_atlases
 from conceptvec.atlas.search import search_weights
 
 from .conftest import run_cli
@@ -113,3 +114,32 @@ def test_ctrl_c_leaves_a_resumable_atlas(tmp_path):
         report["complete"] and report["reused"] == len(kept) and report["written"] == 4 - len(kept)
     )
     assert Atlas(out).verify() == []
+
+
+def test_smollm2_diff_finds_an_unlearned_neuron(smol, tmp_path):
+    """Base vs. a checkpoint whose dog neuron was reversed (as TARS does): diff points at it."""
+    import torch
+
+    hf, tok = smol.hf, smol.tokenizer
+    saved = {}
+    for name in ("base", "edited"):
+        folder = tmp_path / name
+        if name == "edited":
+            w = hf.model.layers[29].mlp.down_proj.weight
+            saved["column"] = w[:, 808].clone()
+            with torch.no_grad():
+                w[:, 808] = -w[:, 808]
+        try:
+            hf.save_pretrained(folder)
+        finally:
+            if name == "edited":
+                with torch.no_grad():
+                    w[:, 808] = saved["column"]
+        tok.save_pretrained(folder)
+        build_atlas(
+            str(folder), tmp_path / f"atlas-{name}", matrices="down", layers=[29], progress=False
+        )
+    d = diff_atlases(tmp_path / "atlas-base", tmp_path / "atlas-edited", top=3)
+    assert str(d.changed[0].neuron) == "L29.808" and d.changed[0].overlap == 0.0
+    assert d.changed[0].top_a[0] == "dog"
+    assert d.layers[0].same_top1 == pytest.approx(1535 / 1536)
