@@ -1,7 +1,7 @@
 """Atlas speed: ``conceptvec map`` against the naive script and the GEMM floor, in one run.
 
     python benchmarks/bench_atlas.py --model smollm2-135m --device cpu
-    python benchmarks/bench_atlas.py --model /tmp/llama-8b --device cuda --matrices up
+    python benchmarks/bench_atlas.py --model build/llama-8b --device cuda --matrices up
 
 Four numbers, all for the same neurons (every neuron of ``--matrices``, top and bottom k):
 

@@ -1,7 +1,7 @@
 """Peak memory of ``conceptvec map`` on a Llama-3.2-1B-shaped checkpoint read from disk.
 
-    python benchmarks/make_checkpoint.py --shape llama-3.2-1b --out /tmp/ck-1b
-    python benchmarks/bench_atlas_memory.py --checkpoint /tmp/ck-1b --layers 0-2
+    python benchmarks/make_checkpoint.py --shape llama-3.2-1b --out build/ck-1b
+    python benchmarks/bench_atlas_memory.py --checkpoint build/ck-1b --layers 0-2
 
 Runs the real CLI in a child process and reports its peak resident set size (the kernel's
 ``ru_maxrss``), next to the budget the atlas issue sets: the unembedding (as stored) plus

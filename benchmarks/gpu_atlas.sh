@@ -10,9 +10,11 @@
 # 5. measures in one process the bare bf16 GEMM floor, conceptvec's projection phase and
 #    the naive one-neuron-at-a-time script (benchmarks/bench_atlas.py).
 set -uo pipefail
-OUT=${1:-/tmp/gpu-atlas-out}
-mkdir -p "$OUT"
 cd "$(dirname "$0")/.."
+OUT=${1:-$PWD/build/gpu-atlas-out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+CK=${CK_DIR:-$PWD/build/cv-bench}
 # Run the committed sources (benchmarks/.wheels/src.tar, from `git archive HEAD`) when
 # present, so work in progress in the working tree cannot break the run.
 SRC=$PWD
@@ -26,7 +28,6 @@ python -c "import typer, gguf, einops" 2>/dev/null || python -m pip install -q -
   --find-links benchmarks/.wheels typer gguf einops >>"$OUT/log.txt" 2>&1
 python -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" \
   | tee -a "$OUT/log.txt"
-CK=${CK_DIR:-/tmp/cv-bench}
 mkdir -p "$CK"
 
 log "top-k variants on one Llama-3.1-8B layer's scores"

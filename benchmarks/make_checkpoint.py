@@ -1,7 +1,7 @@
 """Write a random-weight Llama checkpoint in the Hugging Face layout, for benchmarks.
 
-    python benchmarks/make_checkpoint.py --shape llama-3.2-1b --out /tmp/llama-1b
-    python benchmarks/make_checkpoint.py --shape llama-3.1-8b --out /tmp/llama-8b --device cuda
+    python benchmarks/make_checkpoint.py --shape llama-3.2-1b --out build/llama-1b
+    python benchmarks/make_checkpoint.py --shape llama-3.1-8b --out build/llama-8b --device cuda
 
 The folder gets ``config.json``, ``model-0000N-of-0000M.safetensors`` shards of at most
 ``--shard-gb`` and ``model.safetensors.index.json``, exactly as ``save_pretrained`` lays

@@ -55,6 +55,17 @@ def normalize(text: str) -> str:
     return text.strip().casefold()
 
 
+def match_ids(texts, query: str | list[str], exact: bool = False) -> list[int]:
+    """Return the ids whose token text in ``texts`` matches ``query`` (one word or several).
+
+    Matching ignores case and surrounding spaces unless ``exact``.
+    """
+    queries = [query] if isinstance(query, str) else list(query)
+    key = (lambda t: t) if exact else normalize
+    wanted = {key(q) for q in queries}
+    return [i for i, t in enumerate(texts) if key(t) in wanted]
+
+
 class Atlas:
     """An atlas folder written by :func:`conceptvec.atlas.build_atlas` (``conceptvec map``)."""
 
@@ -183,12 +194,7 @@ class Atlas:
 
     def token_ids(self, query: str | list[str], exact: bool = False) -> list[int]:
         """Return the ids of tokens matching ``query`` (case- and space-insensitive unless exact)."""
-        queries = [query] if isinstance(query, str) else list(query)
-        if exact:
-            wanted = set(queries)
-            return [i for i, t in enumerate(self.vocab) if t in wanted]
-        wanted = {normalize(q) for q in queries}
-        return [i for i, t in enumerate(self.vocab) if normalize(t) in wanted]
+        return match_ids(self.vocab, query, exact)
 
     def search(
         self,

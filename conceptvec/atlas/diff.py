@@ -172,7 +172,7 @@ def diff_atlases(a: Atlas | str, b: Atlas | str, *, top: int = 20) -> AtlasDiff:
             LayerDiff(layer, matrix, float(same.mean()), float(overlap.mean()), len(same))
         )
         key = overlap + same * 1e-3  # among equal overlaps, a changed top-1 counts as more change
-        vals, idx = key.topk(min(top, len(key)), largest=False)
+        idx = key.topk(min(top, len(key)), largest=False).indices
         worst += [(float(overlap[i]), layer, i, matrix) for i in idx.tolist() if overlap[i] < 1]
     order = {"up": 0, "gate": 1, "down": 2}
     out.layers.sort(key=lambda r: (order[r.matrix], r.layer))

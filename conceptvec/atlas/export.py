@@ -34,7 +34,7 @@ def _open(atlas: Atlas | str) -> Atlas:
     return atlas if isinstance(atlas, Atlas) else Atlas(atlas)
 
 
-def _arrow_table(atlas: Atlas, layer: int, matrix: str, shard: dict, vocab):
+def _arrow_table(layer: int, matrix: str, shard: dict, vocab):
     """Return one shard as a pyarrow table with Neuronpedia's columns (vectorised)."""
     import pyarrow as pa
 
@@ -66,7 +66,7 @@ def _tables(atlas: Atlas) -> Iterator:
 
     vocab = pa.array(atlas.vocab, type=pa.string())
     for layer, matrix, shard in atlas.shards():
-        yield _arrow_table(atlas, layer, matrix, shard, vocab)
+        yield _arrow_table(layer, matrix, shard, vocab)
 
 
 def _require_pyarrow() -> None:

@@ -24,7 +24,7 @@ from ..errors import AtlasError
 from ..models import Model, load
 from ..neurons import NeuronId, check_matrix
 from ..tokens import show, token_text
-from .atlas import normalize
+from .atlas import match_ids
 from .head import folded_rows
 
 
@@ -57,13 +57,7 @@ class WeightHit:
 
 def matching_tokens(model: Model, word: str, exact: bool = False) -> list[int]:
     """Return the ids of tokens that read ``word`` (ignoring case and spaces unless exact)."""
-    text = token_text(model.tokenizer)
-    want = word if exact else normalize(word)
-    ids = []
-    for i in range(model.dims.vocab):
-        t = text(i)
-        if (t if exact else normalize(t)) == want:
-            ids.append(i)
+    ids = match_ids(token_text(model.tokenizer).many(range(model.dims.vocab)), word, exact)
     if not ids:
         pieces = ""
         if model.tokenizer is not None:
@@ -102,27 +96,27 @@ def search_weights(
         NeuronId(layer, 0).check(n_layers, m.dims.d_mlp)
     ids = matching_tokens(m, word, exact)
     folded = folded_rows(m, ids, fold_norm).T  # [d_model, t]
-    mu, cov = head_moments(m, fold_norm)
+    mu, cov = head_moments(m, fold_norm) if by == "zscore" else (None, None)
     sign = -1.0 if bottom else 1.0
-    found: list[tuple[float, float, float, int, int, int]] = []
+    # (ranking key, score, layer, index, token id, the neuron's vector) per candidate
+    found: list[tuple[float, float, int, int, int, torch.Tensor]] = []
     for layer in layers if layers is not None else range(n_layers):
         v = residual_vectors(m, layer, matrix, fold_norm)
         scores = sign * (v @ folded)  # [d_mlp, t]: one product per layer
-        centred = scores - sign * (v @ mu)[:, None]
-        sd = ((v @ cov) * v).sum(1).clamp_min(1e-30).sqrt() if by == "zscore" else None
-        z = centred / sd[:, None] if sd is not None else centred
-        key = z if by == "zscore" else scores
+        key = scores
+        if cov is not None:
+            sd = ((v @ cov) * v).sum(1).clamp_min(1e-30).sqrt()
+            key = (scores - sign * (v @ mu)[:, None]) / sd[:, None]
         best, which = key.max(dim=1)
         for i in best.topk(min(top, len(best))).indices.tolist():
             j = int(which[i])
-            zi = float(z[i, j]) if sd is not None else float("nan")
-            found.append((float(best[i]), float(scores[i, j]), zi, layer, i, ids[j]))
+            found.append((float(best[i]), float(scores[i, j]), layer, i, ids[j], v[i].clone()))
     found.sort(key=lambda x: -x[0])
     found = found[:top]
     if not found:
         return []
     text = token_text(m.tokenizer)
-    rows = torch.stack([residual_vectors(m, f[3], matrix, fold_norm)[f[4]] for f in found])
+    rows = torch.stack([f[5] for f in found])  # kept from the loop: no layer is read twice
     full = sign * project(m, rows, fold_norm)  # [top, vocab]
     full_z = (full - full.mean(1, keepdim=True)) / full.std(1, correction=0, keepdim=True)
     return [
@@ -135,7 +129,7 @@ def search_weights(
             sign * float(full_z[row, t]),
             int((full[row] > full[row, t]).sum()) + 1,
         )
-        for row, (_, s, _, layer, i, t) in enumerate(found)
+        for row, (_, s, layer, i, t, _) in enumerate(found)
     ]
 
 
