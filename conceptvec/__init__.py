@@ -14,8 +14,11 @@ The table of contents:
   :func:`steer` to a HF, TransformerLens or nnsight model inside a ``with`` block;
   :func:`measure_effect` and :func:`dose_response` measure what they do, against random
   controls.
+- :func:`read_activations` reads neurons' MLP activations on text (an :class:`Activations`);
+  :func:`top_contexts` shows a neuron's top activating tokens in context (:class:`TopContexts`).
 """
 
+from .activations import Activations, TopContexts, read_activations, top_contexts
 from .atlas import Atlas, build_atlas
 from .atlas.diff import diff_atlases
 from .atlas.search import search_weights
@@ -47,6 +50,7 @@ __all__ = [
     "ALIASES",
     "DEFAULT_MODEL",
     "MATRICES",
+    "Activations",
     "ArchSpec",
     "Atlas",
     "ConceptvecError",
@@ -57,6 +61,7 @@ __all__ = [
     "Model",
     "NeuronId",
     "TokenScore",
+    "TopContexts",
     "add",
     "build_atlas",
     "clamp",
@@ -69,10 +74,12 @@ __all__ = [
     "measure_effect",
     "noise",
     "project",
+    "read_activations",
     "replace_weights",
     "scale",
     "search_weights",
     "steer",
+    "top_contexts",
     "zero",
     "zero_weights",
 ]

@@ -86,10 +86,11 @@ def neuron(
 
 
 def _register_groups() -> None:
-    from .commands import atlas, intervene
+    from .commands import activations, atlas, intervene
 
     atlas.register(app)
     intervene.register(app)
+    activations.register(app)
 
 
 _register_groups()

@@ -54,3 +54,16 @@ class UnsupportedModelError(ConceptvecError, TypeError):
 
 class HookNeverFiredError(ConceptvecError, RuntimeError):
     """An intervention whose hook never fired (or never matched a token) inside its block."""
+
+
+class BadConceptFileError(ConceptvecError, ValueError):
+    """A concepts file (ConceptVectors JSON) that cannot be read or written as asked."""
+
+
+class BadTextError(ConceptvecError, ValueError):
+    """Texts that cannot be read as asked: a missing, empty or malformed text file, an empty
+    list of texts, or activations asked for a neuron that was not read."""
+
+
+class InterventionInUseError(BadInterventionError, RuntimeError):
+    """An intervention entered twice, or a model edited from two threads at once."""

@@ -16,8 +16,8 @@ MATRICES = ("up", "gate", "down")
 from the residual stream) or a column of the down projection (what it writes)."""
 
 _PATTERNS = (
-    re.compile(r"^[Ll](\d+)[.Nn:/](\d+)$"),
-    re.compile(r"^(\d+)[.:](\d+)$"),
+    re.compile(r"^[Ll]([0-9]+)[.Nn:/]([0-9]+)$"),
+    re.compile(r"^([0-9]+)[.:]([0-9]+)$"),
 )
 
 

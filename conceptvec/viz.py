@@ -75,3 +75,63 @@ def dose_figure(dose: Any) -> Any:
         yaxis_title="mean p(target)",
     )
     return fig
+
+
+def qa_figure(result: Any) -> Any:
+    """Return a figure of a :class:`QAEvaluation`: the change in the reference answers'
+    log-probability per token under the intervention (a marker) and each control (a box)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    if result.controls:
+        fig.add_trace(
+            go.Box(
+                y=result.control_deltas,
+                name="random controls",
+                marker_color="lightgray",
+                boxpoints="all",
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=["random controls" if result.controls else "intervention"],
+            y=[result.delta_logprob],
+            mode="markers",
+            marker=dict(size=12, color="crimson", symbol="diamond"),
+            name=", ".join(result.intervention) or "no intervention",
+        )
+    )
+    fig.update_layout(
+        title=f"{result.model}: answers' log p per token ({result.prompting} prompts)",
+        yaxis_title="change in mean log p per answer token",
+    )
+    return fig
+
+
+def top_contexts_figure(result: Any) -> Any:
+    """Return a horizontal bar figure of a :class:`TopContexts`: one bar per context, its
+    activation, labelled ``…left [token] right…`` (strongest at the top)."""
+    import plotly.graph_objects as go
+
+    contexts = list(result.contexts)
+    labels = [f"{i}. {c.snippet()}" for i, c in enumerate(contexts, 1)]
+    values = [c.value for c in contexts]
+    fig = go.Figure(
+        go.Bar(
+            x=values,
+            y=labels,
+            orientation="h",
+            marker_color=["crimson" if v >= 0 else "royalblue" for v in values],
+            customdata=[[c.text, c.position] for c in contexts],
+            hovertemplate="%{x:+.3f}<br>text %{customdata[0]}, token %{customdata[1]}"
+            "<extra></extra>",
+        )
+    )
+    which = "lowest" if result.bottom else "highest"
+    fig.update_layout(
+        title=f"{result.model} {result.neuron}: {which} activations",
+        xaxis_title="MLP activation",
+        yaxis=dict(autorange="reversed", tickfont=dict(family="monospace")),
+        height=max(300, 24 * len(contexts) + 120),
+    )
+    return fig

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from .. import files
 from ..decode import Decoding, TokenScore
 from ..errors import AtlasError
 from ..neurons import NeuronId, check_matrix
@@ -63,6 +64,11 @@ def match_ids(texts, query: str | list[str], exact: bool = False) -> list[int]:
     queries = [query] if isinstance(query, str) else list(query)
     key = (lambda t: t) if exact else normalize
     wanted = {key(q) for q in queries}
+    if not queries or "" in wanted:
+        raise AtlasError(
+            f"cannot search for {query!r}: give a word or word piece with at least one "
+            "non-space character"
+        )
     return [i for i, t in enumerate(texts) if key(t) in wanted]
 
 
@@ -75,14 +81,10 @@ class Atlas:
             raise AtlasError(
                 f"{self.path} is not a folder; give the --out folder of `conceptvec map`"
             )
-        self.manifest: dict[str, Any] = store.read_json(self.path / store.MANIFEST, "manifest")
-        if self.manifest.get("schema") != store.SCHEMA:
-            raise AtlasError(f"{self.path / store.MANIFEST} is not a conceptvec atlas manifest")
-        if self.manifest.get("schema_version") != store.SCHEMA_VERSION:
-            raise AtlasError(
-                f"{self.path} uses atlas schema {self.manifest.get('schema_version')}, this "
-                f"conceptvec reads {store.SCHEMA_VERSION}; remake it with `conceptvec map`"
-            )
+        manifest_path = self.path / store.MANIFEST
+        self.manifest: dict[str, Any] = store.check_manifest(
+            store.read_json(manifest_path, "manifest"), manifest_path
+        )
         self._shards: dict[str, dict[str, torch.Tensor]] = {}
 
     # --------------------------------------------------------------------- facts
@@ -121,12 +123,25 @@ class Atlas:
     def vocab(self) -> list[str]:
         """Display text of every token id (``vocab.json``)."""
         path = self.path / store.VOCAB
-        data = path.read_bytes() if path.exists() else b""
+        fix = "remake the atlas"
+        data = b""
+        if path.exists() or path.is_symlink():
+            store.shard_file(self.path, {"file": store.VOCAB})  # no symlink out of the folder
+            data = files.read_bounded(path, store.CorruptAtlasError, fix)
         if store.sha256_bytes(data) != self.manifest.get("vocab_sha256"):
             raise store.CorruptAtlasError(
-                f"{path} is missing or does not match its hash in the manifest; remake the atlas"
+                f"{path} is missing or does not match its hash in the manifest; {fix}"
             )
-        return json.loads(data)
+        try:
+            vocab = json.loads(data)
+        except (ValueError, RecursionError):
+            vocab = None
+        if not isinstance(vocab, list) or len(vocab) != self.dims["vocab"]:
+            raise store.CorruptAtlasError(
+                f"{path} does not hold the {self.dims['vocab']} token texts the manifest "
+                f"declares; {fix}"
+            )
+        return [str(t) for t in vocab]
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "partial"
@@ -151,7 +166,12 @@ class Atlas:
                     f"{_ranges(self.layers)}, matrices {have}); map it with `conceptvec map "
                     f"--matrices {matrix}`"
                 )
-            self._shards[name] = store.decode_shard(self.path / entry["file"], entry["sha256"])
+            self._shards[name] = store.decode_shard(
+                store.shard_file(self.path, entry),
+                entry["sha256"],
+                (self.dims["d_mlp"], self.k),
+                self.dims["vocab"],
+            )
         return self._shards[name]
 
     def shards(self, matrix: str | None = None) -> Iterator[tuple[int, str, dict]]:
@@ -164,8 +184,8 @@ class Atlas:
         """Return the names of shards whose files are missing or do not match their hash."""
         bad = []
         for name, entry in self.manifest["shards"].items():
-            path = self.path / entry["file"]
-            if not path.exists() or store.sha256_file(path) != entry["sha256"]:
+            path = store.shard_file(self.path, entry)
+            if not path.is_file() or store.sha256_file(path) != entry["sha256"]:
                 bad.append(name)
         return bad
 

@@ -9,6 +9,7 @@ layer computes; a journal line after each shard makes an interrupted run resumab
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -111,32 +112,48 @@ def build_atlas(
     manifest["compute"] = {"device": dev.type, "dtype": report.dtype, "world_size": world}
     items = [store.shard_name(layer, m) for layer in layers for m in matrices]
 
-    plan = _collective(rank, world, lambda: _prepare(root, model, manifest, items, overwrite))
-    done = plan["done"]
-    report.shards_reused = sorted(done)
-    report.shards_remade = plan["remade"]
-    report.seconds["load"] = t_load - t0
-    report.seconds["head"] = t_head - t_load
-    report.seconds["setup"] = time.perf_counter() - t0
+    held: dict[str, Any] = {}
 
-    todo = [(layer, m) for layer in layers[rank::world] for m in matrices]
-    todo = [(layer, m) for layer, m in todo if store.shard_name(layer, m) not in done]
-    t1 = time.perf_counter()
-    report.shards_written = _run(model, head, root, todo, k, fold_norm, rank, progress)
-    if world > 1:  # every rank reports what all of them wrote
-        import torch.distributed as dist
+    def take_lock() -> None:  # rank 0 holds the folder's lock (the kernel drops it if we die)
+        _check_writable(root)
+        held["lock"] = store.lock_folder(root)
 
-        lists: list[Any] = [None] * world
-        dist.all_gather_object(lists, report.shards_written)
-        report.shards_written = sorted(name for names in lists for name in names)
-    report.seconds["project"] = time.perf_counter() - t1
+    _collective(rank, world, take_lock)
+    with contextlib.closing(_Release(held)):
+        plan = _collective(rank, world, lambda: _prepare(root, model, manifest, items, overwrite))
+        done = plan["done"]
+        report.shards_reused = sorted(done)
+        report.shards_remade = plan["remade"]
+        report.seconds["load"] = t_load - t0
+        report.seconds["head"] = t_head - t_load
+        report.seconds["setup"] = time.perf_counter() - t0
 
-    t2 = time.perf_counter()
-    report.complete = _collective(rank, world, lambda: _finish(root, items))
-    _leave(joined)
-    report.seconds["finish"] = time.perf_counter() - t2
-    report.seconds["total"] = time.perf_counter() - t0
-    return report
+        todo = [(layer, m) for layer in layers[rank::world] for m in matrices]
+        todo = [(layer, m) for layer, m in todo if store.shard_name(layer, m) not in done]
+        t1 = time.perf_counter()
+        report.shards_written = _run(model, head, root, todo, k, fold_norm, rank, progress)
+        if world > 1:  # every rank reports what all of them wrote
+            import torch.distributed as dist
+
+            lists: list[Any] = [None] * world
+            dist.all_gather_object(lists, report.shards_written)
+            report.shards_written = sorted(name for names in lists for name in names)
+        report.seconds["project"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        report.complete = _collective(rank, world, lambda: _finish(root, items))
+        _leave(joined)
+        report.seconds["finish"] = time.perf_counter() - t2
+        report.seconds["total"] = time.perf_counter() - t0
+        return report
+
+
+class _Release:
+    def __init__(self, held: dict[str, Any]):
+        self.held = held
+
+    def close(self) -> None:
+        store.unlock_folder(self.held.pop("lock", None))
 
 
 def _matrices(matrices, model: Model) -> list[str]:
@@ -217,55 +234,70 @@ def _collective(rank: int, world: int, fn):
 def _prepare(
     root: Path, model: Model, manifest: dict, items: list[str], overwrite: bool
 ) -> dict[str, Any]:
-    """Make ``root`` ready: refuse, clear or resume it. Return the shards already done."""
-    _check_writable(root)
+    """Make ``root`` ready: refuse, clear or resume it. Return the shards already done.
+
+    The caller holds the folder's lock (:func:`store.lock_folder`).
+    """
     old_path = root / store.MANIFEST
     done: dict[str, dict] = {}
     remade: list[str] = []
     texts = vocab_texts(model)
     manifest["vocab_sha256"] = store.sha256_bytes(texts)
+    store.remove_stale_temporaries(root)
     if old_path.exists() and not overwrite:
         old = store.read_json(old_path, "manifest")
+        if not isinstance(old, dict):
+            raise store.CorruptAtlasError(f"{old_path} is not a manifest; pass --overwrite")
         why = store.identity_mismatch(store.identity(old), store.identity(manifest))
         if why:
             raise AtlasError(
                 f"{root} holds an atlas of {old.get('model_name', '?')} made another way ({why}); "
                 "pass --overwrite to replace it or choose another --out"
             )
-        recorded = {**old.get("shards", {}), **store.read_journals(root)}
+        shards = old.get("shards")
+        recorded = {**(shards if isinstance(shards, dict) else {}), **store.read_journals(root)}
         for name, entry in recorded.items():
-            path = root / entry["file"]
-            if path.exists() and store.sha256_file(path) == entry["sha256"]:
+            if store.shard_entry_problem(name, entry, model.dims.n_layers) is not None:
+                if name in items:  # a record this run would write: remake it
+                    remade.append(name)
+                print(f"conceptvec: dropping foreign shard record {name!r}", file=sys.stderr)
+                continue
+            path = store.shard_path(root, name)
+            if (
+                path.is_file()
+                and not path.is_symlink()
+                and store.sha256_file(path) == entry["sha256"]
+            ):
                 done[name] = entry
             else:
                 remade.append(name)
                 print(
                     f"conceptvec: shard {name} is damaged or missing; remaking it", file=sys.stderr
                 )
-        manifest["layers"] = old.get("layers", [])
-        manifest["matrices"] = old.get("matrices", [])
-    elif old_path.exists() or _has_atlas_files(root):
-        if not overwrite:
+        manifest["layers"] = [x for x in old.get("layers", []) if type(x) is int]
+        manifest["matrices"] = [m for m in old.get("matrices", []) if m in ("up", "gate", "down")]
+    elif old_path.exists() or _has_atlas_files(root) or _only_setup_leftovers(root):
+        if not overwrite and not _only_setup_leftovers(root):
             raise AtlasError(
                 f"{root} has files from an unfinished atlas but no manifest; pass --overwrite"
             )
         _clear(root)
-    elif root.exists() and any(root.iterdir()):
+    elif _others(root):
         raise AtlasError(
             f"{root} is not empty and holds no conceptvec atlas; choose a new or empty --out"
         )
-    (root / store.SHARD_DIR).mkdir(parents=True, exist_ok=True)
     vocab_path = root / store.VOCAB
     if not vocab_path.exists() or store.sha256_file(vocab_path) != manifest["vocab_sha256"]:
         store.atomic_write(vocab_path, texts)
     _write_manifest(root, manifest, done, items)
+    (root / store.SHARD_DIR).mkdir(parents=True, exist_ok=True)  # after the manifest exists
     return {"done": set(done), "remade": remade}
 
 
 def _check_writable(root: Path) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".conceptvec-write-test"
+        probe = root / PROBE
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
@@ -274,8 +306,26 @@ def _check_writable(root: Path) -> None:
         ) from None
 
 
+PROBE = ".conceptvec-write-test"
+
+
+def _others(root: Path) -> list[str]:
+    """Return the names in ``root`` that no atlas run writes."""
+    ours = {store.LOCK, PROBE}
+    return [p.name for p in root.iterdir() if p.name not in ours] if root.exists() else []
+
+
 def _has_atlas_files(root: Path) -> bool:
     return (root / store.SHARD_DIR).exists() or any(root.glob(store.JOURNAL_GLOB))
+
+
+def _only_setup_leftovers(root: Path) -> bool:
+    """True when ``root`` holds only what a run killed during setup leaves (vocab.json, an
+    empty shards/ folder): then it is started afresh without asking for --overwrite."""
+    shards = root / store.SHARD_DIR
+    if shards.is_dir() and any(shards.iterdir()):
+        return False
+    return set(_others(root)) <= {store.VOCAB, store.SHARD_DIR}
 
 
 def _clear(root: Path) -> None:

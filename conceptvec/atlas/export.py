@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -78,35 +79,78 @@ def _require_pyarrow() -> None:
         ) from None
 
 
-def export_parquet(atlas: Atlas | str, out: str | Path | None = None) -> Path:
+OWNER_KEY = b"conceptvec.atlas"
+"""Parquet schema metadata key that marks a file as a conceptvec export."""
+
+
+def export_parquet(
+    atlas: Atlas | str, out: str | Path | None = None, *, overwrite: bool = False
+) -> Path:
     """Write the atlas as one Parquet table (a row group per shard); return its path.
 
-    ``out`` defaults to ``atlas.parquet`` inside the atlas folder.
+    ``out`` defaults to ``atlas.parquet`` inside the atlas folder. An existing file is
+    replaced only if conceptvec wrote it, and (for an explicit ``out``) only with
+    ``overwrite``; any other file is never touched.
     """
     _require_pyarrow()
     import pyarrow.parquet as pq
 
     atlas = _open(atlas)
-    path = Path(out) if out is not None else atlas.path / PARQUET
+    path = Path(out).expanduser() if out is not None else atlas.path / PARQUET
+    _check_replaceable_file(path, overwrite or out is None)
     tables = _tables(atlas)
     first = next(tables, None)
     if first is None:
         raise AtlasError(f"{atlas.path} has no shards yet; run `conceptvec map` first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, store.file_mode())
-    os.close(fd)
+    schema = first.schema.with_metadata({OWNER_KEY: str(store.SCHEMA_VERSION).encode()})
+    tmp = None
     try:
-        with pq.ParquetWriter(tmp, first.schema, compression="zstd") as writer:
-            writer.write_table(first)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, store.file_mode())
+        os.close(fd)
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            writer.write_table(first.replace_schema_metadata(schema.metadata))
             for table in tables:
-                writer.write_table(table)
+                writer.write_table(table.replace_schema_metadata(schema.metadata))
+        _check_replaceable_file(path, overwrite or out is None)
         os.replace(tmp, path)
     except OSError as e:
         raise AtlasError(store.write_problem(path, e)) from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _check_parent(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise AtlasError(
+            f"cannot write {path}: the folder {path.parent} does not exist; create it first"
+        )
+
+
+def _check_replaceable_file(path: Path, replace: bool) -> None:
+    """Raise unless ``path`` is absent, or a Parquet export of ours and ``replace`` is set."""
+    _check_parent(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if not replace:
+        raise AtlasError(f"{path} exists; pass --overwrite to replace an earlier export")
+    if path.is_symlink() or not path.is_file() or not _is_our_parquet(path):
+        raise AtlasError(
+            f"{path} exists and was not written by conceptvec; it is left alone, choose "
+            "another --out"
+        )
+
+
+def _is_our_parquet(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception:  # not Parquet at all
+        return False
+    return OWNER_KEY in metadata
 
 
 def read_parquet(path: str | Path):
@@ -149,21 +193,26 @@ def export_neuronpedia(
     *,
     batch_size: int = 4096,
     model_id: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``batch-0.jsonl.gz, batch-1.jsonl.gz, ...`` (``batch_size`` records each).
 
     The folder ``out`` (default ``neuronpedia/`` in the atlas folder) is built under a
-    temporary name and renamed, so a reader never sees half an export.
+    temporary name and renamed, so a reader never sees half an export. An existing folder
+    is replaced only if it holds nothing but an earlier export's batch files, and (for an
+    explicit ``out``) only with ``overwrite``.
     """
+    if batch_size < 1:
+        raise AtlasError(f"batch_size must be at least 1 (got {batch_size})")
     atlas = _open(atlas)
-    path = Path(out) if out is not None else atlas.path / NEURONPEDIA_DIR
-    if path.exists() and not (path / "batch-0.jsonl.gz").exists():
-        raise AtlasError(f"{path} exists and is not a Neuronpedia export; choose another folder")
+    path = Path(out).expanduser() if out is not None else atlas.path / NEURONPEDIA_DIR
+    _check_replaceable_folder(path, overwrite or out is None)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         tmp.chmod(store.file_mode() | 0o111)
     except OSError as e:
         raise AtlasError(store.write_problem(path, e)) from None
+    old = None
     try:
         batch: list[str] = []
         n = 0
@@ -174,14 +223,45 @@ def export_neuronpedia(
                 batch, n = [], n + 1
         if batch:
             _write_batch(tmp / f"batch-{n}.jsonl.gz", batch)
+        _check_replaceable_folder(path, overwrite or out is None)
         if path.exists():
-            shutil.rmtree(path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)  # an earlier export of ours (checked): set aside, then removed
         os.replace(tmp, path)
     except OSError as e:
+        if old is not None and not path.exists():
+            os.replace(old, path)
+            old = None
         raise AtlasError(store.write_problem(path, e)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return path
+
+
+BATCH_FILE = re.compile(r"batch-[0-9]+\.jsonl\.gz")
+
+
+def _check_replaceable_folder(path: Path, replace: bool) -> None:
+    """Raise unless ``path`` is absent or empty, or (with ``replace``) a folder holding only
+    an earlier Neuronpedia export's batch files."""
+    _check_parent(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise AtlasError(f"{path} exists and is not a folder of ours; choose another --out")
+    names = [p.name for p in path.iterdir()]
+    if not names:
+        return
+    foreign = [n for n in names if not BATCH_FILE.fullmatch(n) or not (path / n).is_file()]
+    if foreign:
+        raise AtlasError(
+            f"{path} holds files conceptvec did not write ({foreign[0]}, ...); it is left "
+            "alone, choose another --out"
+        )
+    if not replace:
+        raise AtlasError(f"{path} holds an earlier export; pass --overwrite to replace it")
 
 
 def _write_batch(path: Path, lines: list[str]) -> None:

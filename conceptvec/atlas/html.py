@@ -81,6 +81,7 @@ def export_html(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        tmp.chmod(store.file_mode() | 0o111)  # mkdtemp makes 0700; a web server must read it
     except OSError as e:
         raise AtlasError(
             f"cannot write {out} ({e.strerror or e}); choose a writable folder"
@@ -102,8 +103,10 @@ def _check_target(out: Path) -> None:
     """Raise unless ``out`` is absent, empty, or an earlier HTML export."""
     if not out.exists() and not out.is_symlink():
         return
-    if out.is_dir() and ((out / MARKER).is_file() or not any(out.iterdir())):
-        return
+    if out.is_dir() and not out.is_symlink():
+        names = {p.name for p in out.iterdir()}
+        if not names or ((out / MARKER).is_file() and names <= {*ASSETS, "data", MARKER}):
+            return
     raise AtlasError(
         f"{out} exists and is not a conceptvec HTML export; choose a new or empty folder"
     )

@@ -14,7 +14,7 @@ folded unembedding rows (computed once, exactly, without projecting any neuron).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -30,29 +30,35 @@ from .head import folded_rows
 
 @dataclass(frozen=True)
 class WeightHit:
-    """A neuron ranked by the score of a searched token in its projection."""
+    """A neuron ranked by the score of searched tokens in its projection."""
 
     neuron: NeuronId
     matrix: str
     token: str
+    """The searched token that scored best for this neuron."""
     token_id: int
     score: float
     zscore: float
     """The score in standard deviations of the neuron's projection over the vocabulary."""
     vocab_rank: int
-    """1 when ``token`` is the neuron's top (or, for bottom searches, bottom) token."""
+    """1 when ``token`` is the neuron's top (or, on the bottom side, bottom) token."""
+    side: str = "top"
+    """``top`` (the tokens score high) or ``bottom`` (they score low: the neuron suppresses
+    them when it fires positively, writes them when it fires negatively)."""
+    key: float = 0.0
+    """What the ranking used: the mean z-score (or raw score) of the ``best_of`` best
+    searched tokens, signed so that larger is better on ``side``."""
+    matched: tuple[str, ...] = ()
+    """The searched tokens among the neuron's best, best first."""
+    top_tokens: tuple[str, ...] = ()
+    """The neuron's own first tokens on ``side``, to judge the hit by."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return {
-            "neuron": str(self.neuron),
-            "matrix": self.matrix,
-            "token": self.token,
-            "token_id": self.token_id,
-            "score": self.score,
-            "zscore": self.zscore,
-            "vocab_rank": self.vocab_rank,
-        }
+        """Return a JSON-ready dict (field names kept)."""
+        out = asdict(self)
+        out["neuron"] = str(self.neuron)
+        out["matched"], out["top_tokens"] = list(self.matched), list(self.top_tokens)
+        return out
 
 
 def matching_tokens(model: Model, word: str, exact: bool = False) -> list[int]:
@@ -64,73 +70,109 @@ def matching_tokens(model: Model, word: str, exact: bool = False) -> list[int]:
             split = model.tokenizer.tokenize(" " + word.strip())
             pieces = f" (it splits into {len(split)} tokens: {split})" if len(split) > 1 else ""
         raise AtlasError(
-            f"no single token reads {word!r}{pieces}; search one of its pieces instead"
+            f"no single token reads {word!r}{pieces}; search one of its pieces, or a concept "
+            "name with `conceptvec concepts find`"
         )
     return ids
 
 
+SIDES = ("top", "bottom", "both")
+
+
 def search_weights(
     model: Any,
-    word: str,
+    word: str | None = None,
     *,
+    token_ids: list[int] | None = None,
     matrix: str = "down",
     top: int = 20,
     exact: bool = False,
-    bottom: bool = False,
+    side: str = "top",
+    best_of: int = 1,
     layers: list[int] | None = None,
     fold_norm: bool = True,
     by: str = "zscore",
+    show_tokens: int = 8,
 ) -> list[WeightHit]:
-    """Return the ``top`` neurons whose projection scores ``word`` highest (lowest if bottom).
+    """Return the ``top`` neurons whose projection scores the searched tokens highest.
 
-    ``by="zscore"`` (default) ranks by the token's score in standard deviations of each
-    neuron's own projection; ``by="score"`` ranks by the raw score (one matrix-vector
-    product per layer, faster for large models on CPU).
+    Search one ``word`` (all its spellings: ``dog``, `` dog``, ``Dog``...) or a set of
+    ``token_ids`` (a concept's token set, see :func:`conceptvec.concepts.concept_tokens`).
+    Each neuron's key is the mean of its ``best_of`` best searched tokens (1: the best one).
+    ``side="bottom"`` ranks by the most negative scores, ``"both"`` by either (each neuron
+    keeps its better side). ``by="zscore"`` (default) measures a token's score in standard
+    deviations of the neuron's own projection; ``by="score"`` uses the raw score.
     """
     if by not in ("zscore", "score"):
         raise AtlasError(f"unknown ranking {by!r}; use zscore or score")
+    if side not in SIDES:
+        raise AtlasError(f"unknown side {side!r}; use top, bottom or both")
+    if top < 1 or best_of < 1:
+        raise AtlasError(f"top and best_of must be >= 1 (got {top}, {best_of})")
     m = model if isinstance(model, Model) else load(model)
     matrix = check_matrix(matrix, m.spec.gated)
     n_layers = m.dims.n_layers
     for layer in layers or []:
         NeuronId(layer, 0).check(n_layers, m.dims.d_mlp)
-    ids = matching_tokens(m, word, exact)
+    if token_ids is not None:
+        ids = list(dict.fromkeys(int(i) for i in token_ids))
+        if not ids or not all(0 <= i < m.dims.vocab for i in ids):
+            raise AtlasError(f"token_ids must be a non-empty list of ids below {m.dims.vocab}")
+    elif word is not None:
+        ids = matching_tokens(m, word, exact)
+    else:
+        raise AtlasError("nothing to search: pass a word or token_ids")
     folded = folded_rows(m, ids, fold_norm).T  # [d_model, t]
     mu, cov = head_moments(m, fold_norm) if by == "zscore" else (None, None)
-    sign = -1.0 if bottom else 1.0
-    # (ranking key, score, layer, index, token id, the neuron's vector) per candidate
-    found: list[tuple[float, float, int, int, int, torch.Tensor]] = []
+    signs = {"top": (1.0,), "bottom": (-1.0,), "both": (1.0, -1.0)}[side]
+    n_best = min(best_of, len(ids))
+    # (ranking key, sign, layer, index, the neuron's vector) per candidate
+    found: list[tuple[float, float, int, int, torch.Tensor]] = []
     for layer in layers if layers is not None else range(n_layers):
         v = residual_vectors(m, layer, matrix, fold_norm)
-        scores = sign * (v @ folded)  # [d_mlp, t]: one product per layer
-        key = scores
+        raw = v @ folded  # [d_mlp, t]: one product per layer
         if cov is not None:
             sd = ((v @ cov) * v).sum(1).clamp_min(1e-30).sqrt()
-            key = (scores - sign * (v @ mu)[:, None]) / sd[:, None]
-        best, which = key.max(dim=1)
-        for i in best.topk(min(top, len(best))).indices.tolist():
-            j = int(which[i])
-            found.append((float(best[i]), float(scores[i, j]), layer, i, ids[j], v[i].clone()))
+            raw = (raw - (v @ mu)[:, None]) / sd[:, None]
+        for sign in signs:
+            key = (sign * raw).topk(n_best, dim=1).values.mean(1)
+            for i in key.topk(min(top, len(key))).indices.tolist():
+                found.append((float(key[i]), sign, layer, i, v[i].clone()))
     found.sort(key=lambda x: -x[0])
-    found = found[:top]
+    best: dict[tuple[int, int], tuple] = {}
+    for f in found:  # with side="both", a neuron keeps its better side
+        best.setdefault((f[2], f[3]), f)
+    found = list(best.values())[:top]
     if not found:
         return []
     text = token_text(m.tokenizer)
-    rows = torch.stack([f[5] for f in found])  # kept from the loop: no layer is read twice
-    full = sign * project(m, rows, fold_norm)  # [top, vocab]
+    rows = torch.stack([f[4] for f in found])  # kept from the loop: no layer is read twice
+    signs_t = torch.tensor([f[1] for f in found])[:, None]
+    full = signs_t * project(m, rows, fold_norm)  # [hits, vocab], larger = better on side
     full_z = (full - full.mean(1, keepdim=True)) / full.std(1, correction=0, keepdim=True)
-    return [
-        WeightHit(
-            NeuronId(layer, i),
-            matrix,
-            text(t),
-            t,
-            sign * s,
-            sign * float(full_z[row, t]),
-            int((full[row] > full[row, t]).sum()) + 1,
+    id_t = torch.tensor(ids)
+    hits = []
+    for row, (k, sign, layer, i, _) in enumerate(found):
+        mine = full[row, id_t]
+        order = mine.argsort(descending=True)
+        t = ids[int(order[0])]
+        ranks = [int((full[row] > full[row, ids[int(j)]]).sum()) + 1 for j in order[:n_best]]
+        hits.append(
+            WeightHit(
+                neuron=NeuronId(layer, i),
+                matrix=matrix,
+                token=text(t),
+                token_id=t,
+                score=sign * float(full[row, t]),
+                zscore=sign * float(full_z[row, t]),
+                vocab_rank=ranks[0],
+                side="top" if sign > 0 else "bottom",
+                key=k,
+                matched=tuple(text(ids[int(j)]) for j in order[:n_best]),
+                top_tokens=tuple(text.many(full[row].topk(show_tokens).indices.tolist())),
+            )
         )
-        for row, (_, s, layer, i, t, _) in enumerate(found)
-    ]
+    return hits
 
 
 def head_moments(model: Model, fold_norm: bool, chunk: int = 16384):
@@ -147,11 +189,14 @@ def head_moments(model: Model, fold_norm: bool, chunk: int = 16384):
 
 
 def hits_table(hits: list[WeightHit]) -> str:
-    """Return weight-search hits as a plain-text table."""
-    lines = [f"{'neuron':<10} {'matrix':<6} {'token':<16} {'score':>8} {'z':>7} {'rank':>7}"]
-    for h in hits:
+    """Return weight-search hits as a plain-text table, each with the neuron's own tokens."""
+    lines = [
+        f"{'rank':>4} {'neuron':<10} {'side':<6} {'token':<16} {'score':>8} {'z':>7} "
+        f"{'vocab rank':>10}  its tokens"
+    ]
+    for n, h in enumerate(hits, 1):
         lines.append(
-            f"{str(h.neuron):<10} {h.matrix:<6} {show(h.token):<16} {h.score:>8.3f} "
-            f"{h.zscore:>7.2f} {h.vocab_rank:>7}"
+            f"{n:>4} {str(h.neuron):<10} {h.side:<6} {show(h.token):<16} {h.score:>8.3f} "
+            f"{h.zscore:>7.2f} {h.vocab_rank:>10}  {', '.join(show(t) for t in h.top_tokens[:6])}"
         )
     return "\n".join(lines)

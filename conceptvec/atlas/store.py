@@ -26,7 +26,9 @@ from typing import Any
 
 import torch
 
+from .. import files
 from ..errors import AtlasError, CorruptAtlasError
+from ..models.specs import MAX_SIZE
 
 SCHEMA = "conceptvec.atlas"
 SCHEMA_VERSION = 1
@@ -130,13 +132,161 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path, what: str) -> Any:
-    """Read JSON from ``path``; a damaged file raises :class:`CorruptAtlasError`."""
+    """Read JSON from ``path`` (a regular file of at most 64 MiB); a damaged file raises
+    :class:`CorruptAtlasError`."""
+    if not path.exists() and not path.is_symlink():
+        raise AtlasError(f"{path.parent} has no {path.name}; is it a conceptvec atlas?")
+    return files.read_json(path, CorruptAtlasError, f"the {what} is damaged")
+
+
+def _positive_int(value: Any) -> bool:
+    return type(value) is int and 1 <= value <= MAX_SIZE
+
+
+def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
+    """Return ``manifest`` if its fields have the types and ranges an atlas needs, else raise
+    :class:`CorruptAtlasError` naming the first bad field."""
+
+    def bad(what: str) -> CorruptAtlasError:
+        return CorruptAtlasError(f"{path}: {what}; the manifest is damaged, remake the atlas")
+
+    if not isinstance(manifest, dict):
+        raise bad(f"holds a JSON {type(manifest).__name__}, not an object")
+    if manifest.get("schema") != SCHEMA:
+        raise AtlasError(f"{path} is not a conceptvec atlas manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise AtlasError(
+            f"{path.parent} uses atlas schema {manifest.get('schema_version')!r}, this "
+            f"conceptvec reads {SCHEMA_VERSION}; remake it with `conceptvec map`"
+        )
+    if not isinstance(manifest.get("model_name"), str):
+        raise bad("model_name is missing or not a string")
+    dims = manifest.get("dims")
+    if not isinstance(dims, dict):
+        raise bad("dims is missing or not an object")
+    for key in ("n_layers", "d_model", "d_mlp", "vocab"):
+        if not _positive_int(dims.get(key)):
+            raise bad(f"dims.{key} is {dims.get(key)!r}, not a whole number from 1 to {MAX_SIZE}")
+    k = manifest.get("k")
+    if not _positive_int(k) or k > dims["vocab"]:
+        raise bad(f"k is {k!r}, not a whole number from 1 to the vocabulary size")
+    if not isinstance(manifest.get("vocab_sha256"), str):
+        raise bad("vocab_sha256 is missing or not a string")
+    recipe = manifest.get("recipe")
+    if not isinstance(recipe, dict) or not all(
+        isinstance(recipe.get(m), dict) for m in ("up", "down")
+    ):
+        raise bad("recipe is missing or lacks its up and down entries")
+    shards = manifest.get("shards")
+    if not isinstance(shards, dict):
+        raise bad("shards is missing or not an object")
+    for name, entry in shards.items():
+        why = shard_entry_problem(name, entry, dims["n_layers"])
+        if why:
+            raise bad(f"shard {name!r} {why}")
+    return manifest
+
+
+def shard_entry_problem(name: Any, entry: Any, n_layers: int | None = None) -> str | None:
+    """Return why ``entry`` is not a shard record this atlas could have written, or None.
+
+    Its file must be exactly ``shards/<name>.safetensors``: a record that points anywhere
+    else (another folder, an absolute path, another shard) is refused.
+    """
+    if not isinstance(entry, dict):
+        return "is not an object"
+    layer, matrix = entry.get("layer"), entry.get("matrix")
+    if type(layer) is not int or layer < 0 or (n_layers is not None and layer >= n_layers):
+        return f"has layer {layer!r}, outside the model's layers"
+    if matrix not in ("up", "gate", "down"):
+        return f"has matrix {matrix!r} (expected up, gate or down)"
+    if name != shard_name(layer, matrix):
+        return f"is recorded as layer {layer} {matrix}, which is not its name"
+    if entry.get("file") != f"{SHARD_DIR}/{name}.safetensors":
+        return f"points at {entry.get('file')!r}, not {SHARD_DIR}/{name}.safetensors"
+    sha = entry.get("sha256")
+    if not isinstance(sha, str) or len(sha) != 64:
+        return "has no valid sha256"
+    return None
+
+
+def shard_file(root: Path, entry: dict[str, Any]) -> Path:
+    """Return the path of a shard record's file, confined to the atlas folder ``root``."""
+    return files.confined(
+        root, entry.get("file"), CorruptAtlasError, "shards must live in the atlas's shards/"
+    )
+
+
+LOCK = ".conceptvec.lock"
+"""Lock file of a ``map`` run: held with ``flock`` while it writes; holds the owner's pid."""
+
+
+def lock_folder(root: Path) -> Any:
+    """Take the atlas folder's lock for this process and return its handle, or raise
+    :class:`AtlasError` naming the pid of the run that holds it.
+
+    The lock is an ``flock`` on ``root/.conceptvec.lock`` (which records the owner's pid),
+    so the kernel releases it when the owner dies, even by ``kill -9``; a file left behind
+    then is simply taken over. :func:`unlock_folder` removes the file.
+    """
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AtlasError(f"{path.parent} has no {path.name}; is it a conceptvec atlas?") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CorruptAtlasError(f"{path} is not valid JSON ({e}); the {what} is damaged") from None
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; runs are not guarded
+        return None
+    path = root / LOCK
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), file_mode())
+        except OSError as e:
+            raise AtlasError(write_problem(path, e)) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise AtlasError(
+                f"another `conceptvec map` (pid {owner}) is writing {root}; wait for it to "
+                "finish or choose another --out"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+        except OSError:
+            same = False
+        if same:  # not a file its last owner unlinked while we were opening it
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return (fd, path)
+        os.close(fd)
+    raise AtlasError(f"cannot take the lock {path}; try again")
+
+
+def unlock_folder(handle: Any) -> None:
+    """Release a lock taken by :func:`lock_folder` and remove its file."""
+    if handle is None:
+        return
+    fd, path = handle
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    os.close(fd)
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete the temporary files an interrupted run left (``.NAME.*.tmp`` of the manifest,
+    the vocabulary and the shards) and return them; only our own name patterns are touched.
+
+    Call it only while holding the folder's lock, so no live run's temporaries are removed.
+    """
+    removed = []
+    patterns = [(root, f".{MANIFEST}.*.tmp"), (root, f".{VOCAB}.*.tmp")]
+    patterns.append((root / SHARD_DIR, ".L[0-9][0-9][0-9]*.safetensors.*.tmp"))
+    for folder, pattern in patterns:
+        if not folder.is_dir():
+            continue
+        for path in folder.glob(pattern):
+            if path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def encode_shard(result: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
@@ -163,17 +313,23 @@ def encode_shard(result: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes
     return b"".join([len(text).to_bytes(8, "little"), text, *blobs])
 
 
-def decode_shard(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor]:
-    """Read one shard, checking its bytes against ``expected_sha`` when given."""
+def decode_shard(
+    path: Path, expected_sha: str | None, shape: tuple[int, int] | None = None, vocab: int = 0
+) -> dict[str, torch.Tensor]:
+    """Read one shard, checking its bytes against ``expected_sha`` when given.
+
+    With ``shape`` (``(d_mlp, k)``) the file may hold at most the bytes such a shard needs,
+    every tensor must have that shape, and with ``vocab`` every id must be a token id.
+    """
     from safetensors.torch import load
 
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         raise CorruptAtlasError(
             f"{path} is listed in the manifest but missing; rerun `conceptvec map` into this "
             "folder to remake it"
-        ) from None
+        )
+    limit = files.JSON_LIMIT if shape is None else shape[0] * shape[1] * 16 + (1 << 16)
+    data = files.read_bounded(path, CorruptAtlasError, "remake the atlas", limit)
     if expected_sha is not None and sha256_bytes(data) != expected_sha:
         raise CorruptAtlasError(
             f"{path} does not match its sha256 in {MANIFEST}; it is damaged. Rerun "
@@ -186,6 +342,20 @@ def decode_shard(path: Path, expected_sha: str | None) -> dict[str, torch.Tensor
     missing = [n for n in SHARD_TENSORS if n not in tensors]
     if missing:
         raise CorruptAtlasError(f"{path} lacks {', '.join(missing)}; remake it")
+    for name in SHARD_TENSORS:
+        t = tensors[name]
+        want = torch.int32 if name.endswith("_ids") else torch.float32
+        if t.dtype != want or (shape is not None and tuple(t.shape) != tuple(shape)):
+            raise CorruptAtlasError(
+                f"{path}: {name} is {t.dtype} {tuple(t.shape)}, expected {want} {shape}; remake it"
+            )
+        if (
+            vocab
+            and name.endswith("_ids")
+            and t.numel()
+            and not 0 <= int(t.min()) <= int(t.max()) < vocab
+        ):
+            raise CorruptAtlasError(f"{path}: {name} holds ids outside the vocabulary; remake it")
     return tensors
 
 
@@ -193,11 +363,12 @@ def read_journals(root: Path) -> dict[str, dict[str, Any]]:
     """Return the shard entries recorded in every rank's journal (a torn last line is skipped)."""
     entries: dict[str, dict[str, Any]] = {}
     for path in sorted(root.glob(JOURNAL_GLOB)):
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        data = files.read_bounded(path, CorruptAtlasError, "delete it and run again")
+        for line in data.decode("utf-8", errors="replace").splitlines():
             try:
                 entry = json.loads(line)
                 entries[entry["name"]] = entry
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue
     return entries
 

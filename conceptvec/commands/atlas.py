@@ -20,10 +20,12 @@ def parse_layers(text: str | None) -> list[int] | None:
         return None
     out: list[int] = []
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        m = re.fullmatch(r"\s*([0-9]{1,6})\s*(?:-\s*([0-9]{1,6})\s*)?", part)
         if not m:
             raise AtlasError(f"cannot read layers {text!r}; write them like 0-3,7")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise AtlasError(f"layers {part.strip()!r} run backwards; write {hi}-{lo}")
         out += range(lo, hi + 1)
     return out
 
@@ -42,8 +44,14 @@ def default_out(model: str) -> Path:
     return Path(f"atlas-{name.strip('-') or 'model'}")
 
 
-def run_exports(atlas_dir: Path, formats: list[str], out: Path | None = None) -> list[Path]:
-    """Write each export of ``formats`` for the atlas in ``atlas_dir``; return the paths."""
+def run_exports(
+    atlas_dir: Path, formats: list[str], out: Path | None = None, overwrite: bool = False
+) -> list[Path]:
+    """Write each export of ``formats`` for the atlas in ``atlas_dir``; return the paths.
+
+    Exports inside the atlas folder replace earlier exports of ours; an explicit ``out`` that
+    exists is replaced only with ``overwrite``, and only if conceptvec wrote it.
+    """
     from ..atlas import Atlas
     from ..atlas.export import export_neuronpedia, export_parquet
 
@@ -51,15 +59,25 @@ def run_exports(atlas_dir: Path, formats: list[str], out: Path | None = None) ->
     paths = []
     for f in formats:
         target = out if out is not None and len(formats) == 1 else None
+        if target is not None and not overwrite and _occupied(target):
+            raise AtlasError(f"{target} exists; pass --overwrite to replace an earlier export")
         if f == "parquet":
-            paths.append(export_parquet(atlas, target))
+            paths.append(export_parquet(atlas, target, overwrite=overwrite))
         elif f == "neuronpedia":
-            paths.append(export_neuronpedia(atlas, target))
+            paths.append(export_neuronpedia(atlas, target, overwrite=overwrite))
         else:
             from ..atlas.html import export_html
 
             paths.append(export_html(atlas, target or atlas.path / "html", progress=True))
     return paths
+
+
+def _occupied(path: Path) -> bool:
+    """True when ``path`` is a file, a link, or a folder with something in it."""
+    path = path.expanduser()
+    if path.is_symlink() or path.is_file():
+        return True
+    return path.is_dir() and any(path.iterdir())
 
 
 def bound_malloc() -> None:
@@ -164,6 +182,9 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option(help="Match the token text exactly (case and spaces).")
         ] = False,
         bottom: Annotated[bool, typer.Option(help="Search the most negative scores.")] = False,
+        both: Annotated[
+            bool, typer.Option(help="Search both signs (concepts live in bottom tokens too).")
+        ] = False,
         by: Annotated[str, typer.Option(help="Rank by zscore or raw score.")] = "zscore",
         layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. 20-29.")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -175,6 +196,8 @@ def register(app: typer.Typer) -> None:
         """
         from ..cli import print_json
 
+        if not word.strip() and not exact:
+            raise AtlasError("the search word is empty; give a word or word piece, e.g. dog")
         if (Path(model) / "manifest.json").exists():
             from ..atlas import Atlas
 
@@ -187,18 +210,22 @@ def register(app: typer.Typer) -> None:
             return
         from ..atlas.search import hits_table, search_weights
 
-        hits = search_weights(
-            model,
-            word,
-            matrix=matrix or "down",
-            top=top,
-            exact=exact,
-            bottom=bottom,
-            layers=parse_layers(layers),
-            by=by,
-        )
+        side = "both" if both else ("bottom" if bottom else "top")
+        kw = dict(matrix=matrix or "down", top=top, side=side, layers=parse_layers(layers), by=by)
+        if len(word.split()) > 1:  # a multi-word name: its concept token set
+            from ..concepts.tokens import concept_tokens
+            from ..models import load
+
+            m = load(model)
+            concept = concept_tokens(m, word)
+            typer.echo(f"searching {concept}".splitlines()[0] + f" as: {_core_line(concept)}")
+            hits = search_weights(
+                m, token_ids=concept.core_ids, best_of=min(3, len(concept.core_ids)), **kw
+            )
+        else:
+            hits = search_weights(model, word, exact=exact, **kw)
         if json_out:
-            print_json([h.to_dict() for h in hits])
+            print_json([{"rank": n, **h.to_dict()} for n, h in enumerate(hits, 1)])
         else:
             typer.echo(hits_table(hits))
 
@@ -231,6 +258,9 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path | None, typer.Option("--out", "-o", help="Where to write (one format only).")
         ] = None,
+        overwrite: Annotated[
+            bool, typer.Option(help="Replace an earlier export of ours at --out.")
+        ] = False,
     ) -> None:
         """Export an atlas: Parquet table, Neuronpedia batch-N.jsonl.gz, or an HTML browser."""
         formats = _formats(format)
@@ -238,7 +268,7 @@ def register(app: typer.Typer) -> None:
             raise AtlasError("nothing to export; give --format parquet, neuronpedia or html")
         if out is not None and len(formats) > 1:
             raise AtlasError("--out works with one --format at a time")
-        for p in run_exports(atlas_dir, formats, out):
+        for p in run_exports(atlas_dir, formats, out, overwrite):
             typer.echo(f"export: {p}")
 
 
@@ -246,3 +276,9 @@ def _is_rank0() -> bool:
     import os
 
     return os.environ.get("RANK", "0") == "0"
+
+
+def _core_line(concept) -> str:
+    from ..tokens import show
+
+    return ", ".join(show(concept.texts[i]) for i in concept.core_ids)

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from ..errors import BadInterventionError
+
 MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
 MODES = ("zero", "mean", "noise")
 
@@ -41,6 +43,11 @@ def _report(model, edits, prompts, targets, controls, top_k, tokens, chat, seed,
 
     d = model.dims  # check ids before the torch model is built
     check_against(edits, d.n_layers, d.d_mlp, d.d_model)
+    if controls > d.d_mlp:
+        raise BadInterventionError(
+            f"--controls {controls} is more than a layer's {d.d_mlp} neurons; use at most {d.d_mlp}"
+        )
+    _check_context(model, prompts, tokens, chat)
 
     result = measure_effect(
         model,
@@ -53,10 +60,69 @@ def _report(model, edits, prompts, targets, controls, top_k, tokens, chat, seed,
         chat=chat,
         seed=seed,
     )
+    data = result.to_dict()
+    bad = _non_finite(data)
+    if bad:
+        raise BadInterventionError(
+            f"the edited model's outputs are not finite ({bad} is NaN or infinite); the "
+            "intervention is too large for this model: use a smaller value or --std"
+        )
     if json_out:
-        print_json(result.to_dict())
+        print_json(data)
     else:
         typer.echo(str(result))
+
+
+def context_length(model) -> int | None:
+    """Return how many positions the model can attend to (None when its config does not say)."""
+    from ..models.specs import text_config
+
+    c = text_config(model.config)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(c, name, None)
+        if type(value) is int and value > 0:
+            return value
+    return None
+
+
+def _check_context(model, prompts: list[str], tokens: int, chat: bool) -> None:
+    """Raise if a prompt plus ``tokens`` new tokens would run past the model's context."""
+    limit = context_length(model)
+    if limit is None:
+        return
+    if tokens > limit:
+        raise BadInterventionError(
+            f"--max-new-tokens {tokens} is more than the model's context of {limit} tokens"
+        )
+    tok = model.tokenizer
+    if tok is None:
+        return
+    for prompt in prompts:
+        n = len(tok(prompt)["input_ids"]) + (16 if chat else 0)  # a chat template adds a few
+        if n + tokens > limit:
+            raise BadInterventionError(
+                f"the prompt {prompt[:30]!r}... has about {n} tokens; with --max-new-tokens "
+                f"{tokens} that is more than the model's context of {limit} tokens: shorten it"
+            )
+
+
+def _non_finite(value, where: str = "result") -> str | None:
+    """Return the path of the first NaN or infinite number in ``value``, or None."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if isinstance(key, str) else f"{where}[{key}]")
+        if found:
+            return found
+    return None
 
 
 def _check_prompts(prompts: list[str]) -> None:

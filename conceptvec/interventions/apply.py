@@ -13,6 +13,7 @@ token raises :class:`HookNeverFiredError`, naming it and saying why.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -20,9 +21,9 @@ from typing import Any
 
 import torch
 
-from ..errors import BadInterventionError, HookNeverFiredError
+from ..errors import BadInterventionError, HookNeverFiredError, InterventionInUseError
+from . import guard, nns, tl
 from . import hooks as torch_hooks
-from . import nns, tl
 from .edits import add_steering, edit_hidden
 from .positions import PassTracker
 from .specs import Edits, NeuronEdit, Steer, WeightEdit, check_against, flatten
@@ -51,6 +52,7 @@ class Intervention:
         self.edits = flatten(interventions)
         d = self.target.model.dims
         check_against(self.edits, d.n_layers, d.d_mlp, d.d_model)
+        _check_fits(self.edits, self.target)
         self._rows = _row_map(self.edits, rows)
         self.check = check
         self.fired: Counter = Counter()
@@ -59,6 +61,8 @@ class Intervention:
         self._stack: ExitStack | None = None
         self._hidden: dict[int, Any] = {}
         self._resid: dict[int, Any] = {}
+        self._lock = threading.Lock()  # held while the block is open
+        self._thread: int | None = None
 
     # ------------------------------------------------------------------ building
     def _where(self, layer: int, kind: str) -> str:
@@ -92,14 +96,26 @@ class Intervention:
 
     # ----------------------------------------------------------- context manager
     def __enter__(self) -> Intervention:
-        if self._stack is not None:
-            raise RuntimeError("this Intervention is already active; it cannot be nested")
+        if not self._lock.acquire(blocking=False):
+            where = "this thread" if self._thread == threading.get_ident() else "another thread"
+            raise InterventionInUseError(
+                f"this Intervention is already active (entered in {where}); it cannot be "
+                "nested or shared between threads: make one intervene(...) per block"
+            )
+        live = self.target.hf if self.target.hf is not None else self.target.obj
+        try:
+            guard.claim(live)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._thread = threading.get_ident()
         self.fired.clear()
         self.applied.clear()
         self.tracker = PassTracker()
-        self._hidden, self._resid = self._hook_functions()
         stack = ExitStack()
+        stack.callback(guard.release, live)
         try:
+            self._hidden, self._resid = self._hook_functions()
             stack.enter_context(edited_weights(self.target.model, self.weight_edits))
             if self._hidden or self._resid:
                 tracking = torch_hooks.track_passes(self.target.module, self.tracker)
@@ -107,15 +123,29 @@ class Intervention:
                 if self.target.backend != "nnsight":  # nnsight: apply() inside its trace
                     stack.enter_context(hooked(self.target, self._hidden, self._resid))
         except BaseException:
-            stack.close()
+            try:
+                stack.close()
+            finally:
+                self._thread = None
+                self._lock.release()
             raise
         self._stack = stack
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         stack, self._stack = self._stack, None
-        if stack is not None:
-            stack.close()
+        if stack is None:
+            return
+        entered_in, self._thread = self._thread, None
+        try:
+            stack.close()  # hooks off, weights back: always, whichever thread exits
+        finally:
+            self._lock.release()
+        if entered_in != threading.get_ident():
+            raise InterventionInUseError(
+                "this Intervention was exited from another thread than the one that entered "
+                "it; its edits are undone, but enter and exit each block in one thread"
+            )
         if exc_type is None and self.check:
             self.raise_if_never_fired()
 
@@ -162,6 +192,27 @@ class Intervention:
     def __repr__(self) -> str:
         edits = ", ".join(str(e) for e in self.edits)
         return f"Intervention([{edits}], backend={self.target.backend})"
+
+
+def _check_fits(edits: list, target: Target) -> None:
+    """Raise if a value cannot be held in the model's dtype (1e308 in a float32 model)."""
+    module = target.hf if target.hf is not None else target.obj
+    param = next(module.parameters(), None)
+    if param is None or not param.dtype.is_floating_point:
+        return
+    biggest = torch.finfo(param.dtype).max
+    for e in edits:
+        if isinstance(e, NeuronEdit):
+            size = abs(e.value)
+        elif isinstance(e, Steer):
+            size = float(e.vector.double().abs().max()) * abs(e.scale) if e.vector.numel() else 0
+        else:
+            continue
+        if size > biggest:
+            raise BadInterventionError(
+                f"{e}: {size:g} does not fit in this model's {str(param.dtype)[6:]} "
+                f"activations (at most {biggest:g}); use a smaller value"
+            )
 
 
 def _row_map(edits: list, rows: Sequence[int | None] | None) -> dict[Any, int] | None:
@@ -244,21 +295,57 @@ def generate(
     input_ids: torch.Tensor,
     interventions: Edits = (),
     max_new_tokens: int = 20,
+    attention_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Return ``[batch, new tokens]``: greedy continuations of ``input_ids`` with the edits
-    applied at every step (KV cache on for HF and nnsight, off for TransformerLens)."""
+    applied at every step (KV cache on for HF and nnsight, off for TransformerLens).
+
+    A batch of prompts of different lengths is left-padded with ``attention_mask`` marking
+    the real tokens (0 on padding), as a tokenizer with ``padding_side="left"`` returns it.
+    Each row then continues exactly as it would alone. Without a mask every token is real.
+    TransformerLens has no padding support here, so padded rows run one at a time.
+    """
+    mask = _check_mask(input_ids, attention_mask)
     iv = Intervention(model, interventions)
     target = iv.target
+    padded = bool((mask == 0).any())
     with torch.no_grad(), iv:
         if target.backend == "nnsight":
-            return nns.generate(target, input_ids, max_new_tokens, iv.apply, pad_id(target))
+            return nns.generate(target, input_ids, max_new_tokens, iv.apply, pad_id(target), mask)
         if target.backend == "transformer_lens":
-            return tl.generate(target, input_ids, max_new_tokens)
+            if not padded:
+                return tl.generate(target, input_ids, max_new_tokens)
+            rows = [
+                tl.generate(target, ids[m.bool()][None], max_new_tokens)
+                for ids, m in zip(input_ids, mask)
+            ]
+            return torch.cat(rows, dim=0)
         out = target.hf.generate(
             input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
+            attention_mask=mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad_id(target),
         )
         return out[:, input_ids.shape[1] :]
+
+
+def _check_mask(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Return the attention mask for ``input_ids`` (all ones when None), checked: same shape,
+    0/1 values, padding only on the left, at least one real token per row."""
+    if mask is None:
+        return torch.ones_like(input_ids)
+    if mask.shape != input_ids.shape:
+        raise BadInterventionError(
+            f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(input_ids.shape)}; "
+            "pass the mask the tokenizer returned with the ids"
+        )
+    mask = mask.to(input_ids.device, torch.long)
+    if bool(((mask != 0) & (mask != 1)).any()) or bool((mask.sum(1) == 0).any()):
+        raise BadInterventionError("attention_mask must be 0/1 with a real token in every row")
+    if bool((mask[:, 1:] < mask[:, :-1]).any()):
+        raise BadInterventionError(
+            "generation needs left padding (padding only before the prompt); set "
+            'tokenizer.padding_side = "left"'
+        )
+    return mask

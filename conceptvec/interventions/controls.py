@@ -26,6 +26,11 @@ def random_controls(edits: list[Edit], d_mlp: int, n: int, seed: int = 0) -> lis
     """
     if n < 0:
         raise BadInterventionError(f"the number of controls must be >= 0, got {n}")
+    if n > d_mlp:
+        raise BadInterventionError(
+            f"{n} controls asked for, but a layer has only {d_mlp} neurons to draw them from; "
+            f"use at most {d_mlp}"
+        )
     rng = random.Random(seed)
     taken: dict[int, set[int]] = {}
     for e in edits:

@@ -45,11 +45,18 @@ def logits(target: Any, ids: Any, edit: Callable[[], None]) -> Any:
 
 
 def generate(
-    target: Any, ids: Any, max_new_tokens: int, edit: Callable[[], None], pad: int | None
+    target: Any,
+    ids: Any,
+    max_new_tokens: int,
+    edit: Callable[[], None],
+    pad: int | None,
+    mask: Any = None,
 ) -> Any:
-    """Return greedy continuations ``[batch, new tokens]``, with ``edit()`` run at every step."""
+    """Return greedy continuations ``[batch, new tokens]``, with ``edit()`` run at every step
+    (``mask``: the left-padded batch's attention mask)."""
+    inputs = ids if mask is None else {"input_ids": ids, "attention_mask": mask}
     with target.obj.generate(
-        ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
+        inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad
     ) as tracer:
         for _step in tracer.iter[:max_new_tokens]:
             edit()

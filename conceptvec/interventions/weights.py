@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 
-from ..errors import UnsupportedModelError
+from ..errors import BadInterventionError, UnsupportedModelError
 from ..models import Model
+from . import guard
 from .specs import WeightEdit
 
 
@@ -42,22 +44,29 @@ def new_vector(edit: WeightEdit, old: torch.Tensor) -> torch.Tensor:
     if edit.relative:
         std = std * float(old.float().norm()) / math.sqrt(old.shape[0])
     noise = torch.randn(old.shape, generator=gen, dtype=torch.float32) * std
-    return (old.float() + noise.to(old.device)).to(old.dtype)
+    new = (old.float() + noise.to(old.device)).to(old.dtype)
+    if not bool(torch.isfinite(new).all()):
+        raise BadInterventionError(
+            f"{edit}: noise of std {std:g} overflows this model's {str(old.dtype)[6:]} "
+            "weights (inf or NaN); use a smaller --std"
+        )
+    return new
 
 
 @contextmanager
 def edited_weights(model: Model, edits: list[WeightEdit]) -> Iterator[None]:
     """Apply ``edits`` to the live weights of ``model``; restore them bit-exactly on exit,
-    exceptions included."""
-    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    exceptions included.
+
+    The original of each vector is saved the first time any block edits it
+    (:mod:`.guard`); on exit the vector is recomputed from that original with the edits of
+    blocks still open, so blocks may end in any order and the last one restores the bytes.
+    """
+    token = object()
     try:
-        with torch.no_grad():
-            for e in edits:
-                view = neuron_view(model, e)
-                saved.append((view, view.clone()))
-                view.copy_(new_vector(e, view))
+        for e in edits:
+            view = neuron_view(model, e)
+            guard.push(view, token, partial(new_vector, e))
         yield
     finally:
-        with torch.no_grad():
-            for view, original in reversed(saved):
-                view.copy_(original)
+        guard.pop(token)

@@ -51,7 +51,7 @@ def cache_dir_for(path: Path) -> Path:
 
 def check_architecture(arch: str | None, path: Path) -> str:
     """Return the transformers model_type for a GGUF architecture, or raise naming ours."""
-    if arch not in GGUF_ARCHITECTURES:
+    if not isinstance(arch, str) or arch not in GGUF_ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"{path.name} is a GGUF of architecture {arch!r}, which conceptvec does not "
             f"support; supported GGUF architectures: {', '.join(sorted(GGUF_ARCHITECTURES))} "

@@ -13,6 +13,7 @@ offset u64); padding to ``general.alignment`` (default 32); tensor data.
 
 from __future__ import annotations
 
+import math
 import mmap
 import struct
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 _EAGER_ARRAY_LIMIT = 256
 """Arrays up to this length are decoded while indexing; longer ones on request."""
+_MAX_DEPTH = 8
+"""Arrays nest at most this deep (real files nest one level)."""
+_MAX_DIMS = 4
+"""GGML tensors have at most four dimensions."""
 
 
 class GGUFFormatError(ValueError):
@@ -89,9 +94,16 @@ class GGUFFile:
         infos = []
         for _ in range(n_tensors):
             name = self._string()
-            dims = [self._unpack("Q") for _ in range(self._unpack("I"))]
+            n_dims = self._unpack("I")
+            if n_dims > _MAX_DIMS:
+                raise GGUFFormatError(f"tensor {name} has {n_dims} dimensions (at most 4)")
+            dims = [self._unpack("Q") for _ in range(n_dims)]
             infos.append((name, dims, self._unpack("I"), self._unpack("Q")))
-        alignment = int(self.fields.get("general.alignment", 32))
+        alignment = self.fields.get("general.alignment", 32)
+        if type(alignment) is not int or alignment < 1 or alignment & (alignment - 1):
+            raise GGUFFormatError(
+                f"general.alignment is {alignment!r}; it must be a power of two (default 32)"
+            )
         start = -(-self._pos // alignment) * alignment
         self.tensors: dict[str, TensorInfo] = {}
         for name, dims, type_id, offset in infos:
@@ -99,7 +111,9 @@ class GGUFFile:
                 block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(type_id)]
             except (ValueError, KeyError):
                 raise GGUFFormatError(f"tensor {name} has unknown type {type_id}") from None
-            n = int(np.prod(dims)) if dims else 1
+            n = math.prod(dims)  # Python ints: a huge declared shape cannot wrap around
+            if n % block:
+                raise GGUFFormatError(f"tensor {name} has {n} values, not whole {block}-blocks")
             info = TensorInfo(
                 name, tuple(reversed(dims)), type_id, start + offset, n // block * type_size
             )
@@ -126,21 +140,23 @@ class GGUFFile:
     def _string(self) -> str:
         return self._take(self._unpack("Q")).decode("utf-8", errors="replace")
 
-    def _value(self, type_id: int):
+    def _value(self, type_id: int, depth: int = 0):
         if type_id in _SCALARS:
             return self._unpack(_SCALARS[type_id])
         if type_id == _STRING:
             return self._string()
         if type_id == _ARRAY:
+            if depth >= _MAX_DEPTH:
+                raise GGUFFormatError(f"metadata arrays nest deeper than {_MAX_DEPTH} levels")
             elem, count = self._unpack("I"), self._unpack("Q")
             if count <= _EAGER_ARRAY_LIMIT:
-                return [self._value(elem) for _ in range(count)]
+                return [self._value(elem, depth + 1) for _ in range(count)]
             lazy = _LazyArray(elem, count, self._pos)
-            self._skip_array(elem, count)
+            self._skip_array(elem, count, depth + 1)
             return lazy
         raise GGUFFormatError(f"unknown metadata value type {type_id}")
 
-    def _skip_array(self, elem: int, count: int) -> None:
+    def _skip_array(self, elem: int, count: int, depth: int = 0) -> None:
         if elem in _SCALARS:
             self._take(struct.calcsize("<" + _SCALARS[elem]) * count)
         elif elem == _STRING:  # hot loop (a tokenizer has 49k-262k strings): no copies
@@ -156,7 +172,7 @@ class GGUFFile:
             self._pos = pos
         else:
             for _ in range(count):
-                self._value(elem)
+                self._value(elem, depth)
 
     # ------------------------------------------------------------------ access
     def field(self, name: str, default: Any = None) -> Any:

@@ -6,7 +6,6 @@ only when :attr:`Model.hf` is used, and the tokenizer only when tokens are shown
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -15,17 +14,25 @@ from typing import Any
 
 from ..errors import (
     ConceptvecError,
+    CorruptWeightsError,
     ModelNotFoundError,
     NoWeightsError,
     UnsupportedArchitectureError,
 )
+from ..files import read_json
 from .aliases import ALIASES, find_alias
 from .config import JsonConfig
 from .gguf_cache import check_architecture, gguf_config, gguf_hf_model, gguf_tokenizer
 from .hooked import from_hooked_transformer, is_hooked_transformer
 from .model import Model, local_tokenizer_loader
-from .specs import spec_for_model_type, text_config
-from .weights import GGUFWeightReader, ModuleReader, SafetensorsReader
+from .specs import dims_from_config, spec_for_model_type, text_config
+from .weights import (
+    INDEX_FILE,
+    SINGLE_FILE,
+    GGUFWeightReader,
+    ModuleReader,
+    SafetensorsReader,
+)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = [
@@ -153,13 +160,17 @@ def _from_folder(
             f"{folder} has no config.json and {what}; pass a folder with config.json and "
             "*.safetensors, or a .gguf file"
         )
-    try:
-        raw = json.loads(config_file.read_text())
-    except ValueError as e:
-        raise NoWeightsError(f"{config_file} is not valid JSON ({e}); re-download it") from None
+    raw = read_json(config_file, NoWeightsError, "re-download it")
+    if not isinstance(raw, dict) or not isinstance(raw.get("text_config") or {}, dict):
+        raise UnsupportedArchitectureError(
+            f"{config_file} holds a JSON {type(raw).__name__} where a config object belongs "
+            "(with text_config, if any, an object too); re-download it"
+        )
     model_type = (raw.get("text_config") or {}).get("model_type") or raw.get("model_type")
     spec = spec_for_model_type(str(model_type))
-    reader = SafetensorsReader(folder)
+    # A Hugging Face cache snapshot links its files into the repo's blobs/ folder.
+    root = folder.parent.parent if source in ("hub", "alias") else folder
+    reader = SafetensorsReader(folder, root=root)
     config = JsonConfig(raw, str(folder), trust_remote_code=trust_remote_code)
     missing = [k for k in ("vocab_size",) if not hasattr(text_config(config), k)]
     if missing or not any(hasattr(text_config(config), k) for k in ("hidden_size", "n_embd")):
@@ -176,17 +187,7 @@ def _from_folder(
         return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
 
     def load_hf():
-        from transformers import AutoModelForCausalLM
-
-        try:
-            return AutoModelForCausalLM.from_pretrained(
-                str(folder), dtype=dtype or "auto", trust_remote_code=trust_remote_code
-            )
-        except Exception as e:  # transformers and huggingface_hub raise many types here
-            raise UnsupportedArchitectureError(
-                f"transformers cannot read {config_file} ({str(e).splitlines()[0][:160]}); "
-                "upgrade transformers, or pass trust_remote_code=True if you trust this repo"
-            ) from None
+        return hf_from_safetensors(folder, reader, dtype, trust_remote_code)
 
     return Model(
         name=name,
@@ -265,6 +266,56 @@ def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
         tokenizer_loader=None if tokenizer is not None else local_tokenizer_loader(name),
         hf_model=hf,
     )
+
+
+def hf_from_safetensors(
+    folder: Path, reader: SafetensorsReader, dtype: Any = None, trust_remote_code: bool = False
+) -> Any:
+    """Return the ``transformers`` causal LM of ``folder``, built from the same safetensors
+    files ``reader`` reads (never a pickled ``.bin``, whatever else the folder holds)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config_file = folder / "config.json"
+    standard = (folder / INDEX_FILE).exists() or (folder / SINGLE_FILE).exists()
+    try:
+        if standard:  # transformers reads the same files; use_safetensors forbids a .bin
+            return AutoModelForCausalLM.from_pretrained(
+                str(folder),
+                dtype=dtype or "auto",
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
+            )
+        config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except ConceptvecError:
+        raise
+    except Exception as e:  # transformers raises many types for configs it cannot read
+        raise UnsupportedArchitectureError(
+            f"transformers cannot read {config_file} ({str(e).splitlines()[0][:160]}); "
+            "upgrade transformers, or check that config.json belongs to these weights"
+        ) from None
+    # Safetensors files under other names: load exactly the tensors the readers see.
+    state = {key: reader.get(key) for key in model.state_dict() if reader.has(key)}
+    try:
+        result = model.load_state_dict(state, strict=False)
+        model.tie_weights()
+    except Exception as e:
+        raise CorruptWeightsError(
+            f"the weights in {folder} do not fit the model its config.json describes "
+            f"({str(e).splitlines()[0][:160]}); re-download the checkpoint"
+        ) from None
+    tied = {"lm_head.weight"} if dims_from_config(model.config).tied else set()
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing:
+        raise CorruptWeightsError(
+            f"{folder} lacks {len(missing)} weights the model needs (first: {missing[0]}); "
+            "re-download the checkpoint"
+        )
+    if dtype not in (None, "auto"):
+        import torch
+
+        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    return model
 
 
 # ------------------------------------------------------------------------------- hub

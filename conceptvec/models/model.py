@@ -102,13 +102,33 @@ class Model:
                 f"{self.location} has neither an unembedding ({self._key('unembed')}) nor an "
                 f"embedding ({self._key('embed')}); is this a complete causal-LM checkpoint?"
             )
-        vocab, d_model = self.reader.shape(self._head_key)
-        if d_model != dims.d_model:
+        head_shape = tuple(self.reader.shape(self._head_key))
+        if len(head_shape) != 2 or head_shape[1] != dims.d_model or head_shape[0] < 1:
             raise CorruptWeightsError(
-                f"{self.location}: unembedding has width {d_model} but the config says "
+                f"{self.location}: unembedding has shape {head_shape} but the config says "
                 f"d_model={dims.d_model}; the config and weights do not belong together"
             )
-        return Dims(dims.n_layers, dims.d_model, dims.d_mlp, int(vocab), tied, dims.logit_softcap)
+        self._check_layers(dims)
+        return Dims(
+            dims.n_layers, dims.d_model, dims.d_mlp, int(head_shape[0]), tied, dims.logit_softcap
+        )
+
+    def _check_layers(self, dims: Dims) -> None:
+        """Raise unless the first and last layer the config declares hold MLP weights of the
+        declared size (so a config that claims 10^8 layers or neurons allocates nothing)."""
+        for layer in sorted({0, dims.n_layers - 1}):
+            key = self._key("down", layer)
+            if not self.reader.has(key):
+                raise CorruptWeightsError(
+                    f"{self.location}: the config says {dims.n_layers} layers but there is no "
+                    f"{key}; the config and weights do not belong together"
+                )
+            shape = tuple(self.reader.shape(key))
+            if sorted(shape) != sorted((dims.d_mlp, dims.d_model)):
+                raise CorruptWeightsError(
+                    f"{self.location}: {key} has shape {shape} but the config says d_mlp="
+                    f"{dims.d_mlp}, d_model={dims.d_model}; the config and weights disagree"
+                )
 
     # ----------------------------------------------------------------- weights
     def neurons(self, layer: int, matrix: str, pin_memory: bool = False) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import UnsupportedArchitectureError
+from ..errors import CorruptWeightsError, UnsupportedArchitectureError
 
 NormStyle = Literal["rmsnorm", "rmsnorm_1p", "layernorm", "layernorm_noparam"]
 Layout = Literal["out_in", "in_out"]
@@ -200,21 +200,61 @@ def text_config(config: Any) -> Any:
     return sub if sub is not None else config
 
 
+MAX_SIZE = 1 << 24
+"""Sanity bound on any one declared size (layers, widths, vocabulary): 16,777,216."""
+
+
+def _size(c: Any, names: tuple[str, ...], default: int | None = None) -> int:
+    """Return the first of ``names`` set in config ``c`` as a positive int, or raise."""
+    for name in names:
+        value = getattr(c, name, None)
+        if value is not None:
+            break
+    else:
+        if default is not None:
+            return default
+        raise CorruptWeightsError(
+            f"the model config has no {' or '.join(names)}; it is not a complete causal-LM "
+            "config (re-download config.json)"
+        )
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or not 1 <= value <= MAX_SIZE:
+        raise CorruptWeightsError(
+            f"the model config says {name}={value!r}; it must be a whole number from 1 to "
+            f"{MAX_SIZE} (config.json is damaged or not a causal-LM config)"
+        )
+    return value
+
+
 def dims_from_config(config: Any) -> Dims:
-    """Return the Dims an HF config describes (GPT-2's ``n_inner`` defaults to 4 d_model)."""
+    """Return the Dims an HF config describes (GPT-2's ``n_inner`` defaults to 4 d_model).
+
+    Every size must be a positive whole number; anything else raises CorruptWeightsError.
+    The sizes are checked against the weights by :class:`conceptvec.models.Model`.
+    """
     c = text_config(config)
     top = config
-    d_model = getattr(c, "hidden_size", None) or c.n_embd
-    d_mlp = getattr(c, "intermediate_size", None) or getattr(c, "n_inner", None) or 4 * d_model
-    n_layers = getattr(c, "num_hidden_layers", None) or c.n_layer
+    d_model = _size(c, ("hidden_size", "n_embd"))
+    d_mlp = _size(c, ("intermediate_size", "n_inner"), 4 * d_model)
+    n_layers = _size(c, ("num_hidden_layers", "n_layer"))
+    vocab = _size(c, ("vocab_size",))
     tied = getattr(top, "tie_word_embeddings", None)
     if tied is None:
         tied = getattr(c, "tie_word_embeddings", True)
+    softcap = getattr(c, "final_logit_softcapping", None)
+    if softcap is not None and (
+        isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not softcap > 0
+    ):
+        raise CorruptWeightsError(
+            f"the model config says final_logit_softcapping={softcap!r}; it must be a "
+            "positive number or null"
+        )
     return Dims(
-        n_layers=int(n_layers),
-        d_model=int(d_model),
-        d_mlp=int(d_mlp),
-        vocab=int(c.vocab_size),
+        n_layers=n_layers,
+        d_model=d_model,
+        d_mlp=d_mlp,
+        vocab=vocab,
         tied=bool(tied),
-        logit_softcap=getattr(c, "final_logit_softcapping", None),
+        logit_softcap=softcap,
     )

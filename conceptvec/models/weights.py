@@ -14,12 +14,14 @@ turns them into the canonical ``[neurons, d_model]`` orientation using the spec.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
 import torch
 
 from ..errors import CorruptWeightsError, NoWeightsError
+from ..files import confined, read_json, regular_file
 
 INDEX_FILE = "model.safetensors.index.json"
 _ST_DTYPES = {
@@ -42,18 +44,29 @@ class SafetensorsReader:
 
     kind = "safetensors"
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, root: str | Path | None = None):
+        """Open every shard in ``folder``; each must resolve to a regular file inside ``root``.
+
+        ``root`` defaults to ``folder``; a Hugging Face cache snapshot passes its repository
+        folder, whose ``blobs/`` the snapshot's symlinks point into.
+        """
         from safetensors import safe_open
 
         self.folder = Path(folder)
+        self.root = Path(root) if root is not None else self.folder
         index = self.folder / INDEX_FILE
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (ValueError, KeyError) as e:
+        fix = "re-download the checkpoint"
+        if index.exists() or index.is_symlink():
+            confined(self.root, os.path.relpath(index, self.root), CorruptWeightsError, fix)
+            data = read_json(index, CorruptWeightsError, fix)
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+            ):
                 raise CorruptWeightsError(
-                    f"{index} is not a valid safetensors index ({e}); re-download the checkpoint"
-                ) from None
+                    f"{index} is not a valid safetensors index (expected an object whose "
+                    f'"weight_map" maps tensor names to file names); {fix}'
+                )
             files = sorted(set(weight_map.values()))
         else:
             files = sorted(p.name for p in self.folder.glob("*.safetensors"))
@@ -67,14 +80,16 @@ class SafetensorsReader:
         self._headers: dict[str, dict] = {}
         self._data_start: dict[str, int] = {}
         self._key_to_file: dict[str, str] = {}
+        self._paths: dict[str, Path] = {}
         for name in files:
             path = self.folder / name
-            if not path.exists():
+            if not path.exists() and not path.is_symlink():
                 raise NoWeightsError(
                     f"{path} is listed in {INDEX_FILE} but missing; re-download the checkpoint"
                 )
+            self._paths[name] = _weight_path(self.folder, self.root, name)
             try:
-                handle = safe_open(str(path), framework="pt")
+                handle = safe_open(str(self._paths[name]), framework="pt")
                 keys = list(handle.keys())
             except Exception as e:  # safetensors raises its own error types for bad headers
                 raise CorruptWeightsError(
@@ -90,6 +105,11 @@ class SafetensorsReader:
                     f"{self.folder}: {len(missing)} tensors listed in {INDEX_FILE} are not in "
                     f"their shards (first: {missing[0]}); re-download the checkpoint"
                 )
+
+    @property
+    def files(self) -> list[Path]:
+        """The resolved paths of the shard files, in name order."""
+        return [self._paths[name] for name in sorted(self._paths)]
 
     def has(self, key: str) -> bool:
         """Return True if the checkpoint holds ``key``."""
@@ -130,7 +150,7 @@ class SafetensorsReader:
             if buf is not None:
                 if buf.nbytes != end - start:
                     raise ValueError(f"{key}: {end - start} bytes for {buf.nbytes} expected")
-                with open(self.folder / name, "rb") as f:
+                with open(self._paths[name], "rb") as f:
                     f.seek(self._data_start[name] + start)
                     if f.readinto(memoryview(buf)) != buf.nbytes:
                         raise ValueError(f"{key} is cut short")
@@ -143,7 +163,7 @@ class SafetensorsReader:
     def _layout(self, name: str) -> dict:
         """Return the parsed safetensors header of shard ``name`` (cached)."""
         if name not in self._headers:
-            with open(self.folder / name, "rb") as f:
+            with open(self._paths[name], "rb") as f:
                 (n,) = struct.unpack("<Q", f.read(8))
                 self._headers[name] = json.loads(f.read(n))
             self._data_start[name] = 8 + n
@@ -165,9 +185,10 @@ class GGUFWeightReader:
         from .gguf_file import GGUFFile
 
         self.path = Path(path)
+        regular_file(self.path, CorruptWeightsError, "pass a .gguf file")
         try:
             self.file = GGUFFile(self.path)
-        except (OSError, ValueError, struct.error, UnicodeDecodeError) as e:
+        except (OSError, ValueError, struct.error, UnicodeDecodeError, RecursionError) as e:
             raise CorruptWeightsError(
                 f"{self.path} is not a readable GGUF file ({_one_line(e)}); it may be truncated: "
                 "re-download it"
@@ -240,6 +261,21 @@ class ModuleReader:
     def get(self, key: str) -> torch.Tensor:
         """Return the live tensor ``key``, detached (edits to the model show through)."""
         return self._state[key].detach()
+
+
+def _weight_path(folder: Path, root: Path, name: str) -> Path:
+    """Return the resolved path of weight file ``name`` in ``folder``, or raise if it is not
+    a regular file inside ``root`` (an absolute name, ``..`` or a symlink leading out)."""
+    fix = (
+        "conceptvec reads weights only from inside the model folder; copy the file into it "
+        "(or re-download the checkpoint)"
+    )
+    if Path(name).is_absolute():
+        raise CorruptWeightsError(f"{folder}: weight file {name!r} is an absolute path; {fix}")
+    relative = os.path.relpath(folder / name, root)
+    path = confined(root, relative, CorruptWeightsError, fix)
+    regular_file(path, CorruptWeightsError, "re-download the checkpoint")
+    return path
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,0 +1,310 @@
+"""``read_activations``: what chosen MLP neurons do on each token of some texts, with sign.
+
+The place read is the MLP's hidden activation, ``act(gate(x)) * up(x)``, the input of the
+down projection: the same place interventions edit (``mlp.down_proj``'s input, GPT-2's
+``mlp.c_proj``; ``blocks.L.mlp.hook_post`` in TransformerLens). Readers return their input
+unchanged, so a hooked forward pass is bit-identical to an unhooked one; they count their
+firings and are removed on exit, exceptions included.
+
+Long texts are tokenized once and cut into windows of at most ``max_tokens`` tokens; each
+window gets the tokenizer's own prefix (its BOS, for tokenizers that add one), whose
+position is run but not reported, since it is the same in every window and not part of the
+text. Windows are batched with right padding and an attention mask; padded positions are
+dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..errors import BadTextError, HookNeverFiredError
+from ..interventions.apply import hooked, pad_id
+from ..interventions.hooks import mlp_input_name
+from ..interventions.nns import _envoy
+from ..interventions.targets import Target, resolve
+from ..interventions.tl import hidden_hook_name
+from ..neurons import NeuronId
+from ..tokens import token_text
+
+log = logging.getLogger("conceptvec")
+
+
+@dataclass
+class Window:
+    """One stretch of one text, as the model read it."""
+
+    text: int
+    """Index of the text in the list given to :func:`read_activations`."""
+    start: int
+    """Position of the window's first token among the text's tokens."""
+    ids: list[int]
+    """Token ids (without the tokenizer's BOS, which is run but not reported)."""
+    tokens: list[str]
+    """Readable token strings, leading spaces kept."""
+    values: torch.Tensor
+    """``[tokens, n_neurons]`` float32 activations, signed."""
+
+
+@dataclass
+class Activations:
+    """The MLP hidden activations of some neurons on every token of some texts."""
+
+    model: str
+    neurons: list[NeuronId]
+    windows: list[Window]
+    n_texts: int
+    max_tokens: int
+    """The window length used (BOS included)."""
+    texts_without_tokens: list[int] = field(default_factory=list)
+    """Indices of texts that tokenized to nothing (empty or blank)."""
+
+    def column(self, neuron: NeuronId | str) -> int:
+        """Return the column of ``neuron`` in each window's ``values``."""
+        n = NeuronId.parse(neuron)
+        try:
+            return self.neurons.index(n)
+        except ValueError:
+            read = ", ".join(str(x) for x in self.neurons)
+            raise BadTextError(f"{n} was not read; these activations hold {read}") from None
+
+    def values(self, neuron: NeuronId | str) -> torch.Tensor:
+        """Return ``[tokens]``: the neuron's activation on every token, window after window."""
+        j = self.column(neuron)
+        if not self.windows:
+            return torch.zeros(0)
+        return torch.cat([w.values[:, j] for w in self.windows])
+
+    def mean(self, neuron: NeuronId | str) -> float:
+        """Return the neuron's mean activation over every token (nan without tokens)."""
+        v = self.values(neuron)
+        return float(v.double().mean()) if v.numel() else float("nan")
+
+    def text_values(self, text: int, neuron: NeuronId | str) -> torch.Tensor:
+        """Return ``[tokens]``: the neuron's activation on each token of text ``text``."""
+        j = self.column(neuron)
+        parts = [w.values[:, j] for w in self.windows if w.text == text]
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    @property
+    def n_tokens(self) -> int:
+        """How many tokens were read (padding and BOS excluded)."""
+        return sum(len(w.ids) for w in self.windows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the activations as plain lists and numbers (JSON-ready)."""
+        return {
+            "model": self.model,
+            "neurons": [str(n) for n in self.neurons],
+            "n_texts": self.n_texts,
+            "max_tokens": self.max_tokens,
+            "texts_without_tokens": list(self.texts_without_tokens),
+            "windows": [
+                {
+                    "text": w.text,
+                    "start": w.start,
+                    "ids": list(w.ids),
+                    "tokens": list(w.tokens),
+                    "values": w.values.tolist(),
+                }
+                for w in self.windows
+            ],
+        }
+
+    def __repr__(self) -> str:
+        neurons = ", ".join(str(n) for n in self.neurons)
+        return (
+            f"Activations({self.model}: [{neurons}] on {self.n_tokens} tokens of "
+            f"{self.n_texts} texts in {len(self.windows)} windows)"
+        )
+
+
+# ---------------------------------------------------------------------- windows
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """Return the ids the tokenizer puts before a text by default (its BOS, or nothing)."""
+    probe = "a"
+    with_special = list(tokenizer(probe)["input_ids"])
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    n = len(with_special) - len(plain)
+    if n > 0 and with_special[n:] == plain:
+        return with_special[:n]
+    return []
+
+
+def context_limit(target: Target) -> int | None:
+    """Return the most positions the model accepts, if its config says."""
+    config = getattr(target.hf, "config", None)
+    config = getattr(config, "text_config", None) or config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    cfg = getattr(target.obj, "cfg", None)  # classic HookedTransformer
+    value = getattr(cfg, "n_ctx", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def plan_windows(
+    tokenizer: Any, texts: Sequence[str], max_tokens: int, prefix: Sequence[int] = ()
+) -> tuple[list[tuple[int, int, list[int]]], list[int]]:
+    """Return ``(windows, empty)``: ``(text index, start, ids)`` per window of at most
+    ``max_tokens - len(prefix)`` text tokens, and the indices of texts without tokens."""
+    step = max_tokens - len(prefix)
+    windows: list[tuple[int, int, list[int]]] = []
+    empty: list[int] = []
+    for i, text in enumerate(texts):
+        ids = list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+        if not ids:
+            empty.append(i)
+        windows += [(i, s, ids[s : s + step]) for s in range(0, len(ids), step)]
+    return windows, empty
+
+
+# ---------------------------------------------------------------------- reading
+class _Readers:
+    """Read-only hook functions, one per layer: each keeps its neurons' columns (float32)
+    of the last pass and counts its firings."""
+
+    def __init__(self, columns: dict[int, list[int]]):
+        self.columns = columns
+        self.fired: Counter = Counter()
+        self.seen: dict[int, torch.Tensor] = {}
+
+    def keep(self, layer: int, x: torch.Tensor) -> None:
+        self.fired[layer] += 1
+        self.seen[layer] = x.detach()[..., self.columns[layer]].float()
+
+    def fn(self, layer: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def read(x: torch.Tensor) -> torch.Tensor:
+            self.keep(layer, x)
+            return x
+
+        return read
+
+
+def _forward(target: Target, readers: _Readers, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """Run one padded batch so that every reader sees it."""
+    readers.seen.clear()
+    if target.backend == "nnsight":
+        spec = target.model.spec
+        saved = {}
+        with target.obj.trace(ids, attention_mask=mask):
+            for layer in sorted(readers.columns):  # nnsight wants forward order
+                down = _envoy(target.obj, f"{spec.layers_module}.{layer}.{spec.down_module}")
+                saved[layer] = down.input.save()
+        for layer, x in saved.items():
+            readers.keep(layer, x)
+    elif target.backend == "transformer_lens":
+        target.obj(ids, attention_mask=mask)
+    else:  # the base model: the LM head's logits are not needed
+        target.hf.base_model(input_ids=ids, attention_mask=mask)
+
+
+def _where(target: Target, layer: int) -> str:
+    if target.backend == "transformer_lens":
+        return hidden_hook_name(layer)
+    return mlp_input_name(target, layer)
+
+
+def read_activations(
+    model: Any,
+    texts: Sequence[str],
+    neurons: Sequence[NeuronId | str],
+    *,
+    tokenizer: Any = None,
+    batch_size: int = 8,
+    max_tokens: int = 256,
+    progress: bool = False,
+) -> Activations:
+    """Return the MLP hidden activation of each neuron on each token of ``texts``.
+
+    ``model`` is a :class:`conceptvec.Model` (or alias), a ``transformers`` causal LM, a
+    TransformerLens ``TransformerBridge`` or an nnsight model. Texts longer than
+    ``max_tokens`` (capped at the model's context) are read in consecutive windows.
+
+    >>> acts = read_activations("smollm2-135m", ["A dog barked."], ["L29.808"])  # doctest: +SKIP
+    >>> acts.values("L29.808")  # one value per token, signed                   # doctest: +SKIP
+    """
+    target = resolve(model, tokenizer)
+    tok = target.tokenizer
+    if tok is None:
+        raise BadTextError(f"{target.model.name} has no tokenizer; pass one (tokenizer=tok)")
+    if isinstance(neurons, (str, NeuronId)):
+        neurons = [neurons]
+    d = target.model.dims
+    ns = [NeuronId.parse(n).check(d.n_layers, d.d_mlp) for n in neurons]
+    if not ns:
+        raise BadTextError("no neuron given; pass at least one, e.g. ['L29.808']")
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise BadTextError("texts must be a non-empty list of strings")
+    if batch_size < 1:
+        raise BadTextError(f"batch_size must be at least 1, not {batch_size}")
+
+    prefix = bos_prefix(tok)
+    limit = context_limit(target)
+    if limit is not None and max_tokens > limit:
+        log.info(
+            "max_tokens %d is above the model's context %d; using %d", max_tokens, limit, limit
+        )
+        max_tokens = limit
+    if max_tokens <= len(prefix):
+        raise BadTextError(f"max_tokens must be above {len(prefix)} (the BOS), not {max_tokens}")
+    plan, empty = plan_windows(tok, texts, max_tokens, prefix)
+    if not plan:
+        raise BadTextError(f"the {len(texts)} text(s) hold no tokens; pass some non-empty text")
+
+    columns: dict[int, list[int]] = {}
+    for n in ns:
+        columns.setdefault(n.layer, [])
+        if n.index not in columns[n.layer]:
+            columns[n.layer].append(n.index)
+    where = [(columns[n.layer].index(n.index), n.layer) for n in ns]
+    readers = _Readers(columns)
+    pad = pad_id(target) or 0
+    order = sorted(range(len(plan)), key=lambda k: -len(plan[k][2]))  # similar lengths
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    values: list[torch.Tensor | None] = [None] * len(plan)
+    text = token_text(tok)
+    hooks = {} if target.backend == "nnsight" else {L: readers.fn(L) for L in columns}
+    bar = _progress(batches, progress)
+    with torch.no_grad(), hooked(target, hooks, {}):
+        for batch in bar:
+            rows = [prefix + plan[k][2] for k in batch]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, row in enumerate(rows):
+                ids[r, : len(row)] = torch.tensor(row)
+                mask[r, : len(row)] = 1
+            _forward(target, readers, ids.to(target.device), mask.to(target.device))
+            missing = [L for L in columns if L not in readers.seen]
+            if missing:
+                raise HookNeverFiredError(
+                    f"the reader on {_where(target, missing[0])} never fired in a forward "
+                    f"pass of {target.model.name}; is the model's MLP where its spec says?"
+                )
+            block = torch.stack([readers.seen[L][..., c] for c, L in where], dim=-1).cpu()
+            for r, k in enumerate(batch):
+                values[k] = block[r, len(prefix) : len(rows[r])].contiguous()
+    windows = [
+        Window(i, start, chunk, text.many(chunk), values[k])  # type: ignore[arg-type]
+        for k, (i, start, chunk) in enumerate(plan)
+    ]
+    log.debug("reader firings: %s", dict(readers.fired))
+    return Activations(target.model.name, ns, windows, len(texts), max_tokens, empty)
+
+
+def _progress(batches: list, on: bool) -> Any:
+    if not on:
+        return batches
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, desc="reading activations", unit="batch")

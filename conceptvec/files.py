@@ -1,0 +1,91 @@
+"""Reading files that came from someone else: regular files only, bounded reads, no escapes.
+
+Checkpoints and atlases are downloaded from the internet, so a path in them may point at
+``/dev/zero``, a FIFO, another folder or a huge file. Every reader here checks what it is
+about to open first:
+
+- :func:`regular_file` refuses anything but a regular file (after following symlinks), so a
+  FIFO never blocks and a device is never read;
+- :func:`read_bounded` reads at most ``limit`` bytes and refuses a longer file;
+- :func:`confined` resolves a path (symlinks included) and refuses one outside its folder.
+
+Each raises the :class:`ConceptvecError` subclass its caller names, with a one-line fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from .errors import ConceptvecError
+
+JSON_LIMIT = 64 << 20
+"""The largest JSON file read (config, index, manifest, vocabulary): 64 MiB."""
+
+
+def regular_file(path: str | Path, error: type[ConceptvecError], what: str) -> os.stat_result:
+    """Return ``path``'s stat if it is a regular file (symlinks followed), else raise ``error``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{path} does not exist; {what}") from None
+    except OSError as e:
+        raise error(f"cannot read {path} ({e.strerror or e}); {what}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise error(f"{path} is {kind} (a device, pipe or socket is never read); {what}")
+    return st
+
+
+def read_bounded(
+    path: str | Path, error: type[ConceptvecError], what: str, limit: int = JSON_LIMIT
+) -> bytes:
+    """Return the bytes of the regular file ``path`` if it holds at most ``limit`` bytes."""
+    regular_file(path, error, what)
+    try:
+        # O_NONBLOCK: should the file be swapped for a FIFO after the check, open() returns
+        # at once instead of waiting for a writer, and fstat below refuses it.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise error(f"cannot read {path} ({e.strerror or e}); {what}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{path} is not a regular file; {what}")
+        if st.st_size > limit:
+            raise error(f"{path} has {st.st_size} bytes, more than the {limit} expected; {what}")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{path} has more than {limit} bytes; {what}")
+    return data
+
+
+def read_json(
+    path: str | Path, error: type[ConceptvecError], what: str, limit: int = JSON_LIMIT
+) -> Any:
+    """Return the JSON value in ``path`` (a regular file of at most ``limit`` bytes)."""
+    data = read_bounded(path, error, what, limit)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        text = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise error(f"{path} is not valid JSON ({text}); {what}") from None
+
+
+def confined(root: str | Path, relative: Any, error: type[ConceptvecError], what: str) -> Path:
+    """Return ``root / relative`` resolved, if it stays inside ``root`` after symlinks.
+
+    An absolute path, ``..`` steps or a symlink leading out of ``root`` raise ``error``.
+    """
+    if not isinstance(relative, str) or not relative or "\x00" in relative:
+        raise error(f"{root}: file name {relative!r} is not a relative path; {what}")
+    base = Path(root).resolve()
+    if Path(relative).is_absolute():
+        raise error(f"{root}: {relative!r} is an absolute path, not inside the folder; {what}")
+    full = (base / relative).resolve()
+    if full != base and base not in full.parents:
+        raise error(f"{root}: {relative!r} leads outside the folder (to {full}); {what}")
+    return full

@@ -1,0 +1,414 @@
+"""Behavioural evaluation: a model's answers to questions, with and without an intervention.
+
+The unit is a list of questions (a concept's QA, or unrelated QA). For each:
+
+- **greedy answers**, generated in left-padded batches with a correct attention mask, using
+  the chat template when the tokenizer has one (``chat=None``) and ConceptVectors' prompt
+  ``Question: {q}\\n Answer:`` otherwise; the choice is recorded as ``prompting``;
+- **BLEU and ROUGE-L** of those answers against a reference: by default the unperturbed
+  model's own answers, computed once and reused (as ConceptVectors does); gold answers
+  when given. BLEU is sacrebleu's sentence BLEU (0-1), ROUGE-L the F-measure of
+  rouge-score;
+- the **teacher-forced log-probability** of the reference answer, per token: a continuous
+  score that sees effects greedy text hides (the answer can stay the same while its
+  probability falls).
+
+:func:`evaluate_qa` adds random-neuron controls: the same knockout on ``controls`` random
+neurons of the same layers, with the percentile of the real change among theirs.
+:func:`evaluate_completion` runs ConceptVectors' second probe, text completion
+(``First_half`` -> the model's own ``Second_half``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import BadInterventionError
+from .interventions.apply import generate as generate_ids
+from .interventions.apply import logits as forward_logits
+from .interventions.controls import percentile, random_controls
+from .interventions.specs import Edits, check_against, flatten
+from .interventions.targets import Target, resolve
+from .tokens import show
+
+PAPER_PROMPT = "Question: {question}\n Answer:"
+"""ConceptVectors' QA prompt, used when the model has no chat template."""
+
+
+# ------------------------------------------------------------------------ prompting
+def use_chat(target: Target, chat: bool | None) -> bool:
+    """Return whether prompts go through the chat template (``None``: when there is one)."""
+    tok = target.tokenizer
+    if tok is None:
+        raise BadInterventionError(f"{target.model.name} has no tokenizer; pass tokenizer=tok")
+    has = bool(getattr(tok, "chat_template", None))
+    if chat and not has:
+        raise BadInterventionError(
+            f"the tokenizer of {target.model.name} has no chat template; drop chat/--chat"
+        )
+    return has if chat is None else bool(chat)
+
+
+def prompt_texts(target: Target, questions: Sequence[str], chat: bool) -> list[str]:
+    """Return each question as the text the model sees (chat template or the paper's prompt)."""
+    tok = target.tokenizer
+    if chat:
+        return [
+            tok.apply_chat_template(
+                [{"role": "user", "content": q.strip()}], add_generation_prompt=True, tokenize=False
+            )
+            for q in questions
+        ]
+    return [PAPER_PROMPT.format(question=q.strip()) for q in questions]
+
+
+def _encode(target: Target, texts: Sequence[str], chat: bool) -> list[list[int]]:
+    """Return token ids per text (special tokens as the prompting style wants them)."""
+    tok = target.tokenizer
+    out = [list(tok(t, add_special_tokens=not chat)["input_ids"]) for t in texts]
+    if any(not ids for ids in out):
+        raise BadInterventionError("a prompt is empty; pass some text")
+    return out
+
+
+def _pad_value(target: Target) -> int:
+    from .interventions.apply import pad_id
+
+    pad = pad_id(target)
+    return 0 if pad is None else pad
+
+
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def _batches(n: int, size: int) -> list[range]:
+    return [range(s, min(s + size, n)) for s in range(0, n, max(1, size))]
+
+
+# ----------------------------------------------------------------------- primitives
+def answer(
+    model: Any,
+    prompts: Sequence[str],
+    intervention: Edits = (),
+    *,
+    chat: bool | None = None,
+    raw: bool = False,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    tokenizer: Any = None,
+) -> list[str]:
+    """Return the greedy answer to each prompt, generated in left-padded batches.
+
+    Questions are wrapped in the chat template (or the paper's prompt, see :func:`use_chat`);
+    ``raw=True`` feeds the prompts as they are (text completion).
+    """
+    target = resolve(model, tokenizer)
+    texts = list(prompts) if raw else prompt_texts(target, prompts, use_chat(target, chat))
+    rows = _encode(target, texts, chat=not raw and use_chat(target, chat))
+    pad = _pad_value(target)
+    tok = target.tokenizer
+    out: list[str] = []
+    for batch in _batches(len(rows), batch_size):
+        ids, mask = _left_pad([rows[i] for i in batch], pad)
+        new = generate_ids(
+            target, ids.to(target.device), intervention, max_new_tokens, mask.to(target.device)
+        )
+        out += [tok.decode(r, skip_special_tokens=True).strip() for r in new]
+    return out
+
+
+def answer_logprobs(
+    model: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    intervention: Edits = (),
+    *,
+    chat: bool | None = None,
+    raw: bool = False,
+    batch_size: int = 16,
+    tokenizer: Any = None,
+) -> list[float]:
+    """Return, per prompt, the mean log-probability per token of its answer, teacher-forced.
+
+    Each sequence is prompt + answer, right-padded (a causal model never attends to padding
+    that comes after), scored in one forward pass per batch. An empty answer scores 0.0.
+    """
+    target = resolve(model, tokenizer)
+    if len(prompts) != len(answers):
+        raise BadInterventionError(f"{len(prompts)} prompts but {len(answers)} answers")
+    is_chat = not raw and use_chat(target, chat)
+    texts = list(prompts) if raw else prompt_texts(target, prompts, is_chat)
+    heads = _encode(target, texts, is_chat)
+    tok = target.tokenizer
+    sep = "" if is_chat else " "
+    tails = [list(tok(sep + a.strip(), add_special_tokens=False)["input_ids"]) for a in answers]
+    pad = _pad_value(target)
+    scores: list[float] = [0.0] * len(heads)
+    for batch in _batches(len(heads), batch_size):
+        seqs = [heads[i] + tails[i] for i in batch]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s)
+        logits = forward_logits(target, ids.to(target.device), intervention)
+        for r, i in enumerate(batch):
+            n, h = len(tails[i]), len(heads[i])
+            if n == 0:
+                continue
+            lp = logits[r, h - 1 : h - 1 + n].log_softmax(-1)
+            picked = lp.gather(1, torch.tensor(tails[i], device=lp.device)[:, None])
+            scores[i] = float(picked.mean())
+    return scores
+
+
+def text_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
+    """Return per-pair ``bleu`` (sacrebleu sentence BLEU / 100) and ``rouge_l`` (F-measure).
+
+    Two empty strings score 1.0 on both.
+    """
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    bleu, rouge = [], []
+    for h, r in zip(hypotheses, references):
+        if not h.strip() and not r.strip():
+            bleu.append(1.0)
+            rouge.append(1.0)
+            continue
+        bleu.append(sacrebleu.sentence_bleu(h, [r]).score / 100.0)
+        rouge.append(scorer.score(r, h)["rougeL"].fmeasure)
+    return {"bleu": bleu, "rouge_l": rouge}
+
+
+# ------------------------------------------------------------------------- results
+@dataclass
+class QAScores:
+    """One condition (no edit, the intervention, or one control) on a list of questions."""
+
+    label: str
+    logprob: list[float]
+    """Per question: mean log p per token of the reference answer, teacher-forced."""
+    answers: list[str] | None = None
+    bleu: list[float] | None = None
+    rouge_l: list[float] | None = None
+
+    @property
+    def mean_logprob(self) -> float:
+        """Mean over questions of :attr:`logprob`."""
+        return _mean(self.logprob)
+
+    @property
+    def mean_bleu(self) -> float | None:
+        """Mean BLEU against the reference (None when nothing was generated)."""
+        return None if self.bleu is None else _mean(self.bleu)
+
+    @property
+    def mean_rouge_l(self) -> float | None:
+        """Mean ROUGE-L against the reference (None when nothing was generated)."""
+        return None if self.rouge_l is None else _mean(self.rouge_l)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+@dataclass
+class QAEvaluation:
+    """What :func:`evaluate_qa` found: the reference, the base model and the intervention,
+    with random-neuron controls."""
+
+    model: str
+    prompting: str
+    """``chat`` (the chat template), ``paper`` (``Question: ...\\n Answer:``) or ``raw``."""
+    reference_kind: str
+    """``model`` (the unperturbed model's own answers) or ``gold``."""
+    intervention: list[str]
+    questions: list[str]
+    references: list[str]
+    base: QAScores
+    after: QAScores
+    controls: list[QAScores] = field(default_factory=list)
+    control_edits: list[list[str]] = field(default_factory=list)
+
+    @property
+    def delta_logprob(self) -> float:
+        """Change of the mean per-token log p of the references (negative: answers hurt)."""
+        return self.after.mean_logprob - self.base.mean_logprob
+
+    @property
+    def control_deltas(self) -> list[float]:
+        """The same change under each random control."""
+        return [c.mean_logprob - self.base.mean_logprob for c in self.controls]
+
+    @property
+    def percentile(self) -> float | None:
+        """Percentile of the *drop* (``-delta``) among the controls' drops (100: the
+        intervention hurt the answers more than every control did)."""
+        return percentile(-self.delta_logprob, [-d for d in self.control_deltas])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict with every number (field names kept)."""
+        out = asdict(self)
+        out.update(
+            delta_logprob=self.delta_logprob,
+            control_deltas=self.control_deltas,
+            percentile=self.percentile,
+            base_mean_logprob=self.base.mean_logprob,
+            after_mean_logprob=self.after.mean_logprob,
+            after_mean_bleu=self.after.mean_bleu,
+            after_mean_rouge_l=self.after.mean_rouge_l,
+        )
+        return out
+
+    def plot(self) -> Any:
+        """Return a plotly figure: the change in answer log-probability against the controls."""
+        from .viz import qa_figure
+
+        return qa_figure(self)
+
+    def __str__(self) -> str:
+        pct = "" if self.percentile is None else f", percentile {self.percentile:.0f}"
+        lines = [
+            f"{self.model}  {', '.join(self.intervention) or 'no intervention'}  "
+            f"[{self.prompting} prompts, reference: {self.reference_kind} answers]",
+            f"  log p per answer token: {self.base.mean_logprob:.4f} -> "
+            f"{self.after.mean_logprob:.4f} ({self.delta_logprob:+.4f}"
+            f"{pct} among {len(self.controls)} controls)",
+        ]
+        if self.after.bleu is not None:
+            lines.append(
+                f"  BLEU {self.after.mean_bleu:.3f}  ROUGE-L {self.after.mean_rouge_l:.3f}"
+                " against the reference"
+            )
+        for i, q in enumerate(self.questions):
+            lines.append(f"  Q {show(q.strip())}")
+            lines.append(f"    reference: {show(self.references[i])}")
+            if self.after.answers is not None and self.after.answers[i] != self.references[i]:
+                lines.append(f"    after:     {show(self.after.answers[i])}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+
+# ---------------------------------------------------------------------- evaluation
+def evaluate_qa(
+    model: Any,
+    questions: Sequence[str],
+    intervention: Edits = (),
+    *,
+    references: Sequence[str] | None = None,
+    gold: Sequence[str] | None = None,
+    chat: bool | None = None,
+    raw: bool = False,
+    max_new_tokens: int = 32,
+    controls: int = 0,
+    generate_controls: bool = False,
+    generate: bool = True,
+    seed: int = 0,
+    batch_size: int = 16,
+    tokenizer: Any = None,
+) -> QAEvaluation:
+    """Return a :class:`QAEvaluation` of ``intervention`` on ``questions``.
+
+    The reference answers are ``gold`` when given, else ``references`` (the unperturbed
+    model's answers from an earlier call, to reuse them), else generated here without the
+    intervention. ``controls`` random same-layer versions of the intervention give the
+    percentile of the log-probability drop (``generate_controls`` also generates their
+    answers for BLEU/ROUGE). ``generate=False`` skips generation after the edit (teacher-
+    forced scores only). ``raw=True`` treats ``questions`` as plain text prompts.
+    """
+    target = resolve(model, tokenizer)
+    questions = [str(q) for q in questions]
+    if not questions:
+        raise BadInterventionError("no questions given; pass at least one")
+    if max_new_tokens < 1 or controls < 0:
+        raise BadInterventionError(
+            f"max_new_tokens must be >= 1 and controls >= 0 (got {max_new_tokens}, {controls})"
+        )
+    edits = flatten(intervention)
+    d = target.model.dims
+    check_against(edits, d.n_layers, d.d_mlp, d.d_model)
+    prompting = "raw" if raw else ("chat" if use_chat(target, chat) else "paper")
+    is_chat = prompting == "chat"
+    kw = dict(chat=is_chat, raw=raw, batch_size=batch_size)
+    if gold is not None:
+        refs, kind = [str(g) for g in gold], "gold"
+    elif references is not None:
+        refs, kind = [str(r) for r in references], "model"
+    else:
+        refs, kind = answer(target, questions, (), max_new_tokens=max_new_tokens, **kw), "model"
+    if len(refs) != len(questions):
+        raise BadInterventionError(f"{len(questions)} questions but {len(refs)} reference answers")
+
+    def condition(label: str, edit: Edits, gen: bool) -> QAScores:
+        scores = QAScores(label, answer_logprobs(target, questions, refs, edit, **kw))
+        if gen:
+            scores.answers = answer(target, questions, edit, max_new_tokens=max_new_tokens, **kw)
+            text = text_scores(scores.answers, refs)
+            scores.bleu, scores.rouge_l = text["bleu"], text["rouge_l"]
+        return scores
+
+    base = condition("base", (), False)
+    if kind == "model" and references is None:
+        base.answers = refs
+        base.bleu = base.rouge_l = [1.0] * len(refs)
+    after = condition("intervention", edits, generate) if edits else base
+    ctrl_edits = random_controls(edits, d.d_mlp, controls, seed) if edits else []
+    ctrls = [
+        condition(f"control {k}", c, generate_controls and generate)
+        for k, c in enumerate(ctrl_edits)
+    ]
+    return QAEvaluation(
+        model=target.model.name,
+        prompting=prompting,
+        reference_kind=kind,
+        intervention=[str(e) for e in edits],
+        questions=questions,
+        references=refs,
+        base=base,
+        after=after,
+        controls=ctrls,
+        control_edits=[[str(e) for e in c] for c in ctrl_edits],
+    )
+
+
+def evaluate_completion(
+    model: Any,
+    first_halves: Sequence[str],
+    intervention: Edits = (),
+    *,
+    references: Sequence[str] | None = None,
+    max_new_tokens: int = 32,
+    controls: int = 0,
+    seed: int = 0,
+    batch_size: int = 16,
+    tokenizer: Any = None,
+) -> QAEvaluation:
+    """Return a :class:`QAEvaluation` of text completion: each ``First_half`` is continued
+    greedily, and the continuation compared with the unperturbed model's own (ConceptVectors'
+    second probe; its gold ``Second_half`` can be passed as ``references``)."""
+    return evaluate_qa(
+        model,
+        first_halves,
+        intervention,
+        gold=references,
+        raw=True,
+        max_new_tokens=max_new_tokens,
+        controls=controls,
+        seed=seed,
+        batch_size=batch_size,
+        tokenizer=tokenizer,
+    )
