@@ -16,12 +16,25 @@ The table of contents:
   controls.
 - :func:`read_activations` reads neurons' MLP activations on text (an :class:`Activations`);
   :func:`top_contexts` shows a neuron's top activating tokens in context (:class:`TopContexts`).
+- :func:`find_concept` finds the neurons that hold a named concept and validates them
+  (a :class:`ConceptSearch` of :class:`ConceptVector` records); :func:`read_concepts` and
+  :func:`write_concepts` read and write the ConceptVectors benchmark format;
+- :func:`evaluate_qa` and :func:`evaluate_completion` score a model's answers with and
+  without an intervention, against random controls (a :class:`QAEvaluation`).
 """
 
 from .activations import Activations, TopContexts, read_activations, top_contexts
 from .atlas import Atlas, build_atlas
 from .atlas.diff import diff_atlases
 from .atlas.search import search_weights
+from .concepts import (
+    ConceptSearch,
+    ConceptVector,
+    concept_tokens,
+    find_concept,
+    read_concepts,
+    write_concepts,
+)
 from .decode import Decoding, TokenScore, decode, project
 from .errors import ConceptvecError
 from .interventions import (
@@ -43,6 +56,7 @@ from .interventions import (
 )
 from .models import ALIASES, DEFAULT_MODEL, ArchSpec, Model, load
 from .neurons import MATRICES, NeuronId
+from .qa import QAEvaluation, evaluate_completion, evaluate_qa
 
 __version__ = "0.1.0"
 
@@ -53,6 +67,8 @@ __all__ = [
     "Activations",
     "ArchSpec",
     "Atlas",
+    "ConceptSearch",
+    "ConceptVector",
     "ConceptvecError",
     "Decoding",
     "DoseResponse",
@@ -60,14 +76,19 @@ __all__ = [
     "Intervention",
     "Model",
     "NeuronId",
+    "QAEvaluation",
     "TokenScore",
     "TopContexts",
     "add",
     "build_atlas",
     "clamp",
+    "concept_tokens",
     "decode",
     "diff_atlases",
     "dose_response",
+    "evaluate_completion",
+    "evaluate_qa",
+    "find_concept",
     "intervene",
     "load",
     "mean_ablate",
@@ -75,11 +96,13 @@ __all__ = [
     "noise",
     "project",
     "read_activations",
+    "read_concepts",
     "replace_weights",
     "scale",
     "search_weights",
     "steer",
     "top_contexts",
+    "write_concepts",
     "zero",
     "zero_weights",
 ]

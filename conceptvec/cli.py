@@ -86,11 +86,12 @@ def neuron(
 
 
 def _register_groups() -> None:
-    from .commands import activations, atlas, intervene
+    from .commands import activations, atlas, concepts, intervene
 
     atlas.register(app)
     intervene.register(app)
     activations.register(app)
+    concepts.register(app)
 
 
 _register_groups()

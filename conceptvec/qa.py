@@ -317,6 +317,7 @@ def evaluate_qa(
     controls: int = 0,
     generate_controls: bool = False,
     generate: bool = True,
+    base: QAScores | None = None,
     seed: int = 0,
     batch_size: int = 16,
     tokenizer: Any = None,
@@ -328,7 +329,8 @@ def evaluate_qa(
     intervention. ``controls`` random same-layer versions of the intervention give the
     percentile of the log-probability drop (``generate_controls`` also generates their
     answers for BLEU/ROUGE). ``generate=False`` skips generation after the edit (teacher-
-    forced scores only). ``raw=True`` treats ``questions`` as plain text prompts.
+    forced scores only). ``base`` reuses the unperturbed scores of an earlier call with the
+    same questions and references. ``raw=True`` treats ``questions`` as plain text prompts.
     """
     target = resolve(model, tokenizer)
     questions = [str(q) for q in questions]
@@ -361,7 +363,12 @@ def evaluate_qa(
             scores.bleu, scores.rouge_l = text["bleu"], text["rouge_l"]
         return scores
 
-    base = condition("base", (), False)
+    if base is None:
+        base = condition("base", (), False)
+    elif len(base.logprob) != len(questions):
+        raise BadInterventionError(
+            f"base has {len(base.logprob)} scores for {len(questions)} questions"
+        )
     if kind == "model" and references is None:
         base.answers = refs
         base.bleu = base.rouge_l = [1.0] * len(refs)

@@ -135,3 +135,38 @@ def top_contexts_figure(result: Any) -> Any:
         height=max(300, 24 * len(contexts) + 120),
     )
     return fig
+
+
+def concept_figure(search: Any) -> Any:
+    """Return a figure of a :class:`ConceptSearch`: per validated candidate and knockout
+    mode, the change of concept QA (x) against unrelated QA (y), controls in grey."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    cx, cy = [], []
+    for c in search.validated:
+        for k in c.knockouts:
+            cx += k.control_delta_concept
+            cy += k.control_delta_unrelated
+    if cx:
+        fig.add_trace(
+            go.Scatter(x=cx, y=cy, mode="markers", marker_color="lightgray", name="controls")
+        )
+    for c in search.validated:
+        fig.add_trace(
+            go.Scatter(
+                x=[k.delta_concept for k in c.knockouts],
+                y=[k.delta_unrelated for k in c.knockouts],
+                text=[k.mode for k in c.knockouts],
+                mode="markers+text",
+                textposition="top center",
+                marker=dict(size=11),
+                name=f"{c.neuron} ({c.verdict})",
+            )
+        )
+    fig.update_layout(
+        title=f"{search.concept} in {search.model}: knockouts",
+        xaxis_title="concept QA: change in log p per answer token",
+        yaxis_title="unrelated QA: change in log p per answer token",
+    )
+    return fig

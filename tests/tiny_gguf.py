@@ -21,8 +21,12 @@ _LAYER_NAMES = {
 }
 
 
-def write_tiny_gguf(hf, tok, path: Path, arch: str = "llama") -> Path:
-    """Write ``hf`` (a tiny LlamaForCausalLM) and its byte-level tokenizer as a GGUF file."""
+def write_tiny_gguf(hf, tok, path: Path, arch: str = "llama", fields: dict | None = None) -> Path:
+    """Write ``hf`` (a tiny LlamaForCausalLM) and its byte-level tokenizer as a GGUF file.
+
+    ``fields`` maps metadata keys to ``(value, gguf.GGUFValueType)``, written over the
+    standard ones (hostile-input tests declare impossible sizes this way).
+    """
     c = hf.config
     w = gguf.GGUFWriter(str(path), arch)
     w.add_block_count(c.num_hidden_layers)
@@ -45,6 +49,9 @@ def write_tiny_gguf(hf, tok, path: Path, arch: str = "llama") -> Path:
     merges = json.loads(tok.backend_tokenizer.to_str())["model"]["merges"]
     w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
     w.add_eos_token_id(tok.eos_token_id)
+    for key, (value, vtype) in (fields or {}).items():
+        sub = gguf.GGUFValueType.get_type(value[0]) if vtype == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, value, vtype, sub_type=sub)
     names = {
         "model.embed_tokens.weight": "token_embd.weight",
         "model.norm.weight": "output_norm.weight",

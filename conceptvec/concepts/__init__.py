@@ -1,9 +1,41 @@
-"""Concept vectors: the ConceptVectors benchmark format (and, later, finding and validating).
+"""Concept vectors: neurons that hold a concept, found, validated and stored.
 
+- :func:`find_concept` goes from a concept's name (and its text and QA) to validated
+  :class:`ConceptVector` records in any model, returning a :class:`ConceptSearch`;
+- :func:`concept_tokens` builds a concept's token set (:class:`ConceptTokens`);
 - :func:`read_concepts` / :func:`write_concepts` read and write ConceptVectors JSON files;
-- :class:`ConceptEntry` is one concept of such a file, :class:`TextCompletion` one probe.
+  :class:`ConceptEntry` is one concept of such a file, :class:`TextCompletion` one probe;
+- :func:`build_concepts` maps every concept of such a file to this model's vectors.
 """
 
 from .benchmark import STYLES, ConceptEntry, TextCompletion, read_concepts, write_concepts
+from .find import ConceptSearch, find_concept
+from .record import (
+    VERDICTS,
+    ActivationEvidence,
+    ConceptVector,
+    KnockoutEvidence,
+    WeightEvidence,
+)
+from .tokens import ConceptTokens, concept_tokens
+from .validate import MODES, Thresholds, judge
 
-__all__ = ["STYLES", "ConceptEntry", "TextCompletion", "read_concepts", "write_concepts"]
+__all__ = [
+    "MODES",
+    "STYLES",
+    "VERDICTS",
+    "ActivationEvidence",
+    "ConceptEntry",
+    "ConceptSearch",
+    "ConceptTokens",
+    "ConceptVector",
+    "KnockoutEvidence",
+    "TextCompletion",
+    "Thresholds",
+    "WeightEvidence",
+    "concept_tokens",
+    "find_concept",
+    "judge",
+    "read_concepts",
+    "write_concepts",
+]

@@ -222,7 +222,7 @@ def _size(c: Any, names: tuple[str, ...], default: int | None = None) -> int:
     if type(value) is not int or not 1 <= value <= MAX_SIZE:
         raise CorruptWeightsError(
             f"the model config says {name}={value!r}; it must be a whole number from 1 to "
-            f"{MAX_SIZE} (config.json is damaged or not a causal-LM config)"
+            f"{MAX_SIZE} (the config.json or GGUF metadata is damaged)"
         )
     return value
 

@@ -83,11 +83,13 @@ class SafetensorsReader:
         self._paths: dict[str, Path] = {}
         for name in files:
             path = self.folder / name
+            resolved = _weight_path(self.folder, self.root, name)
             if not path.exists() and not path.is_symlink():
                 raise NoWeightsError(
                     f"{path} is listed in {INDEX_FILE} but missing; re-download the checkpoint"
                 )
-            self._paths[name] = _weight_path(self.folder, self.root, name)
+            regular_file(resolved, CorruptWeightsError, "re-download the checkpoint")
+            self._paths[name] = resolved
             try:
                 handle = safe_open(str(self._paths[name]), framework="pt")
                 keys = list(handle.keys())
@@ -264,8 +266,8 @@ class ModuleReader:
 
 
 def _weight_path(folder: Path, root: Path, name: str) -> Path:
-    """Return the resolved path of weight file ``name`` in ``folder``, or raise if it is not
-    a regular file inside ``root`` (an absolute name, ``..`` or a symlink leading out)."""
+    """Return the resolved path of weight file ``name`` in ``folder``, or raise if it leads
+    outside ``root`` (an absolute name, ``..`` or a symlink leading out)."""
     fix = (
         "conceptvec reads weights only from inside the model folder; copy the file into it "
         "(or re-download the checkpoint)"
@@ -273,9 +275,7 @@ def _weight_path(folder: Path, root: Path, name: str) -> Path:
     if Path(name).is_absolute():
         raise CorruptWeightsError(f"{folder}: weight file {name!r} is an absolute path; {fix}")
     relative = os.path.relpath(folder / name, root)
-    path = confined(root, relative, CorruptWeightsError, fix)
-    regular_file(path, CorruptWeightsError, "re-download the checkpoint")
-    return path
+    return confined(root, relative, CorruptWeightsError, fix)
 
 
 def _one_line(e: BaseException) -> str:

@@ -1,0 +1,173 @@
+"""CLI group ``concepts``: ``find`` (one concept by name) and ``build`` (a ConceptVectors file).
+
+Both call the functions a notebook calls (:func:`conceptvec.concepts.find_concept`,
+:func:`conceptvec.concepts.build.build_concepts`) and print their tables or ``--json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Concept vectors: find the neurons that hold a concept, and prove it causally.",
+)
+
+Candidates = Annotated[
+    int, typer.Option("--candidates", min=1, help="Neurons ranked from the weights.")
+]
+Validate = Annotated[
+    int, typer.Option("--validate", min=0, help="Best candidates put through the knockouts.")
+]
+Controls = Annotated[
+    int,
+    typer.Option("--controls", min=0, max=1000, help="Random same-layer controls per knockout."),
+]
+Modes = Annotated[
+    str, typer.Option("--modes", help="Knockout modes, comma-separated: zero,mean,noise.")
+]
+Chat = Annotated[
+    bool | None,
+    typer.Option(
+        "--chat/--no-chat",
+        help="Ask through the chat template (default: when the model has one) or the "
+        "paper's 'Question: ...\\n Answer:' prompt.",
+        show_default=False,
+    ),
+]
+MaxNew = Annotated[
+    int, typer.Option("--max-new-tokens", min=1, max=512, help="Length of each greedy answer.")
+]
+
+
+def read_questions(path: str) -> list[str]:
+    """Return the questions in a file: one per line, or a ``.json`` list of strings."""
+    from ..activations.texts import read_texts
+    from ..errors import BadTextError
+
+    if Path(path).suffix.lower() == ".json" or path == "-":
+        return read_texts(path)
+    lines = [q.strip() for text in read_texts(path) for q in text.splitlines() if q.strip()]
+    if not lines:
+        raise BadTextError(f"{path} holds no question; write one per line")
+    return lines
+
+
+def _modes(text: str) -> list[str]:
+    from ..concepts.find import MODES, ConceptSearchError
+
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise ConceptSearchError(f"unknown knockout mode {bad or text!r}; use {','.join(MODES)}")
+    return modes
+
+
+@app.command()
+def find(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    name: Annotated[str, typer.Argument(help='The concept, e.g. "Ancient Rome".')],
+    qa: Annotated[
+        str | None, typer.Option("--qa", help="Questions about the concept (one per line).")
+    ] = None,
+    unrelated_qa: Annotated[
+        str | None,
+        typer.Option("--unrelated-qa", help="Unrelated questions [default: everyday ones]."),
+    ] = None,
+    text: Annotated[
+        str | None,
+        typer.Option("--text", help="Text about the concept (paragraphs, or a .json list)."),
+    ] = None,
+    candidates: Candidates = 10,
+    validate: Validate = 3,
+    controls: Controls = 10,
+    modes: Modes = "zero,mean,noise",
+    chat: Chat = None,
+    max_new_tokens: MaxNew = 32,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Find the neurons that hold a concept: weights, activations, knockouts, verdicts."""
+    from ..activations.texts import read_texts
+    from ..cli import print_json
+    from ..concepts import find_concept
+    from ..models import load
+
+    questions = read_questions(qa) if qa else []
+    others = read_questions(unrelated_qa) if unrelated_qa else None
+    texts = read_texts(text) if text else []
+    mode_list = _modes(modes)
+    m = load(model, quiet=json_out)
+    result = find_concept(
+        m,
+        name,
+        texts=texts,
+        qa=questions,
+        unrelated_qa=others,
+        candidates=candidates,
+        validate=min(validate, candidates),
+        controls=controls,
+        modes=mode_list,
+        chat=chat,
+        max_new_tokens=max_new_tokens,
+        progress=not json_out,
+    )
+    if json_out:
+        print_json(result.to_dict())
+    else:
+        typer.echo(str(result))
+
+
+@app.command()
+def build(
+    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    source: Annotated[
+        Path, typer.Option("--from", help="A ConceptVectors JSON file (any model's).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The file to write.")],
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    concept: Annotated[
+        list[str] | None, typer.Option("--concept", help="Only this concept (repeatable).")
+    ] = None,
+    unrelated: Annotated[
+        int, typer.Option("--unrelated", min=1, help="Unrelated questions used per concept.")
+    ] = 10,
+    candidates: Candidates = 10,
+    validate: Validate = 3,
+    controls: Controls = 10,
+    modes: Modes = "zero,mean,noise",
+    chat: Chat = None,
+    max_new_tokens: MaxNew = 32,
+) -> None:
+    """Map each concept of a ConceptVectors file to this model's best validated vector."""
+    from ..concepts.build import build_concepts
+
+    mode_list = _modes(modes)
+    results = build_concepts(
+        model,
+        source,
+        out,
+        overwrite=overwrite,
+        concepts=concept,
+        unrelated=unrelated,
+        candidates=candidates,
+        validate=min(validate, candidates),
+        controls=controls,
+        modes=mode_list,
+        chat=chat,
+        max_new_tokens=max_new_tokens,
+    )
+    for entry, _search in results:
+        x = entry.extra
+        where = "-" if entry.layer is None else f"L{entry.layer}.{entry.dim}"
+        typer.echo(f"{entry.concept:<32} {where:<10} {x.get('side', '-'):<6} {x['verdict']}")
+    typer.echo(f"wrote {out} ({len(results)} concepts)")
+
+
+def register(root: typer.Typer) -> None:
+    """Add the ``concepts`` group to ``root``."""
+    root.add_typer(app, name="concepts")

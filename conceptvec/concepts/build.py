@@ -1,0 +1,159 @@
+"""``build_concepts``: map every concept of a ConceptVectors file to *this* model's vector.
+
+Each concept runs through :func:`find_concept` with its own Wikipedia text, QA and unrelated
+QA. The output file keeps the input's format and records: ``Layer``/``Dim`` now name this
+model's best vector (a ``concept`` verdict first, else the best validated candidate), the
+source model's pair moves to ``source_Layer``/``source_Dim``, and the evidence goes into
+extra keys (``verdict``, ``matrix``, ``side``, ``model``, ``conceptvec``).
+
+The job resumes: each finished concept is saved (atomically) to ``OUT.partial.json`` beside
+the output, and a rerun with the same settings skips what is there. The output is written
+atomically at the end, and the partial file removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConceptvecError
+from ..neurons import NeuronId
+from .benchmark import ConceptEntry, read_concepts, write_concepts
+from .find import ConceptSearch, find_concept
+
+PARTIAL_SUFFIX = ".partial.json"
+
+
+class BuildError(ConceptvecError, ValueError):
+    """A concepts build that cannot start or resume as asked."""
+
+
+def pick(search: ConceptSearch):
+    """Return the vector a built file names for a search: the best ``concept`` verdict, else
+    the first validated candidate, else the first candidate (None when there is none)."""
+    return search.best or (search.validated or search.candidates or [None])[0]
+
+
+def entry_for(entry: ConceptEntry, search: ConceptSearch) -> ConceptEntry:
+    """Return ``entry`` rewritten to name this model's vector, evidence in extra keys."""
+    chosen = pick(search)
+    extra = dict(entry.extra)
+    extra.update(source_Layer=entry.layer, source_Dim=entry.dim, model=search.model)
+    if chosen is None:
+        extra.update(verdict="none", conceptvec={"candidates": []})
+        return replace(entry, layer=None, dim=None, extra=extra)
+    n = NeuronId.parse(chosen.neuron)
+    extra.update(
+        verdict=chosen.verdict,
+        matrix=chosen.matrix,
+        side=chosen.weights.side,
+        conceptvec={
+            "vector": chosen.to_dict(),
+            "others": [
+                {"neuron": c.neuron, "side": c.weights.side, "verdict": c.verdict}
+                for c in search.candidates
+                if c is not chosen
+            ],
+            "prompting": search.prompting,
+            "settings": search.settings,
+            "tokens": search.tokens.to_dict()["core"],
+        },
+    )
+    return replace(entry, layer=n.layer, dim=n.index, extra=extra)
+
+
+def build_concepts(
+    model: Any,
+    source: str | os.PathLike[str] | Sequence[ConceptEntry],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    concepts: Sequence[str] | None = None,
+    unrelated: int = 10,
+    progress: bool = True,
+    **find: Any,
+) -> list[tuple[ConceptEntry, ConceptSearch | None]]:
+    """Run :func:`find_concept` on each concept of ``source`` and write ``out``.
+
+    ``concepts`` restricts the run to those names (in the file's order); ``unrelated`` is how
+    many of each concept's unrelated questions are used; other keywords go to
+    :func:`find_concept`. Returns ``(new entry, search)`` per concept (search None when it
+    was resumed from the partial file).
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise BuildError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    if not out.parent.is_dir():
+        raise BuildError(f"the folder of {out} does not exist; create it first")
+    entries = read_concepts(source) if isinstance(source, (str, os.PathLike)) else list(source)
+    if concepts:
+        missing = sorted(set(concepts) - {e.concept for e in entries})
+        if missing:
+            raise BuildError(f"no concept named {', '.join(missing)} in the file")
+        entries = [e for e in entries if e.concept in set(concepts)]
+    from ..models import Model, load
+
+    m = model if isinstance(model, Model) else load(model)
+    key = {"model": m.name, "unrelated": unrelated, **{k: repr(v) for k, v in find.items()}}
+    partial = out.with_name(out.name + PARTIAL_SUFFIX)
+    done = _resume(partial, key)
+    results: list[tuple[ConceptEntry, ConceptSearch | None]] = []
+    for i, e in enumerate(entries):
+        if e.concept in done:
+            results.append((read_concepts([done[e.concept]])[0], None))
+            continue
+        if progress:
+            import sys
+
+            print(f"[{i + 1}/{len(entries)}] {e.concept}", file=sys.stderr, flush=True)
+        search = find_concept(
+            m,
+            e.concept,
+            texts=[e.wikipedia_content] if e.wikipedia_content else [],
+            qa=e.qa,
+            unrelated_qa=e.unrelated_qa[:unrelated] or None,
+            progress=progress,
+            **find,
+        )
+        new = entry_for(e, search)
+        results.append((new, search))
+        done[e.concept] = new.to_dict()
+        _save(partial, {"key": key, "done": done})
+    write_concepts([r[0] for r in results], out, overwrite=overwrite)
+    partial.unlink(missing_ok=True)  # ours: written by this job under this name
+    return results
+
+
+def _resume(partial: Path, key: dict[str, Any]) -> dict[str, Any]:
+    if not partial.exists():
+        return {}
+    try:
+        state = json.loads(partial.read_text(encoding="utf-8"))
+        done = state["done"]
+        same = state["key"] == key
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BuildError(
+            f"{partial} is not a resumable partial build; delete it to start over"
+        ) from None
+    if not same:
+        raise BuildError(
+            f"{partial} was made with other settings ({state['key']}); use the same settings "
+            "to resume, or delete it to start over"
+        )
+    return dict(done)
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(state, f, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,157 @@
+"""Causal validation of a candidate: knockouts against random controls, and the verdict.
+
+Each knockout mode (zero; mean over unrelated text; ConceptVectors' N(0, 0.1) weight
+noise) runs on concept QA and unrelated QA together, scored by the teacher-forced
+log-probability of the unperturbed model's answers (and BLEU/ROUGE-L of the new greedy
+answers), with the same knockout on random same-layer neurons as controls. :func:`judge`
+turns the evidence into a verdict with the numbers that decided it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..interventions.controls import percentile
+from ..interventions.specs import NeuronEdit, noise, zero
+from ..neurons import NeuronId
+from ..qa import evaluate_qa
+from .record import ConceptVector, KnockoutEvidence
+
+MODES = ("zero", "mean", "noise")
+"""Knockout modes: activation to 0, activation to its mean on unrelated text, and
+ConceptVectors' N(0, 0.1) noise on the neuron's weights."""
+
+
+@dataclass
+class Thresholds:
+    """What the verdict requires (each number is recorded in the result)."""
+
+    percentile: float = 90.0
+    """A knockout counts when it beats at least this share of the random controls."""
+    min_drop: float = 0.02
+    """...and lowers the concept answers' log p by at least this much per token (nats)."""
+    max_unrelated_share: float = 0.5
+    """Specific: the unrelated QA moves at most this share of the concept QA's change."""
+    max_breadth: float = 0.5
+    """Above this breadth the weights name a category, not the concept."""
+
+
+def decisive(c: ConceptVector) -> KnockoutEvidence | None:
+    """The knockout that best shows the candidate's effect (largest concept drop)."""
+    if not c.knockouts:
+        return None
+    return min(c.knockouts, key=lambda k: k.delta_concept)
+
+
+def knockout(
+    target: Any,
+    neuron: NeuronId,
+    mode: str,
+    matrix: str,
+    mean_value: float,
+    questions: list[str],
+    n_concept: int,
+    references: list[str],
+    controls: int,
+    seed: int,
+    chat: bool,
+    max_new_tokens: int,
+    base: Any,
+) -> KnockoutEvidence:
+    if mode == "zero":
+        edit: Any = zero(neuron)
+    elif mode == "mean":
+        edit = NeuronEdit(neuron, "clamp", float(mean_value), "all", "mean")
+    else:
+        edit = noise(neuron, 0.1, matrix=matrix, seed=seed)
+    r = evaluate_qa(
+        target,
+        questions,
+        edit,
+        references=references,
+        chat=chat,
+        max_new_tokens=max_new_tokens,
+        controls=controls,
+        base=base,
+        seed=seed,
+    )
+    c, u = slice(0, n_concept), slice(n_concept, None)
+
+    def delta(scores: Any, part: slice) -> float:
+        after, base = scores.logprob[part], r.base.logprob[part]
+        return sum(a - b for a, b in zip(after, base)) / max(len(after), 1)
+
+    dc, du = delta(r.after, c), delta(r.after, u)
+    cdc = [delta(s, c) for s in r.controls]
+    cdu = [delta(s, u) for s in r.controls]
+
+    def mean(xs: Any) -> float | None:
+        return None if xs is None else sum(xs) / max(len(xs), 1)
+
+    ans = r.after.answers or []
+    return KnockoutEvidence(
+        mode=mode,
+        edit=str(edit),
+        delta_concept=dc,
+        delta_unrelated=du,
+        specificity=du - dc,
+        drop_percentile=percentile(-dc, [-x for x in cdc]),
+        specificity_percentile=percentile(du - dc, [b - a for a, b in zip(cdc, cdu)]),
+        control_delta_concept=cdc,
+        control_delta_unrelated=cdu,
+        bleu_concept=mean(r.after.bleu[c]) if r.after.bleu else None,
+        bleu_unrelated=mean(r.after.bleu[u]) if r.after.bleu else None,
+        rouge_concept=mean(r.after.rouge_l[c]) if r.after.rouge_l else None,
+        rouge_unrelated=mean(r.after.rouge_l[u]) if r.after.rouge_l else None,
+        changed_concept=mean([a != b for a, b in zip(ans[c], references[c])]) if ans else None,
+        changed_unrelated=mean([a != b for a, b in zip(ans[u], references[u])]) if ans else None,
+        answers=ans[c],
+    )
+
+
+def judge(c: ConceptVector, t: Thresholds) -> None:
+    """Set ``c.verdict`` and ``c.reasons`` from its evidence (see :class:`Thresholds`)."""
+    if not c.knockouts:
+        c.verdict, c.reasons = "unvalidated", ["no knockout was run (weights and activations only)"]
+        return
+    hurts = [
+        k
+        for k in c.knockouts
+        if k.drop_percentile is not None
+        and k.drop_percentile >= t.percentile
+        and -k.delta_concept >= t.min_drop
+    ]
+    specific = [
+        k for k in hurts if abs(k.delta_unrelated) <= t.max_unrelated_share * abs(k.delta_concept)
+    ]
+    best = decisive(c)
+    shown = (
+        f"{best.mode} moved concept QA log p by {best.delta_concept:+.4f}/token and unrelated "
+        f"by {best.delta_unrelated:+.4f} (drop beats {best.drop_percentile:.0f}% of "
+        f"{len(best.control_delta_concept)} random same-layer controls)"
+    )
+    if c.weights.breadth > t.max_breadth:
+        c.verdict = "category"
+        c.reasons = [
+            f"breadth {c.weights.breadth:.2f} > {t.max_breadth}: its tokens are mostly other "
+            f"concepts of the same kind",
+            shown,
+        ]
+    elif not hurts:
+        c.verdict = "not causal"
+        c.reasons = [
+            f"no knockout lowered concept QA by >= {t.min_drop} nats/token beyond "
+            f"{t.percentile:.0f}% of controls; best: {shown}"
+        ]
+    elif not specific:
+        c.verdict = "category"
+        c.reasons = [f"not specific: unrelated QA moved as well; {shown}"]
+    else:
+        k = min(specific, key=lambda x: x.delta_concept)
+        c.verdict = "concept"
+        c.reasons = [
+            f"{k.mode}: concept QA {k.delta_concept:+.4f}/token vs unrelated "
+            f"{k.delta_unrelated:+.4f} (drop percentile {k.drop_percentile:.0f}, specificity "
+            f"percentile {k.specificity_percentile:.0f}); breadth {c.weights.breadth:.2f}"
+        ]

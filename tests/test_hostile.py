@@ -1,0 +1,474 @@
+"""Hostile input (issue 12): files from the internet never exhaust memory, read outside their
+folder, run code or delete a user's files; bad values end in one-line errors (exit 2).
+
+Each test names the defect it pins down; docs/reliability.md lists them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import struct
+import threading
+from pathlib import Path
+
+import gguf
+import pytest
+import torch
+
+import conceptvec
+from conceptvec.atlas import Atlas, build_atlas
+from conceptvec.atlas.export import export_neuronpedia, export_parquet
+from conceptvec.errors import (
+    AtlasError,
+    BadNeuronIdError,
+    ConceptvecError,
+    CorruptAtlasError,
+    CorruptWeightsError,
+)
+from conceptvec.neurons import NeuronId
+
+from .conftest import build_tiny, run_cli
+from .tiny_gguf import write_tiny_gguf
+
+U32, ARRAY = gguf.GGUFValueType.UINT32, gguf.GGUFValueType.ARRAY
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_config(folder: Path, **changes) -> Path:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _no_hang(fn, seconds: float = 20.0):
+    """Run ``fn`` in a thread; fail (instead of hanging the suite) if it does not return."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"still blocked after {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+@pytest.fixture(scope="module")
+def llama_hf():
+    return build_tiny("llama")
+
+
+@pytest.fixture(scope="module")
+def atlas_dir(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hostile") / "atlas"
+    build_atlas(str(tiny_dir("llama")), out, k=3, progress=False)
+    return out
+
+
+def _atlas_copy(atlas_dir: Path, tmp_path: Path) -> Path:
+    return _copy(atlas_dir, tmp_path / "atlas")
+
+
+def _edit_manifest(folder: Path, edit) -> Path:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    edit(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+# ------------------------------------------------------------- 1. memory from a tiny file
+@pytest.mark.parametrize("layers", [10**8, 0, -1, None, "3", [3], 2.5])
+def test_config_layer_count_checked_against_weights(layers, tiny_dir, tmp_path):
+    folder = _edit_config(_copy(tiny_dir("llama"), tmp_path / "m"), num_hidden_layers=layers)
+    with pytest.raises(CorruptWeightsError, match="num_hidden_layers|layers but there is no"):
+        conceptvec.load(folder)
+
+
+@pytest.mark.parametrize("key", ["intermediate_size", "hidden_size", "vocab_size"])
+def test_config_widths_checked(key, tiny_dir, tmp_path):
+    folder = _edit_config(_copy(tiny_dir("llama"), tmp_path / "m"), **{key: 10**9})
+    with pytest.raises(ConceptvecError):
+        conceptvec.load(folder)
+
+
+@pytest.mark.parametrize("blocks", [10**8, 10**6])
+def test_gguf_block_count_checked_against_tensors(blocks, llama_hf, tmp_path):
+    hf, tok = llama_hf
+    path = write_tiny_gguf(
+        hf, tok, tmp_path / "big.gguf", fields={"llama.block_count": (blocks, U32)}
+    )
+    with pytest.raises(CorruptWeightsError, match=f"{blocks}(;| layers but there is no)"):
+        conceptvec.load(path)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"llama.block_count": (0, U32)},
+        {"llama.embedding_length": (0, U32)},
+        {"general.alignment": (0, U32)},
+        {"general.alignment": (3, U32)},
+        {"llama.block_count": ([1, 2], ARRAY)},
+        {"general.architecture": ([1, 2], ARRAY)},
+    ],
+    ids=["blocks0", "width0", "align0", "align3", "array-blocks", "array-arch"],
+)
+def test_gguf_bad_metadata_is_one_line(fields, llama_hf, tmp_path, monkeypatch, capsys):
+    hf, tok = llama_hf
+    path = write_tiny_gguf(hf, tok, tmp_path / "bad.gguf", fields=fields)
+    with pytest.raises(ConceptvecError):
+        conceptvec.load(path, quiet=True)
+    code, out, err = run_cli(["info", str(path)], monkeypatch, capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+
+
+def _raw_gguf(kvs: bytes, n_kv: int) -> bytes:
+    return b"GGUF" + struct.pack("<IQQ", 3, 0, n_kv) + kvs
+
+
+def test_gguf_deeply_nested_metadata(tmp_path):
+    value = struct.pack("<I", 9)  # array...
+    for _ in range(5000):
+        value += struct.pack("<IQ", 9, 1)  # ...of one array, 5000 deep
+    key = b"x.nested"
+    path = tmp_path / "deep.gguf"
+    path.write_bytes(_raw_gguf(struct.pack("<Q", len(key)) + key + value, 1))
+    with pytest.raises(CorruptWeightsError, match="nest deeper"):
+        conceptvec.load(path)
+
+
+def test_gguf_huge_tensor_shape(tmp_path):
+    name = b"token_embd.weight"
+    info = struct.pack("<Q", len(name)) + name + struct.pack("<I", 2)
+    info += struct.pack("<QQ", 2**62, 2**62) + struct.pack("<IQ", 0, 0)
+    data = b"GGUF" + struct.pack("<IQQ", 3, 1, 0) + info
+    path = tmp_path / "huge.gguf"
+    path.write_bytes(data + b"\0" * 64)
+    with pytest.raises(CorruptWeightsError, match="truncated"):
+        conceptvec.load(path)
+
+
+def _special(kind: str, path: Path) -> None:
+    if kind == "devzero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+
+
+@pytest.mark.parametrize("kind", ["devzero", "fifo", "folder"])
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "index"])
+def test_model_files_must_be_regular(kind, name, tiny_dir, tmp_path):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+    if name == "index":
+        name = "model.safetensors.index.json"
+    else:
+        (folder / name).unlink()
+    _special(kind, folder / name)
+    with pytest.raises(ConceptvecError):
+        _no_hang(lambda: conceptvec.load(folder))
+
+
+def test_gguf_fifo_does_not_hang(tmp_path):
+    os.mkfifo(tmp_path / "x.gguf")
+    with pytest.raises(ConceptvecError):
+        _no_hang(lambda: conceptvec.load(tmp_path / "x.gguf"))
+
+
+@pytest.mark.parametrize("kind", ["devzero", "fifo"])
+@pytest.mark.parametrize("name", ["manifest.json", "vocab.json", "shards/L000.up.safetensors"])
+def test_atlas_files_must_be_regular(kind, name, atlas_dir, tmp_path):
+    folder = _atlas_copy(atlas_dir, tmp_path)
+    (folder / name).unlink()
+    _special(kind, folder / name)
+
+    def read():
+        atlas = Atlas(folder)
+        atlas.neuron("L0.1", matrix="up")
+        return atlas.vocab
+
+    with pytest.raises(ConceptvecError):
+        _no_hang(read)
+
+
+def test_manifest_vocab_size_checked(atlas_dir, tmp_path, monkeypatch, capsys):
+    folder = _edit_manifest(
+        _atlas_copy(atlas_dir, tmp_path), lambda m: m["dims"].update(vocab=10**9)
+    )
+    code, _, err = run_cli(["export", str(folder), "-f", "html"], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err
+
+
+def test_forged_shard_shape_refused(atlas_dir, tmp_path):
+    folder = _atlas_copy(atlas_dir, tmp_path)
+    from conceptvec.atlas import store
+
+    big = {n: torch.zeros(64, 50, dtype=torch.int32) for n in ("top_ids", "bottom_ids")}
+    big |= {n: torch.zeros(64, 50) for n in ("top_values", "bottom_values")}
+    data = store.encode_shard(big, {})
+    (folder / "shards" / "L000.up.safetensors").write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    _edit_manifest(folder, lambda m: m["shards"]["L000.up"].update(sha256=sha))
+    with pytest.raises(CorruptAtlasError):
+        Atlas(folder).neuron("L0.1", matrix="up")
+
+
+# ------------------------------------------------------------ 2. paths outside the folder
+@pytest.mark.parametrize("target", ["../../../etc/passwd", "/etc/passwd", "../other/x"])
+def test_manifest_paths_confined(target, atlas_dir, tmp_path):
+    folder = _edit_manifest(
+        _atlas_copy(atlas_dir, tmp_path), lambda m: m["shards"]["L000.up"].update(file=target)
+    )
+    with pytest.raises(CorruptAtlasError, match="points at"):
+        Atlas(folder)
+
+
+def test_shard_symlinked_outside_refused(atlas_dir, tmp_path):
+    folder = _atlas_copy(atlas_dir, tmp_path)
+    shard = folder / "shards" / "L000.up.safetensors"
+    outside = tmp_path / "outside.safetensors"
+    shutil.move(shard, outside)
+    shard.symlink_to(outside)
+    with pytest.raises(CorruptAtlasError, match="outside the folder"):
+        Atlas(folder).neuron("L0.1", matrix="up")
+
+
+def test_resume_drops_foreign_entries(atlas_dir, tiny_dir, tmp_path):
+    folder = _atlas_copy(atlas_dir, tmp_path)
+    other = tmp_path / "other.safetensors"
+    shutil.copy(folder / "shards" / "L001.up.safetensors", other)
+
+    def forge(m):  # L000.up served from another file whose sha matches
+        m["shards"]["L000.up"].update(file=str(other), sha256=m["shards"]["L001.up"]["sha256"])
+        m["complete"] = False
+
+    _edit_manifest(folder, forge)
+    report = build_atlas(str(tiny_dir("llama")), folder, k=3, progress=False)
+    assert "L000.up" in report.shards_written and report.complete
+    assert Atlas(folder).manifest["shards"]["L000.up"]["file"] == "shards/L000.up.safetensors"
+    assert Atlas(folder).verify() == []
+
+
+def test_weights_symlinked_outside_refused(tiny_dir, tmp_path):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.move(folder / "model.safetensors", outside)
+    (folder / "model.safetensors").symlink_to(outside)
+    with pytest.raises(CorruptWeightsError, match="outside the folder"):
+        conceptvec.load(folder)
+
+
+@pytest.mark.parametrize("name", ["ABS", "../x/model.safetensors"])
+def test_index_paths_confined(name, tiny_dir, tmp_path):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+    if name == "ABS":
+        name = str(folder / "model.safetensors")
+    weight_map = {"model.embed_tokens.weight": name}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CorruptWeightsError, match="absolute path|outside the folder"):
+        conceptvec.load(folder)
+
+
+@pytest.mark.parametrize("index", [[1, 2], {"weight_map": ["a"]}, "x", {"weight_map": {"a": 1}}])
+def test_bad_index_is_one_line(index, tiny_dir, tmp_path):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CorruptWeightsError, match="not a valid safetensors index"):
+        conceptvec.load(folder)
+
+
+# ---------------------------------------------------------------------- 4. never a .bin
+def test_hf_model_built_from_the_safetensors_the_readers_use(tiny_dir, tmp_path):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+    (folder / "model.safetensors").rename(folder / "weights.safetensors")
+    # A pickle that would be loaded by the .bin fallback (and would give other weights).
+    hf, _ = build_tiny("llama", seed=1)
+    torch.save(hf.state_dict(), folder / "pytorch_model.bin")
+    model = conceptvec.load(folder)
+    live = model.hf.model.layers[1].mlp.down_proj.weight
+    assert torch.equal(live, model.reader.get("model.layers.1.mlp.down_proj.weight"))
+
+
+def test_transformers_error_does_not_suggest_remote_code(tiny_dir, tmp_path):
+    folder = _edit_config(_copy(tiny_dir("llama"), tmp_path / "m"), rope_scaling="bad")
+    with pytest.raises(ConceptvecError) as info:
+        conceptvec.load(folder).hf  # noqa: B018
+    assert "trust_remote_code" not in str(info.value)
+
+
+# ------------------------------------------------------------------ 5. exports lose nothing
+def test_neuronpedia_export_keeps_other_files(atlas_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "batch-0.jsonl.gz").write_bytes(b"x")
+    (out / "notes.txt").write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        args = ["export", str(atlas_dir), "-f", "neuronpedia", "-o", str(out), *extra]
+        code, _, err = run_cli(args, monkeypatch, capsys)
+        assert code == 2 and "Traceback" not in err
+        assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_neuronpedia_export_replaces_own_only_with_overwrite(atlas_dir, tmp_path):
+    out = tmp_path / "np"
+    export_neuronpedia(atlas_dir, out)
+    with pytest.raises(AtlasError, match="--overwrite"):
+        export_neuronpedia(atlas_dir, out)
+    assert export_neuronpedia(atlas_dir, out, overwrite=True) == out
+
+
+def test_parquet_export_never_overwrites_foreign_files(atlas_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "data.parquet"
+    out.write_text("precious")
+    for extra in ([], ["--overwrite"]):
+        args = ["export", str(atlas_dir), "-f", "parquet", "-o", str(out), *extra]
+        code, _, err = run_cli(args, monkeypatch, capsys)
+        assert code == 2 and "Traceback" not in err
+    assert out.read_text() == "precious"
+    mine = tmp_path / "mine.parquet"
+    export_parquet(atlas_dir, mine)
+    with pytest.raises(AtlasError, match="--overwrite"):
+        export_parquet(atlas_dir, mine)
+    assert export_parquet(atlas_dir, mine, overwrite=True) == mine
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "neuronpedia", "html"])
+def test_export_into_missing_folder(fmt, atlas_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "no" / "such" / "dir" / "x"
+    code, _, err = run_cli(
+        ["export", str(atlas_dir), "-f", fmt, "-o", str(out)], monkeypatch, capsys
+    )
+    assert "Traceback" not in err
+    assert code in (0, 2)  # html makes its folder; the others say the folder is missing
+
+
+def test_html_export_is_world_readable(atlas_dir, tmp_path):
+    from conceptvec.atlas.html import export_html
+
+    page = export_html(Atlas(atlas_dir), tmp_path / "site")
+    mode = stat.S_IMODE(page.parent.stat().st_mode)
+    assert mode & 0o055 == 0o055 & ~_umask(), oct(mode)
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
+def test_html_export_keeps_foreign_files(atlas_dir, tmp_path):
+    from conceptvec.atlas.html import MARKER, export_html
+
+    out = tmp_path / "site"
+    export_html(Atlas(atlas_dir), out)
+    (out / "thesis.tex").write_text("mine")
+    assert (out / MARKER).exists()
+    with pytest.raises(AtlasError):
+        export_html(Atlas(atlas_dir), out)
+    assert (out / "thesis.tex").read_text() == "mine"
+
+
+# -------------------------------------------------------- 6, 7, 9. values and CLI limits
+def test_manifest_missing_keys(atlas_dir, tmp_path):
+    for key in ("dims", "k", "shards", "recipe", "model_name", "vocab_sha256"):
+        folder = _edit_manifest(_copy(atlas_dir, tmp_path / key), lambda m, key=key: m.pop(key))
+        with pytest.raises(AtlasError):
+            Atlas(folder)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["clamp", "{llama}", "L1.3=1e308", "-p", "The dog", "-n", "1"],
+        ["ablate", "{llama}", "L1.3", "--mode", "noise", "--std", "1e300", "-p", "x", "--json"],
+        ["clamp", "{gpt2}", "L1.3=3", "-p", "dog " * 100, "-n", "1"],
+        ["clamp", "{llama}", "L1.3=3", "-p", "dog", "-n", "1000000000"],
+        ["clamp", "{llama}", "L1.3=3", "-p", "dog", "-t", " dog", "--controls", "100000"],
+        ["search", "{llama}", "  "],
+        ["map", "{llama}", "--layers", "2-1", "-o", "{tmp}/a"],
+        ["neuron", "{llama}", "L١.٢"],
+    ],
+    ids=[
+        "clamp-1e308",
+        "noise-1e300",
+        "gpt2-long",
+        "max-tokens",
+        "controls",
+        "empty-word",
+        "reversed-layers",
+        "arabic-digits",
+    ],
+)
+def test_cli_limits(args, tiny_dir, tmp_path, monkeypatch, capsys):
+    fill = {"llama": tiny_dir("llama"), "gpt2": tiny_dir("gpt2"), "tmp": tmp_path}
+    args = [a.format(**fill) if "{" in a else a for a in args]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err and "NaN" not in out
+    assert err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_neuron_ids_ascii_only():
+    with pytest.raises(BadNeuronIdError):
+        NeuronId.parse("L١.٢")
+    assert NeuronId.parse("L1.2") == NeuronId(1, 2)
+
+
+def test_empty_search_word_in_atlas(atlas_dir):
+    with pytest.raises(AtlasError, match="cannot search"):
+        Atlas(atlas_dir).search(" ")
+
+
+# --------------------------------------------------------------------- 8. atlas hygiene
+def test_stale_temporaries_removed(atlas_dir, tiny_dir, tmp_path):
+    folder = _atlas_copy(atlas_dir, tmp_path)
+    stale = [
+        folder / ".vocab.json.abc123.tmp",
+        folder / ".manifest.json.x.tmp",
+        folder / "shards" / ".L000.up.safetensors.zz.tmp",
+    ]
+    for p in stale:
+        p.write_bytes(b"half")
+    (folder / "keep.tmp").write_text("not ours")
+    build_atlas(str(tiny_dir("llama")), folder, k=3, progress=False, overwrite=True)
+    assert not any(p.exists() for p in stale)
+
+
+def test_setup_leftovers_do_not_demand_overwrite(tiny_dir, tmp_path):
+    folder = tmp_path / "a"
+    (folder / "shards").mkdir(parents=True)
+    (folder / "vocab.json").write_text("[]")  # a run killed before its first manifest
+    report = build_atlas(str(tiny_dir("llama")), folder, k=3, progress=False)
+    assert report.complete
+
+
+def test_concurrent_map_is_locked(tiny_dir, tmp_path):
+    from conceptvec.atlas import store
+
+    folder = tmp_path / "a"
+    folder.mkdir()
+    handle = store.lock_folder(folder)
+    try:
+        assert (folder / store.LOCK).read_text().strip() == str(os.getpid())
+        with pytest.raises(AtlasError, match=f"pid {os.getpid()}"):
+            build_atlas(str(tiny_dir("llama")), folder, k=3, progress=False)
+    finally:
+        store.unlock_folder(handle)
+    assert build_atlas(str(tiny_dir("llama")), folder, k=3, progress=False).complete
+    assert not (folder / store.LOCK).exists()
