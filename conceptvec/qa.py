@@ -152,7 +152,10 @@ def answer_logprobs(
     heads = _encode(target, texts, is_chat)
     tok = target.tokenizer
     sep = "" if is_chat else " "
-    tails = [list(tok(sep + a.strip(), add_special_tokens=False)["input_ids"]) for a in answers]
+    tails = [
+        list(tok(sep + a.strip(), add_special_tokens=False)["input_ids"]) if a.strip() else []
+        for a in answers
+    ]
     pad = _pad_value(target)
     scores: list[float] = [0.0] * len(heads)
     for batch in _batches(len(heads), batch_size):

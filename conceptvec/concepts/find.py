@@ -18,6 +18,7 @@ Then a verdict per candidate (:data:`~.record.VERDICTS`), with the numbers that 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,7 @@ from ..decode import decode
 from ..errors import ConceptvecError
 from ..interventions import REFERENCE_TEXTS
 from ..interventions.targets import resolve
+from ..models import Model, load
 from ..neurons import NeuronId
 from ..qa import QAScores, answer, answer_logprobs
 from ..tokens import show
@@ -245,8 +247,10 @@ def find_concept(
     default) feed the knockouts of the ``validate`` best of ``candidates``. Without ``qa``
     no candidate is validated, and each says so.
     """
-    target = resolve(model, tokenizer)
-    m = target.model
+    # weights first: a name that matches nothing fails before the torch model is built
+    if isinstance(model, (str, os.PathLike)):
+        model = load(model, quiet=True)
+    m = model if isinstance(model, Model) else resolve(model, tokenizer).model
     unknown = [x for x in modes if x not in MODES]
     if unknown or not 0 <= validate <= candidates or candidates < 1 or controls < 0:
         raise ConceptSearchError(
@@ -259,81 +263,84 @@ def find_concept(
     seconds: dict[str, float] = {}
     bar = _Stages(progress, 4 + (validate * len(modes) if qa else 0), name)
 
-    t0 = time.perf_counter()
-    concept = concept_tokens(m, name, texts)
-    bar.step("weights", seconds, "tokens", t0)
-    hits = search_weights(
-        m,
-        token_ids=concept.core_ids,
-        matrix=matrix,
-        top=candidates,
-        side="both",
-        best_of=min(3, len(concept.core_ids)),
-    )
-    found = [
-        ConceptVector(name, m.name, str(h.neuron), matrix, w)
-        for h, w in zip(hits, _weight_evidence(m, hits, concept, k, matrix))
-    ]
-    bar.step("activations", seconds, "weights", t0)
-    if texts:
-        tok = target.tokenizer
-        concept_texts = _clip_texts(tok, texts, max_text_tokens)
-        others = list(unrelated_texts) if unrelated_texts else unrelated + list(REFERENCE_TEXTS)
-        neurons = [h.neuron for h in hits]
-        seps = separation(
-            read_activations(target, concept_texts, neurons),
-            read_activations(target, others, neurons),
+    try:
+        t0 = time.perf_counter()
+        concept = concept_tokens(m, name, texts)
+        bar.step("weights", seconds, "tokens", t0)
+        hits = search_weights(
+            m,
+            token_ids=concept.core_ids,
+            matrix=matrix,
+            top=candidates,
+            side="both",
+            best_of=min(3, len(concept.core_ids)),
         )
-        for c, s in zip(found, seps):
-            c.activations = ActivationEvidence(
-                s.mean_concept, s.mean_unrelated, s.auroc, s.n_concept, s.n_unrelated
+        found = [
+            ConceptVector(name, m.name, str(h.neuron), matrix, w)
+            for h, w in zip(hits, _weight_evidence(m, hits, concept, k, matrix))
+        ]
+        bar.step("activations", seconds, "weights", t0)
+        target = resolve(model, tokenizer)
+        if texts:
+            tok = target.tokenizer
+            concept_texts = _clip_texts(tok, texts, max_text_tokens)
+            others = list(unrelated_texts) if unrelated_texts else unrelated + list(REFERENCE_TEXTS)
+            neurons = [h.neuron for h in hits]
+            seps = separation(
+                read_activations(target, concept_texts, neurons),
+                read_activations(target, others, neurons),
             )
-            if c.writes_concept is False:
-                c.warnings.append(
-                    f"its mean activation on concept text is {s.mean_concept:+.3f}, against "
-                    f"its {c.weights.side} side: in context it pushes the concept's tokens "
-                    "down, so zeroing it releases them rather than removing them"
+            for c, s in zip(found, seps):
+                c.activations = ActivationEvidence(
+                    s.mean_concept, s.mean_unrelated, s.auroc, s.n_concept, s.n_unrelated
                 )
-    bar.step("reference answers", seconds, "activations", t0)
-    prompting, refs = None, []
-    if qa and validate:
-        is_chat = _chat(target, chat)
-        prompting = "chat" if is_chat else "paper"
-        questions = qa + unrelated
-        refs = answer(target, questions, chat=is_chat, max_new_tokens=max_new_tokens)
-        base = QAScores("base", answer_logprobs(target, questions, refs, chat=is_chat))
-        bar.step(None, seconds, "reference answers", t0)
-        for c in found[:validate]:
-            mean_value = c.activations.mean_unrelated if c.activations else 0.0
-            for mode in modes:
-                bar.label(f"{c.neuron} {mode}")
-                c.knockouts.append(
-                    knockout(
-                        target,
-                        NeuronId.parse(c.neuron),
-                        mode,
-                        matrix,
-                        mean_value,
-                        questions,
-                        len(qa),
-                        refs,
-                        controls,
-                        seed,
-                        is_chat,
-                        max_new_tokens,
-                        base,
+                if c.writes_concept is False:
+                    c.warnings.append(
+                        f"its mean activation on concept text is {s.mean_concept:+.3f}, against "
+                        f"its {c.weights.side} side: in context it pushes the concept's tokens "
+                        "down, so zeroing it releases them rather than removing them"
                     )
-                )
-                bar.step(None, seconds, None, t0)
-            judge(c, thresholds)
-        seconds["causality"] = time.perf_counter() - t0 - sum(seconds.values())
-    else:
+        bar.step("reference answers", seconds, "activations", t0)
+        prompting, refs = None, []
+        if qa and validate:
+            is_chat = _chat(target, chat)
+            prompting = "chat" if is_chat else "paper"
+            questions = qa + unrelated
+            refs = answer(target, questions, chat=is_chat, max_new_tokens=max_new_tokens)
+            base = QAScores("base", answer_logprobs(target, questions, refs, chat=is_chat))
+            bar.step(None, seconds, "reference answers", t0)
+            for c in found[:validate]:
+                mean_value = c.activations.mean_unrelated if c.activations else 0.0
+                for mode in modes:
+                    bar.label(f"{c.neuron} {mode}")
+                    c.knockouts.append(
+                        knockout(
+                            target,
+                            NeuronId.parse(c.neuron),
+                            mode,
+                            matrix,
+                            mean_value,
+                            questions,
+                            len(qa),
+                            refs,
+                            controls,
+                            seed,
+                            is_chat,
+                            max_new_tokens,
+                            base,
+                        )
+                    )
+                    bar.step(None, seconds, None, t0)
+                judge(c, thresholds)
+            seconds["causality"] = time.perf_counter() - t0 - sum(seconds.values())
+        else:
+            for c in found:
+                judge(c, thresholds)
         for c in found:
-            judge(c, thresholds)
-    for c in found:
-        if c.verdict == "unvalidated":
-            c.reasons = ["not validated: " + ("no QA given" if not qa else "beyond --validate")]
-    bar.close()
+            if c.verdict == "unvalidated":
+                c.reasons = ["not validated: " + ("no QA given" if not qa else "beyond --validate")]
+    finally:
+        bar.close()
     order = {"concept": 0, "category": 1, "not causal": 2, "unvalidated": 3}
     found.sort(key=lambda c: order[c.verdict])  # stable: weight rank within a verdict
     return ConceptSearch(

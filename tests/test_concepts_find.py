@@ -1,0 +1,258 @@
+"""The concept finder on tiny random models: token sets, set search on both sides, the
+stages end to end, the verdict rules, the CLI and the resumable build."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import conceptvec as cv
+from conceptvec.concepts import (
+    VERDICTS,
+    ActivationEvidence,
+    ConceptVector,
+    KnockoutEvidence,
+    Thresholds,
+    WeightEvidence,
+    judge,
+    read_concepts,
+    write_concepts,
+)
+from conceptvec.concepts.build import PARTIAL_SUFFIX, build_concepts
+from conceptvec.concepts.tokens import ConceptTokensError, concept_tokens, name_words, spellings
+from conceptvec.decode import project, residual_vectors
+
+from .conftest import run_cli
+
+QA = ["Who went to Hogwarts?", "Who are Ron and Hermione?", "Where did Harry Potter go?"]
+UNRELATED = ["What is the capital of France?", "What did the dog chase?"]
+TEXT = ["Harry Potter went to Hogwarts with Ron and Hermione. Harry Potter and Ron went."]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return cv.load(str(tiny_dir("llama")), quiet=True)
+
+
+def test_name_words_drop_stop_words_and_keep_multiword_names():
+    assert name_words("Culture of Latin America") == ["Culture", "Latin", "America"]
+    assert name_words("COVID-19") == ["COVID", "19"]
+    assert name_words("the of") == []
+    assert " Rome" in spellings("Rome") and " rome" not in spellings("Rome")
+    assert " Dog" in spellings("dog") and "dog" in spellings("dog")
+
+
+def test_concept_tokens_match_whole_words_only(tiny):
+    c = concept_tokens(tiny, "Harry Potter", TEXT)
+    assert set(c.core) <= {"Harry", "Potter"} and c.core
+    for word, ids in c.core.items():
+        for i in ids:
+            assert c.texts[i].strip()[:3] == word[:3], (word, c.texts[i])
+    assert not set(c.kind) & set(c.ids)
+    assert json.dumps(c.to_dict()) and "core:" in str(c)
+    with pytest.raises(ConceptTokensError, match="no word of"):
+        concept_tokens(tiny, "Zzyzx Qwxyz")
+    with pytest.raises(ConceptTokensError, match="no content word"):
+        concept_tokens(tiny, "of the")
+
+
+def _brute_keys(model, ids, best_of, sign):
+    """Every neuron's key, computed from full projections (z within each neuron's row)."""
+    out = {}
+    for layer in range(model.dims.n_layers):
+        full = project(model, residual_vectors(model, layer, "down"))
+        z = (full - full.mean(1, keepdim=True)) / full.std(1, correction=0, keepdim=True)
+        key = (sign * z[:, ids]).topk(best_of, dim=1).values.mean(1)
+        for i, k in enumerate(key.tolist()):
+            out[(layer, i)] = k
+    return out
+
+
+@pytest.mark.parametrize("side", ["top", "bottom", "both"])
+def test_set_search_ranks_like_a_brute_force_z_score(tiny, side):
+    ids = concept_tokens(tiny, "Harry Potter").core_ids
+    hits = cv.search_weights(tiny, token_ids=ids, side=side, best_of=2, top=5)
+    keys = {}
+    for sign in {"top": [1], "bottom": [-1], "both": [1, -1]}[side]:
+        for n, k in _brute_keys(tiny, ids, 2, sign).items():
+            keys[n] = max(keys.get(n, -1e9), k)
+    best = sorted(keys.values(), reverse=True)[:5]
+    assert [h.key for h in hits] == pytest.approx(best, abs=1e-3)
+    for h in hits:
+        assert h.side in (("top", "bottom") if side == "both" else (side,))
+        assert len(h.matched) == 2 and h.top_tokens
+        assert keys[(h.neuron.layer, h.neuron.index)] == pytest.approx(h.key, abs=1e-3)
+
+
+def test_find_concept_runs_every_stage(tiny):
+    r = cv.find_concept(
+        tiny,
+        "Harry Potter",
+        texts=TEXT,
+        qa=QA,
+        unrelated_qa=UNRELATED,
+        candidates=4,
+        validate=2,
+        controls=3,
+        max_new_tokens=3,
+        progress=False,
+    )
+    assert len(r.candidates) == 4 and len(r.validated) == 2
+    assert r.prompting == "paper" and len(r.references) == len(QA) + len(UNRELATED)
+    for c in r.candidates:
+        assert c.verdict in VERDICTS and c.reasons and c.activations is not None
+        assert c.weights.side in ("top", "bottom") and len(c.weights.tokens) == 20
+    for c in r.validated:
+        assert [k.mode for k in c.knockouts] == ["zero", "mean", "noise"]
+        for k in c.knockouts:
+            assert len(k.control_delta_concept) == 3 and k.drop_percentile is not None
+            assert k.specificity == pytest.approx(k.delta_unrelated - k.delta_concept)
+    json.dumps(r.to_dict())
+    assert "verdict" in str(r) and "<table>" in r._repr_html_() and r.plot().data
+    assert set(r.seconds) >= {"tokens", "weights", "activations", "causality"}
+
+
+def test_without_qa_nothing_is_called_a_concept_vector(tiny):
+    r = cv.find_concept(tiny, "Harry Potter", candidates=3, progress=False)
+    assert {c.verdict for c in r.candidates} == {"unvalidated"} and r.best is None
+    assert all("no QA" in c.reasons[0] for c in r.candidates)
+
+
+def _vector(breadth=0.1, dc=-0.2, du=0.0, pct=100.0, mean=-1.0, side="top"):
+    w = WeightEvidence(side, 1, 5.0, ["a"], 0.5, 0.3, breadth)
+    k = KnockoutEvidence("zero", "zero L1.1", dc, du, du - dc, pct, 100.0, [-0.001], [0.0])
+    a = ActivationEvidence(mean, 0.0, 0.2, 10, 10)
+    return ConceptVector("X", "m", "L1.1", "down", w, a, [k])
+
+
+def test_verdict_rules():
+    t = Thresholds()
+    cases = {
+        "concept": _vector(),
+        "category": _vector(breadth=0.8),
+        "not causal": _vector(dc=-0.001),
+    }
+    unspecific = _vector(du=-0.15)
+    weak = _vector(pct=50.0)
+    for want, c in [*cases.items(), ("category", unspecific), ("not causal", weak)]:
+        judge(c, t)
+        assert c.verdict == want, (want, c.reasons)
+        assert c.reasons
+    assert _vector(mean=-1.0).writes_concept is False  # top side, negative activation
+    assert _vector(mean=-1.0, side="bottom").writes_concept is True
+
+
+def test_cli_find_and_its_errors(tiny_dir, tmp_path, monkeypatch, capsys):
+    folder = str(tiny_dir("llama"))
+    qa = tmp_path / "qa.txt"
+    qa.write_text("\n".join(QA) + "\n")
+    code, out, err = run_cli(
+        [
+            "concepts",
+            "find",
+            folder,
+            "Harry Potter",
+            "--qa",
+            str(qa),
+            "--candidates",
+            "3",
+            "--validate",
+            "1",
+            "--controls",
+            "2",
+            "--modes",
+            "zero",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["concept"] == "Harry Potter" and len(data["candidates"]) == 3
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    for args, msg in [
+        (["Zzyzx Qwxyz"], "no word of"),
+        (["Harry", "--qa", str(empty)], "empty"),
+        (["Harry", "--qa", str(tmp_path / "missing.txt")], "missing"),
+        (["Harry", "--qa", str(qa), "--chat"], "chat template"),
+        (["Harry", "--modes", "melt"], "unknown knockout mode"),
+    ]:
+        code, _out, err = run_cli(["concepts", "find", folder, *args], monkeypatch, capsys)
+        last = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(last) == 1 and msg in last[0], (args, err)
+        assert "Traceback" not in err
+
+
+def _source(tmp_path):
+    entries = [
+        {
+            "Concept": "Harry Potter",
+            "Layer": "5",
+            "Dim": "77",
+            "QA": str(QA),
+            "unrelated_QA": str(UNRELATED),
+            "wikipedia_content": TEXT[0],
+            "text_completion": str([{"First_half": "Harry Potter went", "Second_half": "to"}]),
+        },
+        {
+            "Concept": "dog",
+            "Layer": "3",
+            "Dim": "9",
+            "QA": str(["What did the dog chase?"]),
+            "unrelated_QA": str(["Where is Paris?"]),
+            "wikipedia_content": "The dog chased the cat.",
+        },
+    ]
+    path = tmp_path / "src.json"
+    path.write_text(json.dumps(entries, indent=4))
+    return path
+
+
+def test_build_writes_this_models_vectors_and_resumes(tiny, tmp_path):
+    src = _source(tmp_path)
+    out = tmp_path / "ours.json"
+    kw = dict(candidates=2, validate=1, controls=2, modes=["zero"], max_new_tokens=2)
+    results = build_concepts(tiny, src, out, progress=False, **kw)
+    written = read_concepts(out)
+    assert [e.concept for e in written] == ["Harry Potter", "dog"]
+    raw = json.loads(out.read_text())
+    assert raw[0]["source_Layer"] == 5 and raw[0]["source_Dim"] == 77
+    assert isinstance(raw[0]["Layer"], str)  # the source's style: Layer as a string
+    assert raw[0]["verdict"] in VERDICTS and raw[0]["conceptvec"]["vector"]["neuron"]
+    assert f"L{raw[0]['Layer']}.{raw[0]['Dim']}" == raw[0]["conceptvec"]["vector"]["neuron"]
+    assert results[0][1] is not None and not (tmp_path / ("ours.json" + PARTIAL_SUFFIX)).exists()
+    before = out.read_bytes()
+    with pytest.raises(cv.ConceptvecError, match="exists"):
+        build_concepts(tiny, src, out, progress=False, **kw)
+    assert out.read_bytes() == before
+    # an interrupted run leaves a partial file; the rerun takes what it holds
+    partial = tmp_path / ("again.json" + PARTIAL_SUFFIX)
+    key = {"model": tiny.name, "unrelated": 10, **{k: repr(v) for k, v in kw.items()}}
+    partial.write_text(json.dumps({"key": key, "done": {"Harry Potter": raw[0]}}))
+    again = build_concepts(tiny, src, tmp_path / "again.json", progress=False, **kw)
+    assert again[0][1] is None and again[1][1] is not None
+    assert json.loads((tmp_path / "again.json").read_text())[0] == raw[0]
+    other = tmp_path / ("again2.json" + PARTIAL_SUFFIX)
+    other.write_text(json.dumps({"key": {"other": 1}, "done": {}}))
+    with pytest.raises(cv.ConceptvecError, match="other settings"):
+        build_concepts(tiny, src, tmp_path / "again2.json", progress=False, **kw)
+    assert not (tmp_path / "again2.json").exists()
+
+
+def test_cli_build_refuses_an_existing_output(tiny_dir, tmp_path, monkeypatch, capsys):
+    src = _source(tmp_path)
+    out = tmp_path / "exists.json"
+    out.write_text("mine")
+    code, _out, err = run_cli(
+        ["concepts", "build", str(tiny_dir("llama")), "--from", str(src), "--out", str(out)],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 2 and "exists" in err and out.read_text() == "mine"
+    write_concepts(read_concepts(src), tmp_path / "copy.json")
+    assert read_concepts(tmp_path / "copy.json") == read_concepts(src)

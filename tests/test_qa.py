@@ -1,0 +1,162 @@
+"""Behavioural QA evaluation on tiny random models: padded batches behave like single
+prompts under every edit and backend, teacher-forced scores match a hand computation,
+and controls, references and errors work as documented."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+import torch
+
+import conceptvec as cv
+from conceptvec import qa
+from conceptvec.errors import BadInterventionError
+from conceptvec.interventions import generate
+
+from .conftest import build_tiny
+
+PROMPTS = ["The dog chased the cat across the garden", "Paris is", "Harry Potter went to"]
+HAS_BACKENDS = all(importlib.util.find_spec(m) for m in ("transformer_lens", "nnsight"))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    hf, tok = build_tiny("llama")
+    tok.padding_side = "left"
+    tok.pad_token = tok.eos_token
+    return cv.load(hf, tokenizer=tok), hf, tok
+
+
+def _single(model, tok, prompt, edits, n=6):
+    ids = tok(prompt, return_tensors="pt")["input_ids"]
+    return generate(model, ids, edits, n)[0].tolist()
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [[], [cv.clamp("L1.3", 4.0)], [cv.zero("L2.7", positions="last")], [cv.noise("L0.5", 0.5)]],
+    ids=["none", "clamp", "zero-last", "noise"],
+)
+def test_left_padded_batch_equals_one_prompt_at_a_time(tiny, edits):
+    model, _hf, tok = tiny
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    assert (enc["attention_mask"] == 0).any()  # really padded
+    batch = generate(model, enc["input_ids"], edits, 6, attention_mask=enc["attention_mask"])
+    for row, prompt in zip(batch.tolist(), PROMPTS):
+        assert row == _single(model, tok, prompt, edits)
+
+
+def test_the_old_all_ones_mask_gets_padded_rows_wrong(tiny):
+    """Without the mask (what generate did before), a padded row continues differently."""
+    model, _hf, tok = tiny
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    wrong = generate(model, enc["input_ids"], [], 6)
+    assert any(r != _single(model, tok, p, []) for r, p in zip(wrong.tolist(), PROMPTS))
+
+
+@pytest.mark.skipif(not HAS_BACKENDS, reason="needs transformer-lens and nnsight")
+def test_padded_generation_agrees_across_backends(tiny):
+    from .test_interventions_backends import wrap
+
+    _model, hf, tok = tiny
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    edit = [cv.clamp("L1.3", 4.0)]
+    want = [_single(hf, tok, p, edit) for p in PROMPTS]
+    for name, obj in wrap(hf, tok).items():
+        got = generate(obj, enc["input_ids"], edit, 6, attention_mask=enc["attention_mask"])
+        assert got.tolist() == want, name
+
+
+def test_masks_must_be_left_padded_and_well_formed(tiny):
+    model, _hf, tok = tiny
+    ids = tok(PROMPTS[:2], return_tensors="pt", padding=True)["input_ids"]
+    right = torch.ones_like(ids)
+    right[1, -1] = 0
+    with pytest.raises(BadInterventionError, match="left padding"):
+        generate(model, ids, [], 2, attention_mask=right)
+    with pytest.raises(BadInterventionError, match="shape"):
+        generate(model, ids, [], 2, attention_mask=right[:, 1:])
+
+
+def _hand_logprob(hf, tok, prompt, answer):
+    head = tok(qa.PAPER_PROMPT.format(question=prompt))["input_ids"]
+    tail = tok(" " + answer, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([head + tail])
+    with torch.no_grad():
+        lp = hf(input_ids=ids).logits[0].float().log_softmax(-1)
+    return sum(float(lp[len(head) - 1 + j, t]) for j, t in enumerate(tail)) / len(tail)
+
+
+def test_teacher_forced_scores_match_a_hand_computation(tiny):
+    model, hf, tok = tiny
+    answers = ["the cat", "the capital of France", "Hogwarts with Ron"]
+    got = qa.answer_logprobs(model, PROMPTS, answers, batch_size=2)
+    for g, p, a in zip(got, PROMPTS, answers):
+        assert g == pytest.approx(_hand_logprob(hf, tok, p, a), abs=1e-4)
+    assert qa.answer_logprobs(model, PROMPTS[:1], [""]) == [0.0]
+
+
+def test_evaluate_qa_reuses_references_and_ranks_against_controls(tiny):
+    model, _hf, _tok = tiny
+    base = qa.evaluate_qa(model, PROMPTS, max_new_tokens=4)
+    assert base.prompting == "paper" and base.reference_kind == "model"  # no chat template
+    assert base.references == base.base.answers and base.delta_logprob == 0.0
+    r = qa.evaluate_qa(
+        model,
+        PROMPTS,
+        cv.clamp("L2.7", 25.0),
+        references=base.references,
+        max_new_tokens=4,
+        controls=4,
+    )
+    assert r.references == base.references
+    assert r.base.logprob == pytest.approx(base.base.logprob)
+    assert len(r.control_deltas) == 4 and len(r.control_edits) == 4
+    assert all(e[0].startswith("clamp L2.") and "L2.7=" not in e[0] for e in r.control_edits)
+    pct = 100 * sum(-d < -r.delta_logprob for d in r.control_deltas) / 4
+    ties = 50 * sum(-d == -r.delta_logprob for d in r.control_deltas) / 4
+    assert r.percentile == pytest.approx(pct + ties)
+    assert len(r.after.bleu) == 3 and all(0 <= b <= 1 for b in r.after.bleu)
+    again = qa.evaluate_qa(
+        model,
+        PROMPTS,
+        cv.clamp("L2.7", 25.0),
+        references=base.references,
+        base=r.base,
+        max_new_tokens=4,
+        generate=False,
+    )
+    assert again.after.logprob == pytest.approx(r.after.logprob) and again.after.bleu is None
+    d = r.to_dict()
+    assert d["percentile"] == r.percentile and d["after"]["logprob"] == r.after.logprob
+    assert "log p per answer token" in str(r)
+    assert r.plot().data
+
+
+def test_gold_answers_and_text_completion(tiny):
+    model, _hf, _tok = tiny
+    gold = qa.evaluate_qa(model, PROMPTS, gold=["a", "b", "c"], max_new_tokens=3)
+    assert gold.reference_kind == "gold" and gold.references == ["a", "b", "c"]
+    comp = qa.evaluate_completion(model, PROMPTS, cv.zero("L1.1"), max_new_tokens=3)
+    assert comp.prompting == "raw" and len(comp.after.answers) == 3
+
+
+def test_text_scores_come_from_sacrebleu_and_rouge():
+    s = qa.text_scores(["the cat sat on the mat", "", "x"], ["the cat sat on the mat", "", "y"])
+    assert s["bleu"][0] == pytest.approx(1.0) and s["rouge_l"][0] == pytest.approx(1.0)
+    assert s["bleu"][1] == 1.0 and s["rouge_l"][2] == 0.0
+
+
+def test_bad_qa_input(tiny):
+    model, _hf, _tok = tiny
+    with pytest.raises(BadInterventionError, match="chat template"):
+        qa.evaluate_qa(model, PROMPTS, chat=True)
+    with pytest.raises(BadInterventionError, match="no questions"):
+        qa.evaluate_qa(model, [])
+    with pytest.raises(BadInterventionError, match="reference"):
+        qa.evaluate_qa(model, PROMPTS, references=["only one"])
+    with pytest.raises(BadInterventionError, match="controls"):
+        qa.evaluate_qa(model, PROMPTS, controls=-1)
+    assert not math.isnan(qa.answer_logprobs(model, ["x"], ["y"])[0])
