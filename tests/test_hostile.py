@@ -99,6 +99,14 @@ def test_config_layer_count_checked_against_weights(layers, tiny_dir, tmp_path):
         conceptvec.load(folder)
 
 
+@pytest.mark.parametrize("config", [[1, 2], "llama", 3, {"text_config": [1]}, {}])
+def test_config_not_an_object(config, tiny_dir, tmp_path, monkeypatch, capsys):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+    (folder / "config.json").write_text(json.dumps(config))
+    code, out, err = run_cli(["info", str(folder)], monkeypatch, capsys)
+    assert code == 2 and out == "" and "Traceback" not in err
+
+
 @pytest.mark.parametrize("key", ["intermediate_size", "hidden_size", "vocab_size"])
 def test_config_widths_checked(key, tiny_dir, tmp_path):
     folder = _edit_config(_copy(tiny_dir("llama"), tmp_path / "m"), **{key: 10**9})
@@ -450,12 +458,21 @@ def test_stale_temporaries_removed(atlas_dir, tiny_dir, tmp_path):
     assert not any(p.exists() for p in stale)
 
 
-def test_setup_leftovers_do_not_demand_overwrite(tiny_dir, tmp_path):
+def test_setup_leftovers_do_not_demand_overwrite(tiny_dir, atlas_dir, tmp_path):
     folder = tmp_path / "a"
     (folder / "shards").mkdir(parents=True)
-    (folder / "vocab.json").write_text("[]")  # a run killed before its first manifest
+    shutil.copy(atlas_dir / "vocab.json", folder)  # a run killed before its first manifest
     report = build_atlas(str(tiny_dir("llama")), folder, k=3, progress=False)
     assert report.complete
+
+
+def test_foreign_vocab_json_is_not_a_leftover(tiny_dir, tmp_path):
+    folder = tmp_path / "tokenizer"
+    folder.mkdir()
+    (folder / "vocab.json").write_text('{"hello": 0}')  # the user's own file
+    with pytest.raises(AtlasError, match="not empty"):
+        build_atlas(str(tiny_dir("llama")), folder, k=3, progress=False)
+    assert (folder / "vocab.json").read_text() == '{"hello": 0}'
 
 
 def test_concurrent_map_is_locked(tiny_dir, tmp_path):

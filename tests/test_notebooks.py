@@ -19,12 +19,12 @@ pytestmark = [
 ]
 
 
-def _run(name: str):
+def _run(name: str, timeout: int = 300):
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3").execute()
+    NotebookClient(nb, timeout=timeout, kernel_name="python3").execute()
     return nb
 
 
@@ -77,3 +77,21 @@ def test_interventions_notebook():
     assert "dog" not in before and "cat" not in before
     assert "cat" in after or "dog" in after
     assert "' dog'" in _text(code[7])
+
+
+def test_concept_vectors_notebook(monkeypatch):
+    monkeypatch.setenv("CONCEPTVEC_NB_QUICK", "1")  # two concepts; the full table is in docs
+    nb = _run("03_concept_vectors.ipynb", timeout=1200)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "['Baseball', 'Ancient Rome']" in _text(code[0])
+    assert '" Roman"' in _text(code[1]) and '" Caesar"' in _text(code[1])
+    assert _text(code[2]).splitlines()[1].split()[1] == "L29.1518"
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in _text(code[4]).splitlines()}
+    rome = rows["Ancient Rome"]
+    assert rome[1] == "L29.1518" and rome[-1] == "concept" and rome[-2] == "100.0", rome
+    assert float(rome[5]) < -0.05 and abs(float(rome[6])) < 0.01, rome
+    assert rows["Baseball"][-1] in ("concept", "category", "not causal"), rows["Baseball"]
+    assert "validated concept vectors:" in _text(code[4])
+    detail = _text(code[5])
+    assert "releases" in detail and "verdict: concept" in detail
+    assert "L29.1518" in _text(code[7]) and "-" in _text(code[7])

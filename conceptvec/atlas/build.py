@@ -276,8 +276,8 @@ def _prepare(
                 )
         manifest["layers"] = [x for x in old.get("layers", []) if type(x) is int]
         manifest["matrices"] = [m for m in old.get("matrices", []) if m in ("up", "gate", "down")]
-    elif old_path.exists() or _has_atlas_files(root) or _only_setup_leftovers(root):
-        if not overwrite and not _only_setup_leftovers(root):
+    elif old_path.exists() or _has_atlas_files(root) or _leftovers(root, manifest):
+        if not overwrite and not _leftovers(root, manifest):
             raise AtlasError(
                 f"{root} has files from an unfinished atlas but no manifest; pass --overwrite"
             )
@@ -319,13 +319,23 @@ def _has_atlas_files(root: Path) -> bool:
     return (root / store.SHARD_DIR).exists() or any(root.glob(store.JOURNAL_GLOB))
 
 
-def _only_setup_leftovers(root: Path) -> bool:
-    """True when ``root`` holds only what a run killed during setup leaves (vocab.json, an
-    empty shards/ folder): then it is started afresh without asking for --overwrite."""
+def _leftovers(root: Path, manifest: dict) -> bool:
+    """True when ``root`` holds only what this run's setup writes before its manifest (the
+    very vocab.json it would write, an empty shards/ folder): a run killed there is started
+    afresh without asking for --overwrite. A vocab.json of other bytes is not ours."""
     shards = root / store.SHARD_DIR
-    if shards.is_dir() and any(shards.iterdir()):
+    if shards.is_dir() and (shards.is_symlink() or any(shards.iterdir())):
         return False
-    return set(_others(root)) <= {store.VOCAB, store.SHARD_DIR}
+    if not set(_others(root)) <= {store.VOCAB, store.SHARD_DIR}:
+        return False
+    vocab = root / store.VOCAB
+    if not vocab.exists() and not vocab.is_symlink():
+        return True
+    return (
+        vocab.is_file()
+        and not vocab.is_symlink()
+        and store.sha256_file(vocab) == manifest["vocab_sha256"]
+    )
 
 
 def _clear(root: Path) -> None:

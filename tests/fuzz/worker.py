@@ -67,11 +67,12 @@ ACTIONS = {"model": act_model, "atlas": act_atlas}
 
 def main() -> None:
     cap_mib = int(sys.argv[1]) if len(sys.argv) > 1 else 1024
-    import conceptvec  # noqa: F401 - import everything heavy before the cap
-    import conceptvec.atlas.export  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     import safetensors.torch  # noqa: F401
     import transformers  # noqa: F401
+
+    import conceptvec  # noqa: F401 - import everything heavy before the cap
+    import conceptvec.atlas.export  # noqa: F401
     from conceptvec.errors import ConceptvecError
 
     cap = _vm_bytes() + (cap_mib << 20)
