@@ -1,0 +1,367 @@
+"""``unlearn``: make an unlearned checkpoint of a model for a concept, the way papers do.
+
+::
+
+    result = conceptvec.unlearn("smollm2-135m", "Ancient Rome", method="npo",
+                                concepts="concepts.json", out="rome-npo", steps=50)
+    result.record["evaluation"]["forget_qa"]["after"]["rouge_l"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .data import StepDataset, collate
+from .inputs import build_sets, resolve_concept, resolve_neuron, trainable_module
+from .methods import METHODS, Context, UnlearningError, method, resolve_hparams
+from .output import check_out, fingerprint, qa_scores, save_model, write_atomically
+from .scope import Scope, apply_scope, column_weight, parse_scope
+
+DEFAULT_THREADS = 1
+"""Torch threads for training when ``threads`` is not given: on this project's loaded
+2-core machine one thread ran a training step faster than two (see docs/unlearning.md)."""
+
+
+@dataclass
+class UnlearnResult:
+    """What :func:`unlearn` made: the trained model, where it was written, and its record."""
+
+    model: Any
+    """The unlearned ``transformers`` model (in memory)."""
+    out: Path | None
+    """The checkpoint folder, or None when nothing was written."""
+    record: dict[str, Any] = field(default_factory=dict)
+    """Everything ``unlearning.json`` holds."""
+
+    @property
+    def losses(self) -> dict[str, float]:
+        """The final step's losses (``loss``, ``forget``, ``retain``)."""
+        return self.record.get("final_losses", {})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the record with the output folder (JSON-ready)."""
+        return {"out": str(self.out) if self.out else None, **self.record}
+
+    def __str__(self) -> str:
+        r = self.record
+        lines = [
+            f"{r['method']} on {r['concept']['name']!r}, scope {r['scope']}: "
+            f"{r['steps_done']} steps in {r['wall_seconds']:.1f} s",
+            "  final losses: " + ", ".join(f"{k} {v:.4f}" for k, v in self.losses.items()),
+        ]
+        for part, ev in r.get("evaluation", {}).items():
+            b, a = ev["before"], ev["after"]
+            lines.append(
+                f"  {part} (held out, {len(b['questions'])} q): log p {b['logprob']:.3f} -> "
+                f"{a['logprob']:.3f}, ROUGE-L vs base {a['rouge_l']:.3f}"
+            )
+        if self.out:
+            lines.append(f"  wrote {self.out}")
+        return "\n".join(lines)
+
+
+def _check_numbers(lr: float, steps: int, batch_size: int, world: int) -> None:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise UnlearningError(f"lr must be a finite number >= 0, not {lr!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise UnlearningError(f"steps must be a whole number >= 1, not {steps!r}")
+    if batch_size < 1 or batch_size % world:
+        raise UnlearningError(
+            f"batch size {batch_size} must be >= 1 and divisible by the {world} processes"
+        )
+
+
+def unlearn(
+    model: Any,
+    concept: Any,
+    method: str = "gd",
+    *,
+    concepts: Any = None,
+    scope: str | None = None,
+    neuron: Any = None,
+    steps: int = 50,
+    lr: float | None = None,
+    batch_size: int = 4,
+    seed: int = 0,
+    out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    forget_file: Any = None,
+    retain_file: Any = None,
+    forget_qa: str = "heldout",
+    holdout: float = 0.5,
+    max_length: int = 512,
+    weight_decay: float = 0.0,
+    save_every: int = 0,
+    resume: bool = False,
+    keep_checkpoints: bool = False,
+    stop_loss: float | None = None,
+    evaluate: bool = True,
+    chat: bool | None = None,
+    max_new_tokens: int = 32,
+    threads: int | None = None,
+    progress: bool = True,
+    **hparams: Any,
+) -> UnlearnResult:
+    """Return an :class:`UnlearnResult`: ``model`` unlearned of ``concept`` by ``method``.
+
+    ``concept`` is a name (looked up in ``concepts``, a ConceptVectors file or list of
+    entries; the other concepts there become retain text), a one-concept ConceptVectors
+    file, a ``ConceptEntry`` or a ``ConceptVector``. ``method`` is one of :data:`METHODS`;
+    ``hparams`` its hyperparameters (see each loss's docstring). ``scope``: ``full``,
+    ``down``, ``down:A-B``, ``layers:A-B`` or ``vector`` (the method's default when None).
+    ``neuron`` names the concept vector (``"L29.1518"``, ``"file"``, ``"find"``) for
+    ``needle``, ``edit`` and the vector scope. Training is AdamW with a constant ``lr``,
+    ``steps`` steps of ``batch_size`` (the global batch), seeded. ``out`` receives an HF
+    checkpoint and ``unlearning.json``, atomically; ``save_every`` > 0 keeps resumable
+    checkpoints beside it (``resume=True`` continues from the newest). ``evaluate`` scores
+    the held-out forget and unrelated QA before and after.
+    """
+    from ..interventions.targets import resolve
+
+    m = METHODS[method] if method in METHODS else globals()["method"](method)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    lr = m.lr if lr is None else lr
+    _check_numbers(lr, steps, batch_size, world)
+    h = resolve_hparams(m, hparams)
+    loss_method = METHODS[h["base_method"]] if m.name == "needle" else m
+    if m.name == "needle":  # Needle trains with its base method's loss and defaults
+        h = {**loss_method.defaults, **h}
+    out = Path(out) if out is not None else None
+    if out is not None:
+        check_out(out, overwrite)
+    entry, others, source, found = resolve_concept(concept, concepts)
+    base, hf, tok = trainable_module(model)
+    n_layers = base.dims.n_layers
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or min(DEFAULT_THREADS, old_threads))
+    try:
+        target = resolve(hf, tok)
+
+        def find():
+            from ..concepts import find_concept
+
+            texts = [entry.wikipedia_content] if entry.wikipedia_content else []
+            search = find_concept(target, entry.concept, texts=texts, qa=entry.qa, progress=False)
+            best = (search.validated or search.candidates)[0]
+            return NeuronId_parse(best.neuron)
+
+        vec = resolve_neuron(neuron, entry, hf, found, find)
+        if vec is not None:
+            vec.check(n_layers, base.dims.d_mlp)
+        if m.vector and vec is None:
+            raise UnlearningError(
+                f"method {m.name} needs the concept vector: pass neuron='L29.1518' (--neuron), "
+                "'find' to run the finder, or 'file' for the record's Layer/Dim"
+            )
+        if m.name == "rmu":
+            h["layer"] = round(7 / 32 * n_layers) if h["layer"] is None else int(h["layer"])
+            if not 0 <= h["layer"] < n_layers:
+                raise UnlearningError(f"rmu: layer {h['layer']} is outside 0-{n_layers - 1}")
+        scope_text = scope or m.scope
+        if scope_text == "rmu":
+            scope_text = f"down:{max(0, h['layer'] - 2)}-{h['layer']}"
+        sc = parse_scope(scope_text, n_layers, vec)
+        t0 = time.time()
+        base_print = fingerprint(hf)
+        record: dict[str, Any] = {
+            "schema": 1,
+            "method": m.name,
+            "paper": m.paper,
+            "hyperparameters": h,
+            "lr": lr,
+            "optimizer": "AdamW, constant lr, grad-norm clip 1.0",
+            "weight_decay": weight_decay,
+            "steps": steps,
+            "batch_size": batch_size,
+            "world_size": world,
+            "seed": seed,
+            "scope": str(sc),
+            "concept": {"name": entry.concept, "source": source},
+            "neuron": str(vec) if vec is not None else None,
+            "base_model": {"name": base.name, "location": base.location, "fingerprint": base_print},
+            "threads": torch.get_num_threads(),
+            "versions": {"torch": torch.__version__, "transformers": _tf_version()},
+        }
+        if m.name == "edit":
+            sets = None
+            history, stopped, resumed = [], False, None
+            heldout = ([q.strip() for q in entry.qa if q.strip()], [q.strip() for q in entry.unrelated_qa if q.strip()])
+            before = _evaluate(target, heldout, None, evaluate, chat, max_new_tokens)
+            with torch.no_grad():
+                w = column_weight(hf, base.spec, vec)
+                w[:, vec.index] = 0 if h["mode"] == "zero" else -w[:, vec.index]
+            record.update(trainable=[f"{vec} (down column)"], data={"qa_split": "all"})
+        else:
+            rows = steps * batch_size
+            sets = build_sets(
+                target, entry, others, forget_file=forget_file, retain_file=retain_file,
+                forget_qa=forget_qa, holdout=holdout, seed=seed, max_length=max_length,
+                rows=rows, dpo=loss_method.name == "dpo", chat=chat, max_new_tokens=max_new_tokens,
+            )  # fmt: skip
+            if loss_method.needs_retain(h) and not sets.retain:
+                raise UnlearningError(
+                    f"method {m.name} needs a retain set and none was found: pass a concepts "
+                    "file with other concepts (--concepts), a retain file (--retain FILE), "
+                    f"or set its {loss_method.retain_key} to 0"
+                )
+            heldout = (sets.heldout, sets.heldout_unrelated)
+            before = _evaluate(target, heldout, None, evaluate, chat, max_new_tokens)
+            history, stopped, resumed = _train(
+                hf, tok, base, m, loss_method, h, sc, sets, record, out,
+                lr=lr, steps=steps, batch_size=batch_size, world=world, seed=seed,
+                weight_decay=weight_decay, save_every=save_every, resume=resume,
+                keep=keep_checkpoints, stop_loss=stop_loss, progress=progress,
+            )  # fmt: skip
+            record["data"] = sets.spec.__dict__
+        hf.eval()
+        after = _evaluate(target, heldout, before, evaluate, chat, max_new_tokens)
+        record.update(
+            steps_done=history[-1]["step"] if history else 0,
+            stopped_early=stopped,
+            resumed_from=resumed,
+            final_losses={k: v for k, v in (history[-1] if history else {}).items() if k != "step"},
+            history=history,
+            wall_seconds=time.time() - t0,
+            fingerprint=fingerprint(hf),
+            dtype=str(next(hf.parameters()).dtype).replace("torch.", ""),
+        )
+        if after is not None:
+            record["evaluation"] = after
+        main = int(os.environ.get("RANK", "0")) == 0
+        if out is not None and main:
+            write_atomically(out, lambda tmp: save_model(hf, tok, tmp, record), overwrite)
+        return UnlearnResult(hf, out, record)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def NeuronId_parse(text: str):  # noqa: N802 - a tiny alias kept local to avoid a cycle
+    from ..neurons import NeuronId
+
+    return NeuronId.parse(text)
+
+
+def _tf_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def _evaluate(target, heldout, before, evaluate: bool, chat, max_new_tokens):
+    """Before training: the base answers; after: scores against them (or None)."""
+    if not evaluate:
+        return None
+    was_training = target.hf.training
+    target.hf.eval()
+    try:
+        names = ("forget_qa", "retain_qa")
+        if before is None:
+            return {n: qa_scores(target, qs, None, chat=chat, max_new_tokens=max_new_tokens) for n, qs in zip(names, heldout)}
+        return {
+            n: {"before": before[n], "after": qa_scores(target, before[n]["questions"], before[n]["answers"], chat=chat, max_new_tokens=max_new_tokens)}
+            for n in names
+        }  # fmt: skip
+    finally:
+        target.hf.train(was_training)
+
+
+def _train(hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, **kw):
+    """Run the Trainer; return (history, stopped early, resumed-from checkpoint)."""
+    from .train import NonFiniteLoss, Progress, UnlearnTrainer, arguments, last_checkpoint
+
+    spec = base.spec
+    names = apply_scope(hf, sc, spec)
+    record["trainable"] = names if len(names) <= 12 else names[:6] + ["…"] + names[-6:]
+    record["trainable_parameters"] = sum(p.numel() for p in hf.parameters() if p.requires_grad)
+    ref = None
+    if loss_method.reference or m.name == "rmu":
+        ref = copy.deepcopy(hf).eval()
+        ref.requires_grad_(False)
+    if m.name == "needle":
+        with torch.no_grad():
+            w = column_weight(hf, spec, sc.neuron)
+            g = torch.Generator().manual_seed(kw["seed"])
+            noise = torch.randn(w.shape[0], generator=g) * h["sigma"]
+            w[:, sc.neuron.index] += noise.to(w.device, w.dtype)
+    ctx = Context(model=hf, ref=ref, hparams=h, layers=_layers(hf, spec), ref_layers=_layers(ref, spec))
+    if m.name == "rmu":
+        ctx.control = _control(hf, ref, ctx, sets, h, kw["seed"], tok)
+    world = kw["world"]
+    if out is not None:
+        work = out.parent / f".{out.name}.run"
+    else:
+        work = Path(tempfile.mkdtemp(prefix="conceptvec-unlearn-"))
+    resumed = last_checkpoint(work) if kw["resume"] else None
+    args = arguments(
+        work, steps=kw["steps"], lr=kw["lr"], per_device_batch=kw["batch_size"] // world,
+        seed=kw["seed"], save_every=kw["save_every"], weight_decay=kw["weight_decay"],
+        find_unused=m.name == "rmu" or sc.kind != "full",
+    )  # fmt: skip
+    data = StepDataset(sets.forget, sets.retain, kw["steps"] * kw["batch_size"], kw["seed"], sets.idk)
+    frozen_decay = {n for n in names if sc.kind == "vector"}
+    holder: list = []
+    prog = Progress(holder, kw["steps"], kw["progress"], kw["stop_loss"])
+    prog.load(resumed)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    trainer = UnlearnTrainer(
+        model=hf, args=args, train_dataset=data, data_collator=collate(pad), callbacks=[prog],
+        context=ctx, loss_fn=loss_method.loss, frozen_decay=frozen_decay,
+    )  # fmt: skip
+    holder.append(trainer)
+    try:
+        trainer.train(resume_from_checkpoint=resumed)
+    except NonFiniteLoss as e:
+        good = last_checkpoint(work)
+        kept = f"the last good checkpoint is {good}" if good else "no checkpoint was saved (use --save-every)"
+        raise UnlearningError(
+            f"the {m.name} loss became {e.value} at step {e.step}; stopped, nothing written to "
+            f"{out or 'an output folder'}; {kept}; lower --lr"
+        ) from None
+    if not kw["keep"] and int(os.environ.get("RANK", "0")) == 0:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(work)
+    hf.requires_grad_(True)
+    return prog.history, prog.stopped_early, resumed
+
+
+def _layers(model, spec):
+    if model is None:
+        return None
+    module = model
+    for part in spec.layers_module.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _control(hf, ref, ctx, sets, h, seed, tok) -> torch.Tensor:
+    """Return RMU's ``c·u``: u uniform on [0,1)^d normalised, c = ``steering_coeff`` or
+    ``steering_scale`` × the mean residual norm at the layer on forget text (frozen model)."""
+    from .data import _pad
+    from .methods import layer_output
+
+    d = hf.config.get_text_config().hidden_size
+    g = torch.Generator().manual_seed(seed)
+    u = torch.rand(d, generator=g)
+    u = u / u.norm()
+    c = h["steering_coeff"]
+    if c is None:
+        pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+        batch = _pad(sets.forget[:8], pad)
+        batch = {k: v.to(next(ref.parameters()).device) for k, v in batch.items()}
+        with torch.no_grad():
+            acts = layer_output(ref, ctx.ref_layers, h["layer"], batch).float()
+        mask = batch["attention_mask"].bool()
+        c = h["steering_scale"] * float(acts.norm(dim=-1)[mask].mean())
+        h["steering_coeff"] = c
+    return (c * u)[None, None, :]

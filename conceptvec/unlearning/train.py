@@ -1,0 +1,161 @@
+"""Training on ``transformers.Trainer``: one subclass whose ``compute_loss`` is the method's.
+
+Using the Trainer means a multi-process run is ``torchrun`` / ``accelerate launch`` with DDP
+(gloo on CPU) or FSDP, checkpoints (model, optimizer, scheduler, RNG, step) come from
+``save_steps`` and resume from ``resume_from_checkpoint``, and seeding is the Trainer's.
+What we add, as callbacks:
+
+- a tqdm bar (main process) with the forget and retain losses of each step;
+- early stop when the total loss falls to ``stop_loss`` (ConceptVectors' ``loss_threshold``);
+- a per-step loss history, saved into each checkpoint so a resumed run keeps it;
+- a non-finite loss stops the run before its gradient is applied (:class:`NonFiniteLoss`).
+
+The data is a :class:`~.data.StepDataset` read sequentially, so the global batch of each
+step is fixed by the seed alone, whatever the number of processes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from .methods import Context
+
+HISTORY_FILE = "conceptvec_losses.json"
+"""The loss history inside each Trainer checkpoint folder."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A step's loss was NaN or infinite (raised before its gradient is applied)."""
+
+    def __init__(self, step: int, value: float):
+        super().__init__(f"loss {value} at step {step}")
+        self.step, self.value = step, value
+
+
+class UnlearnTrainer(Trainer):
+    """A Trainer whose loss is an unlearning method's (see :mod:`.methods`)."""
+
+    def __init__(self, *args, context: Context, loss_fn, frozen_decay: set[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.context = context
+        self.loss_fn = loss_fn
+        self.frozen_decay = frozen_decay
+        self.last: dict[str, float] = {}
+        # our losses are per-sequence means already: no token-count rescaling by the Trainer
+        self.model_accepts_loss_kwargs = False
+
+    def _get_train_sampler(self, train_dataset=None):
+        return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
+
+    def get_decay_parameter_names(self, model) -> list[str]:
+        names = super().get_decay_parameter_names(model)
+        return [n for n in names if n not in self.frozen_decay]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.context.model = model
+        out = self.loss_fn(self.context, inputs)
+        loss = out["loss"]
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLoss(self.state.global_step + 1, value)
+        self.last = {k: float(v.detach()) for k, v in out.items()}
+        return (loss, None) if return_outputs else loss
+
+
+class Progress(TrainerCallback):
+    """Loss history, progress bar, early stop on ``stop_loss``."""
+
+    def __init__(self, trainer_ref: list, total: int, show: bool, stop_loss: float | None):
+        self.trainer_ref = trainer_ref
+        self.total, self.show, self.stop_loss = total, show, stop_loss
+        self.history: list[dict[str, float]] = []
+        self.bar = None
+        self.stopped_early = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.show and state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=state.global_step, desc="unlearning")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        last = dict(self.trainer_ref[0].last)
+        self.history.append({"step": state.global_step, **last})
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in last.items() if k != "loss"})
+        if self.stop_loss is not None and last.get("loss", math.inf) <= self.stop_loss:
+            self.stopped_early = True
+            control.should_training_stop = True
+            control.should_save = False
+        return control
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / HISTORY_FILE).write_text(json.dumps(self.history))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+    def load(self, checkpoint: str | None) -> None:
+        """Restore the history saved in ``checkpoint`` (resuming)."""
+        if checkpoint and (Path(checkpoint) / HISTORY_FILE).exists():
+            self.history = json.loads((Path(checkpoint) / HISTORY_FILE).read_text())
+
+
+def arguments(
+    work_dir: Path,
+    *,
+    steps: int,
+    lr: float,
+    per_device_batch: int,
+    seed: int,
+    save_every: int,
+    weight_decay: float,
+    find_unused: bool,
+    bf16: bool = False,
+) -> TrainingArguments:
+    """Return the TrainingArguments of a run (AdamW, constant learning rate, no reporting)."""
+    on_gpu = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=str(work_dir),
+        max_steps=steps,
+        learning_rate=lr,
+        lr_scheduler_type="constant",
+        weight_decay=weight_decay,
+        per_device_train_batch_size=per_device_batch,
+        gradient_accumulation_steps=1,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="steps" if save_every > 0 else "no",
+        save_steps=max(save_every, 1),
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not on_gpu,
+        ddp_backend=None if on_gpu else "gloo",
+        ddp_find_unused_parameters=find_unused,
+        average_tokens_across_devices=False,
+        bf16=bf16,
+        max_grad_norm=1.0,
+    )
+
+
+def last_checkpoint(work_dir: Path) -> str | None:
+    """Return the newest ``checkpoint-N`` folder in ``work_dir``, or None."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not work_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(work_dir))
