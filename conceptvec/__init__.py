@@ -20,7 +20,9 @@ The table of contents:
   (a :class:`ConceptSearch` of :class:`ConceptVector` records); :func:`read_concepts` and
   :func:`write_concepts` read and write the ConceptVectors benchmark format;
 - :func:`evaluate_qa` and :func:`evaluate_completion` score a model's answers with and
-  without an intervention, against random controls (a :class:`QAEvaluation`).
+  without an intervention, against random controls (a :class:`QAEvaluation`);
+- :func:`unlearn` makes an unlearned checkpoint of a concept with a published method
+  (an :class:`UnlearnResult`; ``conceptvec unlearn``).
 """
 
 from .activations import Activations, TopContexts, read_activations, top_contexts
@@ -57,8 +59,10 @@ from .interventions import (
 from .models import ALIASES, DEFAULT_MODEL, ArchSpec, Model, load
 from .neurons import MATRICES, NeuronId
 from .qa import QAEvaluation, evaluate_completion, evaluate_qa
+from .unlearning import UnlearnResult, unlearn
+from .version import package_version
 
-__version__ = "0.1.0"
+__version__ = package_version()
 
 __all__ = [
     "ALIASES",
@@ -79,6 +83,7 @@ __all__ = [
     "QAEvaluation",
     "TokenScore",
     "TopContexts",
+    "UnlearnResult",
     "add",
     "build_atlas",
     "clamp",
@@ -102,6 +107,7 @@ __all__ = [
     "search_weights",
     "steer",
     "top_contexts",
+    "unlearn",
     "write_concepts",
     "zero",
     "zero_weights",

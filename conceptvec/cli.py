@@ -26,6 +26,26 @@ def print_json(data) -> None:
     sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from .version import package_version
+
+        typer.echo(f"conceptvec {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Find where a language model keeps its knowledge in its MLP neurons."""
+
+
 @app.command()
 def aliases(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """List the model aliases and what each resolves to."""
@@ -59,7 +79,7 @@ def info(
 
 @app.command()
 def neuron(
-    model: Annotated[str, typer.Argument(help=MODEL_HELP)],
+    model: Annotated[str, typer.Argument(help=MODEL_HELP + " Or an atlas folder.")],
     neuron_ids: Annotated[
         list[str], typer.Argument(metavar="L.N...", help="Neuron ids, e.g. L12.345.")
     ],
@@ -71,13 +91,21 @@ def neuron(
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Decode MLP neurons through the LM head: their top and bottom tokens."""
-    from .decode import decode
-    from .models import load
+    """Decode MLP neurons through the LM head: their top and bottom tokens.
 
-    results = decode(
-        load(model), neuron_ids, matrix=matrix, k=k, fold_norm=not no_fold, probs=probs
-    )
+    Given an atlas folder instead of a model, read the neurons' stored tokens from it.
+    """
+    from pathlib import Path
+
+    if (Path(model) / "manifest.json").exists():
+        results = _atlas_neurons(Path(model), neuron_ids, matrix, k, probs, no_fold)
+    else:
+        from .decode import decode
+        from .models import load
+
+        results = decode(
+            load(model), neuron_ids, matrix=matrix, k=k, fold_norm=not no_fold, probs=probs
+        )
     if json_out:
         data = [r.to_dict() for r in results]
         print_json(data[0] if len(data) == 1 else data)
@@ -85,24 +113,58 @@ def neuron(
     typer.echo("\n\n".join(str(r) for r in results))
 
 
+def _atlas_neurons(folder, neuron_ids: list[str], matrix: str, k: int, probs: bool, no_fold: bool):
+    """Return the stored decodings of ``neuron_ids`` in the atlas at ``folder`` (first ``k``)."""
+    from .atlas import Atlas
+    from .errors import AtlasError
+
+    atlas = Atlas(folder)
+    if probs:
+        raise AtlasError(
+            "an atlas stores scores, not probabilities; drop --probs, or decode from the model "
+            f"({atlas.model_name}) to get them"
+        )
+    out = []
+    for n in neuron_ids:
+        d = atlas.neuron(n, matrix)
+        if no_fold and d.recipe.get("fold_norm"):
+            raise AtlasError(
+                f"this atlas was made with the final norm folded into W_U; drop --no-fold, or "
+                f"decode from the model ({atlas.model_name}) with --no-fold"
+            )
+        d.top, d.bottom = d.top[:k], d.bottom[:k]
+        out.append(d)
+    return out
+
+
 def _register_groups() -> None:
-    from .commands import activations, atlas, concepts, intervene
+    from .commands import activations, atlas, concepts, intervene, unlearn
 
     atlas.register(app)
     intervene.register(app)
     activations.register(app)
     concepts.register(app)
+    unlearn.register(app)
 
 
 _register_groups()
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Show a warning as one ``warning: ...`` line on stderr (not Python's two-line form)."""
+    typer.echo(f"warning: {message}", err=True)
+
+
 def main() -> None:
     """Run the CLI, turning user-fixable errors into one line and exit code 2."""
+    import warnings
+
     from .errors import ConceptvecError
 
     try:
-        app()  # click's standalone mode handles usage errors (exit 2) and Ctrl-C (exit 1)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            app()  # click's standalone mode handles usage errors (exit 2) and Ctrl-C (exit 1)
     except ConceptvecError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)

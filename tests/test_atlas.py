@@ -301,10 +301,26 @@ def test_diff_finds_exactly_the_edited_neurons(tmp_path):
     assert layer1.same_top1 == pytest.approx(61 / 64)
     assert d.same_top1() == pytest.approx((64 + 61 + 64) / 192)
     same = diff_atlases(tmp_path / "A", tmp_path / "A")
-    assert same.same_top1() == 1.0 and same.changed == []
-    json.dumps(d.to_dict())
-    assert "same top-1 token: 98.4%" in str(d)
+    assert same.same_top1() == 1.0 and same.changed == [] and same.unchanged
+    assert "nothing changed: all 192 neurons" in str(same)
+    assert json.loads(json.dumps(d.to_dict()))["same_top1_count"] == 189
+    assert "same top-1 token: 189/192 neurons (98.44%" in str(d) and not d.unchanged
+    assert "61/64" in str(d)
     assert len(d.plot().data) == 1
+
+
+def test_diff_shows_counts_when_almost_every_neuron_kept_its_token():
+    """2 of 9,216 neurons changed used to print as "100.0%"."""
+    from conceptvec.atlas.diff import AtlasDiff, LayerDiff
+
+    d = AtlasDiff("a", "b", k=20)
+    d.layers = [
+        LayerDiff(0, "down", 1.0, 1.0, 4608, same_top1_count=4608, unchanged=4608),
+        LayerDiff(1, "down", 4606 / 4608, 0.999, 4608, same_top1_count=4606, unchanged=4606),
+    ]
+    text = str(d)
+    assert "same top-1 token: 9214/9216 neurons (99.98%" in text
+    assert "4606/4608" in text and "nothing changed" not in text
 
 
 def test_diff_refuses_other_shapes_and_tokenizers(tiny_dir, tmp_path):
@@ -358,3 +374,13 @@ def test_parquet_and_neuronpedia_exports(tiny_dir, tmp_path):
     )
     export_neuronpedia(atlas, batch_size=1000)  # replaces the old export atomically
     assert sorted(p.name for p in out.iterdir()) == ["batch-0.jsonl.gz"]
+
+
+def test_the_atlas_package_exports_what_its_docstring_lists(tiny_dir, tmp_path):
+    from importlib.metadata import version
+
+    from conceptvec.atlas import AtlasDiff, diff_atlases, search_weights  # noqa: F401
+
+    _build(str(tiny_dir("gpt2")), tmp_path / "a", k=3, matrices="down")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["conceptvec_version"] == version("conceptvec")

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conceptvec.atlas import Atlas
+from conceptvec.errors import AtlasError
 
 from .conftest import run_cli
 
@@ -95,7 +96,7 @@ def test_diff_and_export_commands(tiny_dir, tmp_path, monkeypatch, capsys):
     code, stdout, _ = run_cli(["diff", a, b, "--json"], monkeypatch, capsys)
     assert code == 0 and json.loads(stdout)["same_top1"] == 1.0
     code, stdout, _ = run_cli(["diff", a, b], monkeypatch, capsys)
-    assert "same top-1 token: 100.0%" in stdout
+    assert "nothing changed: all 576 neurons keep their top-1 token" in stdout
     code, _, err = run_cli(["diff", a, str(tmp_path)], monkeypatch, capsys)
     assert code == 2 and "no manifest.json" in err
     target = tmp_path / "np"
@@ -141,3 +142,66 @@ def test_torchrun_two_ranks_equal_one_process(tiny_dir, tmp_path):
             a["bottom_ids"], b["bottom_ids"]
         )
         torch.testing.assert_close(a["top_values"], b["top_values"])
+
+
+@pytest.fixture
+def small_atlas(tiny_dir, tmp_path, monkeypatch, capsys):
+    """An atlas of the tiny Llama's layers 0-1 (all matrices), k=5."""
+    out = tmp_path / "atlas"
+    args = ["map", str(tiny_dir("llama")), "-o", str(out), "-k", "5", "--layers", "0-1"]
+    code, _, err = run_cli([*args, "-q", "--export", "none"], monkeypatch, capsys)
+    assert code == 0, err
+    return out
+
+
+def test_atlas_search_honours_layers_and_counts_ranks_from_1(small_atlas, monkeypatch, capsys):
+    atlas = Atlas(small_atlas)
+    token = atlas.neuron("L1.2", "down").top[0].token
+    args = ["search", str(small_atlas), token, "--exact", "-n", "500", "--json"]
+    code, stdout, err = run_cli([*args, "--layers", "1"], monkeypatch, capsys)
+    assert code == 0, err
+    hits = json.loads(stdout)
+    assert hits and {h["neuron"].split(".")[0] for h in hits} == {"L1"}
+    mine = next(h for h in hits if h["neuron"] == "L1.2" and h["matrix"] == "down")
+    assert mine["rank"] == 1  # the neuron's top token: rank 1, as the table shows it
+    code, stdout, _ = run_cli(
+        ["search", str(small_atlas), token, "--exact", "--layers", "1"], monkeypatch, capsys
+    )
+    row = next(r for r in stdout.splitlines() if r.startswith("L1.2 ") and " down " in r)
+    assert row.split()[2] == "1"
+    code, _, err = run_cli([*args, "--layers", "5"], monkeypatch, capsys)
+    assert code == 2 and "no layer 5" in err and "--layers 5" in err
+
+
+@pytest.mark.parametrize("flag", [["--by", "score"], ["--both"]])
+def test_atlas_search_refuses_weight_search_options(flag, small_atlas, monkeypatch, capsys):
+    code, _, err = run_cli(["search", str(small_atlas), "the", *flag], monkeypatch, capsys)
+    assert code == 2 and f"{flag[0]} applies to the search of a model's weights" in err
+
+
+def test_search_and_map_help_show_what_they_mean(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per option
+    _, out, _ = run_cli(["search", "--help"], monkeypatch, capsys)
+    text = " ".join(out.split())
+    assert "raw" not in text and "zscore" in text and "default: down" in text
+    _, out, _ = run_cli(["map", "--help"], monkeypatch, capsys)
+    text = " ".join(out.split())
+    assert "default: atlas-MODEL" in text and "default: all the model has" in text
+
+
+def test_map_reports_the_shards_of_this_run(small_atlas, tiny_dir, monkeypatch, capsys):
+    """``map --layers 1`` into an atlas of layers 0-1 reused 3 shards, not 6."""
+    args = ["map", str(tiny_dir("llama")), "-o", str(small_atlas), "-k", "5", "--layers", "1"]
+    code, stdout, err = run_cli([*args, "--export", "none"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "0 shards written, 3 reused" in stdout
+
+
+def test_missing_layer_suggests_layers_flag(small_atlas, tiny_dir, tmp_path):
+    with pytest.raises(AtlasError, match=r"map --layers 2`"):
+        Atlas(small_atlas).neuron("L2.0", "down")
+    from conceptvec.atlas import build_atlas
+
+    build_atlas(tiny_dir("llama"), tmp_path / "down", k=3, matrices="down", progress=False)
+    with pytest.raises(AtlasError, match=r"map --matrices up`"):
+        Atlas(tmp_path / "down").neuron("L2.0", "up")

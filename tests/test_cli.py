@@ -58,3 +58,34 @@ def test_aliases(monkeypatch, capsys):
     assert json.loads(out)["llama-3.1-8b"]["target"] == "meta-llama/Llama-3.1-8B"
     code, out, _ = run_cli(["aliases"], monkeypatch, capsys)
     assert "smollm2-135m" in out and "(default)" in out
+    assert "the default (default)" not in out and out.count("default") == 1
+
+
+def test_version(monkeypatch, capsys):
+    from importlib.metadata import version
+
+    import conceptvec
+
+    code, out, _ = run_cli(["--version"], monkeypatch, capsys)
+    assert code == 0 and out.strip() == f"conceptvec {version('conceptvec')}"
+    assert conceptvec.__version__ == version("conceptvec")
+
+
+def test_neuron_reads_an_atlas_folder(tiny_dir, tmp_path, monkeypatch, capsys):
+    from conceptvec.atlas import Atlas
+
+    out = tmp_path / "atlas"
+    args = ["map", str(tiny_dir("llama")), "-o", str(out), "-k", "5", "-q", "--export", "none"]
+    assert run_cli(args, monkeypatch, capsys)[0] == 0
+    code, stdout, err = run_cli(
+        ["neuron", str(out), "L1.3", "-k", "3", "--json"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    stored = Atlas(out).neuron("L1.3")
+    data = json.loads(stdout)
+    assert [t["token"] for t in data["top"]] == stored.top_tokens[:3]
+    assert [t["token"] for t in data["bottom"]] == stored.bottom_tokens[:3]
+    code, stdout, _ = run_cli(["neuron", str(out), "L1.3", "-m", "up"], monkeypatch, capsys)
+    assert code == 0 and "L1.3 (up)" in stdout
+    code, _, err = run_cli(["neuron", str(out), "L1.3", "--probs"], monkeypatch, capsys)
+    assert code == 2 and "not probabilities" in err

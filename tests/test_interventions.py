@@ -374,6 +374,32 @@ def test_dose_response_is_measured_per_value(tiny):
     assert "p(target)" in str(dose)
 
 
+def test_dose_response_and_measure_effect_show_progress_on_request(tiny, capsys):
+    hf, tok = tiny("llama")
+    model = cv.load(hf, tokenizer=tok)
+    cv.dose_response(model, PROMPT, "L2.7", [0.0, 10.0], " dog")
+    cv.measure_effect(model, PROMPT, cv.zero("L2.7"), " dog")
+    assert capsys.readouterr().err == ""  # silent by default
+    cv.dose_response(model, PROMPT, "L2.7", [0.0, 10.0], " dog", progress=True)
+    assert "dose response" in capsys.readouterr().err
+    cv.measure_effect(model, PROMPT, cv.zero("L2.7"), " dog", progress=True)
+    assert "measuring effect" in capsys.readouterr().err
+
+
+def test_a_target_that_lost_its_leading_space_is_warned_about(tiny):
+    import warnings
+
+    hf, tok = tiny("llama")
+    model = cv.load(hf, tokenizer=tok)
+    with pytest.warns(UserWarning, match="' is' is another token"):
+        cv.measure_effect(model, "The dog", cv.zero("L2.7"), "is")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cv.measure_effect(model, "The dog", cv.zero("L2.7"), " is")
+        cv.measure_effect(model, "The dog ", cv.zero("L2.7"), "is")  # after a space: right
+        cv.measure_effect(model, "The dog", cv.zero("L2.7"), "og")  # no " og" token: a piece
+
+
 # ----------------------------------------------------------------------- bad input
 def test_bad_input_gets_clear_errors(tiny):
     hf, tok = tiny("llama")

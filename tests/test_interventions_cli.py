@@ -82,3 +82,47 @@ def test_bad_input_exits_2_with_one_line(folder, args, message, monkeypatch, cap
     assert code == 2, (out, err)
     assert message in err and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_long_runs_show_progress_on_stderr_only(folder, monkeypatch, capsys):
+    args = ["clamp", folder, "L1.3=5", "-p", "The dog", "-t", " dog", "--controls", "3"]
+    code, out, err = run_cli([*args, "-n", "2", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    json.loads(out)  # stdout is the JSON alone
+    assert "measuring effect" in err and "/7 [" in err  # before, after, 3 controls, 2 generations
+
+
+def test_target_without_its_leading_space_warns_in_one_line(folder, monkeypatch, capsys):
+    # "is" and " is" are both single tokens of the tiny tokenizer; after "The dog" the word
+    # would be " is"
+    args = ["clamp", folder, "L1.3=5", "-p", "The dog", "-n", "0"]
+    code, _, err = run_cli([*args, "-t", "is"], monkeypatch, capsys)
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "' is'" in warned[0]
+    code, _, err = run_cli([*args, "-t", " is"], monkeypatch, capsys)
+    assert code == 0 and "warning:" not in err
+    code, _, err = run_cli(
+        ["clamp", folder, "L1.3=5", "-p", "The dog ", "-n", "0", "-t", "is"], monkeypatch, capsys
+    )
+    assert code == 0 and "warning:" not in err  # after a space, the bare token is right
+
+
+def test_ablate_prints_the_activation_before_the_edit(folder, monkeypatch, capsys):
+    from conceptvec import load, read_activations
+
+    acts = read_activations(load(folder), ["The dog"], ["L1.3", "L1.4"])
+    args = ["ablate", folder, "L1.3", "L1.4", "-p", "The dog", "-n", "0"]
+    code, out, err = run_cli([*args, "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    before = json.loads(out)["activation_before"]
+    assert [r["neuron"] for r in before] == ["L1.3", "L1.4"]
+    for r in before:
+        assert r["mean"] == pytest.approx(acts.mean(r["neuron"]), abs=1e-6)
+    code, out, _ = run_cli(args, monkeypatch, capsys)
+    assert code == 0
+    for r in before:
+        assert f"{r['neuron']} before the edit: mean activation {r['mean']:+.4g}" in out
+        note = f"note: {r['neuron']} fires negatively here"
+        assert (note in out) == (r["mean"] < 0)
+    assert any(r["mean"] < 0 for r in before)  # the note is exercised

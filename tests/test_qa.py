@@ -160,3 +160,16 @@ def test_bad_qa_input(tiny):
     with pytest.raises(BadInterventionError, match="controls"):
         qa.evaluate_qa(model, PROMPTS, controls=-1)
     assert not math.isnan(qa.answer_logprobs(model, ["x"], ["y"])[0])
+
+
+def test_generation_and_scoring_stay_within_the_context(tiny_dir):
+    gpt2 = cv.load(str(tiny_dir("gpt2")), quiet=True)  # 64 positions
+    ids = torch.zeros((1, 60), dtype=torch.long)
+    with pytest.raises(BadInterventionError, match="context of 64"):
+        generate(gpt2, ids, [], 10)
+    with pytest.raises(BadInterventionError, match="at least 1"):
+        generate(gpt2, ids[:, :5], [], 0)
+    from conceptvec.interventions import logits
+
+    with pytest.raises(BadInterventionError, match="context of 64"):
+        logits(gpt2, torch.zeros((1, 70), dtype=torch.long))

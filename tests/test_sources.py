@@ -116,6 +116,18 @@ def test_gguf_builds_torch_model_once_and_caches_it(gguf_file, tiny_pair, tmp_pa
     assert type(again.hf).__name__ == "LlamaForCausalLM"
 
 
+def test_reloading_a_models_torch_module_keeps_its_tokenizer(gguf_file, tiny_pair):
+    """``load(load(x).hf)`` used to lose the tokenizer: tokens then showed as ids."""
+    hf, tok = tiny_pair
+    again = conceptvec.load(conceptvec.load(hf, tokenizer=tok).hf)
+    assert again.tokenizer is tok
+    from_gguf = conceptvec.load(conceptvec.load(gguf_file, quiet=True).hf)
+    assert from_gguf.tokenizer is not None  # the GGUF's tokenizer, not a failed hub lookup
+    d = conceptvec.decode(from_gguf, "L1.3", k=3)
+    assert d.top_tokens == conceptvec.decode(gguf_file, "L1.3", k=3).top_tokens
+    assert not all(t.isdigit() for t in d.top_tokens)
+
+
 def test_folder_with_one_gguf_and_config_path(gguf_file, tiny_dir, tmp_path):
     folder = tmp_path / "g"
     folder.mkdir()

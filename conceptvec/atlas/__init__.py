@@ -9,5 +9,16 @@
 
 from .atlas import Atlas, AtlasHit
 from .build import BuildReport, build_atlas
+from .diff import AtlasDiff, diff_atlases
+from .search import WeightHit, search_weights
 
-__all__ = ["Atlas", "AtlasHit", "BuildReport", "build_atlas"]
+__all__ = [
+    "Atlas",
+    "AtlasDiff",
+    "AtlasHit",
+    "BuildReport",
+    "WeightHit",
+    "build_atlas",
+    "diff_atlases",
+    "search_weights",
+]

@@ -33,18 +33,19 @@ class AtlasHit:
     neuron: NeuronId
     matrix: str
     rank: int
-    """Position of the best matching token in the neuron's list (0 = its top token)."""
+    """Position of the best matching token in the neuron's list (0 = its top token;
+    :meth:`to_dict` and the printed table count from 1, as the weight search does)."""
     token: str
     score: float
     matches: int = 1
     """How many of the neuron's listed tokens match the query."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
+        """Return a JSON-ready dict (``rank`` counted from 1: 1 = the neuron's top token)."""
         return {
             "neuron": str(self.neuron),
             "matrix": self.matrix,
-            "rank": self.rank,
+            "rank": self.rank + 1,
             "token": self.token,
             "score": self.score,
             "matches": self.matches,
@@ -161,10 +162,13 @@ class Atlas:
             entry = self.manifest["shards"].get(name)
             if entry is None:
                 have = ", ".join(self.matrices) or "none"
+                flag = f"--matrices {matrix}" if layer in self.layers else f"--layers {layer}"
+                if layer not in self.layers and matrix not in self.matrices:
+                    flag += f" --matrices {matrix}"
                 raise AtlasError(
                     f"this atlas has no {matrix} shard for layer {layer} (layers "
                     f"{_ranges(self.layers)}, matrices {have}); map it with `conceptvec map "
-                    f"--matrices {matrix}`"
+                    f"{flag}`"
                 )
             self._shards[name] = store.decode_shard(
                 store.shard_file(self.path, entry),
@@ -225,13 +229,15 @@ class Atlas:
         exact: bool = False,
         bottom: bool = False,
         max_rank: int | None = None,
+        layers: list[int] | None = None,
     ) -> list[AtlasHit]:
         """Return the neurons whose top tokens hold ``query``, best first.
 
         Matching ignores case and surrounding spaces (``"dog"`` finds ``" dog"``, ``"Dog"``)
         unless ``exact``. Neurons rank by where the token sits in their list (top-1 first),
         then by how many listed tokens match, then by score. ``bottom`` searches the bottom
-        tokens instead; ``max_rank`` keeps only hits within the first ``max_rank`` places.
+        tokens instead; ``max_rank`` keeps only hits within the first ``max_rank`` places;
+        ``layers`` searches only those layers (each must be in the atlas).
         """
         ids = self.token_ids(query, exact)
         if not ids:
@@ -243,7 +249,17 @@ class Atlas:
         want = torch.tensor(ids, dtype=torch.int32)
         side = "bottom" if bottom else "top"
         hits: list[AtlasHit] = []
+        if layers is not None:
+            missing = sorted(set(layers) - set(self.layers))
+            if missing:
+                raise AtlasError(
+                    f"this atlas has no layer {missing[0]} (it holds layers "
+                    f"{_ranges(self.layers)}); map it with `conceptvec map --layers "
+                    f"{_ranges(missing)}`, or search layers it holds"
+                )
         for layer, m, s in self.shards(check_matrix(matrix) if matrix else None):
+            if layers is not None and layer not in layers:
+                continue
             ids_k, vals_k = s[f"{side}_ids"], s[f"{side}_values"]
             if max_rank is not None:
                 ids_k, vals_k = ids_k[:, :max_rank], vals_k[:, :max_rank]

@@ -122,7 +122,7 @@ def build_atlas(
     with contextlib.closing(_Release(held)):
         plan = _collective(rank, world, lambda: _prepare(root, model, manifest, items, overwrite))
         done = plan["done"]
-        report.shards_reused = sorted(done)
+        report.shards_reused = sorted(name for name in done if name in items)  # of this run
         report.shards_remade = plan["remade"]
         report.seconds["load"] = t_load - t0
         report.seconds["head"] = t_head - t_load

@@ -26,6 +26,10 @@ class LayerDiff:
     same_top1: float
     overlap: float
     neurons: int
+    same_top1_count: int = 0
+    """How many of the layer's ``neurons`` have the same top-1 token."""
+    unchanged: int = 0
+    """How many have the same top-1 token and the same set of top-k tokens."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -33,6 +37,8 @@ class LayerDiff:
             "layer": self.layer,
             "matrix": self.matrix,
             "same_top1": self.same_top1,
+            "same_top1_count": self.same_top1_count,
+            "unchanged": self.unchanged,
             "mean_topk_overlap": self.overlap,
             "neurons": self.neurons,
         }
@@ -72,35 +78,54 @@ class AtlasDiff:
 
     def same_top1(self, matrix: str | None = None) -> float:
         """Return the share of neurons (over all compared layers) with the same top-1 token."""
+        same, total = self.same_top1_count(matrix)
+        return same / total if total else float("nan")
+
+    def same_top1_count(self, matrix: str | None = None) -> tuple[int, int]:
+        """Return ``(neurons with the same top-1 token, neurons compared)``."""
         rows = [r for r in self.layers if matrix is None or r.matrix == matrix]
-        total = sum(r.neurons for r in rows)
-        return sum(r.same_top1 * r.neurons for r in rows) / total if total else float("nan")
+        return sum(r.same_top1_count for r in rows), sum(r.neurons for r in rows)
+
+    @property
+    def unchanged(self) -> bool:
+        """True when every compared neuron kept its top-1 token and its top-k token set."""
+        return all(r.unchanged == r.neurons for r in self.layers)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (what ``conceptvec diff --json`` prints)."""
         matrices = sorted({r.matrix for r in self.layers})
+        same, total = self.same_top1_count()
         return {
             "a": self.a,
             "b": self.b,
             "k": self.k,
+            "unchanged": self.unchanged,
             "same_top1": self.same_top1(),
+            "same_top1_count": same,
+            "neurons": total,
             "same_top1_by_matrix": {m: self.same_top1(m) for m in matrices},
             "layers": [r.to_dict() for r in self.layers],
             "changed_most": [c.to_dict() for c in self.changed],
         }
 
     def __str__(self) -> str:
-        lines = [
-            f"A: {self.a}",
-            f"B: {self.b}",
-            f"same top-1 token: {100 * self.same_top1():.1f}% of neurons (top-{self.k} compared)",
+        same, total = self.same_top1_count()
+        lines = [f"A: {self.a}", f"B: {self.b}"]
+        if self.unchanged:
+            lines.append(
+                f"nothing changed: all {total} neurons keep their top-1 token and their "
+                f"top-{self.k} tokens"
+            )
+            return "\n".join(lines)
+        lines += [
+            f"same top-1 token: {same}/{total} neurons ({_percent(same, total)}; top-{self.k} "
+            "compared)",
             "",
-            f"{'layer':>5} {'matrix':<6} {'same top-1':>10} {'top-k overlap':>13}",
+            f"{'layer':>5} {'matrix':<6} {'same top-1':>15} {'top-k overlap':>13}",
         ]
         for r in self.layers:
-            lines.append(
-                f"{r.layer:>5} {r.matrix:<6} {100 * r.same_top1:>9.1f}% {100 * r.overlap:>12.1f}%"
-            )
+            count = f"{r.same_top1_count}/{r.neurons}"
+            lines.append(f"{r.layer:>5} {r.matrix:<6} {count:>15} {100 * r.overlap:>12.1f}%")
         if self.changed:
             lines += ["", "changed most:"]
             for c in self.changed:
@@ -128,6 +153,16 @@ class AtlasDiff:
             yaxis_range=[0, 1],
         )
         return fig
+
+
+def _percent(part: int, whole: int) -> str:
+    """Return ``part/whole`` as a percentage that reads 100% or 0% only when it is exactly so."""
+    if not whole:
+        return "n/a"
+    p = 100 * part / whole
+    if 0 < part < whole:
+        p = min(max(p, 0.01), 99.99)
+    return f"{p:.2f}%"
 
 
 def _check_comparable(a: Atlas, b: Atlas) -> None:
@@ -168,8 +203,17 @@ def diff_atlases(a: Atlas | str, b: Atlas | str, *, top: int = 20) -> AtlasDiff:
         same = (ia[:, 0] == ib[:, 0]).float()
         # |A ∩ B| per row: compare every pair of the two k-lists (ids within a list are unique).
         overlap = (ia[:, :, None] == ib[:, None, :]).any(-1).float().sum(-1) / k
+        n_same = int(same.sum())
         out.layers.append(
-            LayerDiff(layer, matrix, float(same.mean()), float(overlap.mean()), len(same))
+            LayerDiff(
+                layer,
+                matrix,
+                n_same / len(same),
+                float(overlap.mean()),
+                len(same),
+                same_top1_count=n_same,
+                unchanged=int(((overlap == 1) & (same == 1)).sum()),
+            )
         )
         key = overlap + same * 1e-3  # among equal overlaps, a changed top-1 counts as more change
         idx = key.topk(min(top, len(key)), largest=False).indices

@@ -11,6 +11,7 @@ from typing import Any
 from ..decode import _recipe
 from ..models import Model
 from ..tokens import token_text
+from ..version import package_version
 from . import store
 
 
@@ -37,8 +38,6 @@ def weights_fingerprint(model: Model) -> str | None:
 
 def atlas_identity(model: Model, *, k: int, dtype: str, fold_norm: bool) -> dict[str, Any]:
     """Return a new manifest's fields (without shards): who, what shape, which recipe."""
-    from .. import __version__
-
     d = model.dims
     return {
         "schema": store.SCHEMA,
@@ -56,7 +55,7 @@ def atlas_identity(model: Model, *, k: int, dtype: str, fold_norm: bool) -> dict
         "dtype": dtype,
         "recipe": {m: _recipe(model, m, fold_norm) for m in ("up", "down")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "conceptvec_version": __version__,
+        "conceptvec_version": package_version(),
     }
 
 

@@ -93,6 +93,7 @@ def search_weights(
     fold_norm: bool = True,
     by: str = "zscore",
     show_tokens: int = 8,
+    progress: bool = False,
 ) -> list[WeightHit]:
     """Return the ``top`` neurons whose projection scores the searched tokens highest.
 
@@ -102,6 +103,7 @@ def search_weights(
     ``side="bottom"`` ranks by the most negative scores, ``"both"`` by either (each neuron
     keeps its better side). ``by="zscore"`` (default) measures a token's score in standard
     deviations of the neuron's own projection; ``by="score"`` uses the raw score.
+    ``progress=True`` shows a bar over the layers on stderr.
     """
     if by not in ("zscore", "score"):
         raise AtlasError(f"unknown ranking {by!r}; use zscore or score")
@@ -128,7 +130,12 @@ def search_weights(
     n_best = min(best_of, len(ids))
     # (ranking key, sign, layer, index, the neuron's vector) per candidate
     found: list[tuple[float, float, int, int, torch.Tensor]] = []
-    for layer in layers if layers is not None else range(n_layers):
+    todo = list(layers) if layers is not None else list(range(n_layers))
+    if progress:
+        from tqdm.auto import tqdm
+
+        todo = tqdm(todo, desc=f"searching {matrix} weights", unit="layer", leave=False)
+    for layer in todo:
         v = residual_vectors(m, layer, matrix, fold_norm)
         raw = v @ folded  # [d_mlp, t]: one product per layer
         if cov is not None:

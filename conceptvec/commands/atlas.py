@@ -105,11 +105,11 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Argument(help=MODEL_HELP)],
         matrices: Annotated[
             str | None,
-            typer.Option(help="Comma-separated, e.g. up,down [default: all the model has]."),
+            typer.Option(help="Comma-separated, e.g. up,down (default: all the model has)."),
         ] = None,
         k: Annotated[int, typer.Option("--k", "-k", min=1, help="Top and bottom tokens.")] = 20,
         out: Annotated[
-            Path | None, typer.Option("--out", "-o", help="Atlas folder [default: atlas-MODEL].")
+            Path | None, typer.Option("--out", "-o", help="Atlas folder (default: atlas-MODEL).")
         ] = None,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
         dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float32")] = "auto",
@@ -175,7 +175,10 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str, typer.Argument(help=MODEL_HELP + " Or an atlas folder.")],
         word: Annotated[str, typer.Argument(help="The token to look for, e.g. dog.")],
         matrix: Annotated[
-            str | None, typer.Option("--matrix", "-m", help="up | gate | down [default: down]")
+            str | None,
+            typer.Option(
+                "--matrix", "-m", help="up | gate | down (default: down; on an atlas, all it has)"
+            ),
         ] = None,
         top: Annotated[int, typer.Option("--top", "-n", min=1, help="Neurons to list.")] = 20,
         exact: Annotated[
@@ -185,7 +188,14 @@ def register(app: typer.Typer) -> None:
         both: Annotated[
             bool, typer.Option(help="Search both signs (concepts live in bottom tokens too).")
         ] = False,
-        by: Annotated[str, typer.Option(help="Rank by zscore or raw score.")] = "zscore",
+        by: Annotated[
+            str | None,
+            typer.Option(
+                help="Weight search ranking: zscore (standard deviations within each neuron's "
+                "projection; the default) or score. Not for atlases, which rank by the token's "
+                "place in each stored list.",
+            ),
+        ] = None,
         layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. 20-29.")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
@@ -202,7 +212,22 @@ def register(app: typer.Typer) -> None:
             from ..atlas import Atlas
 
             atlas = Atlas(model)
-            hits = atlas.search(word, matrix=matrix, top=top, exact=exact, bottom=bottom)
+            fix = {"--by": "drop --by", "--both": "search --bottom separately"}
+            for flag, given in (("--by", by is not None), ("--both", both)):
+                if given:
+                    raise AtlasError(
+                        f"{flag} applies to the search of a model's weights; an atlas ranks "
+                        f"neurons by where the token sits in their stored lists: {fix[flag]}, "
+                        f"or search the model ({atlas.model_name}) instead"
+                    )
+            hits = atlas.search(
+                word,
+                matrix=matrix,
+                top=top,
+                exact=exact,
+                bottom=bottom,
+                layers=parse_layers(layers),
+            )
             if json_out:
                 print_json([h.to_dict() for h in hits])
             else:
@@ -211,7 +236,14 @@ def register(app: typer.Typer) -> None:
         from ..atlas.search import hits_table, search_weights
 
         side = "both" if both else ("bottom" if bottom else "top")
-        kw = dict(matrix=matrix or "down", top=top, side=side, layers=parse_layers(layers), by=by)
+        kw = dict(
+            matrix=matrix or "down",
+            top=top,
+            side=side,
+            layers=parse_layers(layers),
+            by=by or "zscore",
+            progress=True,  # a bar on stderr; stdout keeps the table or the JSON
+        )
         if len(word.split()) > 1:  # a multi-word name: its concept token set
             from ..concepts.tokens import concept_tokens
             from ..models import load

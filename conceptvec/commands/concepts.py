@@ -77,7 +77,7 @@ def find(
     ] = None,
     unrelated_qa: Annotated[
         str | None,
-        typer.Option("--unrelated-qa", help="Unrelated questions [default: everyday ones]."),
+        typer.Option("--unrelated-qa", help="Unrelated questions (default: everyday ones)."),
     ] = None,
     text: Annotated[
         str | None,

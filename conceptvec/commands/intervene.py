@@ -36,7 +36,10 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for controls and nois
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def _report(model, edits, prompts, targets, controls, top_k, tokens, chat, seed, json_out):
+def _report(
+    model, edits, prompts, targets, controls, top_k, tokens, chat, seed, json_out, before=None
+):
+    """Measure and print the effect; ``before`` (ablate) is the neurons' activations first."""
     from ..cli import print_json
     from ..interventions import measure_effect
     from ..interventions.specs import check_against
@@ -59,6 +62,7 @@ def _report(model, edits, prompts, targets, controls, top_k, tokens, chat, seed,
         generate=tokens,
         chat=chat,
         seed=seed,
+        progress=True,
     )
     data = result.to_dict()
     bad = _non_finite(data)
@@ -68,26 +72,59 @@ def _report(model, edits, prompts, targets, controls, top_k, tokens, chat, seed,
             "intervention is too large for this model: use a smaller value or --std"
         )
     if json_out:
-        print_json(data)
+        print_json({**data, "activation_before": before} if before is not None else data)
     else:
+        if before is not None:
+            typer.echo(_activation_text(before) + "\n")
         typer.echo(str(result))
 
 
-def context_length(model) -> int | None:
-    """Return how many positions the model can attend to (None when its config does not say)."""
-    from ..models.specs import text_config
+def _activations_before(model, ids, prompts: list[str], mode: str) -> list[dict]:
+    """Return each neuron's activation on each prompt (mean over its tokens, and the last)."""
+    from ..activations import read_activations
 
-    c = text_config(model.config)
-    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(c, name, None)
-        if type(value) is int and value > 0:
-            return value
-    return None
+    acts = read_activations(model, prompts, ids)
+    rows = []
+    for i, prompt in enumerate(prompts):
+        for n in ids:
+            v = acts.text_values(i, n)
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "neuron": str(n),
+                    "mean": float(v.double().mean()) if v.numel() else float("nan"),
+                    "last": float(v[-1]) if v.numel() else float("nan"),
+                    "tokens": int(v.numel()),
+                    "mode": mode,
+                }
+            )
+    return rows
+
+
+def _activation_text(rows: list[dict]) -> str:
+    """Return the ``before the edit`` lines of ``ablate``, with why a sign matters."""
+    from ..tokens import show
+
+    several = len({r["prompt"] for r in rows}) > 1
+    lines = []
+    for r in rows:
+        where = f" on {show(r['prompt'])}" if several else ""
+        lines.append(
+            f"{r['neuron']} before the edit{where}: mean activation {r['mean']:+.4g} over "
+            f"{r['tokens']} prompt tokens (last token {r['last']:+.4g})"
+        )
+    negative = dict.fromkeys(r["neuron"] for r in rows if r["mode"] == "zero" and r["mean"] < 0)
+    for n in negative:
+        lines.append(
+            f"note: {n} fires negatively here, so it pushes its top tokens down; zeroing it "
+            "removes that push and raises its top tokens (and lowers its bottom ones)"
+        )
+    return "\n".join(lines)
 
 
 def _check_context(model, prompts: list[str], tokens: int, chat: bool) -> None:
     """Raise if a prompt plus ``tokens`` new tokens would run past the model's context."""
-    limit = context_length(model)
+    limit = model.context_length
     if limit is None:
         return
     if tokens > limit:
@@ -208,7 +245,10 @@ def ablate(
             noise(n, std, matrix=matrix, relative=relative, seed=seed + i)
             for i, n in enumerate(ids)
         ]
-    _report(m, edits, prompt, targets, controls, top_k, max_new_tokens, chat, seed, json_out)
+    before = _activations_before(m, ids, prompt, mode)
+    _report(
+        m, edits, prompt, targets, controls, top_k, max_new_tokens, chat, seed, json_out, before
+    )
 
 
 def register(app: typer.Typer) -> None:

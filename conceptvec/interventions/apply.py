@@ -280,6 +280,12 @@ def logits(
     through the model's own backend (``rows``: see :class:`Intervention`)."""
     iv = Intervention(model, interventions, rows=rows)
     target = iv.target
+    limit = target.model.context_length
+    if limit and input_ids.shape[1] > limit:
+        raise BadInterventionError(
+            f"the input has {input_ids.shape[1]} tokens, more than the model's context of "
+            f"{limit}: shorten it"
+        )
     with torch.no_grad(), iv:
         if target.backend == "nnsight":
             out = nns.logits(target, input_ids, iv.apply)
@@ -308,6 +314,13 @@ def generate(
     mask = _check_mask(input_ids, attention_mask)
     iv = Intervention(model, interventions)
     target = iv.target
+    limit = target.model.context_length
+    if max_new_tokens < 1 or (limit and input_ids.shape[1] + max_new_tokens > limit):
+        raise BadInterventionError(
+            f"cannot generate {max_new_tokens} tokens after a {input_ids.shape[1]}-token prompt"
+            + (f" within the model's context of {limit} tokens" if limit else "")
+            + ": shorten the prompt or ask for fewer (at least 1) new tokens"
+        )
     padded = bool((mask == 0).any())
     with torch.no_grad(), iv:
         if target.backend == "nnsight":

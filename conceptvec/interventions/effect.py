@@ -9,6 +9,8 @@ after, and the same change under ``controls`` random-neuron versions of the inte
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -242,6 +244,44 @@ def _top(logp: torch.Tensor, k: int, text: Any) -> list[TokenProb]:
 
 
 # ---------------------------------------------------------------------- measuring
+def progress_bar(total: int, desc: str, on: bool) -> Any:
+    """Return a tqdm bar on stderr (a silent one when ``on`` is False); use it as a context."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="pass", disable=not on, file=sys.stderr, leave=False)
+
+
+def spaceless_twin(tokenizer: Any, target: str | int) -> str | None:
+    """Return ``" " + target`` when ``target`` looks like a word that lost its leading space:
+    a word of letters whose spaced form is another single token (" dog" vs "dog")."""
+    if tokenizer is None or not isinstance(target, str):
+        return None
+    if not re.fullmatch(r"[^\W\d_]+", target):
+        return None
+    bare = tokenizer.encode(target, add_special_tokens=False)
+    spaced = tokenizer.encode(" " + target, add_special_tokens=False)
+    if len(bare) == 1 and len(spaced) == 1 and bare != spaced:
+        return " " + target
+    return None
+
+
+def warn_if_spaceless(tokenizer: Any, target: str | int, prompts: Sequence[str]) -> None:
+    """Warn (one line) when ``target`` looks like it lost its leading space and some prompt
+    does not end in a space (after which the word would be the spaced token)."""
+    twin = spaceless_twin(tokenizer, target)
+    if twin is None or all(p[-1:].isspace() for p in prompts):
+        return
+    warnings.warn(
+        f"target {target!r} has no leading space, and {twin!r} is another token: the one that "
+        f"usually follows a word; pass {twin!r} unless you mean the word glued to the text "
+        "before it",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
 CONTROL_BATCH = 16
 """Random controls run this many at a time, one per batch row, in one forward pass."""
 
@@ -278,6 +318,7 @@ def measure_effect(
     chat: bool = False,
     seed: int = 0,
     tokenizer: Any = None,
+    progress: bool = False,
 ) -> EffectResult:
     """Return an :class:`EffectResult`: the intervention's effect on each prompt's next token.
 
@@ -285,6 +326,7 @@ def measure_effect(
     ``controls`` random-neuron versions of the intervention give the percentile; ``generate``
     greedy tokens are generated before and after when > 0; ``chat`` applies the chat template.
     ``tokenizer`` is needed for a bare ``transformers`` model (others bring their own).
+    ``progress`` shows a tqdm bar on stderr (one step per forward pass or generation).
     """
     target = resolve(model, tokenizer)
     edits = flatten(intervention)
@@ -303,41 +345,20 @@ def measure_effect(
             'random controls compare the change in log p(target): pass targets, e.g. [" dog"]'
         )
     ids_t = target_ids(target, targets)
+    if not chat:
+        for t in targets:
+            warn_if_spaceless(target.tokenizer, t, prompts)
     text = token_text(target.tokenizer)
     control_edits = random_controls(edits, d.d_mlp, controls, seed)
-
-    def next_logp(ids: torch.Tensor, edit: Any) -> torch.Tensor:
-        return forward_logits(target, ids, edit)[0, -1].log_softmax(-1)
+    steps = len(prompts) * (2 + len(control_edits) + (2 if generate else 0))
+    bar = progress_bar(steps, "measuring effect", progress)
 
     results = []
-    for prompt in prompts:
-        ids = encode(target, prompt, chat)
-        before, after = next_logp(ids, ()), next_logp(ids, edits)
-        lb = [float(before[i]) for i in ids_t]
-        la = [float(after[i]) for i in ids_t]
-        deltas, probs = [], []
-        for c in _control_logps(target, ids, control_edits):
-            deltas.append(sum(float(c[i]) - b for i, b in zip(ids_t, lb)) / max(len(ids_t), 1))
-            probs.append(sum(math.exp(float(c[i])) for i in ids_t))
-        effect = PromptEffect(
-            prompt=prompt,
-            targets=[text(i) for i in ids_t],
-            logprob_before=lb,
-            logprob_after=la,
-            top_before=_top(before, top_k, text),
-            top_after=_top(after, top_k, text),
-            control_deltas=deltas,
-            control_probs=probs,
-        )
-        if generate:
-            tok = target.tokenizer
-            effect.generation_before = tok.decode(
-                generate_ids(target, ids, (), generate)[0], skip_special_tokens=True
+    with bar:
+        for prompt in prompts:
+            results.append(
+                _one_prompt(target, prompt, edits, ids_t, control_edits, top_k, generate, chat, bar)
             )
-            effect.generation_after = tok.decode(
-                generate_ids(target, ids, edits, generate)[0], skip_special_tokens=True
-            )
-        results.append(effect)
     return EffectResult(
         model=target.model.name,
         intervention=[str(e) for e in edits],
@@ -345,3 +366,40 @@ def measure_effect(
         prompts=results,
         controls=[[str(e) for e in c] for c in control_edits],
     )
+
+
+def _one_prompt(target, prompt, edits, ids_t, control_edits, top_k, generate, chat, bar):
+    """Return the :class:`PromptEffect` of one prompt, ticking ``bar`` once per pass."""
+    text = token_text(target.tokenizer)
+
+    def next_logp(ids: torch.Tensor, edit: Any) -> torch.Tensor:
+        out = forward_logits(target, ids, edit)[0, -1].log_softmax(-1)
+        bar.update(1)
+        return out
+
+    ids = encode(target, prompt, chat)
+    before, after = next_logp(ids, ()), next_logp(ids, edits)
+    lb = [float(before[i]) for i in ids_t]
+    la = [float(after[i]) for i in ids_t]
+    deltas, probs = [], []
+    for c in _control_logps(target, ids, control_edits):
+        deltas.append(sum(float(c[i]) - b for i, b in zip(ids_t, lb)) / max(len(ids_t), 1))
+        probs.append(sum(math.exp(float(c[i])) for i in ids_t))
+        bar.update(1)
+    effect = PromptEffect(
+        prompt=prompt,
+        targets=[text(i) for i in ids_t],
+        logprob_before=lb,
+        logprob_after=la,
+        top_before=_top(before, top_k, text),
+        top_after=_top(after, top_k, text),
+        control_deltas=deltas,
+        control_probs=probs,
+    )
+    if generate:
+        tok = target.tokenizer
+        for edit, field_name in (((), "generation_before"), (edits, "generation_after")):
+            out = generate_ids(target, ids, edit, generate)[0]
+            setattr(effect, field_name, tok.decode(out, skip_special_tokens=True))
+            bar.update(1)
+    return effect

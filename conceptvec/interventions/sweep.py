@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import BadInterventionError
 from ..neurons import NeuronId
-from .effect import EffectResult, measure_effect, pretty_as_str
+from .effect import EffectResult, measure_effect, pretty_as_str, progress_bar
 from .specs import Positions, clamp, finite
 from .targets import resolve
 
@@ -111,11 +111,12 @@ def dose_response(
     chat: bool = False,
     seed: int = 0,
     tokenizer: Any = None,
+    progress: bool = False,
 ) -> DoseResponse:
     """Return a :class:`DoseResponse`: ``neurons`` clamped to each of ``values`` in turn.
 
     Controls (``controls`` random neurons of the same layers, the same at every value) are
-    clamped to the same values.
+    clamped to the same values. ``progress`` shows a tqdm bar on stderr, one step per value.
     """
     target = resolve(model, tokenizer)
     ns = [neurons] if isinstance(neurons, (str, NeuronId)) else list(neurons)
@@ -123,20 +124,24 @@ def dose_response(
     values = [finite(v, "clamp value") for v in values]
     if not values or not ns:
         raise BadInterventionError("pass at least one neuron and one clamp value")
-    effects = [
-        measure_effect(
-            target,
-            prompts,
-            [clamp(n, v, positions) for n in ns],
-            targets,
-            controls=controls,
-            top_k=top_k,
-            generate=generate,
-            chat=chat,
-            seed=seed,
-        )
-        for v in values
-    ]
+    effects = []
+    with progress_bar(len(values), "dose response", progress) as bar:
+        for v in values:
+            effects.append(
+                measure_effect(
+                    target,
+                    prompts,
+                    [clamp(n, v, positions) for n in ns],
+                    targets,
+                    controls=controls,
+                    top_k=top_k,
+                    generate=generate,
+                    chat=chat,
+                    seed=seed,
+                )
+            )
+            bar.set_postfix_str(f"clamp {v:g}")
+            bar.update(1)
     return DoseResponse(
         model=target.model.name,
         neurons=[str(n) for n in ns],

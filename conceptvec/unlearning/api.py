@@ -16,15 +16,17 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..neurons import NeuronId
 from .data import StepDataset, collate
 from .inputs import build_sets, resolve_concept, resolve_neuron, trainable_module
-from .methods import METHODS, Context, UnlearningError, method, resolve_hparams
+from .methods import METHODS, Context, UnlearningError, resolve_hparams
+from .methods import method as get_method
 from .output import check_out, fingerprint, qa_scores, save_model, write_atomically
 from .scope import Scope, apply_scope, column_weight, parse_scope
 
@@ -129,7 +131,7 @@ def unlearn(
     """
     from ..interventions.targets import resolve
 
-    m = METHODS[method] if method in METHODS else globals()["method"](method)
+    m = get_method(method)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     lr = m.lr if lr is None else lr
     _check_numbers(lr, steps, batch_size, world)
@@ -154,7 +156,7 @@ def unlearn(
             texts = [entry.wikipedia_content] if entry.wikipedia_content else []
             search = find_concept(target, entry.concept, texts=texts, qa=entry.qa, progress=False)
             best = (search.validated or search.candidates)[0]
-            return NeuronId_parse(best.neuron)
+            return NeuronId.parse(best.neuron)
 
         vec = resolve_neuron(neuron, entry, hf, found, find)
         if vec is not None:
@@ -196,7 +198,10 @@ def unlearn(
         if m.name == "edit":
             sets = None
             history, stopped, resumed = [], False, None
-            heldout = ([q.strip() for q in entry.qa if q.strip()], [q.strip() for q in entry.unrelated_qa if q.strip()])
+            heldout = (
+                [q.strip() for q in entry.qa if q.strip()],
+                [q.strip() for q in entry.unrelated_qa if q.strip()],
+            )
             before = _evaluate(target, heldout, None, evaluate, chat, max_new_tokens)
             with torch.no_grad():
                 w = column_weight(hf, base.spec, vec)
@@ -223,7 +228,7 @@ def unlearn(
                 weight_decay=weight_decay, save_every=save_every, resume=resume,
                 keep=keep_checkpoints, stop_loss=stop_loss, progress=progress,
             )  # fmt: skip
-            record["data"] = sets.spec.__dict__
+            record["data"] = asdict(sets.spec)
         hf.eval()
         after = _evaluate(target, heldout, before, evaluate, chat, max_new_tokens)
         record.update(
@@ -236,6 +241,8 @@ def unlearn(
             fingerprint=fingerprint(hf),
             dtype=str(next(hf.parameters()).dtype).replace("torch.", ""),
         )
+        if torch.cuda.is_available():
+            record["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
         if after is not None:
             record["evaluation"] = after
         main = int(os.environ.get("RANK", "0")) == 0
@@ -244,12 +251,6 @@ def unlearn(
         return UnlearnResult(hf, out, record)
     finally:
         torch.set_num_threads(old_threads)
-
-
-def NeuronId_parse(text: str):  # noqa: N802 - a tiny alias kept local to avoid a cycle
-    from ..neurons import NeuronId
-
-    return NeuronId.parse(text)
 
 
 def _tf_version() -> str:
@@ -267,7 +268,10 @@ def _evaluate(target, heldout, before, evaluate: bool, chat, max_new_tokens):
     try:
         names = ("forget_qa", "retain_qa")
         if before is None:
-            return {n: qa_scores(target, qs, None, chat=chat, max_new_tokens=max_new_tokens) for n, qs in zip(names, heldout)}
+            return {
+                n: qa_scores(target, qs, None, chat=chat, max_new_tokens=max_new_tokens)
+                for n, qs in zip(names, heldout)
+            }
         return {
             n: {"before": before[n], "after": qa_scores(target, before[n]["questions"], before[n]["answers"], chat=chat, max_new_tokens=max_new_tokens)}
             for n in names
@@ -294,7 +298,9 @@ def _train(hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, **kw)
             g = torch.Generator().manual_seed(kw["seed"])
             noise = torch.randn(w.shape[0], generator=g) * h["sigma"]
             w[:, sc.neuron.index] += noise.to(w.device, w.dtype)
-    ctx = Context(model=hf, ref=ref, hparams=h, layers=_layers(hf, spec), ref_layers=_layers(ref, spec))
+    ctx = Context(
+        model=hf, ref=ref, hparams=h, layers=_layers(hf, spec), ref_layers=_layers(ref, spec)
+    )
     if m.name == "rmu":
         ctx.control = _control(hf, ref, ctx, sets, h, kw["seed"], tok)
     world = kw["world"]
@@ -308,7 +314,9 @@ def _train(hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, **kw)
         seed=kw["seed"], save_every=kw["save_every"], weight_decay=kw["weight_decay"],
         find_unused=m.name == "rmu" or sc.kind != "full",
     )  # fmt: skip
-    data = StepDataset(sets.forget, sets.retain, kw["steps"] * kw["batch_size"], kw["seed"], sets.idk)
+    data = StepDataset(
+        sets.forget, sets.retain, kw["steps"] * kw["batch_size"], kw["seed"], sets.idk
+    )
     frozen_decay = {n for n in names if sc.kind == "vector"}
     holder: list = []
     prog = Progress(holder, kw["steps"], kw["progress"], kw["stop_loss"])
@@ -319,11 +327,18 @@ def _train(hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, **kw)
         context=ctx, loss_fn=loss_method.loss, frozen_decay=frozen_decay,
     )  # fmt: skip
     holder.append(trainer)
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints a metrics dict to stdout
     try:
         trainer.train(resume_from_checkpoint=resumed)
     except NonFiniteLoss as e:
         good = last_checkpoint(work)
-        kept = f"the last good checkpoint is {good}" if good else "no checkpoint was saved (use --save-every)"
+        kept = (
+            f"the last good checkpoint is {good}"
+            if good
+            else "no checkpoint was saved (use --save-every)"
+        )
         raise UnlearningError(
             f"the {m.name} loss became {e.value} at step {e.step}; stopped, nothing written to "
             f"{out or 'an output folder'}; {kept}; lower --lr"

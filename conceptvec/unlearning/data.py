@@ -144,7 +144,9 @@ def read_pairs(path: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
                 )
     else:
         text = text.replace("\r\n", "\n")
-        parts = re.split(r"\n[ \t]*\n", text) if re.search(r"\n[ \t]*\n", text) else text.split("\n")
+        parts = (
+            re.split(r"\n[ \t]*\n", text) if re.search(r"\n[ \t]*\n", text) else text.split("\n")
+        )
         texts = [t.strip() for t in parts if t.strip()]
     return texts, pairs
 

@@ -76,7 +76,12 @@ def resolve_concept(
                     f"{concept} holds {len(entries)} concepts; pass it as concepts=/--concepts "
                     "and name one with concept=/--concept"
                 )
-            return entries[0], [e for e in pool if e.concept != entries[0].concept], str(concept), neuron
+            return (
+                entries[0],
+                [e for e in pool if e.concept != entries[0].concept],
+                str(concept),
+                neuron,
+            )
     if not isinstance(concept, str) or not concept.strip():
         raise UnlearningError(
             f"concept must be a name, a ConceptVectors JSON file, a ConceptEntry or a "
@@ -166,7 +171,11 @@ def build_sets(
         r_texts = random.Random(seed).sample(r_texts, max(rows, 64))
 
     unanswered = [q for q in train_q] + [q for q in train_u]
-    answers = answer(target, unanswered, chat=tk.chat, max_new_tokens=max_new_tokens) if unanswered else []
+    answers = (
+        answer(target, unanswered, chat=tk.chat, max_new_tokens=max_new_tokens)
+        if unanswered
+        else []
+    )
     f_pairs += list(zip(train_q, answers[: len(train_q)]))
     r_pairs += list(zip(train_u, answers[len(train_q) :]))
     forget = [e for e in map(tk.text, f_texts) if e] + [tk.qa(q, a) for q, a in f_pairs]
@@ -181,7 +190,9 @@ def build_sets(
     idk = None
     if dpo:
         forget = [halves(e) for e in forget]
-        idk = [Example(e.prompt, _idk_tokens(tk, a, e), e.kind) for e in forget for a in IDK_ANSWERS]
+        idk = [
+            Example(e.prompt, _idk_tokens(tk, a, e), e.kind) for e in forget for a in IDK_ANSWERS
+        ]
     return Sets(forget, retain, idk, spec, held_q, held_u)
 
 

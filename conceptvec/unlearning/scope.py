@@ -69,9 +69,7 @@ def parse_scope(text: str, n_layers: int, neuron: NeuronId | None = None) -> Sco
                 f"0-{n_layers - 1}; pick a range within them"
             )
         return Scope(kind, first, last)
-    raise UnlearningError(
-        f"unknown scope {text!r}; use full, down, down:A-B, layers:A-B or vector"
-    )
+    raise UnlearningError(f"unknown scope {text!r}; use full, down, down:A-B, layers:A-B or vector")
 
 
 def _layer_of(name: str, layers_module: str) -> int | None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -61,11 +60,24 @@ class UnlearnTrainer(Trainer):
         self.context.model = model
         out = self.loss_fn(self.context, inputs)
         loss = out["loss"]
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise NonFiniteLoss(self.state.global_step + 1, value)
-        self.last = {k: float(v.detach()) for k, v in out.items()}
+        # averaged over ranks first, so that every process sees the same value and stops
+        # together when it is not finite
+        self.last = _mean_over_ranks({k: v.detach() for k, v in out.items()})
+        if not math.isfinite(self.last["loss"]):
+            raise NonFiniteLoss(self.state.global_step + 1, self.last["loss"])
         return (loss, None) if return_outputs else loss
+
+
+def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Return the values averaged over all processes (as plain floats)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return {k: float(v) for k, v in values.items()}
+    keys = sorted(values)
+    t = torch.stack([values[k].float().reshape(()) for k in keys])
+    dist.all_reduce(t)
+    t /= dist.get_world_size()
+    return {k: float(x) for k, x in zip(keys, t.tolist())}
 
 
 class Progress(TrainerCallback):
@@ -125,7 +137,10 @@ def arguments(
     bf16: bool = False,
 ) -> TrainingArguments:
     """Return the TrainingArguments of a run (AdamW, constant learning rate, no reporting)."""
+    import os
+
     on_gpu = torch.cuda.is_available()
+    multi = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return TrainingArguments(
         output_dir=str(work_dir),
         max_steps=steps,
@@ -144,7 +159,7 @@ def arguments(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         use_cpu=not on_gpu,
-        ddp_backend=None if on_gpu else "gloo",
+        ddp_backend="gloo" if multi and not on_gpu else None,
         ddp_find_unused_parameters=find_unused,
         average_tokens_across_devices=False,
         bf16=bf16,

@@ -1,0 +1,13 @@
+"""Unlearning methods that produce checkpoints to evaluate.
+
+- :func:`unlearn` trains (or edits) a model to forget a concept and writes an HF
+  checkpoint with ``unlearning.json`` (an :class:`UnlearnResult`);
+- :data:`METHODS`: ``ga``, ``gd``, ``npo``, ``npo-gd``, ``npo-kl``, ``simnpo``, ``dpo``,
+  ``rmu``, ``needle``, ``edit``, each a loss in :mod:`.methods` citing its paper;
+- :class:`UnlearningError` is what a run that cannot start or finish raises.
+"""
+
+from .api import UnlearnResult, unlearn
+from .methods import METHODS, Method, UnlearningError
+
+__all__ = ["METHODS", "Method", "UnlearnResult", "UnlearningError", "unlearn"]

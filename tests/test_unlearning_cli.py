@@ -1,0 +1,64 @@
+"""``conceptvec unlearn``: a run end to end, and bad input as one line with exit code 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+SAMPLE = str(Path(__file__).parent / "data" / "conceptvectors_dev_sample.json")
+FAST = ["--steps", "1", "--batch-size", "2", "--max-length", "32", "--no-eval"]
+
+
+def _args(tiny, out, *extra):
+    return ["unlearn", str(tiny), "--concept", "Ancient Rome", "--concepts", SAMPLE,
+            "--out", str(out), *FAST, *extra]  # fmt: skip
+
+
+def test_cli_run_writes_a_checkpoint_and_json(tiny_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "rome"
+    code, stdout, err = run_cli(
+        _args(tiny_dir("llama"), out, "--method", "npo", "--set", "beta=0.2", "--json"),
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert data["method"] == "npo" and data["hyperparameters"]["beta"] == 0.2
+    assert data["out"] == str(out) and (out / "unlearning.json").exists()
+    code, stdout, _ = run_cli(["info", str(out), "--json"], monkeypatch, capsys)
+    assert code == 0 and json.loads(stdout)["layers"] == 3
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "forget-all"], "unknown method"),
+        (["--method", "gd", "--scope", "layers:0-7"], "layers 0-7"),
+        (["--method", "gd", "--lr", "nan"], "lr must be"),
+        (["--method", "gd", "--lr", "-0.1"], "lr must be"),
+        (["--method", "needle"], "needs the concept vector"),
+        (["--method", "gd", "--set", "beta"], "KEY=VALUE"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2(extra, message, tiny_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "o"
+    code, _, err = run_cli(_args(tiny_dir("llama"), out, *extra), monkeypatch, capsys)
+    assert code == 2, err
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_existing_output_and_empty_forget(tiny_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    code, _, err = run_cli(_args(tiny_dir("llama"), out, "--method", "ga"), monkeypatch, capsys)
+    assert code == 2 and "--overwrite" in err
+    args = ["unlearn", str(tiny_dir("llama")), "--concept", "Nowhere", "--method", "ga",
+            "--out", str(tmp_path / "p"), *FAST]  # fmt: skip
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2 and "forget set" in err and not (tmp_path / "p").exists()
