@@ -29,10 +29,10 @@ import torch
 
 from .errors import BadInterventionError
 from .interventions.apply import generate as generate_ids
-from .interventions.apply import logits as forward_logits
 from .interventions.controls import percentile, random_controls
 from .interventions.specs import Edits, check_against, flatten
 from .interventions.targets import Target, resolve
+from .scoring import score_many
 from .tokens import show
 
 PAPER_PROMPT = "Question: {question}\n Answer:"
@@ -144,6 +144,35 @@ def answer_logprobs(
     Each sequence is prompt + answer, right-padded (a causal model never attends to padding
     that comes after), scored in one forward pass per batch. An empty answer scores 0.0.
     """
+    return answer_logprobs_many(
+        model,
+        prompts,
+        answers,
+        [intervention],
+        chat=chat,
+        raw=raw,
+        batch_size=batch_size,
+        tokenizer=tokenizer,
+    )[0]
+
+
+def answer_logprobs_many(
+    model: Any,
+    prompts: Sequence[str],
+    answers: Sequence[str],
+    interventions: Sequence[Edits],
+    *,
+    chat: bool | None = None,
+    raw: bool = False,
+    batch_size: int = 16,
+    tokenizer: Any = None,
+) -> list[list[float]]:
+    """Return :func:`answer_logprobs` under each of ``interventions`` (one list each).
+
+    On a ``transformers`` model the variants share the layers below their first edited
+    layer, and the LM head runs on the answer positions only (:mod:`conceptvec.scoring`):
+    random controls in a late layer cost a fraction of a forward pass each.
+    """
     target = resolve(model, tokenizer)
     if len(prompts) != len(answers):
         raise BadInterventionError(f"{len(prompts)} prompts but {len(answers)} answers")
@@ -157,21 +186,18 @@ def answer_logprobs(
         for a in answers
     ]
     pad = _pad_value(target)
-    scores: list[float] = [0.0] * len(heads)
+    scores = [[0.0] * len(heads) for _ in interventions]
     for batch in _batches(len(heads), batch_size):
         seqs = [heads[i] + tails[i] for i in batch]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         for r, s in enumerate(seqs):
             ids[r, : len(s)] = torch.tensor(s)
-        logits = forward_logits(target, ids.to(target.device), intervention)
-        for r, i in enumerate(batch):
-            n, h = len(tails[i]), len(heads[i])
-            if n == 0:
-                continue
-            lp = logits[r, h - 1 : h - 1 + n].log_softmax(-1)
-            picked = lp.gather(1, torch.tensor(tails[i], device=lp.device)[:, None])
-            scores[i] = float(picked.mean())
+        spans = [(len(heads[i]) - 1, tails[i]) for i in batch]
+        per = score_many(target, ids.to(target.device), spans, list(interventions))
+        for k, values in enumerate(per):
+            for r, i in enumerate(batch):
+                scores[k][i] = values[r]
     return scores
 
 
@@ -375,12 +401,19 @@ def evaluate_qa(
     if kind == "model" and references is None:
         base.answers = refs
         base.bleu = base.rouge_l = [1.0] * len(refs)
-    after = condition("intervention", edits, generate) if edits else base
     ctrl_edits = random_controls(edits, d.d_mlp, controls, seed) if edits else []
-    ctrls = [
-        condition(f"control {k}", c, generate_controls and generate)
-        for k, c in enumerate(ctrl_edits)
-    ]
+    after, ctrls = base, []
+    if edits:  # the intervention and its controls scored together, sharing what they share
+        lps = answer_logprobs_many(target, questions, refs, [edits, *ctrl_edits], **kw)
+        after = QAScores("intervention", lps[0])
+        ctrls = [QAScores(f"control {k}", lp) for k, lp in enumerate(lps[1:])]
+    for scores, edit, gen in [(after, edits, generate and bool(edits))] + [
+        (c, e, generate_controls and generate) for c, e in zip(ctrls, ctrl_edits)
+    ]:
+        if gen:
+            scores.answers = answer(target, questions, edit, max_new_tokens=max_new_tokens, **kw)
+            text = text_scores(scores.answers, refs)
+            scores.bleu, scores.rouge_l = text["bleu"], text["rouge_l"]
     return QAEvaluation(
         model=target.model.name,
         prompting=prompting,

@@ -173,3 +173,33 @@ def test_generation_and_scoring_stay_within_the_context(tiny_dir):
 
     with pytest.raises(BadInterventionError, match="context of 64"):
         logits(gpt2, torch.zeros((1, 70), dtype=torch.long))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2", "olmo2"])
+def test_shared_prefix_scoring_equals_full_forward_passes(tiny_dir, family):
+    """Controls skip the layers below their edit and the head runs on answers only: the
+    scores must equal plain full forward passes (Gemma 2's soft-capped logits included)."""
+    from conceptvec.interventions import logits
+    from conceptvec.interventions.targets import resolve
+    from conceptvec.scoring import first_layer, score_many
+
+    target = resolve(cv.load(str(tiny_dir(family)), quiet=True))
+    ids = torch.tensor([[5, 9, 12, 30, 7, 3], [8, 2, 11, 4, 0, 0]])
+    spans = [(2, [30, 7, 3]), (1, [11, 4])]
+    variants = [
+        [],
+        cv.clamp("L2.7", 6.0),
+        [cv.zero("L1.3"), cv.scale("L2.4", 3.0)],
+        cv.noise("L1.5", 0.5),
+        cv.steer(0, torch.randn(32)),
+    ]
+    assert [first_layer(v) for v in variants] == [0, 2, 1, 1, 1]
+    fast = score_many(target, ids, spans, variants)
+    for v, got in zip(variants, fast):
+        full = logits(target, ids, v).log_softmax(-1)
+        want = [
+            float(full[r, s : s + len(t)].gather(1, torch.tensor(t)[:, None]).mean())
+            for r, (s, t) in enumerate(spans)
+        ]
+        assert got == pytest.approx(want, abs=1e-5), (v, got, want)
+    assert fast[0] != fast[1]  # the edits change the scores

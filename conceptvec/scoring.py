@@ -1,0 +1,156 @@
+"""Teacher-forced scores of many interventions on one batch, sharing what they share.
+
+Random-neuron controls edit one layer ``L`` each; every layer below ``L`` computes exactly
+what the unedited model computes. On a ``transformers`` model, :func:`score_many` runs the
+unedited batch once, keeps each decoder layer's output, and runs every edited variant from
+its first edited layer on: the skipped layers return their kept outputs (bit-identical to
+recomputing them, since their inputs are the same). Logits are computed only where an
+answer token is predicted, not over the whole sequence. For a layer-29 neuron of a 30-layer
+model this makes each control an order of magnitude cheaper, with the same numbers.
+
+Other backends (TransformerLens, nnsight) score each variant with a full forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+
+from .interventions.apply import Intervention
+from .interventions.apply import logits as forward_logits
+from .interventions.hooks import layer_modules
+from .interventions.specs import Edits, NeuronEdit, Steer, WeightEdit, flatten
+
+
+def first_layer(edits: Edits) -> int:
+    """Return the first decoder layer whose output an edit set can change (0 when unknown)."""
+    layers = []
+    for e in flatten(edits):
+        if isinstance(e, (NeuronEdit, WeightEdit)):
+            layers.append(e.neuron.layer)
+        elif isinstance(e, Steer):
+            layers.append(e.layer + 1)  # added to the output of its layer
+        else:
+            return 0
+    return min(layers) if layers else 0
+
+
+def _gather(logits: torch.Tensor, spans: list[tuple[int, list[int]]]) -> list[float]:
+    """Mean log p per token of each row's answer tokens (``spans``: row start, token ids)."""
+    out = []
+    for r, (start, tail) in enumerate(spans):
+        if not tail:
+            out.append(0.0)
+            continue
+        lp = logits[r, start : start + len(tail)].float().log_softmax(-1)
+        picked = lp.gather(1, torch.tensor(tail, device=lp.device)[:, None])
+        out.append(float(picked.mean()))
+    return out
+
+
+def score_many(
+    target: Any, ids: torch.Tensor, spans: list[tuple[int, list[int]]], variants: Sequence[Edits]
+) -> list[list[float]]:
+    """Return, per variant, each row's mean log p per answer token.
+
+    ``ids`` is a right-padded batch ``[rows, tokens]``; ``spans[r]`` is ``(position of the
+    logits that predict the answer's first token, the answer's token ids)``.
+    """
+    if target.backend != "hf" or not variants:
+        return [_gather(forward_logits(target, ids, v), spans) for v in variants]
+    first = [first_layer(v) for v in variants]
+    keep = max(first)
+    outputs: dict[int, Any] = {}
+    scores: list[list[float] | None] = [None] * len(variants)
+    with torch.no_grad():
+        plain = [k for k, v in enumerate(variants) if not flatten(v)]
+        hidden = _run(target, ids, (), record=outputs if keep > 0 else None, upto=keep)
+        for k in plain:
+            scores[k] = _from_hidden(target, hidden, spans)
+        for k, v in enumerate(variants):
+            if scores[k] is None:
+                skip = {i: outputs[i] for i in range(first[k])}
+                hidden = _run(target, ids, v, skip=skip)
+                scores[k] = _from_hidden(target, hidden, spans)
+    return [s or [] for s in scores]
+
+
+def _run(
+    target: Any,
+    ids: torch.Tensor,
+    edits: Edits,
+    *,
+    record: dict[int, Any] | None = None,
+    upto: int = 0,
+    skip: dict[int, Any] | None = None,
+) -> torch.Tensor:
+    """Run the HF model with ``edits``; return the final hidden states that feed the LM
+    head ``[rows, tokens, d_model]`` (the head itself is not applied)."""
+    layers = layer_modules(target)
+    seen: dict[str, torch.Tensor] = {}
+    head = target.hf.get_output_embeddings()
+
+    def grab(_module: Any, args: tuple) -> tuple:
+        seen["h"] = args[0]
+        return (args[0][:, :1],)  # the head runs on one position only; we apply it later
+
+    handles = [head.register_forward_pre_hook(grab)]
+    if record is not None:
+        for i in range(upto):
+            handles.append(layers[i].register_forward_hook(_keep(record, i)))
+    try:
+        with _skipping(layers, skip or {}), Intervention(target, edits):
+            target.hf(input_ids=ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen["h"]
+
+
+def _keep(record: dict[int, Any], i: int):
+    def hook(_module: Any, _args: Any, output: Any) -> None:
+        record[i] = output
+
+    return hook
+
+
+@contextmanager
+def _skipping(layers: Any, outputs: dict[int, Any]) -> Iterator[None]:
+    """Make layers ``outputs`` return their kept output instead of computing it."""
+    patched = []
+    try:
+        for i, out in outputs.items():
+            layers[i].forward = _constant(out)
+            patched.append(layers[i])
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
+def _constant(out: Any):
+    def forward(*_args: Any, **_kwargs: Any) -> Any:
+        return out
+
+    return forward
+
+
+def _from_hidden(target: Any, hidden: torch.Tensor, spans: list[tuple[int, list[int]]]):
+    """Mean log p per answer token, applying the LM head at the answer positions only."""
+    head = target.hf.get_output_embeddings()
+    width = max((len(t) for _, t in spans), default=0) or 1
+    picked = hidden.new_zeros((hidden.shape[0], width, hidden.shape[-1]))
+    for r, (start, tail) in enumerate(spans):
+        picked[r, : len(tail)] = hidden[r, start : start + len(tail)]
+    logits = head(picked).float()
+    cap = getattr(_text_config(target.hf.config), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return _gather(logits, [(0, tail) for _, tail in spans])
+
+
+def _text_config(config: Any) -> Any:
+    return getattr(config, "text_config", None) or config
