@@ -331,6 +331,11 @@ class QAEvaluation:
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(str(self))
 
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
 
 # ---------------------------------------------------------------------- evaluation
 def evaluate_qa(

@@ -256,3 +256,19 @@ def test_cli_build_refuses_an_existing_output(tiny_dir, tmp_path, monkeypatch, c
     assert code == 2 and "exists" in err and out.read_text() == "mine"
     write_concepts(read_concepts(src), tmp_path / "copy.json")
     assert read_concepts(tmp_path / "copy.json") == read_concepts(src)
+
+
+def test_groups_count_each_word_form_once(tiny):
+    c = concept_tokens(tiny, "Harry Potter")
+    ids, groups = c.core_ids, c.forms(c.core_ids)
+    hits = cv.search_weights(tiny, token_ids=ids, groups=groups, side="top", best_of=2, top=3)
+    for h in hits:
+        full = project(tiny, residual_vectors(tiny, h.neuron.layer, "down"))[h.neuron.index]
+        z = (full - full.mean()) / full.std(correction=0)
+        best: dict[int, float] = {}
+        for i, g in zip(ids, groups):
+            best[g] = max(best.get(g, -1e9), float(z[i]))
+        want = sum(sorted(best.values(), reverse=True)[:2]) / min(2, len(best))
+        assert h.key == pytest.approx(want, abs=1e-3)
+    with pytest.raises(cv.ConceptvecError, match="groups"):
+        cv.search_weights(tiny, token_ids=ids, groups=groups[:-1] or [0, 0])

@@ -84,6 +84,7 @@ def search_weights(
     word: str | None = None,
     *,
     token_ids: list[int] | None = None,
+    groups: list[int] | None = None,
     matrix: str = "down",
     top: int = 20,
     exact: bool = False,
@@ -99,7 +100,10 @@ def search_weights(
 
     Search one ``word`` (all its spellings: ``dog``, `` dog``, ``Dog``...) or a set of
     ``token_ids`` (a concept's token set, see :func:`conceptvec.concepts.concept_tokens`).
-    Each neuron's key is the mean of its ``best_of`` best searched tokens (1: the best one).
+    Each neuron's key is the mean of its ``best_of`` best searched tokens (1: the best one);
+    with ``groups`` (one label per token id, e.g. one per word form, so that ``" Rome"`` and
+    ``"Rome"`` count once) it is the mean of its ``best_of`` best groups, each scoring its
+    best token.
     ``side="bottom"`` ranks by the most negative scores, ``"both"`` by either (each neuron
     keeps its better side). ``by="zscore"`` (default) measures a token's score in standard
     deviations of the neuron's own projection; ``by="score"`` uses the raw score.
@@ -124,10 +128,17 @@ def search_weights(
         ids = matching_tokens(m, word, exact)
     else:
         raise AtlasError("nothing to search: pass a word or token_ids")
+    group_of, n_best = None, min(best_of, len(ids))
+    if groups is not None:
+        if token_ids is None or len(groups) != len(token_ids):
+            raise AtlasError("groups needs token_ids and one group label per token id")
+        first = {int(t): int(g) for t, g in zip(token_ids, groups)}
+        labels = sorted(set(first.values()))
+        group_of = torch.tensor([labels.index(first[i]) for i in ids])
+        n_best = min(best_of, len(labels))
     folded = folded_rows(m, ids, fold_norm).T  # [d_model, t]
     mu, cov = head_moments(m, fold_norm) if by == "zscore" else (None, None)
     signs = {"top": (1.0,), "bottom": (-1.0,), "both": (1.0, -1.0)}[side]
-    n_best = min(best_of, len(ids))
     # (ranking key, sign, layer, index, the neuron's vector) per candidate
     found: list[tuple[float, float, int, int, torch.Tensor]] = []
     todo = list(layers) if layers is not None else list(range(n_layers))
@@ -142,7 +153,12 @@ def search_weights(
             sd = ((v @ cov) * v).sum(1).clamp_min(1e-30).sqrt()
             raw = (raw - (v @ mu)[:, None]) / sd[:, None]
         for sign in signs:
-            key = (sign * raw).topk(n_best, dim=1).values.mean(1)
+            signed = sign * raw
+            if group_of is not None:  # each group scores its best token
+                index = group_of.expand_as(signed)
+                empty = signed.new_full((signed.shape[0], int(group_of.max()) + 1), -torch.inf)
+                signed = empty.scatter_reduce(1, index, signed, "amax")
+            key = signed.topk(n_best, dim=1).values.mean(1)
             for i in key.topk(min(top, len(key))).indices.tolist():
                 found.append((float(key[i]), sign, layer, i, v[i].clone()))
     found.sort(key=lambda x: -x[0])

@@ -252,7 +252,11 @@ def register(app: typer.Typer) -> None:
             concept = concept_tokens(m, word)
             typer.echo(f"searching {concept}".splitlines()[0] + f" as: {_core_line(concept)}")
             hits = search_weights(
-                m, token_ids=concept.core_ids, best_of=min(3, len(concept.core_ids)), **kw
+                m,
+                token_ids=concept.core_ids,
+                groups=concept.forms(concept.core_ids),
+                best_of=3,
+                **kw,
             )
         else:
             hits = search_weights(model, word, exact=exact, **kw)

@@ -270,10 +270,11 @@ def find_concept(
         hits = search_weights(
             m,
             token_ids=concept.core_ids,
+            groups=concept.forms(concept.core_ids),
             matrix=matrix,
             top=candidates,
             side="both",
-            best_of=min(3, len(concept.core_ids)),
+            best_of=3,
         )
         found = [
             ConceptVector(name, m.name, str(h.neuron), matrix, w)

@@ -130,6 +130,14 @@ class ConceptVector:
         out["writes_concept"] = self.writes_concept
         return out
 
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
     def __str__(self) -> str:
         w = self.weights
         lines = [

@@ -71,6 +71,13 @@ class ConceptTokens:
         """The concept's whole set: core then related ids."""
         return list(dict.fromkeys(self.core_ids + self.related))
 
+    def forms(self, ids: list[int]) -> list[int]:
+        """Return a word-form label per id: spellings of one form (``" Rome"``, ``"Rome"``,
+        ``" ROME"``) share a label, so a search counts each form once."""
+        keys = [self.texts[i].strip().lower() for i in ids]
+        order = sorted(set(keys))
+        return [order.index(k) for k in keys]
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict, tokens as text."""
         out = asdict(self)
