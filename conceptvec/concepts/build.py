@@ -101,15 +101,15 @@ def build_concepts(
     key = {"model": m.name, "unrelated": unrelated, **{k: repr(v) for k, v in find.items()}}
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     done = _resume(partial, key)
+    from tqdm.auto import tqdm
+
     results: list[tuple[ConceptEntry, ConceptSearch | None]] = []
-    for i, e in enumerate(entries):
+    bar = tqdm(entries, desc="concepts", unit="concept", disable=not progress)
+    for e in bar:
+        bar.set_postfix_str(e.concept)
         if e.concept in done:
             results.append((read_concepts([done[e.concept]])[0], None))
             continue
-        if progress:
-            import sys
-
-            print(f"[{i + 1}/{len(entries)}] {e.concept}", file=sys.stderr, flush=True)
         search = find_concept(
             m,
             e.concept,
