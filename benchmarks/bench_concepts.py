@@ -68,7 +68,12 @@ def main() -> None:
         t0 = time.perf_counter()
         c = concept_tokens(model, args.concept, [entry.wikipedia_content])
         hits = cv.search_weights(
-            model, token_ids=c.core_ids, side="both", best_of=min(3, len(c.core_ids)), top=8
+            model,
+            token_ids=c.core_ids,
+            groups=c.forms(c.core_ids),
+            side="both",
+            best_of=3,
+            top=8,
         )
         out[label] = time.perf_counter() - t0
     out["weights_top"] = [f"{h.neuron} {h.side}" for h in hits[:3]]

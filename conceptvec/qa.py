@@ -389,16 +389,8 @@ def evaluate_qa(
     if len(refs) != len(questions):
         raise BadInterventionError(f"{len(questions)} questions but {len(refs)} reference answers")
 
-    def condition(label: str, edit: Edits, gen: bool) -> QAScores:
-        scores = QAScores(label, answer_logprobs(target, questions, refs, edit, **kw))
-        if gen:
-            scores.answers = answer(target, questions, edit, max_new_tokens=max_new_tokens, **kw)
-            text = text_scores(scores.answers, refs)
-            scores.bleu, scores.rouge_l = text["bleu"], text["rouge_l"]
-        return scores
-
     if base is None:
-        base = condition("base", (), False)
+        base = QAScores("base", answer_logprobs(target, questions, refs, (), **kw))
     elif len(base.logprob) != len(questions):
         raise BadInterventionError(
             f"base has {len(base.logprob)} scores for {len(questions)} questions"

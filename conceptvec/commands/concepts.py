@@ -68,6 +68,20 @@ def _modes(text: str) -> list[str]:
     return modes
 
 
+def _settings(
+    candidates: int, validate: int, controls: int, modes: str, chat: bool | None, max_new: int
+) -> dict:
+    """The finder's settings as both commands pass them (modes checked first)."""
+    return dict(
+        candidates=candidates,
+        validate=min(validate, candidates),
+        controls=controls,
+        modes=_modes(modes),
+        chat=chat,
+        max_new_tokens=max_new,
+    )
+
+
 @app.command()
 def find(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
@@ -100,21 +114,10 @@ def find(
     questions = read_questions(qa) if qa else []
     others = read_questions(unrelated_qa) if unrelated_qa else None
     texts = read_texts(text) if text else []
-    mode_list = _modes(modes)
+    settings = _settings(candidates, validate, controls, modes, chat, max_new_tokens)
     m = load(model, quiet=json_out)
     result = find_concept(
-        m,
-        name,
-        texts=texts,
-        qa=questions,
-        unrelated_qa=others,
-        candidates=candidates,
-        validate=min(validate, candidates),
-        controls=controls,
-        modes=mode_list,
-        chat=chat,
-        max_new_tokens=max_new_tokens,
-        progress=not json_out,
+        m, name, texts=texts, qa=questions, unrelated_qa=others, progress=not json_out, **settings
     )
     if json_out:
         print_json(result.to_dict())
@@ -146,20 +149,9 @@ def build(
     """Map each concept of a ConceptVectors file to this model's best validated vector."""
     from ..concepts.build import build_concepts
 
-    mode_list = _modes(modes)
+    settings = _settings(candidates, validate, controls, modes, chat, max_new_tokens)
     results = build_concepts(
-        model,
-        source,
-        out,
-        overwrite=overwrite,
-        concepts=concept,
-        unrelated=unrelated,
-        candidates=candidates,
-        validate=min(validate, candidates),
-        controls=controls,
-        modes=mode_list,
-        chat=chat,
-        max_new_tokens=max_new_tokens,
+        model, source, out, overwrite=overwrite, concepts=concept, unrelated=unrelated, **settings
     )
     for entry, _search in results:
         x = entry.extra
