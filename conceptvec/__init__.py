@@ -22,9 +22,13 @@ The table of contents:
 - :func:`evaluate_qa` and :func:`evaluate_completion` score a model's answers with and
   without an intervention, against random controls (a :class:`QAEvaluation`);
 - :func:`unlearn` makes an unlearned checkpoint of a concept with a published method
-  (an :class:`UnlearnResult`; ``conceptvec unlearn``).
+  (an :class:`UnlearnResult`; ``conceptvec unlearn``);
+- :func:`evaluate.intrinsic` measures whether unlearning removed the concept vectors or
+  only hid them (an :class:`evaluate.EvalReport`; ``conceptvec eval``), and
+  :func:`evaluate.score` gives the same as a plain dict for other harnesses.
 """
 
+from . import evaluate
 from .activations import Activations, TopContexts, read_activations, top_contexts
 from .atlas import Atlas, build_atlas
 from .atlas.diff import diff_atlases
@@ -65,6 +69,7 @@ from .version import package_version
 __version__ = package_version()
 
 __all__ = [
+    "evaluate",
     "ALIASES",
     "DEFAULT_MODEL",
     "MATRICES",

@@ -67,3 +67,7 @@ class BadTextError(ConceptvecError, ValueError):
 
 class InterventionInUseError(BadInterventionError, RuntimeError):
     """An intervention entered twice, or a model edited from two threads at once."""
+
+
+class EvaluationError(ConceptvecError, ValueError):
+    """Checkpoints or concepts that cannot be compared as asked (``conceptvec eval``)."""

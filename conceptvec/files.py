@@ -10,12 +10,17 @@ about to open first:
 - :func:`confined` resolves a path (symlinks included) and refuses one outside its folder.
 
 Each raises the :class:`ConceptvecError` subclass its caller names, with a one-line fix.
+
+Writing goes the other way: :func:`write_new` writes an output file through a synced
+temporary file, and never replaces an existing file unless asked to.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
 import stat
 from pathlib import Path
 from typing import Any
@@ -89,3 +94,43 @@ def confined(root: str | Path, relative: Any, error: type[ConceptvecError], what
     if full != base and base not in full.parents:
         raise error(f"{root}: {relative!r} leads outside the folder (to {full}); {what}")
     return full
+
+
+def write_new(path: str | Path, data: bytes, overwrite: bool, error: type[ConceptvecError]) -> Path:
+    """Write ``data`` to ``path`` atomically: a synced temporary file, then a rename.
+
+    Without ``overwrite`` an existing ``path`` is refused, also one that appears while
+    writing (the file is linked into place, which fails if the name is taken). Raises
+    ``error`` with a one-line fix.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise error(f"{path}: folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise error(f"{path}: is a folder; pass a file path")
+    if path.exists() and not overwrite:
+        raise error(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise error(
+                    f"{path}: exists; pass --overwrite (overwrite=True) to replace it"
+                ) from None
+            except OSError:  # a file system without hard links
+                os.replace(tmp, path)
+    except OSError as e:
+        raise error(f"cannot write {path}: {e.strerror or e}; choose another path") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,34 @@
+"""Intrinsic evaluation of unlearning: did it remove the concept from the weights, or hide it?
+
+- :func:`intrinsic` -> :class:`EvalReport`: weights (cosine, L2, Jaccard@k, change
+  percentile among all vectors), activation trace (erased / disconnected / intact),
+  behaviour (forget QA, retain QA, text completion) and recovery attacks, for one or more
+  unlearned checkpoints against one base (``conceptvec eval``);
+- :func:`score`: the same as a plain dict for other harnesses;
+- :func:`compare_weights`: the weight-level part alone, streamed from disk.
+"""
+
+from .behaviour import ATTACKS, quantized
+from .concepts import EvalConcept, eval_concepts
+from .intrinsic import intrinsic, score
+from .report import SCHEMA, ConceptEval, EvalReport, RunEval
+from .trace import Thresholds
+from .weights import RECIPES, VectorChange, WeightComparison, compare_weights
+
+__all__ = [
+    "ATTACKS",
+    "RECIPES",
+    "SCHEMA",
+    "ConceptEval",
+    "EvalConcept",
+    "EvalReport",
+    "RunEval",
+    "Thresholds",
+    "VectorChange",
+    "WeightComparison",
+    "compare_weights",
+    "eval_concepts",
+    "intrinsic",
+    "quantized",
+    "score",
+]

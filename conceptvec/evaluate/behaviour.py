@@ -1,0 +1,307 @@
+"""Behaviour before and after unlearning, and the attacks that try to bring the concept back.
+
+References are the **base model's own greedy answers** (ConceptVectors has no gold answers;
+:mod:`conceptvec.qa`), generated once per concept and shared by every checkpoint. Each
+probe reports, per model, the teacher-forced log-probability per token of those answers
+(continuous, sees what greedy text hides) and the ROUGE-L / BLEU of its own greedy answers
+against them.
+
+Recovery (``attacks``):
+
+- ``recovery``: in the unlearned model, clamp the concept vector's activation to the *base*
+  model's mean activation on the concept's prompts, or put the base vector back in the
+  weights (``restore``); the same for ``controls`` random neurons of the same layer (each
+  clamped to its own base mean, or given back its own base vector);
+- ``quant4``: round-trip every linear weight of the decoder layers through 4-bit integers
+  (symmetric, absmax per group of 64 inputs: the round-to-nearest scheme that exposes
+  unlearning in Zhang et al. 2024, "Catastrophic failure of LLM unlearning via quantization");
+- ``relearn``: a few AdamW steps of plain next-token training on text *unrelated* to the
+  concept (other concepts' articles), then the forget QA again (Lynch et al. 2024, Hu et al.
+  2024 relearn on related data; unrelated text is the harder test for the method).
+
+The recovered share is ``(after attack - unlearned) / (base - unlearned)`` on the forget QA's
+log-probability: 0 nothing came back, 1 everything did. It is None when unlearning lost
+nothing (base - unlearned <= 0.01 nats/token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..activations import read_activations
+from ..interventions.controls import percentile, random_controls
+from ..interventions.specs import clamp, replace_weights
+from ..interventions.targets import Target
+from ..neurons import NeuronId
+from ..qa import answer, answer_logprobs, answer_logprobs_many, prompt_texts, text_scores, use_chat
+
+ATTACKS = ("recovery", "quant4", "relearn")
+LOST_FLOOR = 0.01
+"""Nats per token: a smaller forget-QA loss counts as nothing lost (no recovered share)."""
+
+
+@dataclass
+class Probe:
+    """One probe (forget QA, retain QA or text completion) on one model."""
+
+    logprob: float
+    """Mean teacher-forced log p per token of the base model's answers."""
+    rouge_l: float | None = None
+    bleu: float | None = None
+    answers: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class ConceptProbes:
+    """A concept's probes, as asked of the base model once (the references)."""
+
+    questions: list[str]
+    references: list[str]
+    unrelated: list[str]
+    unrelated_refs: list[str]
+    completions: list[str]
+    completion_refs: list[str]
+    base: dict[str, Probe]
+    base_mean: dict[str, float] = field(default_factory=dict)
+    """Neuron -> the base model's mean activation on the concept's prompts."""
+    prompting: str = "chat"
+
+
+@dataclass
+class Recovery:
+    """One attack on one unlearned model: how much forget QA came back."""
+
+    attack: str
+    logprob: float
+    """Forget-QA log p per token after the attack."""
+    recovered: float | None
+    control_recovered: list[float] = field(default_factory=list)
+    percentile: float | None = None
+    """Percentile of ``recovered`` among the controls' (100: more than every control)."""
+    detail: str = ""
+    rouge_l: float | None = None
+    base_logprob: float | None = None
+    """The base model's forget-QA log p under the same attack (``quant4``: what the
+    quantization alone costs), when measured."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def base_probes(
+    base: Target,
+    questions: Sequence[str],
+    unrelated: Sequence[str],
+    completions: Sequence[str],
+    *,
+    max_new_tokens: int,
+    chat: bool | None,
+) -> ConceptProbes:
+    """Ask the base model every probe once; its answers become the references."""
+    is_chat = use_chat(base, chat)
+    refs = answer(base, questions, chat=is_chat, max_new_tokens=max_new_tokens)
+    urefs = (
+        answer(base, unrelated, chat=is_chat, max_new_tokens=max_new_tokens) if unrelated else []
+    )
+    crefs = (
+        answer(base, completions, raw=True, max_new_tokens=max_new_tokens) if completions else []
+    )
+    probes = ConceptProbes(
+        list(questions),
+        refs,
+        list(unrelated),
+        urefs,
+        list(completions),
+        crefs,
+        {},
+        prompting="chat" if is_chat else "paper",
+    )
+    probes.base = {
+        name: Probe(_mean(answer_logprobs(base, qs, rs, chat=is_chat, raw=raw)), 1.0, 1.0, rs)
+        for name, qs, rs, raw in _sides(probes)
+    }
+    return probes
+
+
+def _sides(p: ConceptProbes) -> list[tuple[str, list[str], list[str], bool]]:
+    out = [("forget", p.questions, p.references, False)]
+    if p.unrelated:
+        out.append(("retain", p.unrelated, p.unrelated_refs, False))
+    if p.completions:
+        out.append(("completion", p.completions, p.completion_refs, True))
+    return out
+
+
+def probe_model(
+    model: Target, probes: ConceptProbes, *, max_new_tokens: int, generate: bool = True
+) -> dict[str, Probe]:
+    """Return each probe of ``probes`` on ``model``, scored against the base's answers."""
+    chat = probes.prompting == "chat"
+    out = {}
+    for name, qs, refs, raw in _sides(probes):
+        lp = _mean(answer_logprobs(model, qs, refs, chat=chat, raw=raw))
+        if not generate:
+            out[name] = Probe(lp)
+            continue
+        ans = answer(model, qs, chat=chat, raw=raw, max_new_tokens=max_new_tokens)
+        s = text_scores(ans, refs)
+        out[name] = Probe(lp, _mean(s["rouge_l"]), _mean(s["bleu"]), ans)
+    return out
+
+
+def base_means(
+    base: Target, probes: ConceptProbes, neurons: Sequence[NeuronId]
+) -> dict[str, float]:
+    """Return each neuron's mean activation in the base model over the forget prompts' tokens
+    (the prompts as the model sees them, chat template included)."""
+    texts = prompt_texts(base, probes.questions, probes.prompting == "chat")
+    acts = read_activations(base, texts, list(neurons), max_tokens=512)
+    return {str(n): float(acts.values(n).mean()) for n in neurons}
+
+
+def _recovered(after: float, unlearned: float, base: float) -> float | None:
+    lost = base - unlearned
+    return None if lost <= LOST_FLOOR else (after - unlearned) / lost
+
+
+def recovery(
+    base: Target,
+    unlearned: Target,
+    neuron: NeuronId,
+    probes: ConceptProbes,
+    unlearned_logprob: float,
+    *,
+    controls: int,
+    seed: int,
+    max_new_tokens: int,
+) -> list[Recovery]:
+    """Clamp the concept vector to its base activation, and put the base vector back, in
+    ``unlearned``; the same on random same-layer controls. Returns two :class:`Recovery`."""
+    d_mlp = base.model.dims.d_mlp
+    ctrl = [c[0].neuron for c in random_controls([clamp(neuron, 0.0)], d_mlp, controls, seed)]
+    missing = [n for n in [neuron, *ctrl] if str(n) not in probes.base_mean]
+    if missing:
+        probes.base_mean.update(base_means(base, probes, missing))
+    mean = probes.base_mean
+    base_lp = probes.base["forget"].logprob
+    chat = probes.prompting == "chat"
+    out = []
+    for attack, make in (
+        ("clamp", lambda n: [clamp(n, mean[str(n)])]),
+        ("restore", lambda n: [replace_weights(n, base.model.neuron_vector(n).clone())]),
+    ):
+        edits = [make(neuron)] + [make(n) for n in ctrl]
+        lps = answer_logprobs_many(unlearned, probes.questions, probes.references, edits, chat=chat)
+        scores = [_mean(lp) for lp in lps]
+        rec = [_recovered(s, unlearned_logprob, base_lp) for s in scores]
+        real, others = rec[0], [r for r in rec[1:] if r is not None]
+        ans = answer(
+            unlearned, probes.questions, edits[0], chat=chat, max_new_tokens=max_new_tokens
+        )
+        rouge = _mean(text_scores(ans, probes.references)["rouge_l"])
+        detail = (
+            f"{neuron} clamped to its base mean {mean[str(neuron)]:+.3f} on the concept prompts"
+            if attack == "clamp"
+            else f"{neuron}'s base vector put back"
+        )
+        out.append(
+            Recovery(
+                f"recovery:{attack}",
+                scores[0],
+                real,
+                others,
+                None if real is None else percentile(real, others),
+                detail + f"; {len(ctrl)} random {neuron.layer}-layer controls",
+                rouge,
+            )
+        )
+    return out
+
+
+@contextlib.contextmanager
+def quantized(model: torch.nn.Module, bits: int = 4, group: int = 64) -> Iterator[int]:
+    """Round-trip every 2-D weight of the decoder layers through ``bits``-bit integers
+    (symmetric absmax per ``group`` inputs) inside the block; restore it after. Yields the
+    number of matrices touched."""
+    layers = [
+        (name, p)
+        for name, p in model.named_parameters()
+        if p.ndim == 2 and ".layers." in f".{name}" and name.endswith("weight")
+    ]
+    saved = [p.detach().to("cpu", copy=True) for _, p in layers]
+    levels = 2 ** (bits - 1) - 1
+    try:
+        with torch.no_grad():
+            for _, p in layers:
+                w = p.float()
+                rows, cols = w.shape
+                pad = (-cols) % group
+                g = torch.nn.functional.pad(w, (0, pad)).view(rows, -1, group)
+                scale = g.abs().amax(-1, keepdim=True).clamp_min(1e-12) / levels
+                q = (g / scale).round().clamp(-levels - 1, levels) * scale
+                p.copy_(q.view(rows, -1)[:, :cols].to(p.dtype))
+        yield len(layers)
+    finally:
+        with torch.no_grad():
+            for (_, p), s in zip(layers, saved):
+                p.copy_(s.to(p.device))
+
+
+def relearned(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    texts: Sequence[str],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 4,
+    max_length: int = 256,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """Return a copy of ``model`` after ``steps`` AdamW steps of next-token loss on ``texts``
+    (chunks of ``max_length`` tokens, taken in a seeded order). ``model`` is untouched."""
+    ids = [t for text in texts for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    chunks = [ids[s : s + max_length] for s in range(0, len(ids) - 1, max_length)]
+    chunks = [c for c in chunks if len(c) > 1]
+    if not chunks:
+        raise ValueError("no unrelated text to relearn on")
+    gen = torch.Generator().manual_seed(seed)
+    trained = copy.deepcopy(model)
+    trained.train()
+    device = next(trained.parameters()).device
+    opt = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=0.0)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for _ in range(steps):
+        pick = torch.randint(len(chunks), (batch_size,), generator=gen).tolist()
+        rows = [chunks[i] for i in pick]
+        width = max(len(r) for r in rows)
+        x = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, row in enumerate(rows):
+            x[r, : len(row)] = torch.tensor(row)
+            labels[r, : len(row)] = torch.tensor(row)
+            mask[r, : len(row)] = 1
+        loss = trained(
+            input_ids=x.to(device), attention_mask=mask.to(device), labels=labels.to(device)
+        ).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    trained.eval()
+    return trained

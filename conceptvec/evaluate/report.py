@@ -1,0 +1,302 @@
+"""The evaluation report: one base, one or more unlearned checkpoints, their concept vectors.
+
+``EvalReport.to_dict()`` follows the versioned schema ``conceptvec.eval/1`` (documented in
+``docs/evaluation.md``); ``table()`` is the terminal table, ``plot()`` a plotly figure
+(change percentile per concept, the layer change map, recovery bars) and ``write_html()``
+a self-contained page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EvaluationError
+from ..files import write_new
+from ..tokens import show
+from .behaviour import Probe, Recovery
+from .trace import Trace
+from .weights import VectorChange, WeightComparison
+
+SCHEMA = "conceptvec.eval/1"
+
+
+@dataclass
+class ConceptEval:
+    """One concept vector in one unlearned checkpoint."""
+
+    concept: str
+    neuron: str
+    vector: VectorChange
+    label: str
+    why: str
+    trace: Trace | None = None
+    behaviour: dict[str, Probe] = field(default_factory=dict)
+    """``forget``, ``retain``, ``completion`` on the unlearned model."""
+    base_behaviour: dict[str, Probe] = field(default_factory=dict)
+    recovery: list[Recovery] = field(default_factory=list)
+    questions: str = ""
+    """Which questions the QA used (``held-out`` from the unlearning record, or ``all``)."""
+
+    def drop(self, probe: str) -> float | None:
+        """Base minus unlearned log p per token on ``probe`` (positive: unlearning hurt it)."""
+        if probe not in self.behaviour or probe not in self.base_behaviour:
+            return None
+        return self.base_behaviour[probe].logprob - self.behaviour[probe].logprob
+
+    def recovered(self, attack: str) -> float | None:
+        """The share of forget QA ``attack`` brought back (None: not run or nothing lost)."""
+        r = next((r for r in self.recovery if r.attack == attack), None)
+        return None if r is None else r.recovered
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "concept": self.concept,
+            "neuron": self.neuron,
+            "label": self.label,
+            "why": self.why,
+            "vector": self.vector.to_dict(),
+            "trace": None if self.trace is None else self.trace.to_dict(),
+            "questions": self.questions,
+            "behaviour": {
+                k: {
+                    "base": self.base_behaviour[k].to_dict(),
+                    "unlearned": v.to_dict(),
+                    "logprob_drop": self.drop(k),
+                }
+                for k, v in self.behaviour.items()
+            },
+            "recovery": [r.to_dict() for r in self.recovery],
+        }
+
+
+@dataclass
+class RunEval:
+    """One unlearned checkpoint against the base."""
+
+    name: str
+    weights: WeightComparison
+    concepts: list[ConceptEval]
+    record: dict[str, Any] = field(default_factory=dict)
+    """What its ``unlearning.json`` says (method, steps, lr, scope), when it has one."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "name": self.name,
+            "record": self.record,
+            "identical": self.weights.identical,
+            "concepts": [c.to_dict() for c in self.concepts],
+            "weights": self.weights.to_dict(),
+        }
+
+
+def _f(x: float | None, fmt: str = ".3f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+@dataclass
+class EvalReport:
+    """What :func:`conceptvec.evaluate.intrinsic` found."""
+
+    base: str
+    runs: list[RunEval]
+    settings: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the report as JSON-ready data (schema ``conceptvec.eval/1``)."""
+        return {
+            "schema": SCHEMA,
+            "base": self.base,
+            "settings": self.settings,
+            "runs": [r.to_dict() for r in self.runs],
+        }
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Return one flat row per (checkpoint, concept): the numbers of the table."""
+        out = []
+        for run in self.runs:
+            for c in run.concepts:
+                v = c.vector
+                row = {
+                    "checkpoint": run.name,
+                    "method": run.record.get("method"),
+                    "concept": c.concept,
+                    "neuron": c.neuron,
+                    "cosine": v.cosine,
+                    "rel_change": v.rel_change,
+                    "jaccard": v.jaccard,
+                    "change_pct_model": v.change_pct_model,
+                    "change_pct_layer": v.change_pct_layer,
+                    "act_base": None if c.trace is None else c.trace.mean_base,
+                    "act_unlearned": None if c.trace is None else c.trace.mean_unlearned,
+                    "label": c.label,
+                    "forget_drop": c.drop("forget"),
+                    "retain_drop": c.drop("retain"),
+                    "forget_rouge_l": c.behaviour["forget"].rouge_l
+                    if "forget" in c.behaviour
+                    else None,
+                    "retain_rouge_l": c.behaviour["retain"].rouge_l
+                    if "retain" in c.behaviour
+                    else None,
+                }
+                for r in c.recovery:
+                    row[f"recovered[{r.attack}]"] = r.recovered
+                    if r.percentile is not None:
+                        row[f"recovered_pct[{r.attack}]"] = r.percentile
+                out.append(row)
+        return out
+
+    def table(self, markdown: bool = False) -> str:
+        """Return the report as a table (``markdown=True`` for docs)."""
+        attacks = sorted({r.attack for run in self.runs for c in run.concepts for r in c.recovery})
+        head = [
+            "checkpoint",
+            "concept",
+            "vector",
+            "cosine",
+            f"Jaccard@{self.settings.get('k', 200)}",
+            "change pct (model/layer)",
+            "act. base -> after",
+            "label",
+            "forget drop",
+            "retain drop",
+            "forget ROUGE-L",
+        ] + [f"recovered {a.split(':')[-1]}" for a in attacks]
+        lines = []
+        for run in self.runs:
+            for c in run.concepts:
+                v, t = c.vector, c.trace
+                act = "-" if t is None else f"{t.mean_base:+.2f} -> {t.mean_unlearned:+.2f}"
+                rouge = c.behaviour["forget"].rouge_l if "forget" in c.behaviour else None
+                rec = []
+                for a in attacks:
+                    r = next((r for r in c.recovery if r.attack == a), None)
+                    if r is None or r.recovered is None:
+                        rec.append("-" if r is None else "nothing lost")
+                    else:
+                        pct = "" if r.percentile is None else f" (pct {r.percentile:.0f})"
+                        rec.append(f"{r.recovered:.2f}{pct}")
+                lines.append(
+                    [
+                        run.name,
+                        c.concept,
+                        c.neuron,
+                        f"{v.cosine:.7f}",
+                        f"{v.jaccard:.3f}",
+                        f"{v.change_pct_model:.0f} / {v.change_pct_layer:.0f}",
+                        act,
+                        c.label,
+                        _f(c.drop("forget"), "+.3f"),
+                        _f(c.drop("retain"), "+.3f"),
+                        _f(rouge, ".2f"),
+                        *rec,
+                    ]
+                )
+        if markdown:
+            out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            out += ["| " + " | ".join(row) + " |" for row in lines]
+            return "\n".join(out)
+        widths = [
+            max(len(h), *(len(r[i]) for r in lines)) if lines else len(h)
+            for i, h in enumerate(head)
+        ]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        return "\n".join([fmt.format(*head)] + [fmt.format(*r) for r in lines])
+
+    def __str__(self) -> str:
+        notes = [
+            f"base {self.base}; drops are base minus unlearned log p per answer token "
+            "(positive: the answers got less likely); recovered: share of the lost forget-QA "
+            "log p that came back (pct: among random same-layer controls)"
+        ]
+        for run in self.runs:
+            if run.weights.identical:
+                notes.append(f"{run.name}: no MLP weight changed at all")
+            for c in run.concepts:
+                notes.append(f"{run.name} / {c.concept}: {c.label}: {c.why}")
+                notes.append(
+                    "  top tokens before: " + ", ".join(show(t) for t in c.vector.top_before[:6])
+                )
+                notes.append(
+                    "  top tokens after:  " + ", ".join(show(t) for t in c.vector.top_after[:6])
+                )
+        return self.table() + "\n\n" + "\n".join(notes)
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+    def plot(self) -> Any:
+        """Return a plotly figure: change percentile per concept and checkpoint, the layer
+        change map of the down matrices, and the recovered share per attack."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        fig = make_subplots(
+            rows=1,
+            cols=3,
+            subplot_titles=(
+                "concept vector: change percentile (whole model)",
+                "relative change of down_proj per layer",
+                "forget QA recovered",
+            ),
+        )
+        for run in self.runs:
+            names = [c.concept for c in run.concepts]
+            fig.add_trace(
+                go.Bar(name=run.name, x=names, y=[c.vector.change_pct_model for c in run.concepts]),
+                row=1,
+                col=1,
+            )
+            down = [m for m in run.weights.matrices if m.matrix == "down"]
+            fig.add_trace(
+                go.Scatter(
+                    name=f"{run.name} down",
+                    x=[m.layer for m in down],
+                    y=[m.rel_frobenius for m in down],
+                    mode="lines+markers",
+                ),
+                row=1,
+                col=2,
+            )
+            recs = [
+                (f"{c.concept} {r.attack}", r.recovered) for c in run.concepts for r in c.recovery
+            ]
+            if recs:
+                fig.add_trace(
+                    go.Bar(
+                        name=f"{run.name} recovered", x=[a for a, _ in recs], y=[v for _, v in recs]
+                    ),
+                    row=1,
+                    col=3,
+                )
+        fig.update_yaxes(type="log", row=1, col=2)
+        fig.update_layout(
+            height=450, width=1400, barmode="group", title=f"unlearning vs. {self.base}"
+        )
+        return fig
+
+    def write_json(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write :meth:`to_dict` to ``path`` atomically."""
+        data = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
+        return write_new(path, data.encode(), overwrite, EvaluationError)
+
+    def write_html(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write a self-contained HTML page (table, notes, figure with plotly inlined)."""
+        fig = self.plot().to_html(full_html=False, include_plotlyjs=True)
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>conceptvec eval</title>"
+            "<style>body{font-family:sans-serif;margin:2em}pre{font-size:12px}</style></head>"
+            f"<body><h1>Intrinsic evaluation against {html.escape(self.base)}</h1>"
+            f"<pre>{html.escape(str(self))}</pre>{fig}"
+            f"<h2>Settings</h2><pre>{html.escape(json.dumps(self.settings, indent=1))}</pre>"
+            "</body></html>\n"
+        )
+        return write_new(path, page.encode(), overwrite, EvaluationError)

@@ -1,0 +1,354 @@
+"""Weight-level comparison of a base and an unlearned checkpoint, streamed from disk.
+
+Two checkpoints are read one matrix at a time (never two whole models in memory). For
+every neuron vector (a ``down`` column, an ``up``/``gate`` row) the change is measured in
+**float64**: fine-tuning moves weights by ~1e-6 relative, below float32's resolution of a
+difference, so a float32 cosine reads 1.0 and a float32 percentile can be off by half the
+scale. Per vector:
+
+- ``cosine`` and ``l2`` (``||u - b||``), and ``rel_change`` = ``||u - b|| / ||b||``;
+- the **percentile of its change** among all vectors of that matrix, whole model and same
+  layer: a concept vector that moved less than a typical vector was not targeted, however
+  its cosine reads (every column of SmolLM2 keeps a cosine above 0.99995 after GA);
+- for concept vectors: the Jaccard overlap of the top-``k`` decoded tokens before and after
+  (``k`` = 200 and the raw ``W_U @ v`` recipe of ConceptVectors by default; ``folded``
+  folds the final norm in, as conceptvec's decoding does), ConceptVectors'
+  ``preciser_jaccard`` and related-token rate. Both vectors are decoded through the
+  *base* model's head, so the overlap measures the vector's change alone.
+
+:func:`compare_weights` also returns the whole-model change map (every layer and MLP
+matrix: relative Frobenius change, how many vectors changed at all, median / 99th
+percentile / max of their relative change) and the most-changed vectors with what they
+decode to before and after.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ..concepts.tokens import STOPWORDS
+from ..decode import project
+from ..errors import EvaluationError
+from ..interventions.effect import progress_bar
+from ..models import Model
+from ..models.specs import text_config
+from ..tokens import token_text
+from .concepts import EvalConcept
+
+RECIPES = ("raw", "folded")
+"""``raw``: ``W_U @ v`` without the final norm (ConceptVectors' ``jaccard_similarity``);
+``folded``: conceptvec's decoding, the final norm's gain (and centring) folded in."""
+
+
+@dataclass
+class VectorChange:
+    """How one concept vector moved between the base and the unlearned checkpoint."""
+
+    concept: str
+    neuron: str
+    side: str
+    """The side the concept shows on (``top``/``bottom``); Jaccard and tokens use it."""
+    cosine: float
+    l2: float
+    rel_change: float
+    """``||u - b|| / ||b||``, float64."""
+    base_norm: float
+    change_pct_model: float
+    """Percentile (0-100) of ``rel_change`` among every vector of the matrix in the model."""
+    change_pct_layer: float
+    """The same within the vector's own layer."""
+    jaccard: float
+    """Jaccard overlap of the top-``k`` decoded token sets, before vs. after."""
+    preciser_jaccard: float | None
+    """ConceptVectors' ``preciser_jaccard``: top-k tokens after that occur in the concept's
+    text, over those before (None without text or when no top token occurs there)."""
+    related_rate: float | None
+    """ConceptVectors' related-token rate: share of the base's top-k tokens that occur in
+    the concept's text and are still in the top-k after."""
+    top_before: list[str] = field(default_factory=list)
+    top_after: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class MatrixChange:
+    """One layer and matrix: how much it moved."""
+
+    layer: int
+    matrix: str
+    rel_frobenius: float
+    """``||U - B||_F / ||B||_F``."""
+    changed: int
+    """Vectors with any changed value (of ``vectors``)."""
+    vectors: int
+    median: float
+    """Median relative change of the layer's vectors."""
+    p99: float
+    max: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class ChangedVector:
+    """One of the most-changed vectors, with what it decodes to before and after."""
+
+    neuron: str
+    matrix: str
+    rel_change: float
+    cosine: float
+    change_pct_model: float
+    top_before: list[str]
+    top_after: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class WeightComparison:
+    """The weight-level comparison of one unlearned checkpoint with its base."""
+
+    k: int
+    recipe: str
+    concepts: list[VectorChange]
+    matrices: list[MatrixChange]
+    most_changed: list[ChangedVector]
+    distribution: dict[str, dict[str, float]]
+    """Per matrix, percentiles (p50, p90, p99, max) of every vector's relative change."""
+
+    @property
+    def identical(self) -> bool:
+        """Whether no MLP weight changed at all."""
+        return all(m.changed == 0 for m in self.matrices)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict."""
+        return {
+            "k": self.k,
+            "recipe": self.recipe,
+            "identical": self.identical,
+            "concepts": [c.to_dict() for c in self.concepts],
+            "matrices": [m.to_dict() for m in self.matrices],
+            "most_changed": [c.to_dict() for c in self.most_changed],
+            "distribution": self.distribution,
+        }
+
+
+def check_pair(base: Model, other: Model) -> None:
+    """Raise :class:`EvaluationError` unless the two models can be compared vector by vector."""
+    a, b = base.dims, other.dims
+    fields = ("n_layers", "d_model", "d_mlp", "vocab")
+    diff = [
+        f"{f} {getattr(a, f)} vs {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f)
+    ]
+    kinds = [
+        getattr(text_config(m.config), "model_type", None) or m.spec.family for m in (base, other)
+    ]
+    if kinds[0] != kinds[1]:
+        diff.append(f"architecture {kinds[0]} vs {kinds[1]}")
+    if diff:
+        raise EvaluationError(
+            f"{other.name} is not the same architecture as {base.name} ({'; '.join(diff)}); "
+            "compare an unlearned checkpoint with the model it was made from"
+        )
+    ta, tb = base.tokenizer, other.tokenizer
+    if ta is not None and tb is not None and ta.get_vocab() != tb.get_vocab():
+        raise EvaluationError(
+            f"{other.name} and {base.name} have different tokenizers; token overlaps would "
+            "compare different tokens: compare checkpoints that share a tokenizer"
+        )
+
+
+def matrices_of(model: Model) -> tuple[str, ...]:
+    """Return the MLP matrices of ``model`` (``up``, ``gate`` when gated, ``down``)."""
+    return ("up", "gate", "down") if model.spec.gated else ("up", "down")
+
+
+def percentile_of(value: float, population: torch.Tensor) -> float:
+    """Return the percentile (0-100) of ``value`` in ``population``: the share strictly
+    below plus half the ties (so a value equal to everything sits at 50)."""
+    below = int((population < value).sum())
+    ties = int((population == value).sum())
+    return 100.0 * (below + 0.5 * ties) / max(1, population.numel())
+
+
+def column_changes(b: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Return per-row float64 ``cosine``, ``l2``, ``rel`` and ``norm`` of ``[n, d]`` matrices."""
+    b64, u64 = b.double(), u.double()
+    delta = u64 - b64
+    l2 = delta.norm(dim=1)
+    nb, nu = b64.norm(dim=1), u64.norm(dim=1)
+    cos = (b64 * u64).sum(1) / (nb * nu).clamp_min(1e-300)
+    return {"cosine": cos.clamp(-1, 1), "l2": l2, "rel": l2 / nb.clamp_min(1e-300), "norm": nb}
+
+
+def decoded_ids(
+    model: Model, vectors: torch.Tensor, k: int, recipe: str, side: str = "top"
+) -> torch.Tensor:
+    """Return ``[n, k]`` ids of the top-``k`` tokens (``side="bottom"``: the most negative)
+    of residual ``vectors`` under ``recipe``."""
+    if recipe == "raw":
+        w_u = model.unembedding()
+        scores = vectors.float() @ w_u.float().T
+    else:
+        scores = project(model, vectors.float())
+    if side == "bottom":
+        scores = -scores
+    return scores.topk(min(k, scores.shape[-1]), dim=-1).indices
+
+
+def text_token_ids(model: Model, text: str) -> set[int]:
+    """Return the ids of the tokens of ``text``, stop words dropped (ConceptVectors' recipe for
+    ``preciser_jaccard``; conceptvec's stop-word list)."""
+    tok = model.tokenizer
+    if not text or tok is None:
+        return set()
+    ids = set(tok(text, add_special_tokens=False)["input_ids"])
+    show = token_text(tok)
+    return {i for i in ids if show(i).strip().lower() not in STOPWORDS}
+
+
+def compare_weights(
+    base: Model,
+    unlearned: Model,
+    concepts: Sequence[EvalConcept],
+    *,
+    k: int = 200,
+    recipe: str = "raw",
+    top_changed: int = 10,
+    show_tokens: int = 10,
+    progress: bool = False,
+) -> WeightComparison:
+    """Compare every MLP vector of ``unlearned`` with ``base``; see the module doc."""
+    if recipe not in RECIPES:
+        raise EvaluationError(f"unknown recipe {recipe!r}; use raw or folded")
+    if k < 1:
+        raise EvaluationError(f"k must be >= 1 (got {k})")
+    check_pair(base, unlearned)
+    n_layers = base.dims.n_layers
+    mats = matrices_of(base)
+    rel: dict[str, torch.Tensor] = {}
+    cos: dict[str, torch.Tensor] = {}
+    maps: list[MatrixChange] = []
+    wanted = {(c.neuron.layer, c.neuron.index) for c in concepts}
+    stats: dict[tuple[int, int], dict[str, float]] = {}
+    vec_b: dict[tuple[int, int], torch.Tensor] = {}
+    vec_u: dict[tuple[int, int], torch.Tensor] = {}
+    bar = progress_bar(n_layers * len(mats), "comparing weights", progress)
+    for m in mats:
+        rel[m] = torch.zeros(n_layers, base.dims.d_mlp, dtype=torch.float64)
+        cos[m] = torch.ones(n_layers, base.dims.d_mlp, dtype=torch.float64)
+        for layer in range(n_layers):
+            b, u = base.neurons(layer, m), unlearned.neurons(layer, m)
+            ch = column_changes(b, u)
+            rel[m][layer], cos[m][layer] = ch["rel"], ch["cosine"]
+            diff = (u.double() - b.double()).norm()
+            maps.append(
+                MatrixChange(
+                    layer,
+                    m,
+                    float(diff / b.double().norm().clamp_min(1e-300)),
+                    int((ch["l2"] > 0).sum()),
+                    int(ch["l2"].numel()),
+                    float(ch["rel"].median()),
+                    float(torch.quantile(ch["rel"], 0.99)),
+                    float(ch["rel"].max()),
+                )
+            )
+            if m == "down":
+                for lay, idx in wanted:
+                    if lay == layer:
+                        stats[(lay, idx)] = {key: float(v[idx]) for key, v in ch.items()}
+                        vec_b[(lay, idx)], vec_u[(lay, idx)] = b[idx].float(), u[idx].float()
+            bar.update(1)
+    bar.close()
+    show = token_text(base.tokenizer) if base.tokenizer is not None else str
+    changes = []
+    down = rel["down"]
+    for c in concepts:
+        key = (c.neuron.layer, c.neuron.index)
+        s = stats[key]
+        ids = decoded_ids(base, torch.stack([vec_b[key], vec_u[key]]), k, recipe, c.side)
+        before, after = ids[0].tolist(), ids[1].tolist()
+        jac = len(set(before) & set(after)) / len(set(before) | set(after))
+        in_text = text_token_ids(base, c.text)
+        left_b = [i for i in before if i in in_text]
+        left_a = [i for i in after if i in in_text]
+        kept = [i for i in left_b if i in set(after)]
+        changes.append(
+            VectorChange(
+                c.name,
+                str(c.neuron),
+                c.side,
+                s["cosine"],
+                s["l2"],
+                s["rel"],
+                s["norm"],
+                percentile_of(s["rel"], down),
+                percentile_of(s["rel"], down[c.neuron.layer]),
+                jac,
+                len(left_a) / len(left_b) if left_b else None,
+                len(kept) / len(left_b) if left_b else None,
+                [show(i) for i in before[:show_tokens]],
+                [show(i) for i in after[:show_tokens]],
+            )
+        )
+    most = _most_changed(base, unlearned, rel, cos, top_changed, show)
+    dist = {
+        m: {
+            "p50": float(torch.quantile(r.flatten(), 0.5)),
+            "p90": float(torch.quantile(r.flatten(), 0.9)),
+            "p99": float(torch.quantile(r.flatten(), 0.99)),
+            "max": float(r.max()),
+        }
+        for m, r in rel.items()
+    }
+    return WeightComparison(k, recipe, changes, maps, most, dist)
+
+
+def _most_changed(
+    base: Model,
+    unlearned: Model,
+    rel: dict[str, torch.Tensor],
+    cos: dict[str, torch.Tensor],
+    n: int,
+    show: Any,
+) -> list[ChangedVector]:
+    if n < 1:
+        return []
+    d_mlp = base.dims.d_mlp
+    ranked = sorted(
+        ((float(v), m, int(i)) for m, r in rel.items() for v, i in zip(*r.flatten().topk(n))),
+        reverse=True,
+    )[:n]
+    out = []
+    for value, m, flat in ranked:
+        if value <= 0:
+            break
+        layer, idx = divmod(flat, d_mlp)
+        vb = base.neurons(layer, m)[idx].float()
+        vu = unlearned.neurons(layer, m)[idx].float()
+        ids = project(base, torch.stack([vb, vu])).topk(5, dim=-1).indices
+        out.append(
+            ChangedVector(
+                f"L{layer}.{idx}",
+                m,
+                value,
+                float(cos[m][layer, idx]),
+                percentile_of(value, rel[m]),
+                [show(i) for i in ids[0].tolist()],
+                [show(i) for i in ids[1].tolist()],
+            )
+        )
+    return out
