@@ -74,13 +74,23 @@ def config(shape: str, dtype: str) -> dict:
     }
 
 
-def write(shape: str, out: Path, dtype: str = "bfloat16", device: str = "cpu", shard_gb=4.0):
-    """Write the checkpoint; return its size in bytes."""
+def write(
+    shape: str,
+    out: Path,
+    dtype: str = "bfloat16",
+    device: str = "cpu",
+    shard_gb=4.0,
+    nudge: float = 0.0,
+):
+    """Write the checkpoint; return its size in bytes. ``nudge`` > 0 adds relative noise of
+    that size (a second generator) to every 2-D weight: the same seed-0 checkpoint as with
+    ``nudge=0``, as if fine-tuned, to compare against it."""
     from safetensors.torch import save_file
 
     torch_dtype = getattr(torch, dtype)
     out.mkdir(parents=True, exist_ok=True)
     gen = torch.Generator(device=device).manual_seed(0)
+    noise = torch.Generator(device=device).manual_seed(1)
     limit = int(shard_gb * 2**30)
     groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
     size = 0
@@ -100,6 +110,8 @@ def write(shape: str, out: Path, dtype: str = "bfloat16", device: str = "cpu", s
                 t = 1 + 0.1 * torch.randn(shp, generator=gen, device=device)
             else:
                 t = 0.02 * torch.randn(shp, generator=gen, device=device, dtype=torch.float32)
+                if nudge:
+                    t += nudge * 0.02 * torch.randn(shp, generator=noise, device=device)
             tensors[name] = t.to(torch_dtype).cpu()
             weight_map[name] = fname
             total += tensors[name].numel() * tensors[name].element_size()
@@ -118,9 +130,10 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--device", default="cpu", help="where to draw the random numbers")
     ap.add_argument("--shard-gb", type=float, default=4.0)
+    ap.add_argument("--nudge", type=float, default=0.0, help="relative noise on 2-D weights")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    total = write(args.shape, args.out, args.dtype, args.device, args.shard_gb)
+    total = write(args.shape, args.out, args.dtype, args.device, args.shard_gb, args.nudge)
     print(
         f"wrote {args.shape} ({total / 2**30:.2f} GiB, {args.dtype}) to {args.out} "
         f"in {time.perf_counter() - t0:.1f} s"

@@ -138,13 +138,15 @@ def _atlas_neurons(folder, neuron_ids: list[str], matrix: str, k: int, probs: bo
 
 
 def _register_groups() -> None:
-    from .commands import activations, atlas, concepts, intervene, unlearn
+    from .commands import activations, atlas, concepts, evaluate, intervene, plugins, unlearn
 
     atlas.register(app)
     intervene.register(app)
     activations.register(app)
     concepts.register(app)
     unlearn.register(app)
+    evaluate.register(app)
+    plugins.register(app)
 
 
 _register_groups()

@@ -104,6 +104,35 @@ def test_change_measured_in_float64_with_percentiles(tiny, zeroed):
     assert not any(m.changed for m in w.matrices if m.matrix != "down")
 
 
+def test_all_jaccard_matches_decoding_every_column(tiny, tmp_path):
+    def nudge(sd):  # columns moved by 1e-6 .. 1 relative: most certified, some decoded again
+        g = torch.Generator().manual_seed(5)
+        for layer in range(3):
+            w = sd[KEY.format(layer)]
+            scale = 10.0 ** -torch.randint(0, 7, (w.shape[1],), generator=g).float()
+            w.add_(torch.randn(w.shape, generator=g) * w.abs().mean() * scale)
+
+    unl = _variant(tiny, tmp_path / "nudged", nudge)
+    base, other = load(tiny), load(unl)
+    concepts = eval_concepts(_records({"Ancient Rome": (2, 7)}))
+    for recipe in ("raw", "folded"):
+        w = compare_weights(base, other, concepts, k=20, recipe=recipe, all_jaccard=True)
+        from conceptvec.evaluate.weights import decoded_ids
+
+        for layer in range(3):
+            b, u = base.neurons(layer, "down"), other.neurons(layer, "down")
+            ib, iu = decoded_ids(base, b, 20, recipe), decoded_ids(base, u, 20, recipe)
+            want = [
+                len(set(x) & set(y)) / len(set(x) | set(y))
+                for x, y in zip(ib.tolist(), iu.tolist())
+            ]
+            assert w.jaccard_all[layer].tolist() == want
+        assert 0 < w.jaccard_recomputed < 3 * 64  # some certified, some decoded again
+        assert (w.jaccard_all < 1).any()
+        assert w.concepts[0].jaccard == w.jaccard_all[2, 7]
+        assert w.concepts[0].jaccard_pct_model is not None
+
+
 def test_percentile_and_column_changes():
     pop = torch.tensor([0.0, 1.0, 2.0, 3.0])
     assert percentile_of(3.5, pop) == 100.0 and percentile_of(-1, pop) == 0.0

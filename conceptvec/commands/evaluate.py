@@ -48,6 +48,9 @@ def evaluate(
     recipe: Annotated[
         str, typer.Option("--recipe", help="raw (W_U v, ConceptVectors) | folded (final norm).")
     ] = "raw",
+    all_jaccard: Annotated[
+        bool, typer.Option("--all-jaccard", help="Jaccard@k of every down column too.")
+    ] = False,
     controls: Annotated[
         int, typer.Option("--controls", min=0, help="Random same-layer control neurons.")
     ] = 5,
@@ -92,6 +95,7 @@ def evaluate(
         attacks=wanted,
         k=k,
         recipe=recipe,
+        all_jaccard=all_jaccard,
         controls=controls,
         max_questions=max_questions,
         max_new_tokens=max_new_tokens,

@@ -81,6 +81,15 @@ def _record(source: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _run_names(sources: list[Any], models: list[Model]) -> list[str]:
+    """Name each run by its folder's name when those are unique, else by the model's name."""
+    short = [
+        Path(s).name if isinstance(s, (str, os.PathLike)) else m.name
+        for s, m in zip(sources, models)
+    ]
+    return short if len(set(short)) == len(short) else [m.name for m in models]
+
+
 def _summary(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("method", "steps_done", "lr", "scope", "neuron", "seed", "wall_seconds")
     out = {k: record[k] for k in keys if k in record}
@@ -119,6 +128,8 @@ def intrinsic(
     attacks: Sequence[str] = (),
     k: int = 200,
     recipe: str = "raw",
+    all_jaccard: bool = False,
+    device: str = "cpu",
     controls: int = 5,
     max_new_tokens: int = 32,
     max_questions: int | None = None,
@@ -134,7 +145,9 @@ def intrinsic(
 
     ``qa=False`` skips behaviour (and the attacks, which need it); ``trace_activations=False``
     skips the activation trace (weights only is then seconds). ``attacks`` is any of
-    ``recovery``, ``quant4``, ``relearn``.
+    ``recovery``, ``quant4``, ``relearn``. ``all_jaccard`` measures Jaccard@k for every
+    down column too (:class:`.weights.TopKOverlap`), so a concept's token change gets a
+    percentile as well.
     """
     thresholds = thresholds or Thresholds()
     unknown = [a for a in attacks if a not in ATTACKS]
@@ -151,11 +164,21 @@ def intrinsic(
     items = eval_concepts(concepts, probes, names)
     check_concepts(items, b.dims.n_layers, b.dims.d_mlp, b.name)
     models = [(_open(s, "unlearned checkpoint"), _record(s)) for s in sources]
+    names = _run_names(sources, [m for m, _ in models])
     base_target = resolve(b) if (qa or trace_activations) else None
     shared: dict[str, tuple[ConceptProbes | None, Any]] = {}
     runs = []
-    for u, record in models:
-        comparison = compare_weights(b, u, items, k=k, recipe=recipe, progress=progress)
+    for (u, record), run_name in zip(models, names):
+        comparison = compare_weights(
+            b,
+            u,
+            items,
+            k=k,
+            recipe=recipe,
+            all_jaccard=all_jaccard,
+            device=device,
+            progress=progress,
+        )
         target = resolve(u) if base_target is not None else None
         evals = []
         for c, vec in zip(items, comparison.concepts):
@@ -191,10 +214,11 @@ def intrinsic(
                     relearn_lr=relearn_lr,
                 )
             evals.append(ev)
-        runs.append(RunEval(u.name, comparison, evals, _summary(record)))
+        runs.append(RunEval(run_name, comparison, evals, _summary(record)))
     settings = {
         "k": k,
         "recipe": recipe,
+        "all_jaccard": all_jaccard,
         "decoding_head": "base",
         "change_measure": "||u - b|| / ||b||, float64",
         "qa": qa,

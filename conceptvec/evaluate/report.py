@@ -95,6 +95,11 @@ class RunEval:
         }
 
 
+def cosine_text(c: float) -> str:
+    """Show a cosine so that 0.9999982 and 0.9999999 stay apart: ``1-1.8e-06``."""
+    return f"{c:.7f}" if c < 0.9999995 else f"1-{1 - c:.1e}"
+
+
 def _f(x: float | None, fmt: str = ".3f") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -186,7 +191,7 @@ class EvalReport:
                         run.name,
                         c.concept,
                         c.neuron,
-                        f"{v.cosine:.7f}",
+                        cosine_text(v.cosine),
                         f"{v.jaccard:.3f}",
                         f"{v.change_pct_model:.0f} / {v.change_pct_layer:.0f}",
                         act,

@@ -36,6 +36,7 @@ from ..errors import EvaluationError
 from ..interventions.effect import progress_bar
 from ..models import Model
 from ..models.specs import text_config
+from ..neurons import NeuronId
 from ..tokens import token_text
 from .concepts import EvalConcept
 
@@ -71,6 +72,9 @@ class VectorChange:
     the concept's text and are still in the top-k after."""
     top_before: list[str] = field(default_factory=list)
     top_after: list[str] = field(default_factory=list)
+    jaccard_pct_model: float | None = None
+    """With ``all_jaccard``: percentile of its token change (``1 - jaccard``) among every
+    down column's."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -126,6 +130,10 @@ class WeightComparison:
     most_changed: list[ChangedVector]
     distribution: dict[str, dict[str, float]]
     """Per matrix, percentiles (p50, p90, p99, max) of every vector's relative change."""
+    jaccard_all: torch.Tensor | None = None
+    """``[n_layers, d_mlp]`` Jaccard@k of every down column (``all_jaccard=True``)."""
+    jaccard_recomputed: int = 0
+    """Columns whose top-k could not be certified unchanged and were decoded again."""
 
     @property
     def identical(self) -> bool:
@@ -142,6 +150,15 @@ class WeightComparison:
             "matrices": [m.to_dict() for m in self.matrices],
             "most_changed": [c.to_dict() for c in self.most_changed],
             "distribution": self.distribution,
+            "all_jaccard": None
+            if self.jaccard_all is None
+            else {
+                "mean": float(self.jaccard_all.mean()),
+                "min": float(self.jaccard_all.min()),
+                "below_1": int((self.jaccard_all < 1).sum()),
+                "columns": int(self.jaccard_all.numel()),
+                "recomputed": self.jaccard_recomputed,
+            },
         }
 
 
@@ -228,9 +245,18 @@ def compare_weights(
     recipe: str = "raw",
     top_changed: int = 10,
     show_tokens: int = 10,
+    all_jaccard: bool = False,
+    device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> WeightComparison:
-    """Compare every MLP vector of ``unlearned`` with ``base``; see the module doc."""
+    """Compare every MLP vector of ``unlearned`` with ``base``; see the module doc.
+
+    ``all_jaccard=True`` also measures Jaccard@k for every down column (:class:`TopKOverlap`:
+    one decoding of the base, and of the unlearned vector only where its top-k set is not
+    provably unchanged). ``device`` (e.g. ``"cuda"``) is where the arithmetic runs; weights
+    are still streamed one matrix at a time.
+    """
+    device = torch.device(device)
     if recipe not in RECIPES:
         raise EvaluationError(f"unknown recipe {recipe!r}; use raw or folded")
     if k < 1:
@@ -246,19 +272,22 @@ def compare_weights(
     vec_b: dict[tuple[int, int], torch.Tensor] = {}
     vec_u: dict[tuple[int, int], torch.Tensor] = {}
     bar = progress_bar(n_layers * len(mats), "comparing weights", progress)
+    overlap = TopKOverlap(base, k, recipe, device=device) if all_jaccard else None
+    jac_all = torch.ones(n_layers, base.dims.d_mlp, dtype=torch.float64) if all_jaccard else None
     for m in mats:
         rel[m] = torch.zeros(n_layers, base.dims.d_mlp, dtype=torch.float64)
         cos[m] = torch.ones(n_layers, base.dims.d_mlp, dtype=torch.float64)
         for layer in range(n_layers):
-            b, u = base.neurons(layer, m), unlearned.neurons(layer, m)
-            ch = column_changes(b, u)
+            b = base.neurons(layer, m).to(device)
+            u = unlearned.neurons(layer, m).to(device)
+            ch = {key: v.cpu() for key, v in column_changes(b, u).items()}
             rel[m][layer], cos[m][layer] = ch["rel"], ch["cosine"]
-            diff = (u.double() - b.double()).norm()
+            diff = (u.double() - b.double()).norm().cpu()
             maps.append(
                 MatrixChange(
                     layer,
                     m,
-                    float(diff / b.double().norm().clamp_min(1e-300)),
+                    float(diff / b.double().norm().cpu().clamp_min(1e-300)),
                     int((ch["l2"] > 0).sum()),
                     int(ch["l2"].numel()),
                     float(ch["rel"].median()),
@@ -266,11 +295,14 @@ def compare_weights(
                     float(ch["rel"].max()),
                 )
             )
+            if m == "down" and overlap is not None:
+                jac_all[layer] = overlap.layer(b, u, ch["l2"].to(device)).cpu()
             if m == "down":
                 for lay, idx in wanted:
                     if lay == layer:
                         stats[(lay, idx)] = {key: float(v[idx]) for key, v in ch.items()}
-                        vec_b[(lay, idx)], vec_u[(lay, idx)] = b[idx].float(), u[idx].float()
+                        vec_b[(lay, idx)] = b[idx].float().cpu()
+                        vec_u[(lay, idx)] = u[idx].float().cpu()
             bar.update(1)
     bar.close()
     show = token_text(base.tokenizer) if base.tokenizer is not None else str
@@ -314,7 +346,73 @@ def compare_weights(
         }
         for m, r in rel.items()
     }
-    return WeightComparison(k, recipe, changes, maps, most, dist)
+    if jac_all is not None:
+        moved = 1 - jac_all
+        for c in changes:
+            n = NeuronId.parse(c.neuron)
+            c.jaccard_pct_model = percentile_of(float(moved[n.layer, n.index]), moved)
+    return WeightComparison(
+        k, recipe, changes, maps, most, dist, jac_all, overlap.recomputed if overlap else 0
+    )
+
+
+class TopKOverlap:
+    """Jaccard@k of every column of a layer, base vs. unlearned, from one base decoding.
+
+    The unlearned column's scores differ from the base's by at most ``||u - b|| * max_j
+    ||W_j||`` per token (Cauchy-Schwarz), so when the gap between the base's k-th and
+    (k+1)-th scores exceeds twice that plus float32's rounding bound, the top-k *set* cannot
+    have changed: Jaccard is 1 without decoding the unlearned column. Other columns (and
+    every column whose change is large) are decoded and compared. Fine-tuning moves columns
+    by ~1e-6 relative, so nearly all are certified and the cost is one decoding of the base.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        k: int,
+        recipe: str,
+        budget: int = 256 << 20,
+        device: str | torch.device = "cpu",
+    ):
+        device = torch.device(device)
+        w = model.unembedding()
+        if recipe == "folded":
+            from ..atlas.head import folded_rows
+
+            w = folded_rows(model, slice(0, w.shape[0]))
+        self.w = w.to(device).float().contiguous()
+        self.w_max = float(self.w.double().norm(dim=1).max())
+        if device.type == "cuda":
+            budget = 4 << 30
+        self.k = min(k, self.w.shape[0] - 1)
+        self.rows = max(1, budget // (4 * self.w.shape[0]))
+        self.recomputed = 0
+
+    def layer(self, b: torch.Tensor, u: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
+        """Return float64 Jaccard@k per row of ``b`` vs. ``u`` (``l2``: float64 ``||u - b||``)."""
+        out = torch.ones(b.shape[0], dtype=torch.float64, device=b.device)
+        moved = (l2 > 0).nonzero().flatten()
+        if moved.numel() == 0:
+            return out
+        d = b.shape[1]
+        eps = 2.0**-23 * d  # float32 dot-product rounding, relative to |b| |w|
+        for s in range(0, moved.numel(), self.rows):
+            idx = moved[s : s + self.rows]
+            bb, uu = b[idx].float(), u[idx].float()
+            top = (bb @ self.w.T).topk(self.k + 1, dim=-1)
+            gap = (top.values[:, self.k - 1] - top.values[:, self.k]).double()
+            norms = torch.maximum(bb.double().norm(dim=1), uu.double().norm(dim=1))
+            bound = l2[idx] * self.w_max + 2 * eps * norms * self.w_max
+            unsure = (gap <= 2 * bound).nonzero().flatten()
+            if unsure.numel():
+                self.recomputed += int(unsure.numel())
+                after = (uu[unsure] @ self.w.T).topk(self.k, dim=-1).indices
+                before = top.indices[unsure, : self.k]
+                for j, (x, y) in enumerate(zip(before.tolist(), after.tolist())):
+                    sx, sy = set(x), set(y)
+                    out[idx[unsure[j]]] = len(sx & sy) / len(sx | sy)
+        return out
 
 
 def _most_changed(

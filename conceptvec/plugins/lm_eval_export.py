@@ -1,0 +1,367 @@
+"""Export a concept's QA as lm-evaluation-harness tasks: ``lm_eval --include_path DIR``.
+
+ConceptVectors has no gold answers, so the references are the export model's own greedy
+answers (:func:`conceptvec.qa.answer`, as conceptvec's QA evaluation uses them), or gold
+answers the user gives. Each question set becomes two tasks:
+
+- ``conceptvec_<concept>_<set>`` (``generate_until``): the model's greedy answer, scored
+  with conceptvec's ROUGE-L and BLEU (:func:`conceptvec.qa.text_scores`) and exact match;
+- ``conceptvec_<concept>_<set>_logprob`` (``loglikelihood``): the reference's mean
+  log-probability per token and whether greedy decoding reproduces it.
+
+The prompts are stored as the model sees them (chat template applied), so run the tasks
+*without* ``--apply_chat_template``; on the export model ROUGE-L is then ~1 by
+construction, and an unlearned model's drop is the number conceptvec's QA reports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..concepts.benchmark import ConceptEntry, read_concepts
+from ..version import package_version
+from .errors import PluginError
+
+SETS: tuple[str, ...] = ("forget_qa", "unrelated_qa", "completion")
+"""The question sets: the concept's QA, the unrelated QA, and the text completions."""
+MANIFEST = "conceptvec_lm_eval.json"
+"""The export's record; an existing folder is replaced only when it holds one."""
+SCHEMA = 1
+
+_UTILS = '''"""lm-eval glue for the tasks in this folder (written by conceptvec {version})."""
+
+from pathlib import Path
+
+from conceptvec.plugins import lm_eval_task as _task
+
+FOLDER = Path(__file__).resolve().parent
+
+
+def load_docs(**kwargs):
+    return _task.load_docs(FOLDER, **kwargs)
+
+
+with_reference = _task.with_reference
+score_generation = _task.score_generation
+score_logprob = _task.score_logprob
+'''
+
+_METRICS = {
+    "generate_until": ("rouge_l", "bleu", "exact"),
+    "loglikelihood": ("logprob", "greedy"),
+}
+
+
+@dataclass
+class LmEvalTask:
+    """One exported task."""
+
+    name: str
+    set: str
+    """``forget_qa``, ``unrelated_qa`` or ``completion``."""
+    output_type: str
+    """``generate_until`` or ``loglikelihood``."""
+    data_file: str
+    docs: int
+    reference: str
+    """``model`` (the export model's greedy answers) or ``gold``."""
+    metrics: list[str]
+
+
+@dataclass
+class LmEvalExport:
+    """What :func:`export_lm_eval` wrote: the folder, its tasks and how to run them."""
+
+    folder: Path
+    concept: str
+    model: str
+    tag: str
+    """lm-eval tag naming every task of this export (``--tasks TAG``)."""
+    prompting: str
+    """QA prompts: ``chat`` (the chat template, applied here) or ``paper``."""
+    dtype: str
+    max_new_tokens: int
+    tasks: list[LmEvalTask] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    """Sets left out because the concept has no items in them."""
+
+    @property
+    def command(self) -> str:
+        """The lm-eval command that runs every task on a model (``MODEL``: an HF folder)."""
+        return (
+            f"lm_eval --model hf --model_args pretrained=MODEL,dtype={self.dtype} "
+            f"--include_path {self.folder} --tasks {self.tag}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON record written as :data:`MANIFEST` (field names kept)."""
+        out = asdict(self)
+        out.update(
+            folder=str(self.folder),
+            schema=SCHEMA,
+            conceptvec=package_version(),
+            command=self.command,
+        )
+        return out
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.concept}: {len(self.tasks)} lm-eval tasks in {self.folder} "
+            f"(references from {self.model}, {self.prompting} prompts)"
+        ]
+        lines += [
+            f"  {t.name:<48} {t.output_type:<15} {t.docs:>4} docs  {', '.join(t.metrics)}"
+            for t in self.tasks
+        ]
+        if self.skipped:
+            lines.append(f"  skipped (no items): {', '.join(self.skipped)}")
+        lines.append(f"run: {self.command}")
+        return "\n".join(lines)
+
+
+def export_lm_eval(
+    model: Any,
+    concepts: str | os.PathLike[str] | list[Any],
+    concept: str | None,
+    out: str | os.PathLike[str],
+    *,
+    gold: Mapping[str, str] | str | os.PathLike[str] | None = None,
+    sets: Sequence[str] = SETS,
+    chat: bool | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    overwrite: bool = False,
+) -> LmEvalExport:
+    """Return the :class:`LmEvalExport` of ``concept``'s question sets, written to ``out``.
+
+    ``model`` (anything :func:`conceptvec.load` accepts) answers each question greedily to
+    make the references, unless ``gold`` (question -> answer, or a JSON/JSONL file of
+    ``{"question", "answer"}`` objects) answers every question of a set. ``chat``: prompt
+    through the chat template (``None``: when the tokenizer has one) or the paper's
+    ``Question: ...\\n Answer:``. ``out`` is written atomically; an existing folder is
+    replaced only with ``overwrite`` and only if it is an earlier export.
+    """
+    from ..interventions.targets import resolve
+    from ..qa import use_chat
+
+    out = Path(out).absolute()
+    sets = list(dict.fromkeys(sets))
+    unknown = [s for s in sets if s not in SETS]
+    if unknown or not sets:
+        raise PluginError(
+            f"unknown question set {unknown[0] if unknown else '(none)'}; "
+            f"choose from {', '.join(SETS)}"
+        )
+    if max_new_tokens < 1 or batch_size < 1:
+        raise PluginError("max_new_tokens and batch_size must be at least 1")
+    _check_replaceable(out, overwrite)
+    entry = _pick(read_concepts(concepts), concept)
+    answers = _gold(gold)
+    target = resolve(model)
+    is_chat = use_chat(target, chat)
+    slug = re.sub(r"[^a-z0-9]+", "_", entry.concept.lower()).strip("_") or "concept"
+    export = LmEvalExport(
+        folder=out,
+        concept=entry.concept,
+        model=target.model.name,
+        tag=f"conceptvec_{slug}",
+        prompting="chat" if is_chat else "paper",
+        dtype=str(next(target.module.parameters()).dtype).removeprefix("torch."),
+        max_new_tokens=max_new_tokens,
+    )
+    files: dict[str, str] = {"utils.py": _UTILS.format(version=package_version())}
+    for name in sets:
+        docs, kind = _docs(target, entry, name, is_chat, answers, max_new_tokens, batch_size)
+        if not docs:
+            export.skipped.append(name)
+            continue
+        data_file = f"{name}.jsonl"
+        files[data_file] = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs)
+        scored = sum(1 for d in docs if d["reference"])
+        for output_type, suffix, n in (
+            ("generate_until", "", len(docs)),
+            ("loglikelihood", "_logprob", scored),
+        ):
+            task = LmEvalTask(
+                name=f"{export.tag}_{name}{suffix}",
+                set=name,
+                output_type=output_type,
+                data_file=data_file,
+                docs=n,
+                reference=kind,
+                metrics=list(_METRICS[output_type]),
+            )
+            if n:
+                export.tasks.append(task)
+                files[f"{task.name}.yaml"] = _task_yaml(task, export.tag, max_new_tokens)
+    if not export.tasks:
+        raise PluginError(
+            f"concept {entry.concept!r} has no questions in {', '.join(sets)}; choose other sets"
+        )
+    _write(out, files, export, overwrite)
+    return export
+
+
+# ------------------------------------------------------------------------------ inputs
+def _pick(entries: list[ConceptEntry], concept: str | None) -> ConceptEntry:
+    if concept is None:
+        if len(entries) == 1:
+            return entries[0]
+        raise PluginError(f"the concepts hold {len(entries)} concepts; name one with --concept")
+    want = concept.strip().lower()
+    for e in entries:
+        if e.concept.strip().lower() == want:
+            return e
+    names = ", ".join(e.concept for e in entries[:8]) + (", ..." if len(entries) > 8 else "")
+    raise PluginError(f"no concept {concept!r} in the concepts; they have {names}")
+
+
+def _gold(gold: Mapping[str, str] | str | os.PathLike[str] | None) -> dict[str, str]:
+    """Return gold answers keyed by the stripped question."""
+    if gold is None:
+        return {}
+    if isinstance(gold, (str, os.PathLike)):
+        from ..unlearning.data import read_pairs
+
+        texts, pairs = read_pairs(gold)
+        if texts or not pairs:
+            raise PluginError(
+                f'{gold}: expected only {{"question": ..., "answer": ...}} objects '
+                "(JSON list or JSONL)"
+            )
+        gold = dict(pairs)
+    return {str(q).strip(): str(a).strip() for q, a in gold.items()}
+
+
+def _docs(
+    target: Any,
+    entry: ConceptEntry,
+    name: str,
+    chat: bool,
+    gold: dict[str, str],
+    max_new_tokens: int,
+    batch_size: int,
+) -> tuple[list[dict[str, Any]], str]:
+    """Return one set's documents and where its references came from (model or gold)."""
+    from ..qa import answer, prompt_texts
+
+    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if name == "completion":
+        questions = [tc.first_half for tc in entry.text_completion]
+        prompts, sep, kind = questions, " ", "model"
+        refs = answer(target, questions, raw=True, **kw) if questions else []
+    else:
+        raw = entry.qa if name == "forget_qa" else entry.unrelated_qa
+        questions = [q.strip() for q in raw]
+        prompts, sep = prompt_texts(target, questions, chat), "" if chat else " "
+        have = sum(q in gold for q in questions)
+        if 0 < have < len(questions):
+            raise PluginError(
+                f"gold answers cover {have} of the {len(questions)} {name} questions; "
+                "give all of them, or none to use the model's own answers"
+            )
+        kind = "gold" if have else "model"
+        if have:
+            refs = [gold[q] for q in questions]
+        else:
+            refs = answer(target, questions, chat=chat, **kw) if questions else []
+    tok = target.tokenizer
+    docs = [
+        {
+            "question": q,
+            "prompt": p,
+            "reference": r,
+            "continuation": sep + r,
+            "reference_tokens": len(tok(sep + r, add_special_tokens=False)["input_ids"]),
+        }
+        for q, p, r in zip(questions, prompts, refs)
+    ]
+    return docs, kind
+
+
+# ----------------------------------------------------------------------------- writing
+def _task_yaml(task: LmEvalTask, tag: str, max_new_tokens: int) -> str:
+    """Return one task's YAML (lm-eval's ``!function`` tags point into ``utils.py``)."""
+    generate = task.output_type == "generate_until"
+    lines = [
+        f"# Written by conceptvec {package_version()}: re-export rather than edit.",
+        f"task: {task.name}",
+        f"tag: {tag}",
+        "custom_dataset: !function utils.load_docs",
+        "dataset_kwargs:",
+        f"  data_file: {task.data_file}",
+        "test_split: test",
+        f"output_type: {task.output_type}",
+        "doc_to_text: prompt",
+        f"doc_to_target: {'reference' if generate else 'continuation'}",
+    ]
+    if generate:
+        lines += [
+            "generation_kwargs:",
+            "  until: []",
+            "  do_sample: false",
+            f"  max_gen_toks: {max_new_tokens}",
+            "process_results: !function utils.score_generation",
+        ]
+    else:
+        lines += [
+            'target_delimiter: ""  # the separator is in the continuation already',
+            "process_docs: !function utils.with_reference",
+            "process_results: !function utils.score_logprob",
+        ]
+    lines.append("metric_list:")
+    for m in task.metrics:
+        lines += [f"  - metric: {m}", "    aggregation: mean", "    higher_is_better: true"]
+    lines += ["metadata:", f"  version: {SCHEMA}.0"]
+    return "\n".join(lines) + "\n"
+
+
+def _check_replaceable(out: Path, overwrite: bool) -> None:
+    """Raise unless ``out`` may be written: absent, or an earlier export and ``overwrite``."""
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise PluginError(f"the folder {out.parent} does not exist; create it first")
+        return
+    if not overwrite:
+        raise PluginError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    if not (out.is_dir() and (out / MANIFEST).is_file()):
+        raise PluginError(
+            f"{out} exists and is not a conceptvec lm-eval export (no {MANIFEST}); "
+            "it is not ours to replace: choose another --out"
+        )
+
+
+def _write(out: Path, files: dict[str, str], export: LmEvalExport, overwrite: bool) -> None:
+    """Write ``files`` and the manifest (last) into a hidden folder beside ``out``, then
+    rename it to ``out``: a crash never leaves a folder that looks complete."""
+    from ..atlas.store import file_mode
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+    old = None
+    try:
+        os.chmod(tmp, file_mode() | (file_mode() & 0o444) >> 2)  # as mkdir would (mkdtemp: 700)
+        record = json.dumps(export.to_dict(), indent=2, ensure_ascii=False) + "\n"
+        for name, text in [*files.items(), (MANIFEST, record)]:
+            with open(tmp / name, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        if out.exists():
+            _check_replaceable(out, overwrite)  # again, right before replacing it
+            old = out.parent / f".{out.name}.old-{tmp.name[-8:]}"
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise PluginError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
