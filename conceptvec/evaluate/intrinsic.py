@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConceptvecError, EvaluationError
+from ..interventions.effect import progress_bar
 from ..interventions.targets import Target, resolve
 from ..models import Model, load
 from .behaviour import (
@@ -168,6 +169,9 @@ def intrinsic(
     base_target = resolve(b) if (qa or trace_activations) else None
     shared: dict[str, tuple[ConceptProbes | None, Any]] = {}
     runs = []
+    stages = progress_bar(
+        len(models) * len(items), "evaluating concepts", progress and (qa or trace_activations)
+    )
     for (u, record), run_name in zip(models, names):
         comparison = compare_weights(
             b,
@@ -182,6 +186,7 @@ def intrinsic(
         target = resolve(u) if base_target is not None else None
         evals = []
         for c, vec in zip(items, comparison.concepts):
+            stages.set_postfix_str(f"{run_name}: {c.name}")
             held = _heldout(record, c.name)
             questions = "held-out" if held else "all"
             t = None
@@ -214,7 +219,11 @@ def intrinsic(
                     relearn_lr=relearn_lr,
                 )
             evals.append(ev)
+            stages.update(1)
         runs.append(RunEval(run_name, comparison, evals, _summary(record)))
+        if u._hf_loader is not None and u is not unlearned and u not in sources:
+            u._hf = None  # a checkpoint we opened: its torch model is not needed again
+    stages.close()
     settings = {
         "k": k,
         "recipe": recipe,
