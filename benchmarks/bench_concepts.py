@@ -28,6 +28,7 @@ import torch
 import conceptvec as cv
 from conceptvec import qa
 from conceptvec.concepts import concept_tokens, read_concepts
+from conceptvec.concepts.find import search_concept
 from conceptvec.concepts.tokens import name_words
 from conceptvec.decode import project, residual_vectors
 from conceptvec.tokens import token_text
@@ -67,14 +68,7 @@ def main() -> None:
     for label in ("weights_cold_s", "weights_warm_s"):
         t0 = time.perf_counter()
         c = concept_tokens(model, args.concept, [entry.wikipedia_content])
-        hits = cv.search_weights(
-            model,
-            token_ids=c.core_ids,
-            groups=c.forms(c.core_ids),
-            side="both",
-            best_of=3,
-            top=8,
-        )
+        hits = search_concept(model, c, top=8)
         out[label] = time.perf_counter() - t0
     out["weights_top"] = [f"{h.neuron} {h.side}" for h in hits[:3]]
 

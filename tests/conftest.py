@@ -35,8 +35,10 @@ FAMILIES = {
 }
 
 
-def make_tokenizer(kind: str):
-    """Return a PreTrainedTokenizerFast trained on CORPUS (byte-level BPE or SentencePiece)."""
+def make_tokenizer(kind: str, corpus: list[str] | None = None):
+    """Return a PreTrainedTokenizerFast trained on ``corpus`` (default CORPUS; byte-level BPE
+    or SentencePiece)."""
+    corpus = CORPUS if corpus is None else corpus
     from tokenizers import (
         SentencePieceBPETokenizer,
         Tokenizer,
@@ -56,23 +58,24 @@ def make_tokenizer(kind: str):
             special_tokens=["<|endoftext|>"],
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         )
-        tok.train_from_iterator(CORPUS, trainer)
+        tok.train_from_iterator(corpus, trainer)
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
     else:
         sp = SentencePieceBPETokenizer()
-        sp.train_from_iterator(CORPUS, vocab_size=300, special_tokens=["<pad>", "<eos>", "<0x0A>"])
+        sp.train_from_iterator(corpus, vocab_size=300, special_tokens=["<pad>", "<eos>", "<0x0A>"])
         fast = PreTrainedTokenizerFast(
             tokenizer_object=sp._tokenizer, eos_token="<eos>", pad_token="<pad>"
         )
     return fast
 
 
-def build_tiny(family: str, seed: int = 0):
-    """Return (hf_model, tokenizer) for one family with random weights."""
+def build_tiny(family: str, seed: int = 0, corpus: list[str] | None = None):
+    """Return (hf_model, tokenizer) for one family with random weights, its tokenizer
+    trained on ``corpus`` (default CORPUS)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     model_type, extra, tok_kind = FAMILIES[family]
-    tok = make_tokenizer(tok_kind)
+    tok = make_tokenizer(tok_kind, corpus)
     kw = {**COMMON, **extra, "vocab_size": len(tok)}
     if model_type == "gpt2":
         kw = {k: v for k, v in kw.items() if k not in COMMON}

@@ -119,8 +119,10 @@ def test_without_qa_nothing_is_called_a_concept_vector(tiny):
     assert all("no QA" in c.reasons[0] for c in r.candidates)
 
 
-def _vector(breadth=0.1, dc=-0.2, du=0.0, pct=100.0, mean=-1.0, side="top"):
-    w = WeightEvidence(side, 1, 5.0, ["a"], 0.5, 0.3, breadth)
+def _vector(n_concept=9, n_kind=1, dc=-0.2, du=0.0, pct=100.0, mean=-1.0, side="top"):
+    named = n_concept + n_kind
+    breadth = n_kind / named if named else 0.0
+    w = WeightEvidence(side, 1, 5.0, ["a"] * 20, 0.5, 0.3, breadth, n_concept, n_kind)
     k = KnockoutEvidence("zero", "zero L1.1", dc, du, du - dc, pct, 100.0, [-0.001], [0.0])
     a = ActivationEvidence(mean, 0.0, 0.2, 10, 10)
     return ConceptVector("X", "m", "L1.1", "down", w, a, [k])
@@ -130,7 +132,7 @@ def test_verdict_rules():
     t = Thresholds()
     cases = {
         "concept": _vector(),
-        "category": _vector(breadth=0.8),
+        "category": _vector(n_concept=2, n_kind=8),
         "not causal": _vector(dc=-0.001),
     }
     unspecific = _vector(du=-0.15)
@@ -139,6 +141,20 @@ def test_verdict_rules():
         judge(c, t)
         assert c.verdict == want, (want, c.reasons)
         assert c.reasons
+    # breadth needs min_named (3) concept and kind tokens: one kind token is no category
+    edge = _vector(n_concept=1, n_kind=2)
+    judge(edge, t)
+    assert edge.verdict == "category" and "breadth 0.67" in edge.reasons[0]
+    for n_concept, n_kind in [(0, 1), (1, 1), (0, 0)]:
+        causal = _vector(n_concept=n_concept, n_kind=n_kind)
+        judge(causal, t)
+        assert causal.verdict == "unclear" and "name neither" in causal.reasons[0], causal.reasons
+        weak = _vector(n_concept=n_concept, n_kind=n_kind, dc=-0.001)
+        judge(weak, t)
+        assert weak.verdict == "not causal" and "name neither" in weak.reasons[-1]
+    broad = _vector(n_concept=0, n_kind=1, du=-0.15)
+    judge(broad, t)
+    assert broad.verdict == "category" and "not specific" in broad.reasons[0]
     assert _vector(mean=-1.0).writes_concept is False  # top side, negative activation
     assert _vector(mean=-1.0, side="bottom").writes_concept is True
 
@@ -244,16 +260,44 @@ def test_build_writes_this_models_vectors_and_resumes(tiny, tmp_path):
     assert not (tmp_path / "again2.json").exists()
 
 
+def test_build_update_rebuilds_the_named_rows_and_keeps_the_others(tiny, tmp_path):
+    src = _source(tmp_path)
+    out = tmp_path / "ours.json"
+    kw = dict(candidates=2, validate=1, controls=2, modes=["zero"], max_new_tokens=2)
+    with pytest.raises(cv.ConceptvecError, match="nothing to update"):
+        build_concepts(tiny, src, out, update=True, concepts=["dog"], progress=False, **kw)
+    build_concepts(tiny, src, out, progress=False, **kw)
+    raw = json.loads(out.read_text())
+    raw[0]["note"] = "built by an older finder"  # must survive the update as it is
+    raw[1]["verdict"], raw[1]["Layer"] = "stale", "0"  # must be replaced
+    out.write_text(json.dumps(raw, indent=4))
+    results = build_concepts(tiny, src, out, update=True, concepts=["dog"], progress=False, **kw)
+    assert [e.concept for e, _ in results] == ["dog"]
+    after = json.loads(out.read_text())
+    assert after[0] == raw[0] and list(after[0]) == list(raw[0])
+    assert after[1]["verdict"] in VERDICTS and after[1]["Layer"] != "0"
+    assert after[1]["conceptvec"]["key"] == ["dog"]
+    assert not (tmp_path / ("ours.json" + PARTIAL_SUFFIX)).exists()
+
+
 def test_cli_build_refuses_an_existing_output(tiny_dir, tmp_path, monkeypatch, capsys):
     src = _source(tmp_path)
     out = tmp_path / "exists.json"
     out.write_text("mine")
+    folder = str(tiny_dir("llama"))
     code, _out, err = run_cli(
-        ["concepts", "build", str(tiny_dir("llama")), "--from", str(src), "--out", str(out)],
+        ["concepts", "build", folder, "--from", str(src), "--out", str(out)],
         monkeypatch,
         capsys,
     )
-    assert code == 2 and "exists" in err and out.read_text() == "mine"
+    assert code == 2 and "exists" in err and "--update" in err and out.read_text() == "mine"
+    # --update reads the output first: a file that is not a concepts file stops the run
+    code, _out, err = run_cli(
+        ["concepts", "build", folder, "--from", str(src), "--out", str(out), "--update"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 2 and "Traceback" not in err and out.read_text() == "mine"
     write_concepts(read_concepts(src), tmp_path / "copy.json")
     assert read_concepts(tmp_path / "copy.json") == read_concepts(src)
 

@@ -14,7 +14,7 @@ import pytest
 
 import conceptvec as cv
 from conceptvec import qa
-from conceptvec.concepts import concept_tokens, read_concepts
+from conceptvec.concepts import concept_tokens, read_concepts, search_concept
 
 pytestmark = [
     pytest.mark.real_model,
@@ -36,8 +36,13 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def rome():
-    return next(e for e in read_concepts(SAMPLE) if e.concept == "Ancient Rome")
+def entries():
+    return {e.concept: e for e in read_concepts(SAMPLE)}
+
+
+@pytest.fixture(scope="module")
+def rome(entries):
+    return entries["Ancient Rome"]
 
 
 def test_rome_token_set_has_variants_but_no_lookalikes(model, rome):
@@ -49,15 +54,30 @@ def test_rome_token_set_has_variants_but_no_lookalikes(model, rome):
     assert {" Caesar", " Latin"} <= related
 
 
-def test_multiword_and_bottom_side_search(model):
+def test_multiword_and_bottom_side_search(model, rome):
     core = concept_tokens(model, "Ancient Rome").core_ids
     hits = cv.search_weights(model, token_ids=core, side="both", best_of=3, top=3)
     assert str(hits[0].neuron) == ROME and hits[0].side == "top"
     assert {" Roman", " Rome"} <= set(hits[0].top_tokens)
+    c = concept_tokens(model, "Ancient Rome", [rome.wikipedia_content])
+    assert c.key == ["Rome"]  # the article says Rome 364 times, Ancient 14
+    assert str(search_concept(model, c, top=1)[0].neuron) == ROME
     # the France neuron keeps France in its *bottom* tokens
     france = cv.search_weights(model, "France", side="both", top=3)
     assert str(france[0].neuron) == "L29.864" and france[0].side == "bottom"
     assert " France" in france[0].top_tokens[:6]
+
+
+def test_the_nhs_acronym_keys_its_search(model, entries):
+    nhs = entries["National Health Service"]
+    c = concept_tokens(model, nhs.concept, [nhs.wikipedia_content])
+    assert [c.texts[i] for i in c.core["NHS"]] == [" NHS"] and c.key == ["NHS"]
+    # the name words, all ordinary, once ranked a " World", " State", " City" neuron
+    hits = search_concept(model, c, top=3)
+    assert str(hits[0].neuron) == "L29.1189" and " medical" in hits[0].top_tokens
+    nz = entries["New Zealand"]
+    c = concept_tokens(model, nz.concept, [nz.wikipedia_content])
+    assert "NZ" in c.core and c.key == ["Zealand"]  # 203 times Zealand, 3 times NZ
 
 
 def test_batched_answers_equal_one_question_at_a_time(model, rome):

@@ -80,18 +80,41 @@ def test_interventions_notebook():
 
 
 def test_concept_vectors_notebook(monkeypatch):
+    from conceptvec.concepts import VERDICTS
+
     monkeypatch.setenv("CONCEPTVEC_NB_QUICK", "1")  # two concepts; the full table is in docs
     nb = _run("03_concept_vectors.ipynb", timeout=1200)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "['Baseball', 'Ancient Rome']" in _text(code[0])
     assert '" Roman"' in _text(code[1]) and '" Caesar"' in _text(code[1])
+    assert "key: Rome\n" in _text(code[1])  # "Ancient" is a concept word, not a key word
     assert _text(code[2]).splitlines()[1].split()[1] == "L29.1518"
     rows = {line.split(" | ")[0]: line.split(" | ") for line in _text(code[4]).splitlines()}
     rome = rows["Ancient Rome"]
     assert rome[1] == "L29.1518" and rome[-1] == "concept" and rome[-2] == "100.0", rome
     assert float(rome[5]) < -0.05 and abs(float(rome[6])) < 0.01, rome
-    assert rows["Baseball"][-1] in ("concept", "category", "not causal"), rows["Baseball"]
+    assert rows["Baseball"][-1] in VERDICTS[:-1], rows["Baseball"]  # validated: a verdict
     assert "validated concept vectors:" in _text(code[4])
     detail = _text(code[5])
     assert "releases" in detail and "verdict: concept" in detail
     assert "L29.1518" in _text(code[7]) and "-" in _text(code[7])
+
+
+def test_intrinsic_evaluation_notebook(monkeypatch):
+    monkeypatch.setenv("CONCEPTVEC_NB_QUICK", "1")  # two checkpoints made on the spot
+    nb = _run("04_intrinsic_evaluation.ipynb", timeout=1200)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "['rome-edit-zero', 'rome-ga-3steps']" in _text(code[0])
+    rows = {}
+    for line in _text(code[2]).splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells
+    zero, ga = rows["rome-edit-zero"], rows["rome-ga-3steps"]
+    # the zeroed vector: erased, its answers hurt, and putting it back restores them all
+    assert zero[2] == "L29.1518" and zero[7] == "erased" and float(zero[8]) > 0.02, zero
+    assert zero[-1] == "1.00 (pct 100)", zero
+    # 3 steps of GA: the vector is untouched in every sense ConceptVectors measures
+    assert ga[3].startswith("1-") and float(ga[4]) > 0.95 and ga[7] == "intact", ga
+    assert float(ga[5].split("/")[0]) < 90, ga  # it moved like a typical column
+    headline = _text(code[3])
+    assert "rome-edit-zero" in headline and "recovered by restoring the vector: 1.0" in headline

@@ -133,6 +133,12 @@ def build(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The file to write.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+    update: Annotated[
+        bool,
+        typer.Option(
+            help="Rebuild the --concept rows inside an existing output; keep its other rows."
+        ),
+    ] = False,
     concept: Annotated[
         list[str] | None, typer.Option("--concept", help="Only this concept (repeatable).")
     ] = None,
@@ -151,13 +157,20 @@ def build(
 
     settings = _settings(candidates, validate, controls, modes, chat, max_new_tokens)
     results = build_concepts(
-        model, source, out, overwrite=overwrite, concepts=concept, unrelated=unrelated, **settings
+        model,
+        source,
+        out,
+        overwrite=overwrite,
+        update=update,
+        concepts=concept,
+        unrelated=unrelated,
+        **settings,
     )
     for entry, _search in results:
         x = entry.extra
         where = "-" if entry.layer is None else f"L{entry.layer}.{entry.dim}"
         typer.echo(f"{entry.concept:<32} {where:<10} {x.get('side', '-'):<6} {x['verdict']}")
-    typer.echo(f"wrote {out} ({len(results)} concepts)")
+    typer.echo(f"wrote {out} ({len(results)} concepts {'rebuilt' if update else 'built'})")
 
 
 def register(root: typer.Typer) -> None:

@@ -8,7 +8,9 @@ extra keys (``verdict``, ``matrix``, ``side``, ``model``, ``conceptvec``).
 
 The job resumes: each finished concept is saved (atomically) to ``OUT.partial.json`` beside
 the output, and a rerun with the same settings skips what is there. The output is written
-atomically at the end, and the partial file removed.
+atomically at the end, and the partial file removed. With ``update=True`` the named
+``concepts`` are rebuilt inside an existing output: their rows are replaced, every other row
+is written back as it was.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def entry_for(entry: ConceptEntry, search: ConceptSearch) -> ConceptEntry:
             "prompting": search.prompting,
             "settings": search.settings,
             "tokens": search.tokens.to_dict()["core"],
+            "key": search.tokens.key,
         },
     )
     return replace(entry, layer=n.layer, dim=n.index, extra=extra)
@@ -72,6 +75,7 @@ def build_concepts(
     out: str | os.PathLike[str],
     *,
     overwrite: bool = False,
+    update: bool = False,
     concepts: Sequence[str] | None = None,
     unrelated: int = 10,
     progress: bool = True,
@@ -79,16 +83,23 @@ def build_concepts(
 ) -> list[tuple[ConceptEntry, ConceptSearch | None]]:
     """Run :func:`find_concept` on each concept of ``source`` and write ``out``.
 
-    ``concepts`` restricts the run to those names (in the file's order); ``unrelated`` is how
-    many of each concept's unrelated questions are used; other keywords go to
-    :func:`find_concept`. Returns ``(new entry, search)`` per concept (search None when it
-    was resumed from the partial file).
+    ``concepts`` restricts the run to those names (in the file's order); ``update=True``
+    rebuilds them inside the existing ``out``, keeping its other rows as they are (rows it
+    lacks are added at the end). ``unrelated`` is how many of each concept's unrelated
+    questions are used; other keywords go to :func:`find_concept`. Returns ``(new entry,
+    search)`` per concept run (search None when it was resumed from the partial file).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise BuildError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    if update and not out.is_file():
+        raise BuildError(f"{out} does not exist, so there is nothing to update; drop --update")
+    if out.exists() and not (overwrite or update):
+        raise BuildError(
+            f"{out} exists; pass --overwrite to replace it, or --update with --concept NAME "
+            "to rebuild some of its rows"
+        )
     if not out.parent.is_dir():
         raise BuildError(f"the folder of {out} does not exist; create it first")
+    kept = read_concepts(out) if update else []  # a bad file fails before the long run
     entries = read_concepts(source) if isinstance(source, (str, os.PathLike)) else list(source)
     if concepts:
         missing = sorted(set(concepts) - {e.concept for e in entries})
@@ -123,7 +134,12 @@ def build_concepts(
         results.append((new, search))
         done[e.concept] = new.to_dict()
         _save(partial, {"key": key, "done": done})
-    write_concepts([r[0] for r in results], out, overwrite=overwrite)
+    rows = [r[0] for r in results]
+    if update:
+        new = {e.concept: e for e in rows}
+        old = {e.concept for e in kept}
+        rows = [new.get(e.concept, e) for e in kept] + [e for e in rows if e.concept not in old]
+    write_concepts(rows, out, overwrite=overwrite or update)
     partial.unlink(missing_ok=True)  # ours: written by this job under this name
     return results
 

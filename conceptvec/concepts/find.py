@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..activations import read_activations, separation
-from ..atlas.search import search_weights
+from ..atlas.search import WeightHit, search_weights
 from ..decode import decode
 from ..errors import ConceptvecError
 from ..interventions import REFERENCE_TEXTS
@@ -34,7 +34,7 @@ from ..models import Model, load
 from ..neurons import NeuronId
 from ..qa import QAScores, answer, answer_logprobs
 from ..tokens import show
-from .record import ActivationEvidence, ConceptVector, WeightEvidence
+from .record import VERDICTS, ActivationEvidence, ConceptVector, WeightEvidence
 from .tokens import ConceptTokens, concept_tokens
 from .validate import MODES, Thresholds, decisive, judge, knockout
 
@@ -182,6 +182,22 @@ def _cell(v: Any) -> str:
 
 
 # --------------------------------------------------------------------------- stages
+def search_concept(
+    model: Any, concept: ConceptTokens, *, top: int = 10, side: str = "both", **kw: Any
+) -> list[WeightHit]:
+    """Return the ``top`` neurons whose vectors score the concept's key words highest.
+
+    Each neuron's key is its mean z-score over its 3 best word forms of the key words
+    (``" Rome"`` and ``"Rome"`` count once, ``" Roman"`` apart), on both signs by default;
+    other keywords go to :func:`conceptvec.search_weights`. The finder, ``conceptvec search``
+    with a multi-word name and the benchmark all search this way.
+    """
+    ids = concept.key_ids
+    return search_weights(
+        model, token_ids=ids, groups=concept.forms(ids), top=top, side=side, best_of=3, **kw
+    )
+
+
 def _weight_evidence(model: Any, hits: list, concept: ConceptTokens, k: int, matrix: str):
     decoded = decode(model, [h.neuron for h in hits], matrix=matrix, k=k)
     decoded = decoded if isinstance(decoded, list) else [decoded]
@@ -201,6 +217,8 @@ def _weight_evidence(model: Any, hits: list, concept: ConceptTokens, k: int, mat
                 related_rate=n_concept / max(len(ids), 1),
                 core_rate=sum(i in core for i in ids) / max(len(ids), 1),
                 breadth=n_kind / (n_kind + n_concept) if n_kind + n_concept else 0.0,
+                n_concept=n_concept,
+                n_kind=n_kind,
             )
         )
     return out
@@ -267,15 +285,7 @@ def find_concept(
         t0 = time.perf_counter()
         concept = concept_tokens(m, name, texts)
         bar.step("weights", seconds, "tokens", t0)
-        hits = search_weights(
-            m,
-            token_ids=concept.core_ids,
-            groups=concept.forms(concept.core_ids),
-            matrix=matrix,
-            top=candidates,
-            side="both",
-            best_of=3,
-        )
+        hits = search_concept(m, concept, matrix=matrix, top=candidates)
         found = [
             ConceptVector(name, m.name, str(h.neuron), matrix, w)
             for h, w in zip(hits, _weight_evidence(m, hits, concept, k, matrix))
@@ -342,8 +352,7 @@ def find_concept(
                 c.reasons = ["not validated: " + ("no QA given" if not qa else "beyond --validate")]
     finally:
         bar.close()
-    order = {"concept": 0, "category": 1, "not causal": 2, "unvalidated": 3}
-    found.sort(key=lambda c: order[c.verdict])  # stable: weight rank within a verdict
+    found.sort(key=lambda c: VERDICTS.index(c.verdict))  # stable: weight rank within one
     return ConceptSearch(
         concept=name,
         model=m.name,

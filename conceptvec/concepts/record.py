@@ -9,9 +9,8 @@ Three kinds of evidence, each its own small dataclass:
 - :class:`KnockoutEvidence`: what breaks without it, per knockout mode (zero, mean, noise),
   on concept QA and unrelated QA, against random same-layer controls.
 
-The :attr:`ConceptVector.verdict` is ``concept``, ``category``, ``not causal`` or
-``unvalidated`` (weights and activations only), and :attr:`ConceptVector.reasons` says
-which numbers decided it.
+The :attr:`ConceptVector.verdict` is one of :data:`VERDICTS`, and
+:attr:`ConceptVector.reasons` says which numbers decided it.
 """
 
 from __future__ import annotations
@@ -21,7 +20,13 @@ from typing import Any
 
 from ..tokens import show
 
-VERDICTS = ("concept", "category", "not causal", "unvalidated")
+VERDICTS = ("concept", "category", "unclear", "not causal", "unvalidated")
+"""Best first: ``concept`` (names the concept, and its knockout hurts the concept's QA
+specifically); ``category`` (names other concepts of its kind, or its knockout hurts
+unrelated QA as well); ``unclear`` (its knockout hurts the concept's QA specifically, but
+too few of its tokens are the concept's or its kind's to say which it holds); ``not
+causal`` (no knockout hurts the concept's QA beyond the controls); ``unvalidated`` (weights
+and activations only)."""
 
 
 @dataclass
@@ -43,6 +48,10 @@ class WeightEvidence:
     breadth: float
     """Share of kind tokens (the concept's neighbours: other concepts of its kind) among
     the concept and kind tokens it lists; high values mark category neurons."""
+    n_concept: int
+    """How many of its ``k`` tokens are in the concept's set."""
+    n_kind: int
+    """How many of its ``k`` tokens are kind tokens."""
 
 
 @dataclass

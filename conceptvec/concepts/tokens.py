@@ -7,7 +7,11 @@
   also capitalised), never case-folded into subword pieces (``"rome"`` inside ``"chrome"``);
   plus its **word variants** (``" Roman"``, ``" Romans"``): tokens that share the word's
   stem *and* sit close to it in the model's own unembedding (cosine >= ``variant_cos``),
-  which keeps ``" Romeo"`` and ``" Romania"`` out;
+  which keeps ``" Romeo"`` and ``" Romania"`` out; plus the name's **acronym** when the
+  concept's text uses it and it is one token (``" NHS"`` for "National Health Service");
+- **key** words: the core words the weight search ranks neurons on, the ones the concept's
+  text uses far more than the language does (``"Rome"``, not ``"Ancient"``; ``"NHS"``, not
+  ``"National"``); see :func:`concept_tokens`;
 - **related** tokens: words frequent in the concept's text (``" Caesar"``, ``" Latin"``)
   whose unembedding is close to the core's centroid;
 - **kind** tokens: the core's nearest neighbours in the unembedding that are not in the set
@@ -60,11 +64,23 @@ class ConceptTokens:
     """Ids of the core's nearest neighbours outside the set: other concepts of its kind."""
     texts: dict[int, str] = field(default_factory=dict)
     """Token id -> readable text, for every id above."""
+    key: list[str] = field(default_factory=list)
+    """The core words the weight search keys on (all of them when empty)."""
+    specificity: dict[str, float] = field(default_factory=dict)
+    """Each core word -> how many times more often the concept's text uses it than the
+    language does, up to a constant (0 without text): its count in the text times its
+    token id, over the text's length (Zipf: a token's frequency falls as 1 / its id)."""
 
     @property
     def core_ids(self) -> list[int]:
         """Every core id, once, in order."""
         return list(dict.fromkeys(i for ids in self.core.values() for i in ids))
+
+    @property
+    def key_ids(self) -> list[int]:
+        """The ids of the key words (spellings and variants), once, in order."""
+        words = self.key or list(self.core)
+        return list(dict.fromkeys(i for w in words for i in self.core[w]))
 
     @property
     def ids(self) -> list[int]:
@@ -93,13 +109,42 @@ class ConceptTokens:
         )
         related = ", ".join(show(self.texts[i]) for i in self.related[:20])
         kind = ", ".join(show(self.texts[i]) for i in self.kind[:12])
-        return f"{self.name}\n  core: {core}\n  related: {related}\n  kind: {kind}"
+        key = ", ".join(self.key or self.core)
+        return f"{self.name}\n  core: {core}\n  key: {key}\n  related: {related}\n  kind: {kind}"
 
 
 def name_words(name: str) -> list[str]:
     """Return the content words of a concept name (``"Culture of Latin America"`` ->
     ``["Culture", "Latin", "America"]``), stop words dropped."""
     return [w for w in _WORD.findall(name) if w.lower() not in STOPWORDS and len(w) > 1]
+
+
+def acronyms(name: str, texts: Sequence[str] = (), min_count: int = 2) -> list[str]:
+    """Return the acronyms of ``name`` that ``texts`` use at least ``min_count`` times, most
+    used first (``"National Health Service"`` -> ``["NHS"]`` when the text says NHS).
+
+    An acronym is the initials of *all* the name's words, stop words included or left out
+    ("Department of Defense": DoD or DD), matched case-insensitively letter by letter, as a
+    whole word of the text with at least two capitals (so "Cola" is no acronym of "Culture
+    of Latin America"). Initials of part of the name are not taken: "RPG" abbreviates the
+    "role-playing game" that "Tactical role-playing game" is one kind of, not the concept.
+    A one-word name has none.
+    """
+    words = [w for w in _WORD.findall(name) if w[0].isalpha()]
+    if len(words) < 2:
+        return []
+    wanted = {
+        "".join(w[0] for w in words).upper(),
+        "".join(w[0] for w in words if w.lower() not in STOPWORDS).upper(),
+    }
+    wanted = {a for a in wanted if len(a) >= 2}
+    counts: Counter = Counter(
+        w
+        for t in texts
+        for w in _WORD.findall(t)
+        if w.upper() in wanted and sum(c.isupper() for c in w) >= 2
+    )
+    return [w for w, n in counts.most_common() if n >= min_count]
 
 
 def spellings(word: str) -> list[str]:
@@ -145,6 +190,7 @@ def concept_tokens(
     min_count: int = 2,
     kind_size: int = 200,
     common: float = 0.03,
+    key_ratio: float = 4.0,
 ) -> ConceptTokens:
     """Return the :class:`ConceptTokens` of concept ``name`` in ``model``'s vocabulary.
 
@@ -157,6 +203,14 @@ def concept_tokens(
     words (BPE and SentencePiece vocabularies are ordered roughly by frequency): a name word
     made only of them (``"New"`` in "New Zealand") is dropped when another word remains, and
     they never count as related or kind tokens.
+
+    The name's acronym joins the core when the texts use it at least ``min_count`` times
+    and it is one token (see :func:`acronyms`). The weight search keys on the core words
+    whose :attr:`~ConceptTokens.specificity` is at least ``1 / key_ratio`` of the best
+    word's: each word of a multi-word name also names something broader ("Health",
+    "Service"), and a neuron that scores several such words a little beats one that holds
+    the concept; the words the text uses far more than the language does are the concept's
+    own. Without texts every core word is a key word.
     """
     words = name_words(name)
     if not words:
@@ -179,6 +233,10 @@ def concept_tokens(
         if ids:
             core[w] = ids + _variants(w, ids, vocab_texts, head, variant_cos)
             plain[w] = min(ids)
+    for a in acronyms(name, texts, min_count):
+        ids = [i for s in spellings(a) for i in index.get(s, [])]
+        if ids and a not in core:
+            core[a], plain[a] = ids, min(ids)
     cut = int(common * model.dims.vocab)
     specific = {w: ids for w, ids in core.items() if plain[w] >= cut}
     core = specific or core
@@ -187,6 +245,9 @@ def concept_tokens(
             f"no word of {name!r} ({', '.join(words)}) is a token of {model.name}; "
             "name the concept with other words"
         )
+    spec = _specificity(core, plain, texts, vocab_texts)
+    best = max(spec.values())
+    key = [w for w in core if best <= 0 or spec[w] * key_ratio >= best]
     core_ids = list(dict.fromkeys(i for ids in core.values() for i in ids))
     centroid = head.rows(core_ids).mean(0)
     centroid = centroid / centroid.norm().clamp_min(1e-12)
@@ -200,7 +261,22 @@ def concept_tokens(
         if int(i) not in taken and int(i) >= cut and _wordlike(vocab_texts[int(i)])
     ][:kind_size]
     every = core_ids + related + kind
-    return ConceptTokens(name, core, related, kind, {i: vocab_texts[i] for i in every})
+    texts_of = {i: vocab_texts[i] for i in every}
+    return ConceptTokens(name, core, related, kind, texts_of, key, spec)
+
+
+def _specificity(
+    core: dict[str, list[int]], plain: dict[str, int], texts: Sequence[str], vocab: list[str]
+) -> dict[str, float]:
+    """Each core word's count in ``texts`` (any of its spellings and variants, or the word
+    as the name writes it) times its plainest token's id, over the texts' word count."""
+    counts = Counter(w for t in texts for w in _WORD.findall(t))
+    total = max(sum(counts.values()), 1)
+    out = {}
+    for w, ids in core.items():
+        forms = {vocab[i].strip() for i in ids} | {w}
+        out[w] = sum(counts[f] for f in forms) * plain[w] / total
+    return out
 
 
 def _wordlike(t: str) -> bool:

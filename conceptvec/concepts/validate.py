@@ -35,6 +35,10 @@ class Thresholds:
     """Specific: the unrelated QA moves at most this share of the concept QA's change."""
     max_breadth: float = 0.5
     """Above this breadth the weights name a category, not the concept."""
+    min_named: int = 3
+    """Breadth counts only when at least this many of the neuron's tokens are the concept's
+    or its kind's; with fewer its tokens name neither, and the weights cannot make it a
+    ``concept`` or a ``category`` (a specific knockout is then ``unclear``)."""
 
 
 def decisive(c: ConceptVector) -> KnockoutEvidence | None:
@@ -131,11 +135,17 @@ def judge(c: ConceptVector, t: Thresholds) -> None:
         f"by {best.delta_unrelated:+.4f} (drop beats {best.drop_percentile:.0f}% of "
         f"{len(best.control_delta_concept)} random same-layer controls)"
     )
-    if c.weights.breadth > t.max_breadth:
+    w = c.weights
+    named = w.n_concept + w.n_kind
+    few = (
+        f"only {named} of its {len(w.tokens)} tokens are the concept's ({w.n_concept}) or its "
+        f"kind's ({w.n_kind}), under {t.min_named}: its weights name neither"
+    )
+    if named >= t.min_named and w.breadth > t.max_breadth:
         c.verdict = "category"
         c.reasons = [
-            f"breadth {c.weights.breadth:.2f} > {t.max_breadth}: its tokens are mostly other "
-            f"concepts of the same kind",
+            f"breadth {w.breadth:.2f} > {t.max_breadth} ({w.n_kind} kind, {w.n_concept} "
+            "concept tokens): its tokens are mostly other concepts of the same kind",
             shown,
         ]
     elif not hurts:
@@ -143,15 +153,19 @@ def judge(c: ConceptVector, t: Thresholds) -> None:
         c.reasons = [
             f"no knockout lowered concept QA by >= {t.min_drop} nats/token beyond "
             f"{t.percentile:.0f}% of controls; best: {shown}"
-        ]
+        ] + ([few] if named < t.min_named else [])
     elif not specific:
         c.verdict = "category"
         c.reasons = [f"not specific: unrelated QA moved as well; {shown}"]
+    elif named < t.min_named:
+        c.verdict = "unclear"
+        c.reasons = [f"its knockout hurts the concept QA specifically ({shown}), but {few}"]
     else:
         k = min(specific, key=lambda x: x.delta_concept)
         c.verdict = "concept"
         c.reasons = [
             f"{k.mode}: concept QA {k.delta_concept:+.4f}/token vs unrelated "
             f"{k.delta_unrelated:+.4f} (drop percentile {k.drop_percentile:.0f}, specificity "
-            f"percentile {k.specificity_percentile:.0f}); breadth {c.weights.breadth:.2f}"
+            f"percentile {k.specificity_percentile:.0f}); breadth {w.breadth:.2f} "
+            f"({w.n_kind} kind, {w.n_concept} concept tokens)"
         ]
