@@ -245,19 +245,14 @@ def register(app: typer.Typer) -> None:
             progress=True,  # a bar on stderr; stdout keeps the table or the JSON
         )
         if len(word.split()) > 1:  # a multi-word name: its concept token set
+            from ..concepts.find import search_concept
             from ..concepts.tokens import concept_tokens
             from ..models import load
 
             m = load(model)
             concept = concept_tokens(m, word)
             typer.echo(f"searching {concept}".splitlines()[0] + f" as: {_core_line(concept)}")
-            hits = search_weights(
-                m,
-                token_ids=concept.core_ids,
-                groups=concept.forms(concept.core_ids),
-                best_of=3,
-                **kw,
-            )
+            hits = search_concept(m, concept, **kw)
         else:
             hits = search_weights(model, word, exact=exact, **kw)
         if json_out:
@@ -317,4 +312,4 @@ def _is_rank0() -> bool:
 def _core_line(concept) -> str:
     from ..tokens import show
 
-    return ", ".join(show(concept.texts[i]) for i in concept.core_ids)
+    return ", ".join(show(concept.texts[i]) for i in concept.key_ids)
