@@ -11,8 +11,9 @@ One run measures, on a base and an unlearned checkpoint of the same model:
   route decodes both checkpoints: twice this);
 - **conceptvec**: ``compare_weights(..., all_jaccard=True)``: streaming both checkpoints from
   disk, float64 cosine / L2 / relative change and percentiles for every MLP vector (up,
-  gate, down), the change map, and Jaccard@k of every down column, decoding the unlearned
-  column only where its top-k cannot be certified unchanged.
+  gate, down), the change map, and Jaccard@k of every down column on both sides (top and
+  bottom tokens, from the same GEMMs), decoding the unlearned column only where its top-k
+  cannot be certified unchanged. (The naive loop does the top side only.)
 
 The Jaccard values of the naive loop and of conceptvec are compared on the naive layers.
 
@@ -91,11 +92,11 @@ def main() -> None:
     t_naive, naive_jac = naive(base, unl, layers, args.k) if args.naive_layers else (0.0, {})
     t_naive_all = t_naive * n_layers / len(layers) if layers else None
     same = (
-        all(ours.jaccard_all[layer].tolist() == jac for layer, jac in naive_jac.items())
+        all(ours.jaccard_all["top"][layer].tolist() == jac for layer, jac in naive_jac.items())
         if naive_jac
         else None
     )
-    j = ours.jaccard_all
+    j = ours.jaccard_all["top"]
     result = {
         "base": args.base,
         "unlearned": args.unlearned,

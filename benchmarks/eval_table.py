@@ -61,6 +61,7 @@ def rows(paths: list[str]) -> list[list[str]]:
                         c["label"],
                         rc("recovery:restore"),
                         rc("recovery:clamp"),
+                        rc("recovery:zero"),
                         rc("quant4"),
                     ]
                 )
@@ -83,6 +84,7 @@ def main() -> None:
         "label",
         "recovered: restore",
         "recovered: clamp",
+        "(zeroed instead)",
         "recovered: quant4",
     ]
     print("| " + " | ".join(head) + " |")

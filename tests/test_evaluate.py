@@ -126,11 +126,20 @@ def test_all_jaccard_matches_decoding_every_column(tiny, tmp_path):
                 len(set(x) & set(y)) / len(set(x) | set(y))
                 for x, y in zip(ib.tolist(), iu.tolist())
             ]
-            assert w.jaccard_all[layer].tolist() == want
-        assert 0 < w.jaccard_recomputed < 3 * 64  # some certified, some decoded again
-        assert (w.jaccard_all < 1).any()
-        assert w.concepts[0].jaccard == w.jaccard_all[2, 7]
+            assert w.jaccard_all["top"][layer].tolist() == want
+            ib, iu = (decoded_ids(base, x, 20, recipe, "bottom") for x in (b, u))
+            want = [
+                len(set(x) & set(y)) / len(set(x) | set(y))
+                for x, y in zip(ib.tolist(), iu.tolist())
+            ]
+            assert w.jaccard_all["bottom"][layer].tolist() == want
+        assert 0 < w.jaccard_recomputed < 2 * 3 * 64  # some certified, some decoded again
+        assert (w.jaccard_all["top"] < 1).any() and (w.jaccard_all["bottom"] < 1).any()
+        assert w.concepts[0].jaccard == w.jaccard_all["top"][2, 7]
         assert w.concepts[0].jaccard_pct_model is not None
+    bottom = eval_concepts(_records({"Ancient Rome": (2, 7)}, side="bottom"))
+    wb = compare_weights(base, other, bottom, k=20, all_jaccard=True)
+    assert wb.concepts[0].jaccard == wb.jaccard_all["bottom"][2, 7]
 
 
 def test_percentile_and_column_changes():
@@ -189,9 +198,16 @@ def test_report_with_trace_behaviour_and_recovery(tiny, tmp_path):
     assert scr.drop("forget") > 0.01
     assert same.drop("forget") == pytest.approx(0.0, abs=1e-5)
     assert set(scr.behaviour) == {"forget", "retain", "completion"}
-    restore = next(x for x in scr.recovery if x.attack == "recovery:restore")
+    by = {x.attack: x for x in scr.recovery}
+    assert set(by) == {"recovery:clamp", "recovery:zero", "recovery:restore", "quant4"}
+    restore = by["recovery:restore"]
     assert restore.recovered == pytest.approx(1.0, abs=1e-4)  # the base vector put back
-    assert restore.control_recovered == [0.0, 0.0] and restore.percentile == 100.0
+    # the controls' vectors were not touched: no percentile can be claimed against them
+    assert restore.control_recovered == [0.0, 0.0] and restore.percentile is None
+    assert "not changed by unlearning" in restore.detail
+    assert by["recovery:zero"].logprob != by["recovery:clamp"].logprob
+    q = by["quant4"]
+    assert q.base_logprob is not None and q.logprob < 0
     assert next(x for x in scr.recovery if x.attack == "quant4").recovered is not None
     # nothing was lost in the unchanged model, so nothing can be recovered
     assert all(x.recovered is None for x in same.recovery)
@@ -205,6 +221,64 @@ def test_report_with_trace_behaviour_and_recovery(tiny, tmp_path):
         r.write_json(tmp_path / "r.html")
 
 
+def test_labels_against_the_layer():
+    th = Thresholds()
+    quiet_alone = Trace(10, -5.0, -0.5, 0.1, 0.9, shift=3.0, shift_pct_layer=99.0)
+    quiet_like_all = Trace(10, -5.0, -0.5, 0.1, 0.9, shift=3.0, shift_pct_layer=40.0)
+    assert label(0.9999, 0.98, quiet_alone, th)[0] == "disconnected"
+    lab, why = label(0.9999, 0.98, quiet_like_all, th)
+    assert lab == "drifted" and "40th percentile" in why
+
+
+def test_relearn_uses_text_that_never_names_the_concept(tiny):
+    from conceptvec.evaluate.concepts import unrelated_texts
+
+    recs = _records({"Ancient Rome": (2, 7), "Italy": (1, 3), "TensorFlow": (1, 4)})
+    texts = unrelated_texts(recs, None, "Ancient Rome")
+    assert texts and all("roman" not in t.lower() and "rome" not in t.lower() for t in texts)
+    r = intrinsic(tiny, tiny, recs, names=["Ancient Rome"], attacks=("relearn",),
+                  trace_activations=False, max_questions=2, max_new_tokens=2, relearn_steps=1)  # fmt: skip
+    (rel,) = r.runs[0].concepts[0].recovery
+    assert rel.attack == "relearn" and "never name" in rel.detail
+
+
+def test_quant4_finds_gpt2_matrices(tiny_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir("gpt2")).eval()
+    with quantized(model) as n:
+        assert n == 3 * 4  # c_attn, c_proj, c_fc, mlp.c_proj per block
+
+
+def test_storage_dtype_is_not_unlearning(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "bf16")
+    AutoTokenizer.from_pretrained(tiny).save_pretrained(tmp_path / "bf16")
+    w = compare_weights(
+        load(tiny), load(tmp_path / "bf16"), eval_concepts(_records({"Ancient Rome": (2, 7)}))
+    )
+    assert w.identical and w.dtypes == ("float32", "bfloat16")
+
+
+def test_folded_recipe_matches_decode_with_post_mlp_norm(tiny_dir):
+    from conceptvec.decode import decode
+
+    m = load(tiny_dir("gemma2"))
+    recs = [{**r, "wikipedia_content": ""} for r in _records({"Ancient Rome": (1, 5)})]
+    c = compare_weights(m, m, eval_concepts(recs), recipe="folded", show_tokens=5)
+    assert c.concepts[0].top_before == [t.token for t in decode(m, "L1.5", k=5).top]
+
+
+def test_non_finite_numbers_become_null(tiny, zeroed):
+    r = intrinsic(
+        tiny, zeroed, _records({"Ancient Rome": (2, 7)}), qa=False, trace_activations=False
+    )
+    r.runs[0].concepts[0].vector.cosine = float("nan")
+    assert r.to_dict()["runs"][0]["concepts"][0]["vector"]["cosine"] is None
+
+
 def test_heldout_questions_come_from_the_unlearning_record(tiny, tmp_path):
     from conceptvec.unlearning import unlearn
 
@@ -212,12 +286,14 @@ def test_heldout_questions_come_from_the_unlearning_record(tiny, tmp_path):
     unlearn(tiny, "Ancient Rome", "gd", concepts=SAMPLE, steps=1, out=out, max_length=32,
             batch_size=2, evaluate=False, progress=False)  # fmt: skip
     held = json.loads((out / "unlearning.json").read_text())["data"]["heldout_qa"]
-    r = intrinsic(tiny, out, _records({"Ancient Rome": (2, 7)}), trace_activations=False,
+    r = intrinsic(tiny, [tiny, out], _records({"Ancient Rome": (2, 7)}), trace_activations=False,
                   max_new_tokens=2)  # fmt: skip
-    c = r.runs[0].concepts[0]
-    assert c.questions == "held-out"
-    assert c.base_behaviour["forget"].answers and len(c.behaviour["forget"].answers) == len(held)
-    assert r.runs[0].record["method"] == "gd"
+    for run in r.runs:  # a run without a record is scored on the same held-out questions
+        c = run.concepts[0]
+        assert c.questions.startswith("held-out by gd")
+        assert len(c.behaviour["forget"].answers) == len(held)
+    assert r.to_dict()["runs"][1]["concepts"][0]["behaviour"]["forget"]["base"]["answers"]
+    assert r.runs[1].record["method"] == "gd"
 
 
 def test_quantized_restores_bit_for_bit_and_relearn_copies(tiny):

@@ -76,6 +76,12 @@ def evaluate(
     from ..errors import EvaluationError
     from ..evaluate import intrinsic
 
+    if (
+        json_path is not None
+        and html_path is not None
+        and json_path.resolve() == html_path.resolve()
+    ):
+        raise EvaluationError(f"--out and --html are the same file ({json_path}); name two files")
     for path in (json_path, html_path):  # refuse before minutes of work, not after
         if path is not None and path.exists() and not overwrite:
             raise EvaluationError(f"{path} exists; pass --overwrite to replace it")

@@ -93,6 +93,9 @@ class Recovery:
     base_logprob: float | None = None
     """The base model's forget-QA log p under the same attack (``quant4``: what the
     quantization alone costs), when measured."""
+    recovered_vs_attacked_base: float | None = None
+    """``(after attack - unlearned) / (base after the same attack - unlearned)``: the share
+    recovered relative to what the attack leaves of the base itself."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -167,9 +170,15 @@ def probe_model(
 def base_means(
     base: Target, probes: ConceptProbes, neurons: Sequence[NeuronId]
 ) -> dict[str, float]:
-    """Return each neuron's mean activation in the base model over the forget prompts' tokens
-    (the prompts as the model sees them, chat template included)."""
-    texts = prompt_texts(base, probes.questions, probes.prompting == "chat")
+    """Return each neuron's mean activation in the base model over the teacher-forced forget
+    sequences: each prompt as the model sees it (chat template included) followed by the
+    reference answer, i.e. the positions whose predictions the forget QA scores."""
+    chat = probes.prompting == "chat"
+    sep = "" if chat else " "
+    texts = [
+        p + sep + a.strip()
+        for p, a in zip(prompt_texts(base, probes.questions, chat), probes.references)
+    ]
     acts = read_activations(base, texts, list(neurons), max_tokens=512)
     return {str(n): float(acts.values(n).mean()) for n in neurons}
 
@@ -190,8 +199,13 @@ def recovery(
     seed: int,
     max_new_tokens: int,
 ) -> list[Recovery]:
-    """Clamp the concept vector to its base activation, and put the base vector back, in
-    ``unlearned``; the same on random same-layer controls. Returns two :class:`Recovery`."""
+    """Clamp the concept vector to its base activation, zero it (the reference a clamp must
+    beat: a clamp to a value near 0 is a zero ablation), and put the base vector back, in
+    ``unlearned``; the same on random same-layer controls. Returns three :class:`Recovery`.
+
+    A control percentile is given only where the controls were changed by unlearning at
+    all: after a scoped method their base vectors equal their unlearned ones, so putting
+    them back cannot recover anything and a percentile of 100 would say nothing."""
     d_mlp = base.model.dims.d_mlp
     ctrl = [c[0].neuron for c in random_controls([clamp(neuron, 0.0)], d_mlp, controls, seed)]
     missing = [n for n in [neuron, *ctrl] if str(n) not in probes.base_mean]
@@ -201,8 +215,12 @@ def recovery(
     base_lp = probes.base["forget"].logprob
     chat = probes.prompting == "chat"
     out = []
+    untouched = all(
+        torch.equal(base.model.neuron_vector(n), unlearned.model.neuron_vector(n)) for n in ctrl
+    )
     for attack, make in (
         ("clamp", lambda n: [clamp(n, mean[str(n)])]),
+        ("zero", lambda n: [clamp(n, 0.0)]),
         ("restore", lambda n: [replace_weights(n, base.model.neuron_vector(n).clone())]),
     ):
         edits = [make(neuron)] + [make(n) for n in ctrl]
@@ -214,18 +232,23 @@ def recovery(
             unlearned, probes.questions, edits[0], chat=chat, max_new_tokens=max_new_tokens
         )
         rouge = _mean(text_scores(ans, probes.references)["rouge_l"])
-        detail = (
-            f"{neuron} clamped to its base mean {mean[str(neuron)]:+.3f} on the concept prompts"
-            if attack == "clamp"
-            else f"{neuron}'s base vector put back"
-        )
+        detail = {
+            "clamp": f"{neuron} clamped to its base mean {mean[str(neuron)]:+.3f} over the "
+            "teacher-forced forget sequences",
+            "zero": f"{neuron} zeroed (the reference for the clamp)",
+            "restore": f"{neuron}'s base vector put back",
+        }[attack]
+        pct = None if real is None else percentile(real, others)
+        if attack == "restore" and untouched:
+            pct = None
+            detail += "; the controls' vectors were not changed by unlearning"
         out.append(
             Recovery(
                 f"recovery:{attack}",
                 scores[0],
                 real,
                 others,
-                None if real is None else percentile(real, others),
+                pct,
                 detail + f"; {len(ctrl)} random {neuron.layer}-layer controls",
                 rouge,
             )
@@ -235,14 +258,18 @@ def recovery(
 
 @contextlib.contextmanager
 def quantized(model: torch.nn.Module, bits: int = 4, group: int = 64) -> Iterator[int]:
-    """Round-trip every 2-D weight of the decoder layers through ``bits``-bit integers
-    (symmetric absmax per ``group`` inputs) inside the block; restore it after. Yields the
-    number of matrices touched."""
+    """Round-trip every 2-D weight of the decoder blocks (not the embeddings or the head)
+    through ``bits``-bit integers (symmetric absmax per ``group`` consecutive values of a
+    row; for GPT-2's Conv1D that is per output) inside the block; restore it after, bit for
+    bit. Yields the number of matrices touched."""
+    skip = ("embed", "wte", "wpe", "lm_head", "norm")
     layers = [
         (name, p)
         for name, p in model.named_parameters()
-        if p.ndim == 2 and ".layers." in f".{name}" and name.endswith("weight")
+        if p.ndim == 2 and name.endswith("weight") and not any(k in name for k in skip)
     ]
+    if not layers:
+        raise ValueError(f"no decoder matrix found to quantize in {type(model).__name__}")
     saved = [p.detach().to("cpu", copy=True) for _, p in layers]
     levels = 2 ** (bits - 1) - 1
     try:

@@ -7,13 +7,14 @@ Accepted inputs, all turned into :class:`EvalConcept`:
   a file for your model: the released LLaMA/OLMo files name *their* models' vectors);
 - :class:`conceptvec.ConceptVector` records from :func:`conceptvec.find_concept` (the QA and
   text then come from ``probes``, a concepts file for the same names);
-- dicts with ``Concept``, ``Layer``, ``Dim`` (and optionally ``QA``, ``unrelated_QA``,
-  ``wikipedia_content``, ``text_completion``).
+- dicts in the ConceptVectors format (``Concept``, ``Layer``, ``Dim``, ``QA``, ...; see
+  :func:`conceptvec.read_concepts` for what it requires).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,3 +144,24 @@ def _side(extra: dict[str, Any]) -> str:
     if side not in (None, "top", "bottom"):
         raise EvaluationError(f"a concept record says side {side!r}; it must be top or bottom")
     return side or "top"
+
+
+def unrelated_texts(concepts: Any, probes: Any, name: str) -> list[str]:
+    """Return the articles of every concept in ``concepts`` and ``probes`` (with or without a
+    vector) that never mention a content word of ``name`` or a word sharing its stem
+    (``Rome`` also drops ``Roman``; case-insensitive): text for the relearning attack that
+    cannot teach the concept back directly."""
+    from ..concepts.tokens import name_words
+
+    words = [w.casefold() for w in name_words(name)]
+    out, seen = [], set()
+    for item in [*_items(concepts), *_items(probes)]:
+        text = getattr(item, "wikipedia_content", "") or ""
+        title = getattr(item, "concept", "")
+        if not text or title in seen or title.casefold() == name.casefold():
+            continue
+        seen.add(title)
+        stems = [re.escape(w[: max(3, len(w) - 2)]) for w in words]
+        if not any(re.search(rf"\b{st}", text.casefold()) for st in stems):
+            out.append(text)
+    return out

@@ -42,10 +42,10 @@ from .behaviour import (
     recovery,
     relearned,
 )
-from .concepts import EvalConcept, check_concepts, eval_concepts
+from .concepts import EvalConcept, check_concepts, eval_concepts, unrelated_texts
 from .report import ConceptEval, EvalReport, RunEval
-from .trace import Thresholds, base_activations, concept_text, label, trace
-from .weights import compare_weights
+from .trace import Thresholds, concept_text, label, layer_activations, trace
+from .weights import check_pair, compare_weights
 
 RECORD = "unlearning.json"
 
@@ -102,6 +102,18 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
 def _concept_name(record: dict[str, Any]) -> str:
     c = record.get("concept")
     return str(c.get("name", "")) if isinstance(c, dict) else str(c or "")
+
+
+def _shared_heldout(
+    records: list[dict[str, Any]], concept: str
+) -> tuple[dict[str, list[str]] | None, str]:
+    """Return the held-out questions of the first record that unlearned ``concept``, and its
+    method: every run is then scored on the same questions, so rows compare."""
+    for r in records:
+        held = _heldout(r, concept)
+        if held:
+            return held, f"{r.get('method', 'a run')} (seed {r.get('seed', '?')})"
+    return None, ""
 
 
 def _heldout(record: dict[str, Any], concept: str) -> dict[str, list[str]] | None:
@@ -165,6 +177,25 @@ def intrinsic(
     items = eval_concepts(concepts, probes, names)
     check_concepts(items, b.dims.n_layers, b.dims.d_mlp, b.name)
     models = [(_open(s, "unlearned checkpoint"), _record(s)) for s in sources]
+    for u, _ in models:  # every pair and input checked before minutes of work
+        check_pair(b, u)
+    if qa:
+        empty = [c.name for c in items if not c.qa]
+        if empty:
+            raise EvaluationError(
+                f"{empty[0]!r} has no QA to evaluate; pass a concepts file with QA (--probes) "
+                "or --no-qa"
+            )
+    relearn_text = {}
+    if "relearn" in attacks:
+        for c in items:
+            relearn_text[c.name] = unrelated_texts(concepts, probes, c.name)
+            if not relearn_text[c.name]:
+                raise EvaluationError(
+                    f"relearn needs text unrelated to {c.name!r}: other concepts' "
+                    "wikipedia_content that never names it, in the concepts file or --probes"
+                )
+    held_by = {c.name: _shared_heldout([r for _, r in models], c.name) for c in items}
     names = _run_names(sources, [m for m, _ in models])
     base_target = resolve(b) if (qa or trace_activations) else None
     shared: dict[str, tuple[ConceptProbes | None, Any]] = {}
@@ -187,16 +218,18 @@ def intrinsic(
         evals = []
         for c, vec in zip(items, comparison.concepts):
             stages.set_postfix_str(f"{run_name}: {c.name}")
-            held = _heldout(record, c.name)
-            questions = "held-out" if held else "all"
+            held, source = held_by[c.name]
+            questions = f"held-out by {source}" if held else "all"
             t = None
             if trace_activations and c.text:
                 texts = concept_text(c.text)
-                key = f"trace:{c.name}"
+                key = f"trace:{c.name}:{c.neuron.layer}"
                 if key not in shared:
-                    shared[key] = (None, base_activations(base_target, texts, c.neuron))
+                    shared[key] = (None, layer_activations(base_target, texts, c.neuron.layer))
                 t = trace(shared[key][1], target, texts, c.neuron)
             lab, why = label(vec.cosine, vec.jaccard, t, thresholds)
+            if trace_activations and not c.text and t is None and lab == "intact":
+                why = "weights intact; no concept text, so no activation trace"
             ev = ConceptEval(c.name, str(c.neuron), vec, lab, why, t, questions=questions)
             if qa:
                 p = _probes(shared, base_target, c, held, max_questions, max_new_tokens, chat, seed)
@@ -211,7 +244,7 @@ def intrinsic(
                     c,
                     p,
                     ev,
-                    items,
+                    relearn_text.get(c.name, []),
                     controls=controls,
                     seed=seed,
                     max_new_tokens=max_new_tokens,
@@ -221,6 +254,7 @@ def intrinsic(
             evals.append(ev)
             stages.update(1)
         runs.append(RunEval(run_name, comparison, evals, _summary(record)))
+        target = None
         if u._hf_loader is not None and u is not unlearned and u not in sources:
             u._hf = None  # a checkpoint we opened: its torch model is not needed again
     stages.close()
@@ -287,7 +321,7 @@ def _attacks(
     c: EvalConcept,
     p: ConceptProbes,
     ev: ConceptEval,
-    items: list[EvalConcept],
+    others: list[str],
     *,
     controls: int,
     seed: int,
@@ -335,17 +369,13 @@ def _attacks(
                 lps = answer_logprobs(base, p.questions, p.references, chat=chat)
             shared[key] = (None, sum(lps) / len(lps))
         q.base_logprob = shared[key][1]
+        lost = q.base_logprob - unl_lp
+        q.recovered_vs_attacked_base = (q.logprob - unl_lp) / lost if lost > 0.01 else None
         q.detail += (
             f"; the base loses {base_lp - q.base_logprob:+.3f} nats/token to the same round trip"
         )
         out.append(q)
     if "relearn" in attacks:
-        others = [x.text for x in items if x.name != c.name and x.text]
-        if not others:
-            raise EvaluationError(
-                "relearn needs unrelated text: other concepts with wikipedia_content in the "
-                "concepts file (or --probes)"
-            )
         trained = relearned(
             target.hf, u.tokenizer, others, steps=relearn_steps, lr=relearn_lr, seed=seed
         )
@@ -353,7 +383,8 @@ def _attacks(
             score(
                 resolve(trained, u.tokenizer),
                 "relearn",
-                f"{relearn_steps} AdamW steps (lr {relearn_lr}) on {len(others)} other concepts' text",
+                f"{relearn_steps} AdamW steps (lr {relearn_lr}) on {len(others)} other concepts' "
+                "articles that never name this one",
             )
         )
         del trained

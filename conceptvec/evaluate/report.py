@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,16 @@ class RunEval:
         }
 
 
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def cosine_text(c: float) -> str:
     """Show a cosine so that 0.9999982 and 0.9999999 stay apart: ``1-1.8e-06``."""
     return f"{c:.7f}" if c < 0.9999995 else f"1-{1 - c:.1e}"
@@ -113,13 +124,16 @@ class EvalReport:
     settings: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the report as JSON-ready data (schema ``conceptvec.eval/1``)."""
-        return {
-            "schema": SCHEMA,
-            "base": self.base,
-            "settings": self.settings,
-            "runs": [r.to_dict() for r in self.runs],
-        }
+        """Return the report as JSON-ready data (schema ``conceptvec.eval/1``); a non-finite
+        number (a diverged attack, say) becomes null."""
+        return _finite(
+            {
+                "schema": SCHEMA,
+                "base": self.base,
+                "settings": self.settings,
+                "runs": [r.to_dict() for r in self.runs],
+            }
+        )
 
     def rows(self) -> list[dict[str, Any]]:
         """Return one flat row per (checkpoint, concept): the numbers of the table."""

@@ -7,8 +7,14 @@ base and the unlearned model. Each vector then gets a label:
   ``jaccard_min`` or cosine below ``cosine_min``);
 - **disconnected**: the weights are intact, but upstream no longer drives it as in the base:
   its mean activation on concept text kept less than ``fire_min`` of the base's (same
-  sign), or the per-token activations correlate below ``corr_min`` with the base's;
+  sign), or the per-token activations correlate below ``corr_min`` with the base's, *and*
+  that change stands out in its layer: its standardised shift (``|mean_u - mean_b| /
+  std_b``) is at or above the ``outlier_pct`` percentile of the layer's neurons;
+- **drifted**: its firing changed as much, but no more than most of its layer's: the
+  model's activations moved wholesale (GA's collapse does this), not this vector's input;
 - **intact**: weights and firing both as in the base.
+
+The layer's neurons are read in the same forward pass, so the reference costs nothing.
 
 Activations can be negative in context (late-layer suppression neurons fire *against*
 their top tokens), so the comparison is signed.
@@ -35,6 +41,7 @@ class Thresholds:
     cosine_min: float = 0.9
     fire_min: float = 0.5
     corr_min: float = 0.5
+    outlier_pct: float = 90.0
 
 
 @dataclass
@@ -48,6 +55,10 @@ class Trace:
     """``mean_unlearned / mean_base`` (signed; None when the base mean is ~0)."""
     correlation: float | None
     """Pearson correlation of the per-token activations (None when either is constant)."""
+    shift: float = 0.0
+    """``|mean_unlearned - mean_base| / std_base`` on concept text."""
+    shift_pct_layer: float | None = None
+    """Percentile of ``shift`` among the layer's neurons (100: it moved most)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -65,23 +76,27 @@ def concept_text(text: str, max_chars: int = 6000) -> list[str]:
     return out
 
 
-def base_activations(base: Target, texts: list[str], neuron: NeuronId) -> torch.Tensor:
-    """Return the neuron's per-token activations in ``base`` on ``texts``."""
-    return read_activations(base, texts, [neuron], max_tokens=256).values(neuron).double()
+def layer_activations(model: Target, texts: list[str], layer: int) -> torch.Tensor:
+    """Return ``[tokens, d_mlp]`` float64: every neuron of ``layer`` on every token of ``texts``."""
+    neurons = [NeuronId(layer, i) for i in range(model.model.dims.d_mlp)]
+    acts = read_activations(model, texts, neurons, max_tokens=256)
+    return torch.stack([acts.values(n) for n in neurons], dim=1).double()
 
 
-def trace(
-    base_values: torch.Tensor, unlearned: Target, texts: list[str], neuron: NeuronId
-) -> Trace:
-    """Return the :class:`Trace` of ``neuron``, given its base activations on ``texts``."""
-    u = read_activations(unlearned, texts, [neuron], max_tokens=256).values(neuron).double()
-    b = base_values
+def trace(base_layer: torch.Tensor, unlearned: Target, texts: list[str], neuron: NeuronId) -> Trace:
+    """Return the :class:`Trace` of ``neuron``, given its layer's base activations on ``texts``."""
+    u_layer = layer_activations(unlearned, texts, neuron.layer)
+    b, u = base_layer[:, neuron.index], u_layer[:, neuron.index]
     mb, mu = float(b.mean()), float(u.mean())
-    kept = mu / mb if abs(mb) > 1e-6 else None
+    kept = mu / mb if abs(mb) > 1e-3 * float(b.abs().mean()) + 1e-12 else None
     corr = None
     if b.numel() > 1 and float(b.std()) > 0 and float(u.std()) > 0:
         corr = float(torch.corrcoef(torch.stack([b, u]))[0, 1])
-    return Trace(int(b.numel()), mb, mu, kept, corr)
+    shifts = (u_layer.mean(0) - base_layer.mean(0)).abs() / base_layer.std(0).clamp_min(1e-12)
+    shift = float(shifts[neuron.index])
+    below = int((shifts < shift).sum())
+    pct = 100.0 * (below + 0.5 * int((shifts == shift).sum())) / shifts.numel()
+    return Trace(int(b.numel()), mb, mu, kept, corr, shift, pct)
 
 
 def label(cosine: float, jaccard: float, t: Trace | None, th: Thresholds) -> tuple[str, str]:
@@ -92,15 +107,22 @@ def label(cosine: float, jaccard: float, t: Trace | None, th: Thresholds) -> tup
             f"Jaccard {jaccard:.2f} / cosine {cosine:.4f} below {th.jaccard_min} / {th.cosine_min}",
         )
     if t is None:
-        return "intact", "weights intact (no activation trace run)"
+        return "intact", "weights intact (activation trace not run)"
+    changed = []
     if t.fire_kept is not None and t.fire_kept < th.fire_min:
-        return "disconnected", (
-            f"weights intact, but it fires at {t.fire_kept:.2f}x its base mean "
+        changed.append(
+            f"it fires at {t.fire_kept:.2f}x its base mean "
             f"({t.mean_base:+.3f} -> {t.mean_unlearned:+.3f}) on concept text"
         )
     if t.correlation is not None and t.correlation < th.corr_min:
-        return "disconnected", (
-            f"weights intact, but its per-token firing correlates {t.correlation:.2f} with the base's"
+        changed.append(f"its per-token firing correlates {t.correlation:.2f} with the base's")
+    if changed:
+        pct = t.shift_pct_layer
+        where = "" if pct is None else f" (its shift is at the {pct:.0f}th percentile of its layer)"
+        if pct is None or pct >= th.outlier_pct:
+            return "disconnected", "weights intact, but " + " and ".join(changed) + where
+        return "drifted", (
+            "weights intact; " + " and ".join(changed) + where + ": its layer moved alike"
         )
     return "intact", (
         f"weights intact and it fires as in the base ({t.mean_base:+.3f} -> {t.mean_unlearned:+.3f},"

@@ -2,14 +2,21 @@
 
 Two checkpoints are read one matrix at a time (never two whole models in memory). For
 every neuron vector (a ``down`` column, an ``up``/``gate`` row) the change is measured in
-**float64**: fine-tuning moves weights by ~1e-6 relative, below float32's resolution of a
-difference, so a float32 cosine reads 1.0 and a float32 percentile can be off by half the
-scale. Per vector:
+**float64**: fine-tuning moves a column by 1e-3 relative or much less, and ``1 - cos`` is
+about half the square of that (1e-6 and below), the size of float32's rounding error in a
+cosine, so a float32 cosine and its percentile are noise. When the two checkpoints store
+different dtypes (a bf16 checkpoint against a float32 one), both are first rounded to the
+coarser dtype, so a change of storage precision does not read as unlearning (the report
+records the dtypes). Per vector:
 
 - ``cosine`` and ``l2`` (``||u - b||``), and ``rel_change`` = ``||u - b|| / ||b||``;
 - the **percentile of its change** among all vectors of that matrix, whole model and same
   layer: a concept vector that moved less than a typical vector was not targeted, however
-  its cosine reads (every column of SmolLM2 keeps a cosine above 0.99995 after GA);
+  its cosine reads (every column of SmolLM2 keeps a cosine above 0.99995 after GA). Both
+  the relative change (``change_pct_*``) and the absolute one (``l2_pct_*``) are ranked:
+  small columns move more relative to their norm under the same update. For methods that
+  touch a few layers, read the same-layer percentile: the whole-model one is then dominated
+  by the untouched columns (ties count half);
 - for concept vectors: the Jaccard overlap of the top-``k`` decoded tokens before and after
   (``k`` = 200 and the raw ``W_U @ v`` recipe of ConceptVectors by default; ``folded``
   folds the final norm in, as conceptvec's decoding does), ConceptVectors'
@@ -40,6 +47,7 @@ from ..neurons import NeuronId
 from ..tokens import token_text
 from .concepts import EvalConcept
 
+SIDES = ("top", "bottom")
 RECIPES = ("raw", "folded")
 """``raw``: ``W_U @ v`` without the final norm (ConceptVectors' ``jaccard_similarity``);
 ``folded``: conceptvec's decoding, the final norm's gain (and centring) folded in."""
@@ -73,8 +81,11 @@ class VectorChange:
     top_before: list[str] = field(default_factory=list)
     top_after: list[str] = field(default_factory=list)
     jaccard_pct_model: float | None = None
-    """With ``all_jaccard``: percentile of its token change (``1 - jaccard``) among every
-    down column's."""
+    """With ``all_jaccard``: percentile of its token change (``1 - jaccard``, on its side)
+    among every down column's."""
+    l2_pct_model: float | None = None
+    """Percentile of ``l2`` among every down column of the model."""
+    l2_pct_layer: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -130,8 +141,11 @@ class WeightComparison:
     most_changed: list[ChangedVector]
     distribution: dict[str, dict[str, float]]
     """Per matrix, percentiles (p50, p90, p99, max) of every vector's relative change."""
-    jaccard_all: torch.Tensor | None = None
-    """``[n_layers, d_mlp]`` Jaccard@k of every down column (``all_jaccard=True``)."""
+    jaccard_all: dict[str, torch.Tensor] | None = None
+    """Side (``top``/``bottom``) -> ``[n_layers, d_mlp]`` Jaccard@k of every down column
+    (``all_jaccard=True``)."""
+    dtypes: tuple[str, str] = ("", "")
+    """The stored dtypes of the base's and the unlearned checkpoint's down matrices."""
     jaccard_recomputed: int = 0
     """Columns whose top-k could not be certified unchanged and were decoded again."""
 
@@ -150,15 +164,19 @@ class WeightComparison:
             "matrices": [m.to_dict() for m in self.matrices],
             "most_changed": [c.to_dict() for c in self.most_changed],
             "distribution": self.distribution,
+            "dtypes": list(self.dtypes),
             "all_jaccard": None
             if self.jaccard_all is None
             else {
-                "mean": float(self.jaccard_all.mean()),
-                "min": float(self.jaccard_all.min()),
-                "below_1": int((self.jaccard_all < 1).sum()),
-                "columns": int(self.jaccard_all.numel()),
-                "recomputed": self.jaccard_recomputed,
-            },
+                side: {
+                    "mean": float(j.mean()),
+                    "min": float(j.min()),
+                    "below_1": int((j < 1).sum()),
+                    "columns": int(j.numel()),
+                }
+                for side, j in self.jaccard_all.items()
+            }
+            | {"recomputed": self.jaccard_recomputed},
         }
 
 
@@ -214,7 +232,8 @@ def decoded_ids(
     model: Model, vectors: torch.Tensor, k: int, recipe: str, side: str = "top"
 ) -> torch.Tensor:
     """Return ``[n, k]`` ids of the top-``k`` tokens (``side="bottom"``: the most negative)
-    of residual ``vectors`` under ``recipe``."""
+    of residual ``vectors`` under ``recipe`` (down columns: ``folded`` vectors must already
+    carry the post-MLP norm gain, see :func:`recipe_vectors`)."""
     if recipe == "raw":
         w_u = model.unembedding()
         scores = vectors.float() @ w_u.float().T
@@ -223,6 +242,23 @@ def decoded_ids(
     if side == "bottom":
         scores = -scores
     return scores.topk(min(k, scores.shape[-1]), dim=-1).indices
+
+
+def recipe_vectors(model: Model, layer: int, w: torch.Tensor, recipe: str) -> torch.Tensor:
+    """Return down columns ``w`` as the recipe decodes them: ``folded`` applies the post-MLP
+    norm gain (Gemma 2/3, OLMo 2), as :func:`conceptvec.decode` does; ``raw`` leaves them."""
+    if recipe == "folded":
+        g = model.mlp_out_gain(layer)
+        if g is not None:
+            return w.float() * g.to(w.device).float()
+    return w
+
+
+def coarser(a: torch.dtype, b: torch.dtype) -> torch.dtype | None:
+    """Return the coarser of two floating dtypes when they differ (None when equal)."""
+    if a == b:
+        return None
+    return a if torch.finfo(a).eps > torch.finfo(b).eps else b
 
 
 def text_token_ids(model: Model, text: str) -> set[int]:
@@ -263,6 +299,8 @@ def compare_weights(
         raise EvaluationError(f"k must be >= 1 (got {k})")
     check_pair(base, unlearned)
     n_layers = base.dims.n_layers
+    stored = (base.neurons(0, "down").dtype, unlearned.neurons(0, "down").dtype)
+    common = coarser(*stored)
     mats = matrices_of(base)
     rel: dict[str, torch.Tensor] = {}
     cos: dict[str, torch.Tensor] = {}
@@ -273,13 +311,20 @@ def compare_weights(
     vec_u: dict[tuple[int, int], torch.Tensor] = {}
     bar = progress_bar(n_layers * len(mats), "comparing weights", progress)
     overlap = TopKOverlap(base, k, recipe, device=device) if all_jaccard else None
-    jac_all = torch.ones(n_layers, base.dims.d_mlp, dtype=torch.float64) if all_jaccard else None
+    jac_all = (
+        {side: torch.ones(n_layers, base.dims.d_mlp, dtype=torch.float64) for side in SIDES}
+        if all_jaccard
+        else None
+    )
+    l2_down = torch.zeros(n_layers, base.dims.d_mlp, dtype=torch.float64)
     for m in mats:
         rel[m] = torch.zeros(n_layers, base.dims.d_mlp, dtype=torch.float64)
         cos[m] = torch.ones(n_layers, base.dims.d_mlp, dtype=torch.float64)
         for layer in range(n_layers):
             b = base.neurons(layer, m).to(device)
             u = unlearned.neurons(layer, m).to(device)
+            if common is not None:  # compare at the coarser storage precision
+                b, u = b.to(common), u.to(common)
             ch = {key: v.cpu() for key, v in column_changes(b, u).items()}
             rel[m][layer], cos[m][layer] = ch["rel"], ch["cosine"]
             diff = (u.double() - b.double()).norm().cpu()
@@ -295,14 +340,20 @@ def compare_weights(
                     float(ch["rel"].max()),
                 )
             )
+            if m == "down":
+                l2_down[layer] = ch["l2"]
             if m == "down" and overlap is not None:
-                jac_all[layer] = overlap.layer(b, u, ch["l2"].to(device)).cpu()
+                rb = recipe_vectors(base, layer, b, recipe)
+                ru = recipe_vectors(base, layer, u, recipe)
+                d = ch["l2"] if rb is b else (ru.double() - rb.double()).norm(dim=1).cpu()
+                for side, j in overlap.layer(rb, ru, d.to(device)).items():
+                    jac_all[side][layer] = j.cpu()
             if m == "down":
                 for lay, idx in wanted:
                     if lay == layer:
                         stats[(lay, idx)] = {key: float(v[idx]) for key, v in ch.items()}
-                        vec_b[(lay, idx)] = b[idx].float().cpu()
-                        vec_u[(lay, idx)] = u[idx].float().cpu()
+                        vec_b[(lay, idx)] = recipe_vectors(base, lay, b[idx], recipe).float().cpu()
+                        vec_u[(lay, idx)] = recipe_vectors(base, lay, u[idx], recipe).float().cpu()
             bar.update(1)
     bar.close()
     show = token_text(base.tokenizer) if base.tokenizer is not None else str
@@ -334,6 +385,8 @@ def compare_weights(
                 len(kept) / len(left_b) if left_b else None,
                 [show(i) for i in before[:show_tokens]],
                 [show(i) for i in after[:show_tokens]],
+                l2_pct_model=percentile_of(s["l2"], l2_down),
+                l2_pct_layer=percentile_of(s["l2"], l2_down[c.neuron.layer]),
             )
         )
     most = _most_changed(base, unlearned, rel, cos, top_changed, show)
@@ -347,24 +400,34 @@ def compare_weights(
         for m, r in rel.items()
     }
     if jac_all is not None:
-        moved = 1 - jac_all
         for c in changes:
             n = NeuronId.parse(c.neuron)
+            moved = 1 - jac_all[c.side]
             c.jaccard_pct_model = percentile_of(float(moved[n.layer, n.index]), moved)
     return WeightComparison(
-        k, recipe, changes, maps, most, dist, jac_all, overlap.recomputed if overlap else 0
+        k,
+        recipe,
+        changes,
+        maps,
+        most,
+        dist,
+        jaccard_all=jac_all,
+        jaccard_recomputed=overlap.recomputed if overlap else 0,
+        dtypes=(str(stored[0]).removeprefix("torch."), str(stored[1]).removeprefix("torch.")),
     )
 
 
 class TopKOverlap:
-    """Jaccard@k of every column of a layer, base vs. unlearned, from one base decoding.
+    """Jaccard@k of every column of a layer, both sides, base vs. unlearned.
 
     The unlearned column's scores differ from the base's by at most ``||u - b|| * max_j
     ||W_j||`` per token (Cauchy-Schwarz), so when the gap between the base's k-th and
-    (k+1)-th scores exceeds twice that plus float32's rounding bound, the top-k *set* cannot
-    have changed: Jaccard is 1 without decoding the unlearned column. Other columns (and
-    every column whose change is large) are decoded and compared. Fine-tuning moves columns
-    by ~1e-6 relative, so nearly all are certified and the cost is one decoding of the base.
+    (k+1)-th scores (on a side) exceeds twice that plus float32's rounding bound, that
+    side's top-k *set* cannot have changed: Jaccard is 1 without decoding the unlearned
+    column. Other columns are decoded and compared. Untouched columns (scoped methods,
+    edits) and tiny changes are certified; full fine-tuning (GA on SmolLM2 moves columns by
+    ~2e-3 relative) is beyond the bound, and then every column is decoded twice. The GEMMs
+    run in true float32 (TF32 off), which the rounding bound assumes.
     """
 
     def __init__(
@@ -389,8 +452,17 @@ class TopKOverlap:
         self.rows = max(1, budget // (4 * self.w.shape[0]))
         self.recomputed = 0
 
-    def layer(self, b: torch.Tensor, u: torch.Tensor, l2: torch.Tensor) -> torch.Tensor:
-        """Return float64 Jaccard@k per row of ``b`` vs. ``u`` (``l2``: float64 ``||u - b||``)."""
+    def layer(self, b: torch.Tensor, u: torch.Tensor, l2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return side -> float64 Jaccard@k per row of ``b`` vs. ``u`` (``l2``: float64
+        ``||u - b||``)."""
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        try:
+            return {side: self._side(b, u, l2, sign) for side, sign in (("top", 1), ("bottom", -1))}
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = tf32
+
+    def _side(self, b: torch.Tensor, u: torch.Tensor, l2: torch.Tensor, sign: int) -> torch.Tensor:
         out = torch.ones(b.shape[0], dtype=torch.float64, device=b.device)
         moved = (l2 > 0).nonzero().flatten()
         if moved.numel() == 0:
@@ -400,14 +472,14 @@ class TopKOverlap:
         for s in range(0, moved.numel(), self.rows):
             idx = moved[s : s + self.rows]
             bb, uu = b[idx].float(), u[idx].float()
-            top = (bb @ self.w.T).topk(self.k + 1, dim=-1)
+            top = (sign * (bb @ self.w.T)).topk(self.k + 1, dim=-1)
             gap = (top.values[:, self.k - 1] - top.values[:, self.k]).double()
             norms = torch.maximum(bb.double().norm(dim=1), uu.double().norm(dim=1))
             bound = l2[idx] * self.w_max + 2 * eps * norms * self.w_max
             unsure = (gap <= 2 * bound).nonzero().flatten()
             if unsure.numel():
                 self.recomputed += int(unsure.numel())
-                after = (uu[unsure] @ self.w.T).topk(self.k, dim=-1).indices
+                after = (sign * (uu[unsure] @ self.w.T)).topk(self.k, dim=-1).indices
                 before = top.indices[unsure, : self.k]
                 for j, (x, y) in enumerate(zip(before.tolist(), after.tolist())):
                     sx, sy = set(x), set(y)
