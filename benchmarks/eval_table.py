@@ -87,10 +87,12 @@ def main() -> None:
         "(zeroed instead)",
         "recovered: quant4",
     ]
-    print("| " + " | ".join(head) + " |")
-    print("|" + "---|" * len(head))
-    for r in rows(sys.argv[1:]):
-        print("| " + " | ".join(r) + " |")
+    body = rows(sys.argv[1:])
+    keep = [i for i in range(len(head)) if any(r[i] != "-" for r in body)]  # drop unrun attacks
+    print("| " + " | ".join(head[i] for i in keep) + " |")
+    print("|" + "---|" * len(keep))
+    for r in body:
+        print("| " + " | ".join(r[i] for i in keep) + " |")
 
 
 if __name__ == "__main__":
