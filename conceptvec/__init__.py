@@ -28,45 +28,129 @@ The table of contents:
   :func:`evaluate.score` gives the same as a plain dict for other harnesses.
 """
 
-from . import evaluate
-from .activations import Activations, TopContexts, read_activations, top_contexts
-from .atlas import Atlas, build_atlas
-from .atlas.diff import diff_atlases
-from .atlas.search import search_weights
-from .concepts import (
-    ConceptSearch,
-    ConceptVector,
-    concept_tokens,
-    find_concept,
-    read_concepts,
-    write_concepts,
-)
-from .decode import Decoding, TokenScore, decode, project
-from .errors import ConceptvecError
-from .interventions import (
-    DoseResponse,
-    EffectResult,
-    Intervention,
-    add,
-    clamp,
-    dose_response,
-    intervene,
-    mean_ablate,
-    measure_effect,
-    noise,
-    replace_weights,
-    scale,
-    steer,
-    zero,
-    zero_weights,
-)
-from .models import ALIASES, DEFAULT_MODEL, ArchSpec, Model, load
-from .neurons import MATRICES, NeuronId
-from .qa import QAEvaluation, evaluate_completion, evaluate_qa
-from .unlearning import UnlearnResult, unlearn
-from .version import package_version
+import sys
+import types
+from importlib import import_module
+from typing import TYPE_CHECKING
 
-__version__ = package_version()
+if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
+    from . import evaluate
+    from .activations import Activations, TopContexts, read_activations, top_contexts
+    from .atlas import Atlas, build_atlas
+    from .atlas.diff import diff_atlases
+    from .atlas.search import search_weights
+    from .concepts import (
+        ConceptSearch,
+        ConceptVector,
+        concept_tokens,
+        find_concept,
+        read_concepts,
+        write_concepts,
+    )
+    from .decode import Decoding, TokenScore, decode, project
+    from .errors import ConceptvecError
+    from .interventions import (
+        DoseResponse,
+        EffectResult,
+        Intervention,
+        add,
+        clamp,
+        dose_response,
+        intervene,
+        mean_ablate,
+        measure_effect,
+        noise,
+        replace_weights,
+        scale,
+        steer,
+        zero,
+        zero_weights,
+    )
+    from .models import ALIASES, DEFAULT_MODEL, ArchSpec, Model, load
+    from .neurons import MATRICES, NeuronId
+    from .qa import QAEvaluation, evaluate_completion, evaluate_qa
+    from .unlearning import UnlearnResult, unlearn
+
+    __version__: str
+
+# Where each public name lives. ``import conceptvec`` imports none of these modules (torch
+# and transformers take seconds to import, and ``conceptvec --help`` needs neither); a name's
+# module is imported on its first use, as ``import conceptvec; conceptvec.load(...)`` or
+# ``from conceptvec import load``.
+_HOMES = {
+    ".activations": ("Activations", "TopContexts", "read_activations", "top_contexts"),
+    ".atlas": ("Atlas", "build_atlas"),
+    ".atlas.diff": ("diff_atlases",),
+    ".atlas.search": ("search_weights",),
+    ".concepts": (
+        "ConceptSearch",
+        "ConceptVector",
+        "concept_tokens",
+        "find_concept",
+        "read_concepts",
+        "write_concepts",
+    ),
+    ".decode": ("Decoding", "TokenScore", "decode", "project"),
+    ".errors": ("ConceptvecError",),
+    ".interventions": (
+        "DoseResponse",
+        "EffectResult",
+        "Intervention",
+        "add",
+        "clamp",
+        "dose_response",
+        "intervene",
+        "mean_ablate",
+        "measure_effect",
+        "noise",
+        "replace_weights",
+        "scale",
+        "steer",
+        "zero",
+        "zero_weights",
+    ),
+    ".models": ("ALIASES", "DEFAULT_MODEL", "ArchSpec", "Model", "load"),
+    ".neurons": ("MATRICES", "NeuronId"),
+    ".qa": ("QAEvaluation", "evaluate_completion", "evaluate_qa"),
+    ".unlearning": ("UnlearnResult", "unlearn"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
+_SUBMODULES = ("evaluate",)
+"""Public names that are modules: ``conceptvec.evaluate.intrinsic``."""
+
+
+def __getattr__(name: str):
+    """Import a public name's module on first use, and keep the name."""
+    if name in _SUBMODULES:
+        value = import_module(f".{name}", __name__)
+    elif name in _HOME:
+        value = getattr(import_module(_HOME[name], __name__), name)
+    elif name == "__version__":
+        from .version import package_version
+
+        value = package_version()
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | {"__version__"})
+
+
+class _Package(types.ModuleType):
+    """conceptvec's module type: a public function keeps its name when the module of the same
+    name is imported (``conceptvec.decode`` stays the function after ``conceptvec.decode``, the
+    module, is imported: Python binds a submodule on its package, over the function)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, types.ModuleType) and name in _HOME:
+            return  # the name stays the function, found by __getattr__
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "evaluate",

@@ -24,7 +24,7 @@ import torch
 
 from .models import Model, load
 from .neurons import NeuronId, check_matrix
-from .tokens import show, token_text
+from .tokens import show
 
 
 @dataclass(frozen=True)
@@ -256,7 +256,7 @@ def _decode_vectors(
     top_v, top_i = scores.topk(k, dim=-1)
     bot_v, bot_i = scores.topk(k, dim=-1, largest=False)
     p = torch.softmax(final_logits(m, vectors), dim=-1) if probs else None
-    text = token_text(m.tokenizer)
+    text = m.token_text()
     recipe = _recipe(m, matrix, fold_norm)
     out = []
     for row, neuron in enumerate(neurons):

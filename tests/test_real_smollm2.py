@@ -200,3 +200,26 @@ def test_decode_matches_final_norm_and_lm_head(model, neuron):
     rms = torch.rsqrt(v.pow(2).mean() + hf.config.rms_norm_eps)
     scores = torch.tensor([t.score for t in d.top])
     assert torch.allclose(scores * rms, logits[ids], atol=1e-4)
+
+
+def test_weight_search_from_the_derived_cache_equals_a_fresh_one(tmp_path, monkeypatch):
+    """Cached token texts, dequantized head and neuron statistics give the very same hits."""
+    from conceptvec.models.disk_cache import cache_root
+
+    user = cache_root()
+    root = tmp_path / "cache"
+    root.mkdir()
+    if (user / "gguf").is_dir():  # the GGUF's converted config and tokenizer, not derived/
+        (root / "gguf").symlink_to(user / "gguf")
+    monkeypatch.setenv("CONCEPTVEC_CACHE", str(root))
+
+    def search(m):
+        return [h.to_dict() for h in conceptvec.search_weights(m, "dog", side="both", top=30)]
+
+    cold = search(conceptvec.load("smollm2-135m", quiet=True))
+    assert any((root / "derived").glob("*/unembedding.safetensors"))
+    warm_model = conceptvec.load("smollm2-135m", quiet=True)
+    assert search(warm_model) == cold
+    assert search(warm_model) == cold  # from memory
+    assert warm_model._tokenizer is None  # token texts came from the cache
+    assert cold[0]["token"].strip().lower() == "dog"

@@ -21,11 +21,19 @@ _LAYER_NAMES = {
 }
 
 
-def write_tiny_gguf(hf, tok, path: Path, arch: str = "llama", fields: dict | None = None) -> Path:
+def write_tiny_gguf(
+    hf,
+    tok,
+    path: Path,
+    arch: str = "llama",
+    fields: dict | None = None,
+    quantize_head: bool = False,
+) -> Path:
     """Write ``hf`` (a tiny LlamaForCausalLM) and its byte-level tokenizer as a GGUF file.
 
     ``fields`` maps metadata keys to ``(value, gguf.GGUFValueType)``, written over the
-    standard ones (hostile-input tests declare impossible sizes this way).
+    standard ones (hostile-input tests declare impossible sizes this way). The LM head is
+    float32 unless ``quantize_head`` (Q8_0, as in SmolLM2's GGUF).
     """
     c = hf.config
     w = gguf.GGUFWriter(str(path), arch)
@@ -62,7 +70,8 @@ def write_tiny_gguf(hf, tok, path: Path, arch: str = "llama", fields: dict | Non
             names[f"model.layers.{layer}.{hf_name}.weight"] = f"blk.{layer}.{gguf_name}.weight"
     for key, value in hf.state_dict().items():
         array = value.detach().float().numpy().astype(np.float32)
-        if names[key].startswith("blk.") and "ffn_" in names[key] and array.ndim == 2:
+        mlp = names[key].startswith("blk.") and "ffn_" in names[key] and array.ndim == 2
+        if mlp or (quantize_head and names[key] == "output.weight"):
             q8 = gguf.GGMLQuantizationType.Q8_0
             w.add_tensor(names[key], gguf.quants.quantize(array, q8), raw_dtype=q8)
         else:

@@ -17,6 +17,7 @@ import torch
 from ..decode import residual_vectors
 from ..errors import AtlasError
 from ..models import Model
+from ..models.disk_cache import cached_tensors
 
 CPU_HEAD_BYTES = 256 << 20  # fold the whole head at once below this (float32 size)
 CPU_HEAD_CHUNK_BYTES = 64 << 20  # above it, fold this many bytes of float32 rows at a time
@@ -102,6 +103,59 @@ def folded_rows(model: Model, ids: list[int] | slice, fold: bool = True) -> torc
     gain = model.final_norm_gain() if fold else None
     center = fold and model.spec.norm_style.startswith("layernorm")
     return fold_rows(model.unembedding()[ids], gain, center)
+
+
+def head_moments(
+    model: Model, fold_norm: bool = True, chunk: int = 16384
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(mu [d_model], cov [d_model, d_model])`` of the folded unembedding rows.
+
+    Computed once per model in float64 and kept (see :mod:`conceptvec.models.disk_cache`).
+    """
+    d, vocab = model.dims.d_model, model.dims.vocab
+
+    def compute() -> dict[str, torch.Tensor]:
+        total = torch.zeros(d, dtype=torch.float64)
+        second = torch.zeros(d, d, dtype=torch.float64)
+        for start in range(0, vocab, chunk):
+            w = folded_rows(model, slice(start, start + chunk), fold_norm)
+            total += w.sum(0, dtype=torch.float64)
+            second += (w.T @ w).double()
+        mu = total / vocab
+        return {"mu": mu.float(), "cov": (second / vocab - torch.outer(mu, mu)).float()}
+
+    shapes = {"mu": ((d,), torch.float32), "cov": ((d, d), torch.float32)}
+    name = "head-moments" + ("-folded" if fold_norm else "")
+    out = cached_tensors(model, name, compute, shapes, depends=(__name__,))
+    return out["mu"], out["cov"]
+
+
+def neuron_spread(
+    model: Model,
+    layer: int,
+    matrix: str,
+    fold_norm: bool = True,
+    vectors: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(mean [d_mlp], sd [d_mlp])`` of each neuron's scores over the vocabulary.
+
+    A neuron ``v`` scores token ``t`` as ``v . w_t``; over the folded unembedding rows, with
+    mean ``mu`` and covariance ``C`` (:func:`head_moments`), its scores have mean ``v . mu``
+    and standard deviation ``sqrt(v' C v)`` (floored at 1e-15). Computed once per layer and
+    kept. ``vectors``: the layer's :func:`residual_vectors`, when the caller has read them.
+    """
+    mu, cov = head_moments(model, fold_norm)
+
+    def compute() -> dict[str, torch.Tensor]:
+        v = residual_vectors(model, layer, matrix, fold_norm) if vectors is None else vectors
+        sd = ((v @ cov) * v).sum(1).clamp_min(1e-30).sqrt()
+        return {"mean": v @ mu, "sd": sd}
+
+    shape = ((model.dims.d_mlp,), torch.float32)
+    name = f"spread-{matrix}-L{layer:03d}" + ("-folded" if fold_norm else "")
+    depends = (__name__, residual_vectors.__module__)
+    out = cached_tensors(model, name, compute, {"mean": shape, "sd": shape}, depends)
+    return out["mean"], out["sd"]
 
 
 def layer_vectors(model: Model, layer: int, matrix: str, head: FoldedHead, fold_norm: bool):

@@ -10,6 +10,11 @@ Raw scores favour neurons with large norms, whose projections are large everywhe
 default ranks by the z-score of the token within the neuron's own projection instead,
 ``(v.w_t - v.mu) / sqrt(v' C v)``, with ``mu`` and ``C`` the mean and covariance of the
 folded unembedding rows (computed once, exactly, without projecting any neuron).
+
+What does not depend on the searched word (the token texts, ``mu`` and ``C``, each neuron's
+mean and sd, a GGUF's dequantized head) is computed once per model and kept in memory and
+on disk (:mod:`conceptvec.models.disk_cache`), so a search after the first reads only the
+neuron vectors.
 """
 
 from __future__ import annotations
@@ -22,10 +27,11 @@ import torch
 from ..decode import project, residual_vectors
 from ..errors import AtlasError
 from ..models import Model, load
+from ..models.disk_cache import cached_tensors
 from ..neurons import NeuronId, check_matrix
-from ..tokens import show, token_text
+from ..tokens import show
 from .atlas import match_ids
-from .head import folded_rows
+from .head import folded_rows, neuron_spread
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class WeightHit:
 
 def matching_tokens(model: Model, word: str, exact: bool = False) -> list[int]:
     """Return the ids of tokens that read ``word`` (ignoring case and spaces unless exact)."""
-    ids = match_ids(token_text(model.tokenizer).many(range(model.dims.vocab)), word, exact)
+    ids = match_ids(model.token_texts(), word, exact)
     if not ids:
         pieces = ""
         if model.tokenizer is not None:
@@ -77,6 +83,11 @@ def matching_tokens(model: Model, word: str, exact: bool = False) -> list[int]:
 
 
 SIDES = ("top", "bottom", "both")
+KEEP_BYTES = 256 << 20
+"""A model whose searched matrix holds at most this many float32 bytes (SmolLM2-135M: 106 MB)
+keeps its neuron vectors in memory for the next search, and a GGUF keeps them dequantized on
+disk for the next process (dequantizing SmolLM2's 30 down matrices takes 0.2-0.7 s, reading
+them back 0.05 s)."""
 
 
 def search_weights(
@@ -137,7 +148,6 @@ def search_weights(
         group_of = torch.tensor([labels.index(first[i]) for i in ids])
         n_best = min(best_of, len(labels))
     folded = folded_rows(m, ids, fold_norm).T  # [d_model, t]
-    mu, cov = head_moments(m, fold_norm) if by == "zscore" else (None, None)
     signs = {"top": (1.0,), "bottom": (-1.0,), "both": (1.0, -1.0)}[side]
     # (ranking key, sign, layer, index, the neuron's vector) per candidate
     found: list[tuple[float, float, int, int, torch.Tensor]] = []
@@ -147,11 +157,11 @@ def search_weights(
 
         todo = tqdm(todo, desc=f"searching {matrix} weights", unit="layer", leave=False)
     for layer in todo:
-        v = residual_vectors(m, layer, matrix, fold_norm)
+        v = _neuron_vectors(m, layer, matrix, fold_norm)
         raw = v @ folded  # [d_mlp, t]: one product per layer
-        if cov is not None:
-            sd = ((v @ cov) * v).sum(1).clamp_min(1e-30).sqrt()
-            raw = (raw - (v @ mu)[:, None]) / sd[:, None]
+        if by == "zscore":  # each neuron's mean and sd over the vocabulary, computed once
+            mean, sd = neuron_spread(m, layer, matrix, fold_norm, vectors=v)
+            raw = (raw - mean[:, None]) / sd[:, None]
         for sign in signs:
             signed = sign * raw
             if group_of is not None:  # each group scores its best token
@@ -168,7 +178,7 @@ def search_weights(
     found = list(best.values())[:top]
     if not found:
         return []
-    text = token_text(m.tokenizer)
+    texts = m.token_texts()
     rows = torch.stack([f[4] for f in found])  # kept from the loop: no layer is read twice
     signs_t = torch.tensor([f[1] for f in found])[:, None]
     full = signs_t * project(m, rows, fold_norm)  # [hits, vocab], larger = better on side
@@ -184,31 +194,37 @@ def search_weights(
             WeightHit(
                 neuron=NeuronId(layer, i),
                 matrix=matrix,
-                token=text(t),
+                token=texts[t],
                 token_id=t,
                 score=sign * float(full[row, t]),
                 zscore=sign * float(full_z[row, t]),
                 vocab_rank=ranks[0],
                 side="top" if sign > 0 else "bottom",
                 key=k,
-                matched=tuple(text(ids[int(j)]) for j in order[:n_best]),
-                top_tokens=tuple(text.many(full[row].topk(show_tokens).indices.tolist())),
+                matched=tuple(texts[ids[int(j)]] for j in order[:n_best]),
+                top_tokens=tuple(texts[j] for j in full[row].topk(show_tokens).indices.tolist()),
             )
         )
     return hits
 
 
-def head_moments(model: Model, fold_norm: bool, chunk: int = 16384):
-    """Return ``(mu [d_model], cov [d_model, d_model])`` of the folded unembedding rows."""
-    d, vocab = model.dims.d_model, model.dims.vocab
-    total = torch.zeros(d, dtype=torch.float64)
-    second = torch.zeros(d, d, dtype=torch.float64)
-    for start in range(0, vocab, chunk):
-        w = folded_rows(model, slice(start, start + chunk), fold_norm)
-        total += w.sum(0, dtype=torch.float64)
-        second += (w.T @ w).double()
-    mu = total / vocab
-    return mu.float(), (second / vocab - torch.outer(mu, mu)).float()
+def _neuron_vectors(m: Model, layer: int, matrix: str, fold_norm: bool) -> torch.Tensor:
+    """Return :func:`residual_vectors`, kept for a small model's next search (see KEEP_BYTES).
+
+    Contiguous whether computed or read back, so that products round the same either way.
+    """
+    d = m.dims
+    if d.n_layers * d.d_mlp * d.d_model * 4 > KEEP_BYTES:
+        return residual_vectors(m, layer, matrix, fold_norm)
+    name = f"vectors-{matrix}-L{layer:03d}" + ("-folded" if fold_norm else "")
+    return cached_tensors(
+        m,
+        name,
+        lambda: {"v": residual_vectors(m, layer, matrix, fold_norm).contiguous()},
+        {"v": ((d.d_mlp, d.d_model), torch.float32)},
+        depends=(residual_vectors.__module__, "conceptvec.models.gguf_file", "gguf.quants"),
+        disk=m.reader.kind == "gguf",
+    )["v"]
 
 
 def hits_table(hits: list[WeightHit]) -> str:

@@ -18,7 +18,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnsupportedArchitectureError
+from ..errors import NoWeightsError, UnsupportedArchitectureError
+from ..files import read_json
+from .config import JsonConfig
+from .disk_cache import cache_root
 from .specs import supported_model_types
 
 # llama.cpp architecture names -> transformers model_type, for the families we have specs for.
@@ -34,12 +37,6 @@ GGUF_ARCHITECTURES = {
     "olmo2": "olmo2",
     "gpt2": "gpt2",
 }
-
-
-def cache_root() -> Path:
-    """Return conceptvec's cache folder (``$CONCEPTVEC_CACHE`` or ``~/.cache/conceptvec``)."""
-    env = os.environ.get("CONCEPTVEC_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "conceptvec"
 
 
 def cache_dir_for(path: Path) -> Path:
@@ -76,15 +73,31 @@ def _write_atomically(final: Path, write) -> Path:
     return final
 
 
-def gguf_config(path: Path) -> Any:
-    """Return the HF config of a GGUF file (cached as config.json)."""
-    from transformers import AutoConfig
+def gguf_config(path: Path) -> JsonConfig:
+    """Return the HF config of a GGUF file, as transformers reads it (cached as config.json).
 
+    transformers converts the GGUF's metadata once; later calls read the cached config.json
+    without importing transformers (1-2 s), as a folder's config is read. A cached file
+    that cannot be read is converted again.
+    """
     folder = cache_dir_for(path) / "config"
-    if not (folder / "config.json").exists():
+    data = _cached_config(folder / "config.json")
+    if data is None:
+        from transformers import AutoConfig
+
         config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        shutil.rmtree(folder, ignore_errors=True)  # an unreadable earlier copy
         _write_atomically(folder, config.save_pretrained)
-    return AutoConfig.from_pretrained(str(folder))
+        data = read_json(folder / "config.json", NoWeightsError, "delete it to convert again")
+    return JsonConfig(data, str(folder))
+
+
+def _cached_config(path: Path) -> dict | None:
+    try:
+        data = read_json(path, NoWeightsError, "")
+    except NoWeightsError:
+        return None
+    return data if isinstance(data, dict) and "model_type" in data else None
 
 
 def gguf_tokenizer(path: Path) -> Any:

@@ -17,7 +17,11 @@ import torch
 
 from ..errors import CorruptWeightsError, NoWeightsError
 from ..neurons import NeuronId, check_matrix
+from . import disk_cache
 from .specs import ArchSpec, Dims, dims_from_config, text_config
+
+_PLAIN = ("F32", "F16", "BF16")
+"""GGUF tensor types read without dequantizing (a cast, not worth a disk copy)."""
 
 
 class Model:
@@ -56,6 +60,7 @@ class Model:
         self._hf = hf_model
         self._hf_loader = hf_loader
         self._unembedding: torch.Tensor | None = None
+        self._texts: tuple[Any, int, list[str]] | None = None  # (tokenizer, its size, texts)
         self.prefix = self._find_prefix()
         self.dims = self._read_dims()
         if hf_model is not None:
@@ -167,10 +172,65 @@ class Model:
         return self.neurons(n.layer, matrix)[n.index]
 
     def unembedding(self) -> torch.Tensor:
-        """Return ``[vocab, d_model]``, the LM head (the embedding when tied). Cached."""
+        """Return ``[vocab, d_model]``, the LM head (the embedding when tied). Cached.
+
+        A quantized GGUF head is dequantized once and kept on disk as float32 (see
+        :mod:`conceptvec.models.disk_cache`): dequantizing Gemma 3's 262k-token head takes
+        3 s, reading it back a tenth of that.
+        """
         if self._unembedding is None:
-            self._unembedding = self.reader.get(self._head_key)
+            key = self._head_key
+            if self.reader.kind == "gguf" and self.reader.dtype(key) not in _PLAIN:
+                shape = (self.dims.vocab, self.dims.d_model)
+                self._unembedding = disk_cache.cached_tensors(
+                    self,
+                    "unembedding",
+                    lambda: {"w": self.reader.get(key)},
+                    {"w": (shape, torch.float32)},
+                    depends=("conceptvec.models.gguf_file", "gguf.quants"),
+                )["w"]
+            else:
+                self._unembedding = self.reader.get(key)
         return self._unembedding
+
+    def token_text(self) -> Callable[[int], str]:
+        """Return a function from a token id to its display text.
+
+        For a model read from files it indexes :meth:`token_texts` (cached: no tokenizer is
+        loaded once they are); for a live model it asks the tokenizer, one id at a time.
+        """
+        if disk_cache.weights_stamp(self) is None:
+            from ..tokens import token_text
+
+            return token_text(self.tokenizer)
+        return self.token_texts().__getitem__
+
+    def token_texts(self) -> list[str]:
+        """Return the display text of every token id (:mod:`conceptvec.tokens`), ``[vocab]``.
+
+        Built from the tokenizer once, then kept in memory and on disk beside the weights'
+        stamp, so a later process needs neither the tokenizer nor transformers.
+        """
+        from .. import tokens
+
+        if disk_cache.weights_stamp(self) is None:  # a live model: kept for its tokenizer
+            tok = self.tokenizer
+            size = len(tok) if tok is not None else 0  # tokens can be added to a tokenizer
+            if self._texts is None or self._texts[0] is not tok or self._texts[1] != size:
+                self._texts = (tok, size, tokens.token_text(tok).many(range(self.dims.vocab)))
+            return self._texts[2]
+
+        def compute() -> list[str]:
+            if self.tokenizer is None:
+                raise NoWeightsError(f"{self.name} has no tokenizer")  # never cache ids
+            return tokens.token_text(self.tokenizer).many(range(self.dims.vocab))
+
+        try:
+            return disk_cache.cached_texts(
+                self, "token-texts", compute, self.dims.vocab, depends=(tokens.__name__,)
+            )
+        except NoWeightsError:
+            return tokens.token_text(None).many(range(self.dims.vocab))
 
     def _gain(self, key: str) -> torch.Tensor | None:
         if not key or not self.reader.has(key):

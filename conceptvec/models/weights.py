@@ -22,6 +22,7 @@ import torch
 
 from ..errors import CorruptWeightsError, NoWeightsError
 from ..files import confined, read_json, regular_file
+from .disk_cache import file_identity
 
 INDEX_FILE = "model.safetensors.index.json"
 _ST_DTYPES = {
@@ -77,6 +78,8 @@ class SafetensorsReader:
                 "GGUF only (convert .bin checkpoints with transformers' save_pretrained)"
             )
         self._handles = {}
+        self.opened: dict[Path, tuple[int, ...]] = {}
+        """Each weight file's identity when opened (see :func:`disk_cache.file_identity`)."""
         self._headers: dict[str, dict] = {}
         self._data_start: dict[str, int] = {}
         self._key_to_file: dict[str, str] = {}
@@ -89,6 +92,7 @@ class SafetensorsReader:
                     f"{path} is listed in {INDEX_FILE} but missing; re-download the checkpoint"
                 )
             regular_file(resolved, CorruptWeightsError, "re-download the checkpoint")
+            self.opened[resolved] = file_identity(resolved)  # before opening, as for a GGUF
             self._paths[name] = resolved
             try:
                 handle = safe_open(str(self._paths[name]), framework="pt")
@@ -188,6 +192,9 @@ class GGUFWeightReader:
 
         self.path = Path(path)
         regular_file(self.path, CorruptWeightsError, "pass a .gguf file")
+        self.opened = {self.path: file_identity(self.path)}
+        """The file's identity (:func:`disk_cache.file_identity`); taken before mapping it, so
+        a file replaced in between reads as changed, never as the same."""
         try:
             self.file = GGUFFile(self.path)
         except (OSError, ValueError, struct.error, UnicodeDecodeError, RecursionError) as e:

@@ -1,0 +1,73 @@
+"""Importing conceptvec, and each CLI command, imports only what is used."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import conceptvec
+
+from .conftest import build_tiny
+from .tiny_gguf import write_tiny_gguf
+
+HEAVY = ("torch", "transformers", "numpy", "gguf", "safetensors")
+
+
+def heavy_imports(code: str, env: dict | None = None) -> list[str]:
+    """Return the HEAVY modules a fresh interpreter has imported after running ``code``."""
+    report = f"import json, sys\nprint(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    probe = textwrap.dedent(code) + "\n" + report
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_importing_conceptvec_and_its_help_import_nothing_heavy():
+    assert heavy_imports("import conceptvec") == []
+    help_run = """
+        import sys
+        from conceptvec.cli import main
+        sys.argv = ["conceptvec", "--help"]
+        try:
+            main()
+        except SystemExit:
+            pass
+    """
+    assert heavy_imports(help_run) == []
+
+
+def test_every_public_name_still_imports():
+    for name in conceptvec.__all__:
+        exec(f"from conceptvec import {name}", {})
+        assert getattr(conceptvec, name) is not None
+    assert callable(conceptvec.evaluate.intrinsic)
+    assert conceptvec.__version__
+    assert "load" in dir(conceptvec)
+
+
+def test_decode_stays_the_function_when_its_module_is_imported():
+    """``conceptvec.decode`` (function) and ``conceptvec/decode.py`` (module) share a name."""
+    probe = """
+        import conceptvec
+        from conceptvec.decode import project
+        import conceptvec.decode
+        from conceptvec import decode
+        assert callable(conceptvec.decode) and decode is conceptvec.decode, conceptvec.decode
+        assert conceptvec.decode.__module__ == "conceptvec.decode"
+    """
+    heavy_imports(probe)
+
+
+def test_warm_gguf_search_and_decode_need_neither_transformers_nor_the_tokenizer(tmp_path):
+    hf, tok = build_tiny("llama")
+    gguf = write_tiny_gguf(hf, tok, tmp_path / "tiny.gguf", quantize_head=True)
+    works = ('conceptvec.search_weights(m, "dog")', 'conceptvec.decode(m, "L1.3")')
+    for n, work in enumerate(works):
+        env = {**os.environ, "CONCEPTVEC_CACHE": str(tmp_path / f"cache{n}")}
+        code = f"import conceptvec\nm = conceptvec.load({str(gguf)!r}, quiet=True)\n{work}"
+        assert "transformers" in heavy_imports(code, env)  # the first time converts the GGUF
+        assert "transformers" not in heavy_imports(code, env)
