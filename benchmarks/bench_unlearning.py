@@ -42,7 +42,8 @@ if torch.cuda.is_available():
     torch.cuda.reset_peak_memory_stats()
 r = conceptvec.unlearn(a["model"], "Ancient Rome", a["method"], concepts=a["concepts"],
     scope=a["scope"], neuron=a["neuron"], steps=a["steps"], batch_size=a["batch"],
-    max_length=a["max_length"], evaluate=False, progress=False, threads=a["threads"])
+    max_length=a["max_length"], forget_qa=a["forget_qa"], evaluate=False, progress=False,
+    threads=a["threads"])
 gaps = [t2 - t1 for t1, t2 in zip(stamps, stamps[1:])]
 peak = (torch.cuda.max_memory_allocated() if torch.cuda.is_available()
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -55,7 +56,8 @@ print("RESULT " + json.dumps({"s_per_step": sum(gaps) / max(len(gaps), 1),
 def run_one(args, method: str, scope: str | None, threads: int) -> dict:
     spec = dict(model=args.model, method=method, scope=scope, neuron=args.neuron,
                 concepts=str(args.concepts), steps=args.steps, batch=args.batch,
-                max_length=args.max_length, threads=threads)  # fmt: skip
+                max_length=args.max_length, forget_qa=args.forget_qa,
+                threads=threads)  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     t = time.time()
     p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True,
@@ -77,6 +79,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument(
+        "--forget-qa",
+        default="heldout",
+        help="heldout | all | none: 'none' trains on text only and skips generating the base "
+        "answers of the training questions (about a minute of setup per run on a CPU)",
+    )
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--scopes", default=",".join(SCOPES))
     ap.add_argument("--threads", type=int, default=1)

@@ -144,6 +144,28 @@ def test_edit_is_exact(mode, tiny, entries):
     assert r.record["steps_done"] == 0
 
 
+def test_neuron_find_edits_the_vector_the_finder_chooses(tiny):
+    import conceptvec
+    from conceptvec.concepts import find_concept
+
+    # the tiny tokenizer knows Harry Potter, not Rome
+    text = "Harry Potter went to Hogwarts with Ron and Hermione. Harry Potter and Ron went."
+    qa = ["Who went to Hogwarts?", "Who are Ron and Hermione?", "Where did Harry Potter go?"]
+    entry = ConceptEntry(concept="Harry Potter", wikipedia_content=text, qa=qa)
+    search = find_concept(
+        conceptvec.load(tiny, quiet=True), "Harry Potter", texts=[text], qa=qa, progress=False
+    )
+    chosen = (search.validated or search.candidates)[0].neuron
+    base = _state(_base(tiny))
+    r = unlearn(tiny, entry, "edit", neuron="find", **FAST)
+    assert r.record["neuron"] == chosen
+    layer, index = (int(x) for x in chosen[1:].split("."))
+    key = f"model.layers.{layer}.mlp.down_proj.weight"
+    after = _state(r.model)
+    assert _changed(base, after) == {key}
+    assert not after[key][:, index].any() and base[key][:, index].any()
+
+
 def test_output_folder_opens_everywhere_and_records_the_run(tiny, entries, tmp_path):
     import json
 
@@ -223,15 +245,69 @@ def test_empty_forget_set_and_missing_retain(tiny, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_existing_output_needs_overwrite(tiny, entries, tmp_path):
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_overwrite_never_replaces_a_users_folder(tiny, entries, tmp_path):
     out = tmp_path / "o"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
+    kw = dict(concepts=entries, steps=1, out=out, **FAST)
     with pytest.raises(UnlearningError, match="exists; pass --overwrite"):
-        unlearn(tiny, "Ancient Rome", "ga", concepts=entries, steps=1, out=out, **FAST)
+        unlearn(tiny, "Ancient Rome", "ga", **kw)
+    with pytest.raises(UnlearningError, match="did not write") as e:
+        unlearn(tiny, "Ancient Rome", "ga", overwrite=True, **kw)
+    assert "\n" not in str(e.value)
+    # a folder whose unlearning.json is not ours (no files list) is refused alike
+    (out / "unlearning.json").write_text('{"schema": 1, "method": "ga"}')
+    with pytest.raises(UnlearningError, match="did not write"):
+        unlearn(tiny, "Ancient Rome", "ga", overwrite=True, **kw)
     assert (out / "keep.txt").read_text() == "mine"
-    unlearn(tiny, "Ancient Rome", "ga", concepts=entries, steps=1, out=out, overwrite=True, **FAST)
-    assert (out / "unlearning.json").exists() and not (out / "keep.txt").exists()
+    assert _names(tmp_path) == ["o"]  # no temporary or work folder left behind
+
+
+def test_overwrite_replaces_an_earlier_output_or_an_empty_folder(tiny, entries, tmp_path):
+    import json
+
+    out = tmp_path / "o"
+    kw = dict(concepts=entries, steps=1, out=out, **FAST)
+    unlearn(tiny, "Ancient Rome", "ga", **kw)
+    first = json.loads((out / "unlearning.json").read_text())
+    assert first["written_by"] == "conceptvec unlearn" and first["files"] == _names(out)
+    unlearn(tiny, "Ancient Rome", "gd", overwrite=True, **kw)
+    second = json.loads((out / "unlearning.json").read_text())
+    assert second["method"] == "gd" and second["files"] == _names(out)
+    assert _names(tmp_path) == ["o"]
+    # a file the user added to our output makes it theirs: refused, nothing lost
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(UnlearningError, match="did not write"):
+        unlearn(tiny, "Ancient Rome", "ga", overwrite=True, **kw)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "unlearning.json").read_text())["method"] == "gd"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    unlearn(tiny, "Ancient Rome", "ga", **{**kw, "out": empty}, overwrite=True)
+    assert (empty / "unlearning.json").exists()
+
+
+@pytest.mark.parametrize("flags", [{}, {"overwrite": True}, {"resume": True}])
+def test_a_users_hidden_run_folder_is_never_used_or_removed(flags, tiny, entries, tmp_path):
+    work = tmp_path / ".o.run"
+    work.mkdir()
+    (work / "mine.txt").write_text("mine")
+    with pytest.raises(UnlearningError, match="not made by conceptvec unlearn"):
+        unlearn(
+            tiny, "Ancient Rome", "ga", concepts=entries, steps=1, out=tmp_path / "o",
+            **FAST, **flags,
+        )  # fmt: skip
+    assert _names(work) == ["mine.txt"] and _names(tmp_path) == [".o.run"]
+
+
+def test_sharded_launch_refuses_the_evaluation_up_front(tiny, entries, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UnlearningError, match="whole model in one process.*--no-eval"):
+        unlearn(tiny, "Ancient Rome", "ga", concepts=entries, steps=1, **{**FAST, "evaluate": True})
 
 
 def test_quantized_model_is_refused(tiny, entries):
@@ -248,16 +324,19 @@ def test_quantized_model_is_refused(tiny, entries):
 
 def test_nan_loss_stops_keeps_last_good_checkpoint(tiny, entries, tmp_path):
     out = tmp_path / "o"
+    kw = dict(concepts=entries, steps=6, save_every=1, out=out, **FAST)
     with pytest.raises(UnlearningError) as e:
-        unlearn(
-            tiny, "Ancient Rome", "ga", concepts=entries, steps=6, lr=1e30, save_every=1,
-            out=out, **FAST,
-        )  # fmt: skip
+        unlearn(tiny, "Ancient Rome", "ga", lr=1e30, **kw)
     msg = str(e.value)
     assert "loss became" in msg and "last good checkpoint" in msg and "\n" not in msg
     assert not out.exists()
     work = tmp_path / ".o.run"
     assert any(p.name.startswith("checkpoint-") for p in work.iterdir())
+    # the interrupted run is ours: kept unless the user resumes it or starts over
+    with pytest.raises(UnlearningError, match="interrupted run; pass --resume"):
+        unlearn(tiny, "Ancient Rome", "ga", lr=1e-3, **kw)
+    unlearn(tiny, "Ancient Rome", "ga", lr=1e-3, overwrite=True, **{**kw, "steps": 1})
+    assert _names(tmp_path) == ["o"]
 
 
 def test_caller_model_is_not_changed(tiny, entries):

@@ -58,6 +58,12 @@ def test_cli_existing_output_and_empty_forget(tiny_dir, tmp_path, monkeypatch, c
     out.mkdir()
     code, _, err = run_cli(_args(tiny_dir("llama"), out, "--method", "ga"), monkeypatch, capsys)
     assert code == 2 and "--overwrite" in err
+    (out / "keep.txt").write_text("mine")
+    args = _args(tiny_dir("llama"), out, "--method", "ga", "--overwrite")
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "did not write" in lines[0], err
+    assert (out / "keep.txt").read_text() == "mine"
     args = ["unlearn", str(tiny_dir("llama")), "--concept", "Nowhere", "--method", "ga",
             "--out", str(tmp_path / "p"), *FAST]  # fmt: skip
     code, _, err = run_cli(args, monkeypatch, capsys)

@@ -3,6 +3,7 @@ gloo) matching 1 process with the same global batch."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -108,7 +109,15 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
     assert moved
     for k in w1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5)
-    import json
-
+    # written once, by the main process, complete: the files its record lists and no
+    # temporary, replaced or work folder left beside it
+    assert two.stdout.count('"world_size"') == 1, two.stdout[-2000:]
     rec = json.loads((tmp_path / "two" / "unlearning.json").read_text())
     assert rec["world_size"] == 2 and rec["batch_size"] == 4
+    assert rec["files"] == sorted(p.name for p in (tmp_path / "two").iterdir())
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "two").state_dict()
+    for k in w1:
+        torch.testing.assert_close(loaded[k], w1[k], rtol=1e-4, atol=1e-5)

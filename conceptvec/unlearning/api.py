@@ -9,11 +9,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,7 +25,16 @@ from .data import StepDataset, collate
 from .inputs import build_sets, resolve_concept, resolve_neuron, trainable_module
 from .methods import METHODS, Context, UnlearningError, resolve_hparams
 from .methods import method as get_method
-from .output import check_out, fingerprint, qa_scores, save_model, write_atomically
+from .output import (
+    SCHEMA,
+    check_out,
+    check_work,
+    fingerprint,
+    qa_scores,
+    save_model,
+    work_dir,
+    write_atomically,
+)
 from .scope import Scope, apply_scope, column_weight, parse_scope
 
 DEFAULT_THREADS = 1
@@ -128,6 +135,10 @@ def unlearn(
     checkpoint and ``unlearning.json``, atomically; ``save_every`` > 0 keeps resumable
     checkpoints beside it (``resume=True`` continues from the newest). ``evaluate`` scores
     the held-out forget and unrelated QA before and after.
+
+    Under ``torchrun`` / ``accelerate launch`` every process trains and only the main one
+    writes ``out``, with the full weights gathered from all of them (FSDP, DeepSpeed). In a
+    sharded run the returned model is this process's shard, and ``evaluate`` must be False.
     """
     from ..interventions.targets import resolve
 
@@ -135,6 +146,12 @@ def unlearn(
     world = int(os.environ.get("WORLD_SIZE", "1"))
     lr = m.lr if lr is None else lr
     _check_numbers(lr, steps, batch_size, world)
+    if evaluate and m.name != "edit" and _sharded_launch():
+        raise UnlearningError(
+            "the QA evaluation needs the whole model in one process, and this launch shards "
+            "it (FSDP or DeepSpeed); pass --no-eval (evaluate=False) and score the output "
+            "folder in one process"
+        )
     h = resolve_hparams(m, hparams)
     loss_method = METHODS[h["base_method"]] if m.name == "needle" else m
     if m.name == "needle":  # Needle trains with its base method's loss and defaults
@@ -142,6 +159,8 @@ def unlearn(
     out = Path(out) if out is not None else None
     if out is not None:
         check_out(out, overwrite)
+        if m.name != "edit" and int(os.environ.get("RANK", "0")) == 0:
+            check_work(work_dir(out), resume=resume, overwrite=overwrite)
     entry, others, source, found = resolve_concept(concept, concepts)
     base, hf, tok = trainable_module(model)
     n_layers = base.dims.n_layers
@@ -177,7 +196,7 @@ def unlearn(
         t0 = time.time()
         base_print = fingerprint(hf)
         record: dict[str, Any] = {
-            "schema": 1,
+            "schema": SCHEMA,
             "method": m.name,
             "paper": m.paper,
             "hyperparameters": h,
@@ -196,7 +215,7 @@ def unlearn(
             "versions": {"torch": torch.__version__, "transformers": _tf_version()},
         }
         if m.name == "edit":
-            sets = None
+            sets = state = None
             history, stopped, resumed = [], False, None
             heldout = (
                 [q.strip() for q in entry.qa if q.strip()],
@@ -222,11 +241,11 @@ def unlearn(
                 )
             heldout = (sets.heldout, sets.heldout_unrelated)
             before = _evaluate(target, heldout, None, evaluate, chat, max_new_tokens)
-            history, stopped, resumed = _train(
+            history, stopped, resumed, state = _train(
                 hf, tok, base, m, loss_method, h, sc, sets, record, out,
                 lr=lr, steps=steps, batch_size=batch_size, world=world, seed=seed,
                 weight_decay=weight_decay, save_every=save_every, resume=resume,
-                keep=keep_checkpoints, stop_loss=stop_loss, progress=progress,
+                keep=keep_checkpoints, stop_loss=stop_loss, progress=progress, overwrite=overwrite,
             )  # fmt: skip
             record["data"] = asdict(sets.spec)
         hf.eval()
@@ -238,7 +257,7 @@ def unlearn(
             final_losses={k: v for k, v in (history[-1] if history else {}).items() if k != "step"},
             history=history,
             wall_seconds=time.time() - t0,
-            fingerprint=fingerprint(hf),
+            fingerprint=fingerprint(hf if state is None else state) if state != {} else None,
             dtype=str(next(hf.parameters()).dtype).replace("torch.", ""),
         )
         if torch.cuda.is_available():
@@ -247,10 +266,18 @@ def unlearn(
             record["evaluation"] = after
         main = int(os.environ.get("RANK", "0")) == 0
         if out is not None and main:
-            write_atomically(out, lambda tmp: save_model(hf, tok, tmp, record), overwrite)
+            write_atomically(out, lambda tmp: save_model(hf, tok, tmp, record, state), overwrite)
         return UnlearnResult(hf, out, record)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _sharded_launch() -> bool:
+    """Return whether ``accelerate launch`` asked for FSDP or DeepSpeed (its environment)."""
+    return any(
+        os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() in ("true", "1")
+        for k in ("FSDP", "DEEPSPEED")
+    )
 
 
 def _tf_version() -> str:
@@ -281,7 +308,10 @@ def _evaluate(target, heldout, before, evaluate: bool, chat, max_new_tokens):
 
 
 def _train(hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, **kw):
-    """Run the Trainer; return (history, stopped early, resumed-from checkpoint)."""
+    """Run the Trainer; return (history, stopped early, resumed-from checkpoint, the trained
+    weights gathered by the Trainer's accelerator: complete on the main process, ``{}`` on
+    the others in a sharded run)."""
+    from .output import claim_work, mark_work, remove_work
     from .train import NonFiniteLoss, Progress, UnlearnTrainer, arguments, last_checkpoint
 
     spec = base.spec
@@ -304,10 +334,14 @@ def _train(hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, **kw)
     if m.name == "rmu":
         ctx.control = _control(hf, ref, ctx, sets, h, kw["seed"], tok)
     world = kw["world"]
+    main = int(os.environ.get("RANK", "0")) == 0
     if out is not None:
-        work = out.parent / f".{out.name}.run"
+        work = work_dir(out)
+        if main:
+            claim_work(work, resume=kw["resume"], overwrite=kw["overwrite"])
     else:
         work = Path(tempfile.mkdtemp(prefix="conceptvec-unlearn-"))
+        mark_work(work)
     resumed = last_checkpoint(work) if kw["resume"] else None
     args = arguments(
         work, steps=kw["steps"], lr=kw["lr"], per_device_batch=kw["batch_size"] // world,
@@ -343,11 +377,12 @@ def _train(hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, **kw)
             f"the {m.name} loss became {e.value} at step {e.step}; stopped, nothing written to "
             f"{out or 'an output folder'}; {kept}; lower --lr"
         ) from None
-    if not kw["keep"] and int(os.environ.get("RANK", "0")) == 0:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(work)
+    # every process joins the gather (FSDP, DeepSpeed ZeRO-3); unwrapped as is otherwise
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)
+    if main and not kw["keep"]:
+        remove_work(work)
     hf.requires_grad_(True)
-    return prog.history, prog.stopped_early, resumed
+    return prog.history, prog.stopped_early, resumed, state
 
 
 def _layers(model, spec):

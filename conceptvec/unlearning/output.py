@@ -24,25 +24,62 @@ from .methods import UnlearningError
 RECORD_FILE = "unlearning.json"
 """The run's record, beside the weights."""
 SCHEMA = 1
+WRITER = "conceptvec unlearn"
+"""``written_by`` in every record and work-folder mark: what makes a folder ours to replace."""
+WORK_MARK = "conceptvec-unlearn-run.json"
+"""The mark inside the hidden ``.<out>.run/`` folder of resumable checkpoints."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_output(folder: Path) -> bool:
+    """Return whether ``folder`` is an earlier output of ours: its ``unlearning.json`` was
+    written by us and lists every file the folder holds (so replacing it loses nothing)."""
+    rec = _read_json(folder / RECORD_FILE)
+    if not isinstance(rec, dict) or rec.get("written_by") != WRITER:
+        return False
+    files = rec.get("files")
+    if rec.get("schema") != SCHEMA or not isinstance(files, list):
+        return False
+    return {p.name for p in folder.iterdir()} <= {*map(str, files), RECORD_FILE}
 
 
 def check_out(out: Path, overwrite: bool) -> None:
-    """Raise unless ``out`` can be written: absent, or ``overwrite`` and a folder."""
-    if out.exists() and not overwrite:
-        raise UnlearningError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
-    if out.exists() and not out.is_dir():
-        raise UnlearningError(f"{out} exists and is not a folder; choose another --out")
+    """Raise unless ``out`` can be written: absent, or, with ``overwrite``, an empty folder
+    or an earlier output of ours (:func:`is_output`). Nothing else is ever replaced."""
     if not out.parent.is_dir():
         raise UnlearningError(f"the folder {out.parent} does not exist; create it first")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise UnlearningError(
+            f"{out} exists; pass --overwrite (overwrite=True) to replace an earlier "
+            "unlearning output, or choose another --out"
+        )
+    if out.is_symlink() or not out.is_dir():
+        raise UnlearningError(f"{out} exists and is not a folder; choose another --out")
+    if any(out.iterdir()) and not is_output(out):
+        raise UnlearningError(
+            f"{out} holds files that conceptvec unlearn did not write, and --overwrite "
+            "replaces only an earlier unlearning output or an empty folder; choose another "
+            "--out, or move those files away yourself"
+        )
 
 
 def write_atomically(out: Path, write: Callable[[Path], None], overwrite: bool) -> Path:
-    """Run ``write(tmp)`` in a temporary folder beside ``out``, then rename it to ``out``."""
+    """Run ``write(tmp)`` in a temporary folder beside ``out``, then rename it to ``out``
+    (replacing only what :func:`check_out` allows, checked again just before the rename)."""
     check_out(out, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
     old = None
     try:
         write(tmp)
+        check_out(out, overwrite)
         if out.exists():
             old = out.parent / f".{out.name}.old-{tmp.name[-8:]}"
             os.replace(out, old)
@@ -60,11 +97,79 @@ def write_atomically(out: Path, write: Callable[[Path], None], overwrite: bool) 
     return out
 
 
-def save_model(model: Any, tokenizer: Any, folder: Path, record: dict[str, Any]) -> None:
-    """Write config, generation config, safetensors weights, tokenizer and the record."""
-    model.save_pretrained(folder, safe_serialization=True)
+def work_dir(out: Path) -> Path:
+    """Return the hidden folder beside ``out`` that holds a run's resumable checkpoints."""
+    return out.parent / f".{out.name}.run"
+
+
+def check_work(work: Path, *, resume: bool, overwrite: bool) -> None:
+    """Raise unless :func:`claim_work` may proceed: ``work`` is absent, or ours and either
+    ``resume`` (continue it) or ``overwrite`` (start over)."""
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise UnlearningError(f"{work} exists and is not a folder; move it away")
+    if not work.exists():
+        return
+    if not _is_work(work):
+        raise UnlearningError(
+            f"{work} exists and was not made by conceptvec unlearn (it is where resumable "
+            "checkpoints go); move it away or choose another --out"
+        )
+    if not (resume or overwrite):
+        raise UnlearningError(
+            f"{work} holds an interrupted run; pass --resume to continue it or --overwrite "
+            "to start over"
+        )
+
+
+def claim_work(work: Path, *, resume: bool, overwrite: bool) -> None:
+    """Make ``work`` ours: keep it when it is ours and ``resume``, clear it when it is ours
+    and ``overwrite``, create it with our mark when absent. A folder without our mark is
+    never used or removed."""
+    check_work(work, resume=resume, overwrite=overwrite)
+    if work.exists() and resume:
+        return
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    mark_work(work)
+
+
+def mark_work(work: Path) -> None:
+    """Write our mark into ``work``, a folder we have just created."""
+    (work / WORK_MARK).write_text(json.dumps({"written_by": WRITER, "schema": SCHEMA}) + "\n")
+
+
+def remove_work(work: Path) -> None:
+    """Delete ``work`` if it carries our mark (and only then)."""
+    if _is_work(work):
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _is_work(work: Path) -> bool:
+    mark = _read_json(work / WORK_MARK)
+    return (
+        work.is_dir()
+        and not work.is_symlink()
+        and isinstance(mark, dict)
+        and (mark.get("written_by") == WRITER)
+    )
+
+
+def save_model(
+    model: Any,
+    tokenizer: Any,
+    folder: Path,
+    record: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write config, generation config, safetensors weights (``state_dict`` when given:
+    the full weights gathered from a sharded run), tokenizer, then the record, which gains
+    ``written_by`` and ``files`` (everything in the folder)."""
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+    record["written_by"] = WRITER
+    record["files"] = sorted({p.name for p in folder.iterdir()} | {RECORD_FILE})
     write_record(folder, record)
 
 
@@ -77,12 +182,13 @@ def write_record(folder: Path, record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def fingerprint(model: torch.nn.Module) -> str:
+def fingerprint(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
     """Return a sha256 over every tensor's name, shape, dtype, its first and last 4096
-    values and its sum (float64): it tells two checkpoints apart without hashing every byte
-    of an 8B model."""
+    values and its sum (float64) of a model or state dict: it tells two checkpoints apart
+    without hashing every byte of an 8B model."""
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
+    state = model if isinstance(model, dict) else model.state_dict()
+    for name, t in sorted(state.items()):
         flat = t.detach().reshape(-1)
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
         for part in (flat[:4096], flat[-4096:]):
