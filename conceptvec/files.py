@@ -21,7 +21,9 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,27 @@ def write_new(path: str | Path, data: bytes, overwrite: bool, error: type[Concep
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     return path
+
+
+def swap_folder(tmp: Path, out: Path, check: Callable[[], None] | None = None) -> None:
+    """Put the finished folder ``tmp`` at ``out``, replacing what is there (``check()`` runs
+    first, right before replacing). If the final rename fails, the earlier ``out`` is moved
+    back, so a failed write never loses it. ``tmp`` is gone afterwards either way."""
+    old = None
+    try:
+        if check is not None:
+            check()
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{secrets.token_hex(4)}"
+            os.replace(out, old)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if old is not None:
+                os.replace(old, out)
+                old = None
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # our temporary folder
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)  # the earlier copy, replaced

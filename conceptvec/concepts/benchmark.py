@@ -17,12 +17,10 @@ the source file; other keys are kept verbatim in :attr:`ConceptEntry.extra`.
 from __future__ import annotations
 
 import ast
-import contextlib
 import copy
 import json
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import BadConceptFileError
+from ..files import write_new
 
 MAX_FILE_BYTES = 512 * 2**20
 """Concepts files larger than this are refused before reading (the LLaMA file is ~20 MB)."""
@@ -262,42 +261,8 @@ def write_concepts(
         raise BadConceptFileError(f"{_name(path)}: is a folder; pass a file path")
     if path.exists() and not overwrite:
         raise BadConceptFileError(f"{_name(path)}: exists; pass overwrite=True to replace it")
-    _atomic_write(path, text.encode("utf-8"), overwrite)
+    write_new(path, text.encode("utf-8"), overwrite, BadConceptFileError)
     return path
-
-
-def _atomic_write(path: Path, data: bytes, overwrite: bool) -> None:
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # fails if the path appeared meanwhile: never clobbers
-            except FileExistsError:
-                raise BadConceptFileError(
-                    f"{_name(path)}: exists; pass overwrite=True to replace it"
-                ) from None
-            except OSError:  # a file system without hard links
-                os.replace(tmp, path)
-        with contextlib.suppress(OSError):
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-    except OSError as e:
-        raise BadConceptFileError(
-            f"cannot write {_name(path)}: {e.strerror or e}; choose another path"
-        ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
 
 
 def _load(path: Path) -> Any:

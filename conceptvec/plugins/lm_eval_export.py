@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..concepts.benchmark import ConceptEntry, read_concepts
+from ..files import swap_folder
 from ..version import package_version
 from .errors import PluginError
 
@@ -345,23 +346,19 @@ def _write(out: Path, files: dict[str, str], export: LmEvalExport, overwrite: bo
     from ..atlas.store import file_mode
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
-    old = None
     try:
-        os.chmod(tmp, file_mode() | (file_mode() & 0o444) >> 2)  # as mkdir would (mkdtemp: 700)
-        record = json.dumps(export.to_dict(), indent=2, ensure_ascii=False) + "\n"
-        for name, text in [*files.items(), (MANIFEST, record)]:
-            with open(tmp / name, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-        if out.exists():
-            _check_replaceable(out, overwrite)  # again, right before replacing it
-            old = out.parent / f".{out.name}.old-{tmp.name[-8:]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
+        try:
+            os.chmod(tmp, file_mode() | (file_mode() & 0o444) >> 2)  # as mkdir (mkdtemp: 700)
+            record = json.dumps(export.to_dict(), indent=2, ensure_ascii=False) + "\n"
+            for name, text in [*files.items(), (MANIFEST, record)]:
+                with open(tmp / name, "w", encoding="utf-8") as f:
+                    f.write(text)
+                    f.flush()
+                    os.fsync(f.fileno())
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # our temporary folder
+            raise
+        # checked again right before replacing it
+        swap_folder(tmp, out, lambda: _check_replaceable(out, overwrite) if out.exists() else None)
     except OSError as e:
         raise PluginError(f"cannot write {out}: {e.strerror or e}; choose another --out") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..files import swap_folder
 from .methods import UnlearningError
 
 RECORD_FILE = "unlearning.json"
@@ -76,18 +77,12 @@ def write_atomically(out: Path, write: Callable[[Path], None], overwrite: bool) 
     (replacing only what :func:`check_out` allows, checked again just before the rename)."""
     check_out(out, overwrite)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
-    old = None
     try:
         write(tmp)
-        check_out(out, overwrite)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{tmp.name[-8:]}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-    finally:
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        raise
+    swap_folder(tmp, out, lambda: check_out(out, overwrite))
     with contextlib.suppress(OSError):
         fd = os.open(out.parent, os.O_RDONLY)
         try:
