@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 
-from ..errors import BadTextError
-from ..neurons import NeuronId
+from conceptvec.errors import BadTextError
+from conceptvec.neurons import NeuronId
+
 from .read import Activations, read_activations
 
 
@@ -72,7 +73,7 @@ class TopContexts:
 
     def plot(self) -> Any:
         """Return a plotly bar figure of the activations (see :mod:`conceptvec.viz`)."""
-        from ..viz import top_contexts_figure
+        from conceptvec.viz import top_contexts_figure
 
         return top_contexts_figure(self)
 

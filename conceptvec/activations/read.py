@@ -23,14 +23,14 @@ from typing import Any
 
 import torch
 
-from ..errors import BadTextError, HookNeverFiredError
-from ..interventions.apply import hooked, pad_id
-from ..interventions.hooks import mlp_input_name
-from ..interventions.nns import _envoy
-from ..interventions.targets import Target, resolve
-from ..interventions.tl import hidden_hook_name
-from ..neurons import NeuronId
-from ..tokens import token_text
+from conceptvec.errors import BadTextError, HookNeverFiredError
+from conceptvec.interventions.apply import hooked, pad_id
+from conceptvec.interventions.hooks import mlp_input_name
+from conceptvec.interventions.nns import _envoy
+from conceptvec.interventions.targets import Target, resolve
+from conceptvec.interventions.tl import hidden_hook_name
+from conceptvec.neurons import NeuronId
+from conceptvec.tokens import token_text
 
 log = logging.getLogger("conceptvec")
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from ..errors import BadTextError
-from ..neurons import NeuronId
+from conceptvec.errors import BadTextError
+from conceptvec.neurons import NeuronId
+
 from .read import Activations
 
 

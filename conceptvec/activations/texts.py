@@ -12,8 +12,8 @@ import re
 import sys
 from pathlib import Path
 
-from ..errors import BadTextError
-from ..files import read_bounded
+from conceptvec.errors import BadTextError
+from conceptvec.files import read_bounded
 
 TEXT_LIMIT = 256 << 20
 """The largest text file read: 256 MiB."""

@@ -18,11 +18,12 @@ from typing import Any
 
 import torch
 
-from .. import files
-from ..decode import Decoding, TokenScore
-from ..errors import AtlasError
-from ..neurons import NeuronId, check_matrix
-from ..tokens import show
+from conceptvec import files
+from conceptvec.decode import Decoding, TokenScore
+from conceptvec.errors import AtlasError
+from conceptvec.neurons import NeuronId, check_matrix
+from conceptvec.tokens import show
+
 from . import store
 
 

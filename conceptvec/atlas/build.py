@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 
-from ..errors import AtlasError
-from ..models import Model, load
-from ..neurons import check_matrix
+from conceptvec.errors import AtlasError
+from conceptvec.models import Model, load
+from conceptvec.neurons import check_matrix
+
 from . import store
 from .head import FoldedHead, Pending, layer_vectors, resolve_compute
 from .identity import atlas_identity, vocab_texts

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import AtlasError
-from ..neurons import NeuronId
-from ..tokens import show
+from conceptvec.errors import AtlasError
+from conceptvec.neurons import NeuronId
+from conceptvec.tokens import show
+
 from .atlas import Atlas
 
 

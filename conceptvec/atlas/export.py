@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import AtlasError
+from conceptvec.errors import AtlasError
+
 from . import store
 from .atlas import Atlas
 

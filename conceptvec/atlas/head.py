@@ -14,10 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..decode import residual_vectors
-from ..errors import AtlasError
-from ..models import Model
-from ..models.disk_cache import cached_tensors
+from conceptvec.decode import residual_vectors
+from conceptvec.errors import AtlasError
+from conceptvec.models import Model
+from conceptvec.models.disk_cache import cached_tensors
 
 CPU_HEAD_BYTES = 256 << 20  # fold the whole head at once below this (float32 size)
 CPU_HEAD_CHUNK_BYTES = 64 << 20  # above it, fold this many bytes of float32 rows at a time

@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import AtlasError
-from ..tokens import show
+from conceptvec.errors import AtlasError
+from conceptvec.tokens import show
+
 from . import store
 from .atlas import Atlas, normalize
 

@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..decode import _recipe
-from ..models import Model
-from ..tokens import token_text
-from ..version import package_version
+from conceptvec.decode import _recipe
+from conceptvec.models import Model
+from conceptvec.tokens import token_text
+from conceptvec.version import package_version
+
 from . import store
 
 

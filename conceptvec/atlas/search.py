@@ -24,12 +24,13 @@ from typing import Any
 
 import torch
 
-from ..decode import project, residual_vectors
-from ..errors import AtlasError
-from ..models import Model, load
-from ..models.disk_cache import cached_tensors
-from ..neurons import NeuronId, check_matrix
-from ..tokens import show
+from conceptvec.decode import project, residual_vectors
+from conceptvec.errors import AtlasError
+from conceptvec.models import Model, load
+from conceptvec.models.disk_cache import cached_tensors
+from conceptvec.neurons import NeuronId, check_matrix
+from conceptvec.tokens import show
+
 from .atlas import match_ids
 from .head import folded_rows, neuron_spread
 

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
-from .. import files
-from ..errors import AtlasError, CorruptAtlasError
-from ..models.specs import MAX_SIZE
+from conceptvec import files
+from conceptvec.errors import AtlasError, CorruptAtlasError
+from conceptvec.models.specs import MAX_SIZE
 
 SCHEMA = "conceptvec.atlas"
 SCHEMA_VERSION = 1

@@ -37,10 +37,10 @@ def activations(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show where an MLP neuron fires most (or least) in some text, token by token."""
-    from ..activations import read_texts, top_contexts
-    from ..cli import print_json
-    from ..models import load
-    from ..neurons import NeuronId
+    from conceptvec.activations import read_texts, top_contexts
+    from conceptvec.cli import print_json
+    from conceptvec.models import load
+    from conceptvec.neurons import NeuronId
 
     texts = read_texts(text)
     m = load(model, quiet=json_out)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import AtlasError
+from conceptvec.errors import AtlasError
 
 MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
 EXPORTS = ("parquet", "neuronpedia", "html")
@@ -52,8 +52,8 @@ def run_exports(
     Exports inside the atlas folder replace earlier exports of ours; an explicit ``out`` that
     exists is replaced only with ``overwrite``, and only if conceptvec wrote it.
     """
-    from ..atlas import Atlas
-    from ..atlas.export import export_neuronpedia, export_parquet
+    from conceptvec.atlas import Atlas
+    from conceptvec.atlas.export import export_neuronpedia, export_parquet
 
     atlas = Atlas(atlas_dir)
     paths = []
@@ -66,7 +66,7 @@ def run_exports(
         elif f == "neuronpedia":
             paths.append(export_neuronpedia(atlas, target, overwrite=overwrite))
         else:
-            from ..atlas.html import export_html
+            from conceptvec.atlas.html import export_html
 
             paths.append(export_html(atlas, target or atlas.path / "html", progress=True))
     return paths
@@ -127,7 +127,7 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
     ) -> None:
         """Decode every MLP neuron through the LM head into a resumable atlas folder."""
-        from ..atlas import build_atlas
+        from conceptvec.atlas import build_atlas
 
         formats = _formats(export)
         target = out or default_out(model)
@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
             return
         exported = [str(p) for p in run_exports(target, formats)] if report.complete else []
         if json_out:
-            from ..cli import print_json
+            from conceptvec.cli import print_json
 
             print_json({**report.to_dict(), "exports": exported})
             return
@@ -204,12 +204,12 @@ def register(app: typer.Typer) -> None:
         Given an atlas folder instead of a model, list the neurons whose stored top tokens
         hold the word.
         """
-        from ..cli import print_json
+        from conceptvec.cli import print_json
 
         if not word.strip() and not exact:
             raise AtlasError("the search word is empty; give a word or word piece, e.g. dog")
         if (Path(model) / "manifest.json").exists():
-            from ..atlas import Atlas
+            from conceptvec.atlas import Atlas
 
             atlas = Atlas(model)
             fix = {"--by": "drop --by", "--both": "search --bottom separately"}
@@ -233,7 +233,7 @@ def register(app: typer.Typer) -> None:
             else:
                 typer.echo(atlas.search_table(hits) if hits else f"no neuron lists {word!r}")
             return
-        from ..atlas.search import hits_table, search_weights
+        from conceptvec.atlas.search import hits_table, search_weights
 
         side = "both" if both else ("bottom" if bottom else "top")
         kw = dict(
@@ -245,9 +245,9 @@ def register(app: typer.Typer) -> None:
             progress=True,  # a bar on stderr; stdout keeps the table or the JSON
         )
         if len(word.split()) > 1:  # a multi-word name: its concept token set
-            from ..concepts.find import search_concept
-            from ..concepts.tokens import concept_tokens
-            from ..models import load
+            from conceptvec.concepts.find import search_concept
+            from conceptvec.concepts.tokens import concept_tokens
+            from conceptvec.models import load
 
             m = load(model)
             concept = concept_tokens(m, word)
@@ -270,11 +270,11 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
         """Compare two atlases: per layer, the share of neurons with the same top-1 token."""
-        from ..atlas.diff import diff_atlases
+        from conceptvec.atlas.diff import diff_atlases
 
         result = diff_atlases(atlas_a, atlas_b, top=top)
         if json_out:
-            from ..cli import print_json
+            from conceptvec.cli import print_json
 
             print_json(result.to_dict())
         else:
@@ -310,6 +310,6 @@ def _is_rank0() -> bool:
 
 
 def _core_line(concept) -> str:
-    from ..tokens import show
+    from conceptvec.tokens import show
 
     return ", ".join(show(concept.texts[i]) for i in concept.key_ids)

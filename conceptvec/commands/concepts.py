@@ -47,8 +47,8 @@ MaxNew = Annotated[
 
 def read_questions(path: str) -> list[str]:
     """Return the questions in a file: one per line, or a ``.json`` list of strings."""
-    from ..activations.texts import read_texts
-    from ..errors import BadTextError
+    from conceptvec.activations.texts import read_texts
+    from conceptvec.errors import BadTextError
 
     if Path(path).suffix.lower() == ".json" or path == "-":
         return read_texts(path)
@@ -59,7 +59,7 @@ def read_questions(path: str) -> list[str]:
 
 
 def _modes(text: str) -> list[str]:
-    from ..concepts.find import MODES, ConceptSearchError
+    from conceptvec.concepts.find import MODES, ConceptSearchError
 
     modes = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
@@ -106,10 +106,10 @@ def find(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Find the neurons that hold a concept: weights, activations, knockouts, verdicts."""
-    from ..activations.texts import read_texts
-    from ..cli import print_json
-    from ..concepts import find_concept
-    from ..models import load
+    from conceptvec.activations.texts import read_texts
+    from conceptvec.cli import print_json
+    from conceptvec.concepts import find_concept
+    from conceptvec.models import load
 
     questions = read_questions(qa) if qa else []
     others = read_questions(unrelated_qa) if unrelated_qa else None
@@ -153,7 +153,7 @@ def build(
     max_new_tokens: MaxNew = 32,
 ) -> None:
     """Map each concept of a ConceptVectors file to this model's best validated vector."""
-    from ..concepts.build import build_concepts
+    from conceptvec.concepts.build import build_concepts
 
     settings = _settings(candidates, validate, controls, modes, chat, max_new_tokens)
     results = build_concepts(

@@ -72,9 +72,9 @@ def evaluate(
 ) -> None:
     """Did unlearning remove the concept from the weights, or hide it? Weights, activations,
     QA and recovery attacks, per concept vector, against random-neuron controls."""
-    from ..cli import print_json
-    from ..errors import EvaluationError
-    from ..evaluate import intrinsic
+    from conceptvec.cli import print_json
+    from conceptvec.errors import EvaluationError
+    from conceptvec.evaluate import intrinsic
 
     if (
         json_path is not None

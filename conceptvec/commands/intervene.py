@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import BadInterventionError
+from conceptvec.errors import BadInterventionError
 
 MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
 MODES = ("zero", "mean", "noise")
@@ -40,9 +40,9 @@ def _report(
     model, edits, prompts, targets, controls, top_k, tokens, chat, seed, json_out, before=None
 ):
     """Measure and print the effect; ``before`` (ablate) is the neurons' activations first."""
-    from ..cli import print_json
-    from ..interventions import measure_effect
-    from ..interventions.specs import check_against
+    from conceptvec.cli import print_json
+    from conceptvec.interventions import measure_effect
+    from conceptvec.interventions.specs import check_against
 
     d = model.dims  # check ids before the torch model is built
     check_against(edits, d.n_layers, d.d_mlp, d.d_model)
@@ -81,7 +81,7 @@ def _report(
 
 def _activations_before(model, ids, prompts: list[str], mode: str) -> list[dict]:
     """Return each neuron's activation on each prompt (mean over its tokens, and the last)."""
-    from ..activations import read_activations
+    from conceptvec.activations import read_activations
 
     acts = read_activations(model, prompts, ids)
     rows = []
@@ -103,7 +103,7 @@ def _activations_before(model, ids, prompts: list[str], mode: str) -> list[dict]
 
 def _activation_text(rows: list[dict]) -> str:
     """Return the ``before the edit`` lines of ``ablate``, with why a sign matters."""
-    from ..tokens import show
+    from conceptvec.tokens import show
 
     several = len({r["prompt"] for r in rows}) > 1
     lines = []
@@ -163,7 +163,7 @@ def _non_finite(value, where: str = "result") -> str | None:
 
 
 def _check_prompts(prompts: list[str]) -> None:
-    from ..errors import BadInterventionError
+    from conceptvec.errors import BadInterventionError
 
     if not prompts:
         raise BadInterventionError("no prompt given; pass --prompt TEXT")
@@ -185,9 +185,9 @@ def clamp(
     json_out: JsonOpt = False,
 ) -> None:
     """Clamp MLP neurons to values and show what the model does (targets, top tokens, text)."""
-    from ..interventions import clamp as make_clamp
-    from ..interventions import parse_assignment
-    from ..models import load
+    from conceptvec.interventions import clamp as make_clamp
+    from conceptvec.interventions import parse_assignment
+    from conceptvec.models import load
 
     edits = [make_clamp(*parse_assignment(a), positions=positions) for a in assignments]
     _check_prompts(prompt)
@@ -221,10 +221,10 @@ def ablate(
     json_out: JsonOpt = False,
 ) -> None:
     """Ablate MLP neurons (zero, mean over reference texts, or noise on their weights)."""
-    from ..errors import BadInterventionError
-    from ..interventions import REFERENCE_TEXTS, mean_ablate, noise, zero
-    from ..models import load
-    from ..neurons import NeuronId
+    from conceptvec.errors import BadInterventionError
+    from conceptvec.interventions import REFERENCE_TEXTS, mean_ablate, noise, zero
+    from conceptvec.models import load
+    from conceptvec.neurons import NeuronId
 
     if mode not in MODES:
         raise BadInterventionError(f"unknown --mode {mode!r}: use one of {', '.join(MODES)}")

@@ -48,8 +48,8 @@ def lm_eval(
     json_out: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Export a concept's forget QA, unrelated QA and text completion as lm-eval tasks."""
-    from ..cli import print_json
-    from ..plugins import export_lm_eval
+    from conceptvec.cli import print_json
+    from conceptvec.plugins import export_lm_eval
 
     export = export_lm_eval(
         model,
@@ -85,7 +85,7 @@ def open_unlearning(
     eval.conceptvec.metrics.conceptvec_intrinsic.base=BASE
     eval.conceptvec.metrics.conceptvec_intrinsic.concepts=FILE (see docs/plugins.md).
     """
-    from ..plugins.open_unlearning import launch
+    from conceptvec.plugins.open_unlearning import launch
 
     launch(checkout, ctx.args)
 

@@ -18,7 +18,7 @@ METHOD_NAMES = "ga|gd|npo|npo-gd|npo-kl|simnpo|dpo|rmu|needle|edit"
 
 
 def _hparams(pairs: list[str] | None) -> dict:
-    from ..unlearning import UnlearningError
+    from conceptvec.unlearning import UnlearningError
 
     out = {}
     for pair in pairs or []:
@@ -85,8 +85,8 @@ def unlearn(
     json_out: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Unlearn a concept with a published method; write an HF checkpoint + unlearning.json."""
-    from ..cli import print_json
-    from ..unlearning import unlearn as run
+    from conceptvec.cli import print_json
+    from conceptvec.unlearning import unlearn as run
 
     if out is None:
         slug = "".join(c if c.isalnum() else "-" for c in Path(concept).stem.lower()).strip("-")

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import BadConceptFileError
-from ..files import write_new
+from conceptvec.errors import BadConceptFileError
+from conceptvec.files import write_new
 
 MAX_FILE_BYTES = 512 * 2**20
 """Concepts files larger than this are refused before reading (the LLaMA file is ~20 MB)."""

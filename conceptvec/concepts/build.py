@@ -22,8 +22,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConceptvecError
-from ..neurons import NeuronId
+from conceptvec.errors import ConceptvecError
+from conceptvec.neurons import NeuronId
+
 from .benchmark import ConceptEntry, read_concepts, write_concepts
 from .find import ConceptSearch, find_concept
 
@@ -106,7 +107,7 @@ def build_concepts(
         if missing:
             raise BuildError(f"no concept named {', '.join(missing)} in the file")
         entries = [e for e in entries if e.concept in set(concepts)]
-    from ..models import Model, load
+    from conceptvec.models import Model, load
 
     m = model if isinstance(model, Model) else load(model)
     key = {"model": m.name, "unrelated": unrelated, **{k: repr(v) for k, v in find.items()}}
@@ -164,6 +165,6 @@ def _resume(partial: Path, key: dict[str, Any]) -> dict[str, Any]:
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:
-    from ..atlas.store import write_json  # synced temporary file, then a rename
+    from conceptvec.atlas.store import write_json  # synced temporary file, then a rename
 
     write_json(path, state)

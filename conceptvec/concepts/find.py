@@ -24,16 +24,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..activations import read_activations, separation
-from ..atlas.search import WeightHit, search_weights
-from ..decode import decode
-from ..errors import ConceptvecError
-from ..interventions import REFERENCE_TEXTS
-from ..interventions.targets import resolve
-from ..models import Model, load
-from ..neurons import NeuronId
-from ..qa import QAScores, answer, answer_logprobs
-from ..tokens import show
+from conceptvec.activations import read_activations, separation
+from conceptvec.atlas.search import WeightHit, search_weights
+from conceptvec.decode import decode
+from conceptvec.errors import ConceptvecError
+from conceptvec.interventions import REFERENCE_TEXTS
+from conceptvec.interventions.targets import resolve
+from conceptvec.models import Model, load
+from conceptvec.neurons import NeuronId
+from conceptvec.qa import QAScores, answer, answer_logprobs
+from conceptvec.tokens import show
+
 from .record import VERDICTS, ActivationEvidence, ConceptVector, WeightEvidence
 from .tokens import ConceptTokens, concept_tokens
 from .validate import MODES, Thresholds, decisive, judge, knockout
@@ -172,7 +173,7 @@ class ConceptSearch:
 
     def plot(self) -> Any:
         """Return a plotly figure: concept vs unrelated QA change per validated candidate."""
-        from ..viz import concept_figure
+        from conceptvec.viz import concept_figure
 
         return concept_figure(self)
 
@@ -380,7 +381,7 @@ def find_concept(
 
 
 def _chat(target: Any, chat: bool | None) -> bool:
-    from ..qa import use_chat
+    from conceptvec.qa import use_chat
 
     return use_chat(target, chat)
 

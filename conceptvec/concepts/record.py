@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..tokens import show
+from conceptvec.tokens import show
 
 VERDICTS = ("concept", "category", "unclear", "not causal", "unvalidated")
 """Best first: ``concept`` (names the concept, and its knockout hurts the concept's QA

@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from ..atlas.head import folded_rows
-from ..errors import ConceptvecError
-from ..models import Model
-from ..tokens import show, token_text
+from conceptvec.atlas.head import folded_rows
+from conceptvec.errors import ConceptvecError
+from conceptvec.models import Model
+from conceptvec.tokens import show, token_text
 
 STOPWORDS = frozenset(
     """a an and are as at be been but by for from had has have he her his in into is it its

@@ -12,10 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..interventions.controls import percentile
-from ..interventions.specs import NeuronEdit, noise, zero
-from ..neurons import NeuronId
-from ..qa import evaluate_qa
+from conceptvec.interventions.controls import percentile
+from conceptvec.interventions.specs import NeuronEdit, noise, zero
+from conceptvec.neurons import NeuronId
+from conceptvec.qa import evaluate_qa
+
 from .record import ConceptVector, KnockoutEvidence
 
 MODES = ("zero", "mean", "noise")

@@ -34,12 +34,19 @@ from typing import Any
 
 import torch
 
-from ..activations import read_activations
-from ..interventions.controls import percentile, random_controls
-from ..interventions.specs import clamp, replace_weights
-from ..interventions.targets import Target
-from ..neurons import NeuronId
-from ..qa import answer, answer_logprobs, answer_logprobs_many, prompt_texts, text_scores, use_chat
+from conceptvec.activations import read_activations
+from conceptvec.interventions.controls import percentile, random_controls
+from conceptvec.interventions.specs import clamp, replace_weights
+from conceptvec.interventions.targets import Target
+from conceptvec.neurons import NeuronId
+from conceptvec.qa import (
+    answer,
+    answer_logprobs,
+    answer_logprobs_many,
+    prompt_texts,
+    text_scores,
+    use_chat,
+)
 
 ATTACKS = ("recovery", "quant4", "relearn")
 LOST_FLOOR = 0.01

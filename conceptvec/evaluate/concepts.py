@@ -19,10 +19,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..concepts.benchmark import ConceptEntry, TextCompletion, read_concepts
-from ..concepts.record import ConceptVector
-from ..errors import ConceptvecError, EvaluationError
-from ..neurons import NeuronId
+from conceptvec.concepts.benchmark import ConceptEntry, TextCompletion, read_concepts
+from conceptvec.concepts.record import ConceptVector
+from conceptvec.errors import ConceptvecError, EvaluationError
+from conceptvec.neurons import NeuronId
 
 
 @dataclass
@@ -151,7 +151,7 @@ def unrelated_texts(concepts: Any, probes: Any, name: str) -> list[str]:
     vector) that never mention a content word of ``name`` or a word sharing its stem
     (``Rome`` also drops ``Roman``; case-insensitive): text for the relearning attack that
     cannot teach the concept back directly."""
-    from ..concepts.tokens import name_words
+    from conceptvec.concepts.tokens import name_words
 
     words = [w.casefold() for w in name_words(name)]
     out, seen = [], set()

@@ -27,10 +27,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConceptvecError, EvaluationError
-from ..interventions.effect import progress_bar
-from ..interventions.targets import Target, resolve
-from ..models import Model, load
+from conceptvec.errors import ConceptvecError, EvaluationError
+from conceptvec.interventions.effect import progress_bar
+from conceptvec.interventions.targets import Target, resolve
+from conceptvec.models import Model, load
+
 from .behaviour import (
     ATTACKS,
     ConceptProbes,
@@ -73,7 +74,7 @@ def _record(source: Any) -> dict[str, Any]:
     p = Path(source) / RECORD
     if not p.is_file():
         return {}
-    from ..files import read_json
+    from conceptvec.files import read_json
 
     try:
         data = read_json(p, EvaluationError, "the unlearning record")
@@ -329,7 +330,7 @@ def _attacks(
     relearn_steps: int,
     relearn_lr: float,
 ) -> list[Recovery]:
-    from ..qa import answer, answer_logprobs, text_scores
+    from conceptvec.qa import answer, answer_logprobs, text_scores
 
     out: list[Recovery] = []
     unl_lp = ev.behaviour["forget"].logprob

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import EvaluationError
-from ..files import write_new
-from ..tokens import show
+from conceptvec.errors import EvaluationError
+from conceptvec.files import write_new
+from conceptvec.tokens import show
+
 from .behaviour import Probe, Recovery
 from .trace import Trace
 from .weights import VectorChange, WeightComparison

@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from ..activations import read_activations
-from ..activations.texts import split_paragraphs
-from ..interventions.targets import Target
-from ..neurons import NeuronId
+from conceptvec.activations import read_activations
+from conceptvec.activations.texts import split_paragraphs
+from conceptvec.interventions.targets import Target
+from conceptvec.neurons import NeuronId
 
 
 @dataclass(frozen=True)

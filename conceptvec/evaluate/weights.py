@@ -37,14 +37,15 @@ from typing import Any
 
 import torch
 
-from ..concepts.tokens import STOPWORDS
-from ..decode import project
-from ..errors import EvaluationError
-from ..interventions.effect import progress_bar
-from ..models import Model
-from ..models.specs import text_config
-from ..neurons import NeuronId
-from ..tokens import token_text
+from conceptvec.concepts.tokens import STOPWORDS
+from conceptvec.decode import project
+from conceptvec.errors import EvaluationError
+from conceptvec.interventions.effect import progress_bar
+from conceptvec.models import Model
+from conceptvec.models.specs import text_config
+from conceptvec.neurons import NeuronId
+from conceptvec.tokens import token_text
+
 from .concepts import EvalConcept
 
 SIDES = ("top", "bottom")
@@ -441,7 +442,7 @@ class TopKOverlap:
         device = torch.device(device)
         w = model.unembedding()
         if recipe == "folded":
-            from ..atlas.head import folded_rows
+            from conceptvec.atlas.head import folded_rows
 
             w = folded_rows(model, slice(0, w.shape[0]))
         self.w = w.to(device).float().contiguous()

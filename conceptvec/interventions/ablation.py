@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from ..errors import BadInterventionError
-from ..neurons import NeuronId
+from conceptvec.errors import BadInterventionError
+from conceptvec.neurons import NeuronId
+
 from .apply import hooked
 from .specs import NeuronEdit, Positions, check_against, check_positions
 from .targets import resolve

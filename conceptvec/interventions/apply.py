@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from ..errors import BadInterventionError, HookNeverFiredError, InterventionInUseError
+from conceptvec.errors import BadInterventionError, HookNeverFiredError, InterventionInUseError
+
 from . import guard, nns, tl
 from . import hooks as torch_hooks
 from .edits import add_steering, edit_hidden

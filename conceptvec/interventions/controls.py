@@ -13,8 +13,9 @@ import random
 
 import torch
 
-from ..errors import BadInterventionError
-from ..neurons import NeuronId
+from conceptvec.errors import BadInterventionError
+from conceptvec.neurons import NeuronId
+
 from .specs import Edit, NeuronEdit, Steer, WeightEdit
 
 

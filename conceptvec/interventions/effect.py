@@ -17,8 +17,9 @@ from typing import Any
 
 import torch
 
-from ..errors import BadInterventionError
-from ..tokens import show, token_text
+from conceptvec.errors import BadInterventionError
+from conceptvec.tokens import show, token_text
+
 from .apply import generate as generate_ids
 from .apply import logits as forward_logits
 from .controls import percentile, random_controls
@@ -161,7 +162,7 @@ class EffectResult:
 
     def plot(self) -> Any:
         """Return a plotly figure: change in log p(target) per prompt, with the controls."""
-        from ..viz import effect_figure
+        from conceptvec.viz import effect_figure
 
         return effect_figure(self)
 

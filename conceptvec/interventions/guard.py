@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..errors import InterventionInUseError
+from conceptvec.errors import InterventionInUseError
 
 LOCK = threading.RLock()
 _OWNERS: dict[int, list[int]] = {}  # id(module) -> [thread ident, depth]

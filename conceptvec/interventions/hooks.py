@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 
-from ..errors import UnsupportedModelError
+from conceptvec.errors import UnsupportedModelError
+
 from .positions import PassTracker
 from .specs import NeuronEdit, Steer
 

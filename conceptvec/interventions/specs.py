@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import BadInterventionError
-from ..neurons import NeuronId, check_matrix
+from conceptvec.errors import BadInterventionError
+from conceptvec.neurons import NeuronId, check_matrix
 
 Positions = Literal["all", "prompt", "generated", "last"]
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "last")

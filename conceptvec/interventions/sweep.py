@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BadInterventionError
-from ..neurons import NeuronId
+from conceptvec.errors import BadInterventionError
+from conceptvec.neurons import NeuronId
+
 from .effect import EffectResult, measure_effect, pretty_as_str, progress_bar
 from .specs import Positions, clamp, finite
 from .targets import resolve
@@ -76,7 +77,7 @@ class DoseResponse:
 
     def plot(self) -> Any:
         """Return a plotly figure of p(target) against the clamp value, controls shaded."""
-        from ..viz import dose_figure
+        from conceptvec.viz import dose_figure
 
         return dose_figure(self)
 

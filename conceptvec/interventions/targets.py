@@ -17,9 +17,9 @@ from typing import Any, Literal
 
 import torch
 
-from ..errors import UnsupportedModelError
-from ..models import Model, load
-from ..models.hooked import is_hooked_transformer
+from conceptvec.errors import UnsupportedModelError
+from conceptvec.models import Model, load
+from conceptvec.models.hooked import is_hooked_transformer
 
 Backend = Literal["hf", "transformer_lens", "nnsight"]
 

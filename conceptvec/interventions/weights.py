@@ -14,8 +14,9 @@ from functools import partial
 
 import torch
 
-from ..errors import BadInterventionError, UnsupportedModelError
-from ..models import Model
+from conceptvec.errors import BadInterventionError, UnsupportedModelError
+from conceptvec.models import Model
+
 from . import guard
 from .specs import WeightEdit
 

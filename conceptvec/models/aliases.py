@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ModelNotFoundError
+from conceptvec.errors import ModelNotFoundError
 
 DEFAULT_MODEL = "smollm2-135m"
 

@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import NoWeightsError, UnsupportedArchitectureError
-from ..files import read_json
+from conceptvec.errors import NoWeightsError, UnsupportedArchitectureError
+from conceptvec.files import read_json
+
 from .config import JsonConfig
 from .disk_cache import cache_root
 from .specs import supported_model_types

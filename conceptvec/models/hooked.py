@@ -42,7 +42,8 @@ from typing import Any
 
 import torch
 
-from ..errors import NoWeightsError, UnsupportedArchitectureError
+from conceptvec.errors import NoWeightsError, UnsupportedArchitectureError
+
 from .model import Model, local_tokenizer_loader
 from .specs import ArchSpec, spec_for_model_type
 

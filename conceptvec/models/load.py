@@ -13,14 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import (
+from conceptvec.errors import (
     ConceptvecError,
     CorruptWeightsError,
     ModelNotFoundError,
     NoWeightsError,
     UnsupportedArchitectureError,
 )
-from ..files import read_json
+from conceptvec.files import read_json
+
 from .aliases import ALIASES, find_alias
 from .config import JsonConfig
 from .gguf_cache import check_architecture, gguf_config, gguf_hf_model, gguf_tokenizer

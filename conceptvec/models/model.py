@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from ..errors import CorruptWeightsError, NoWeightsError
-from ..neurons import NeuronId, check_matrix
+from conceptvec.errors import CorruptWeightsError, NoWeightsError
+from conceptvec.neurons import NeuronId, check_matrix
+
 from . import disk_cache
 from .specs import ArchSpec, Dims, dims_from_config, text_config
 
@@ -200,7 +201,7 @@ class Model:
         loaded once they are); for a live model it asks the tokenizer, one id at a time.
         """
         if disk_cache.weights_stamp(self) is None:
-            from ..tokens import token_text
+            from conceptvec.tokens import token_text
 
             return token_text(self.tokenizer)
         return self.token_texts().__getitem__
@@ -211,7 +212,7 @@ class Model:
         Built from the tokenizer once, then kept in memory and on disk beside the weights'
         stamp, so a later process needs neither the tokenizer nor transformers.
         """
-        from .. import tokens
+        from conceptvec import tokens
 
         if disk_cache.weights_stamp(self) is None:  # a live model: kept for its tokenizer
             tok = self.tokenizer

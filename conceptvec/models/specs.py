@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..errors import CorruptWeightsError, UnsupportedArchitectureError
+from conceptvec.errors import CorruptWeightsError, UnsupportedArchitectureError
 
 NormStyle = Literal["rmsnorm", "rmsnorm_1p", "layernorm", "layernorm_noparam"]
 Layout = Literal["out_in", "in_out"]

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CorruptWeightsError, NoWeightsError
-from ..files import confined, read_json, regular_file
+from conceptvec.errors import CorruptWeightsError, NoWeightsError
+from conceptvec.files import confined, read_json, regular_file
+
 from .disk_cache import file_identity
 
 INDEX_FILE = "model.safetensors.index.json"

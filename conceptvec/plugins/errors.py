@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ConceptvecError
+from conceptvec.errors import ConceptvecError
 
 
 class PluginError(ConceptvecError):

@@ -26,9 +26,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..concepts.benchmark import ConceptEntry, read_concepts
-from ..files import swap_folder
-from ..version import package_version
+from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
+from conceptvec.files import swap_folder
+from conceptvec.version import package_version
+
 from .errors import PluginError
 
 SETS: tuple[str, ...] = ("forget_qa", "unrelated_qa", "completion")
@@ -150,8 +151,8 @@ def export_lm_eval(
     ``Question: ...\\n Answer:``. ``out`` is written atomically; an existing folder is
     replaced only with ``overwrite`` and only if it is an earlier export.
     """
-    from ..interventions.targets import resolve
-    from ..qa import use_chat
+    from conceptvec.interventions.targets import resolve
+    from conceptvec.qa import use_chat
 
     out = Path(out).absolute()
     sets = list(dict.fromkeys(sets))
@@ -230,7 +231,7 @@ def _gold(gold: Mapping[str, str] | str | os.PathLike[str] | None) -> dict[str, 
     if gold is None:
         return {}
     if isinstance(gold, (str, os.PathLike)):
-        from ..unlearning.data import read_pairs
+        from conceptvec.unlearning.data import read_pairs
 
         texts, pairs = read_pairs(gold)
         if texts or not pairs:
@@ -252,7 +253,7 @@ def _docs(
     batch_size: int,
 ) -> tuple[list[dict[str, Any]], str]:
     """Return one set's documents and where its references came from (model or gold)."""
-    from ..qa import answer, prompt_texts
+    from conceptvec.qa import answer, prompt_texts
 
     kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
     if name == "completion":
@@ -343,7 +344,7 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
 def _write(out: Path, files: dict[str, str], export: LmEvalExport, overwrite: bool) -> None:
     """Write ``files`` and the manifest (last) into a hidden folder beside ``out``, then
     rename it to ``out``: a crash never leaves a folder that looks complete."""
-    from ..atlas.store import file_mode
+    from conceptvec.atlas.store import file_mode
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
     try:

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..files import confined, read_bounded
+from conceptvec.files import confined, read_bounded
+
 from .errors import PluginError
 
 DATA_LIMIT = 256 << 20
@@ -56,7 +57,7 @@ def with_reference(docs: Any) -> Any:
 def score_generation(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
     """Return ROUGE-L, BLEU (conceptvec's :func:`~conceptvec.qa.text_scores`) and exact match
     of the generated answer against the document's reference."""
-    from ..qa import text_scores
+    from conceptvec.qa import text_scores
 
     answer = results[0].strip()
     scores = text_scores([answer], [doc["reference"]])

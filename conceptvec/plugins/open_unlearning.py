@@ -47,7 +47,7 @@ def options_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     harness's."""
     import inspect
 
-    from ..evaluate import intrinsic
+    from conceptvec.evaluate import intrinsic
 
     accepted = {
         name
@@ -74,8 +74,8 @@ def conceptvec_intrinsic(model: Any, **kwargs: Any) -> dict[str, Any]:
     concept, in the file's order, with its cosine, L2, Jaccard, percentiles and label;
     ``conceptvec`` is the full JSON report.
     """
-    from ..evaluate import score
-    from ..models import load
+    from conceptvec.evaluate import score
+    from conceptvec.models import load
 
     missing = [k for k in ("base", "concepts") if not kwargs.get(k)]
     if missing:

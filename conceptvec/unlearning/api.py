@@ -20,7 +20,8 @@ from typing import Any
 
 import torch
 
-from ..neurons import NeuronId
+from conceptvec.neurons import NeuronId
+
 from .data import StepDataset, collate
 from .inputs import build_sets, resolve_concept, resolve_neuron, trainable_module
 from .methods import METHODS, Context, UnlearningError, resolve_hparams
@@ -140,7 +141,7 @@ def unlearn(
     writes ``out``, with the full weights gathered from all of them (FSDP, DeepSpeed). In a
     sharded run the returned model is this process's shard, and ``evaluate`` must be False.
     """
-    from ..interventions.targets import resolve
+    from conceptvec.interventions.targets import resolve
 
     m = get_method(method)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -170,7 +171,7 @@ def unlearn(
         target = resolve(hf, tok)
 
         def find():
-            from ..concepts import find_concept
+            from conceptvec.concepts import find_concept
 
             texts = [entry.wikipedia_content] if entry.wikipedia_content else []
             search = find_concept(target, entry.concept, texts=texts, qa=entry.qa, progress=False)

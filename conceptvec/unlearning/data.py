@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from ..files import read_bounded
+from conceptvec.files import read_bounded
+
 from .methods import UnlearningError
 
 CHUNK_CHARS = 400
@@ -156,7 +157,7 @@ class Tokenising:
     """Turns texts and QA into :class:`Example` s for one model (chat template or not)."""
 
     def __init__(self, target: Any, max_length: int, chat: bool | None = None):
-        from ..qa import use_chat
+        from conceptvec.qa import use_chat
 
         self.target = target
         self.tok = target.tokenizer
@@ -174,7 +175,7 @@ class Tokenising:
 
     def qa(self, question: str, answer: str) -> Example:
         """Return a QA example: the prompted question, then the answer (loss on the answer)."""
-        from ..qa import prompt_texts
+        from conceptvec.qa import prompt_texts
 
         prompt = prompt_texts(self.target, [question], self.chat)[0]
         head = list(self.tok(prompt, add_special_tokens=not self.chat)["input_ids"])

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..concepts.benchmark import ConceptEntry, read_concepts
-from ..concepts.record import ConceptVector
-from ..neurons import NeuronId
+from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
+from conceptvec.concepts.record import ConceptVector
+from conceptvec.neurons import NeuronId
+
 from .data import IDK_ANSWERS, DataSpec, Example, Tokenising, chunk_text, halves, read_pairs
 from .data import split_questions as split_qa
 from .methods import UnlearningError
@@ -26,7 +27,7 @@ def trainable_module(model: Any, dtype: Any = None) -> tuple[Any, Any, Any]:
     """
     import torch
 
-    from ..models import Model, load
+    from conceptvec.models import Model, load
 
     owned = isinstance(model, (str, os.PathLike))
     m = model if isinstance(model, Model) else load(model, quiet=True, dtype=dtype)
@@ -142,7 +143,7 @@ def build_sets(
     max_new_tokens: int,
 ) -> Sets:
     """Return the forget and retain sets of a run (see :mod:`.data`)."""
-    from ..qa import answer
+    from conceptvec.qa import answer
 
     if forget_qa not in ("heldout", "all", "none"):
         raise UnlearningError(f"forget_qa must be heldout, all or none, not {forget_qa!r}")

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConceptvecError
+from conceptvec.errors import ConceptvecError
 
 
 class UnlearningError(ConceptvecError, ValueError):

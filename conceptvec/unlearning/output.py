@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ..files import swap_folder
+from conceptvec.files import swap_folder
+
 from .methods import UnlearningError
 
 RECORD_FILE = "unlearning.json"
@@ -203,7 +204,7 @@ def qa_scores(
 ) -> dict[str, Any]:
     """Return the model's greedy answers and, against ``references`` (default: its own
     answers), the mean teacher-forced log p per answer token, BLEU and ROUGE-L."""
-    from ..qa import answer, answer_logprobs, text_scores
+    from conceptvec.qa import answer, answer_logprobs, text_scores
 
     questions = list(questions)
     if not questions:

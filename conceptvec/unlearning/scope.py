@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ..neurons import NeuronId
+from conceptvec.neurons import NeuronId
+
 from .methods import UnlearningError
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import build_tiny
-from ..tiny_gguf import write_tiny_gguf
+from tests.conftest import build_tiny
+from tests.tiny_gguf import write_tiny_gguf
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMORY_CAP_MIB = int(os.environ.get("CONCEPTVEC_FUZZ_MEMORY_MIB", "1024"))
