@@ -96,7 +96,7 @@ def main() -> None:
         ours = measure(cmd)
     print(f"conceptvec map: {ours}  within budget: {ours['peak_rss_mb'] <= budget}")
     if args.naive:
-        from conceptvec.commands.atlas import parse_layers
+        from conceptvec.neurons import parse_layers
 
         n = max(parse_layers(args.layers)) + 1
         naive = measure([sys.executable, "-c", NAIVE, str(args.checkpoint), str(n)])

@@ -78,7 +78,7 @@ def main() -> None:
         return run()
 
     def naive_hook() -> torch.Tensor:
-        def pre_hook(module, inputs):
+        def pre_hook(_module, inputs):
             x = inputs[0].clone()
             x[..., INDEX] = VALUE
             return (x,)

@@ -36,9 +36,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
     from . import evaluate
     from .activations import Activations, TopContexts, read_activations, top_contexts
-    from .atlas import Atlas, build_atlas
-    from .atlas.diff import diff_atlases
-    from .atlas.search import search_weights
+    from .atlas import Atlas, AtlasHit, build_atlas
+    from .atlas.build import BuildReport
+    from .atlas.diff import AtlasDiff, diff_atlases
+    from .atlas.search import WeightHit, search_weights
     from .concepts import (
         ConceptSearch,
         ConceptVector,
@@ -47,8 +48,9 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
         read_concepts,
         write_concepts,
     )
-    from .decode import Decoding, TokenScore, decode, project
+    from .decode import Decoding, TokenScore, decode, decode_many, project
     from .errors import ConceptvecError
+    from .evaluate import EvalReport, WeightComparison
     from .interventions import (
         DoseResponse,
         EffectResult,
@@ -66,9 +68,11 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
         zero,
         zero_weights,
     )
-    from .models import ALIASES, DEFAULT_MODEL, ArchSpec, Model, load
+    from .models import ALIASES, DEFAULT_MODEL, ArchSpec, Model
+    from .models.load import load  # the function; mypy mistakes .models.load for the module
     from .neurons import MATRICES, NeuronId
     from .qa import QAEvaluation, evaluate_completion, evaluate_qa
+    from .results import Result, SearchResult
     from .unlearning import UnlearnResult, unlearn
 
     __version__: str
@@ -79,9 +83,10 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
 # ``from conceptvec import load``.
 _HOMES = {
     ".activations": ("Activations", "TopContexts", "read_activations", "top_contexts"),
-    ".atlas": ("Atlas", "build_atlas"),
-    ".atlas.diff": ("diff_atlases",),
-    ".atlas.search": ("search_weights",),
+    ".atlas": ("Atlas", "AtlasHit", "build_atlas"),
+    ".atlas.build": ("BuildReport",),
+    ".atlas.diff": ("AtlasDiff", "diff_atlases"),
+    ".atlas.search": ("WeightHit", "search_weights"),
     ".concepts": (
         "ConceptSearch",
         "ConceptVector",
@@ -90,7 +95,7 @@ _HOMES = {
         "read_concepts",
         "write_concepts",
     ),
-    ".decode": ("Decoding", "TokenScore", "decode", "project"),
+    ".decode": ("Decoding", "TokenScore", "decode", "decode_many", "project"),
     ".errors": ("ConceptvecError",),
     ".interventions": (
         "DoseResponse",
@@ -111,7 +116,9 @@ _HOMES = {
     ),
     ".models": ("ALIASES", "DEFAULT_MODEL", "ArchSpec", "Model", "load"),
     ".neurons": ("MATRICES", "NeuronId"),
+    ".evaluate": ("EvalReport", "WeightComparison"),
     ".qa": ("QAEvaluation", "evaluate_completion", "evaluate_qa"),
+    ".results": ("Result", "SearchResult"),
     ".unlearning": ("UnlearnResult", "unlearn"),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
@@ -121,6 +128,7 @@ _SUBMODULES = ("evaluate",)
 
 def __getattr__(name: str):
     """Import a public name's module on first use, and keep the name."""
+    value: object
     if name in _SUBMODULES:
         value = import_module(f".{name}", __name__)
     elif name in _HOME:
@@ -160,24 +168,33 @@ __all__ = [
     "Activations",
     "ArchSpec",
     "Atlas",
+    "AtlasDiff",
+    "AtlasHit",
+    "BuildReport",
     "ConceptSearch",
     "ConceptVector",
     "ConceptvecError",
     "Decoding",
+    "EvalReport",
     "DoseResponse",
     "EffectResult",
     "Intervention",
     "Model",
     "NeuronId",
     "QAEvaluation",
+    "Result",
+    "SearchResult",
     "TokenScore",
     "TopContexts",
     "UnlearnResult",
+    "WeightComparison",
+    "WeightHit",
     "add",
     "build_atlas",
     "clamp",
     "concept_tokens",
     "decode",
+    "decode_many",
     "diff_atlases",
     "dose_response",
     "evaluate_completion",

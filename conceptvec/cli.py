@@ -6,11 +6,13 @@ Every user-fixable problem surfaces as ``error: <one line>`` on stderr with exit
 
 from __future__ import annotations
 
-import json
+import logging
 import sys
 from typing import Annotated
 
 import typer
+
+from .commands import print_json
 
 app = typer.Typer(
     add_completion=False,
@@ -20,10 +22,6 @@ app = typer.Typer(
 )
 
 MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
-
-
-def print_json(data) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def _print_version(value: bool) -> None:
@@ -152,9 +150,22 @@ def _register_groups() -> None:
 _register_groups()
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ARG001
     """Show a warning as one ``warning: ...`` line on stderr (not Python's two-line form)."""
     typer.echo(f"warning: {message}", err=True)
+
+
+def _show_library_log() -> tuple[logging.Logger, logging.Handler, int]:
+    """Send the library's INFO and WARNING messages (``logging.getLogger("conceptvec")``) to
+    stderr as ``conceptvec: ...`` lines; return what :func:`main` undoes afterwards."""
+    logger = logging.getLogger("conceptvec")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("conceptvec: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    if level == logging.NOTSET or level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    return logger, handler, level
 
 
 def main() -> None:
@@ -163,6 +174,7 @@ def main() -> None:
 
     from .errors import ConceptvecError
 
+    logger, handler, level = _show_library_log()
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line
@@ -170,6 +182,9 @@ def main() -> None:
     except ConceptvecError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 if __name__ == "__main__":

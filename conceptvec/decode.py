@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
+
+from conceptvec.results import Result
 
 from .models import Model, load
 from .neurons import NeuronId, check_matrix
@@ -28,7 +30,7 @@ from .tokens import show
 
 
 @dataclass(frozen=True)
-class TokenScore:
+class TokenScore(Result):
     """One decoded token: its id, readable text, logit score and (optionally) probability."""
 
     id: int
@@ -45,7 +47,7 @@ class TokenScore:
 
 
 @dataclass
-class Decoding:
+class Decoding(Result):
     """Top and bottom tokens of one neuron (or vector) projected through the LM head."""
 
     model: str
@@ -127,6 +129,41 @@ def residual_vectors(model: Model, layer: int, matrix: str, fold_norm: bool = Tr
     return w
 
 
+@dataclass(frozen=True)
+class NormFold:
+    """The final norm's linear part: centre over ``d_model`` (LayerNorm models), then multiply
+    by the gain ``[d_model]`` (Gemma's is ``1 + w``). The one place it is applied, to
+    residual vectors (:func:`project`, :func:`final_logits`) or folded into unembedding rows
+    (:mod:`conceptvec.atlas.head`)."""
+
+    gain: torch.Tensor | None
+    center: bool
+
+    @classmethod
+    def of(cls, model: Model, fold: bool = True) -> NormFold:
+        """Return the fold of ``model``'s final norm (nothing to do when ``fold`` is False)."""
+        if not fold:
+            return cls(None, False)
+        return cls(model.final_norm_gain(), model.spec.centers)
+
+    def vectors(self, v: torch.Tensor) -> torch.Tensor:
+        """Return ``[n, d_model]`` float32: residual vectors centred, then times the gain."""
+        v = v.float()
+        if self.center:
+            v = v - v.mean(-1, keepdim=True)
+        return v * self.gain.to(v.device) if self.gain is not None else v
+
+    def rows(self, w: torch.Tensor) -> torch.Tensor:
+        """Return unembedding rows ``[n, d_model]`` as a new float32 tensor with the fold in:
+        ``v @ rows(W).T`` equals ``vectors(v) @ W.T`` for any vector ``v``."""
+        w = w.float() if w.dtype != torch.float32 else w.clone()
+        if self.gain is not None:
+            w.mul_(self.gain.to(w.device))
+        if self.center:
+            w.sub_(w.mean(-1, keepdim=True))
+        return w
+
+
 def project(
     model: Model, vectors: torch.Tensor, fold_norm: bool = True, chunk: int = 16384
 ) -> torch.Tensor:
@@ -135,13 +172,7 @@ def project(
     The unembedding is upcast to float32 ``chunk`` vocabulary rows at a time, so a bf16
     128k-vocabulary head never needs a full float32 copy.
     """
-    v = vectors.float()
-    if fold_norm:
-        if model.spec.norm_style.startswith("layernorm"):
-            v = v - v.mean(-1, keepdim=True)
-        g = model.final_norm_gain()
-        if g is not None:
-            v = v * g
+    v = NormFold.of(model, fold_norm).vectors(vectors)
     w_u = model.unembedding()
     if w_u.dtype == torch.float32:
         return v @ w_u.T
@@ -151,13 +182,10 @@ def project(
 def final_logits(model: Model, vectors: torch.Tensor) -> torch.Tensor:
     """Return ``[n, vocab]``: the logits the model gives when its final residual is ``vectors``."""
     v = vectors.float()
-    eps = _norm_eps(model)
-    if model.spec.norm_style.startswith("layernorm"):
-        v = v - v.mean(-1, keepdim=True)
-    v = v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True) + eps)
-    g = model.final_norm_gain()
-    if g is not None:
-        v = v * g
+    fold = NormFold.of(model)
+    centred = v - v.mean(-1, keepdim=True) if fold.center else v
+    eps = model.spec.norm_eps(model.config)
+    v = fold.vectors(v * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps))
     b = model.final_norm_bias()
     if b is not None:
         v = v + b
@@ -168,25 +196,14 @@ def final_logits(model: Model, vectors: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _norm_eps(model: Model) -> float:
-    from .models.specs import text_config
-
-    c = text_config(model.config)
-    for name in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps"):
-        value = getattr(c, name, None)
-        if value is not None:
-            return float(value)
-    return 1e-5
-
-
 def _recipe(model: Model, matrix: str | None, fold_norm: bool) -> dict[str, Any]:
     steps = []
     if fold_norm and matrix == "down" and model.has_mlp_out_norm:
         steps.append("post_mlp_norm_gain")
-    if fold_norm and model.spec.norm_style.startswith("layernorm"):
+    if fold_norm and model.spec.centers:
         steps.append("center")
     if fold_norm and model.spec.final_norm:
-        steps.append("final_norm_gain" + ("(1+w)" if model.spec.norm_style == "rmsnorm_1p" else ""))
+        steps.append("final_norm_gain" + ("(1+w)" if model.spec.gain_offset == 1 else ""))
     steps.append("unembed")
     return {
         "fold_norm": fold_norm,
@@ -196,9 +213,48 @@ def _recipe(model: Model, matrix: str | None, fold_norm: bool) -> dict[str, Any]
     }
 
 
+NeuronLike = str | NeuronId | tuple[int, int]
+
+
+@overload
 def decode(
     model: Any,
-    what: str | NeuronId | tuple[int, int] | Sequence[str | NeuronId] | torch.Tensor,
+    what: NeuronLike,
+    matrix: str = ...,
+    k: int = ...,
+    *,
+    fold_norm: bool = ...,
+    probs: bool = ...,
+) -> Decoding: ...
+
+
+@overload
+def decode(
+    model: Any,
+    what: Sequence[str | NeuronId],
+    matrix: str = ...,
+    k: int = ...,
+    *,
+    fold_norm: bool = ...,
+    probs: bool = ...,
+) -> list[Decoding]: ...
+
+
+@overload
+def decode(
+    model: Any,
+    what: torch.Tensor,
+    matrix: str = ...,
+    k: int = ...,
+    *,
+    fold_norm: bool = ...,
+    probs: bool = ...,
+) -> Decoding | list[Decoding]: ...
+
+
+def decode(
+    model: Any,
+    what: NeuronLike | Sequence[str | NeuronId] | torch.Tensor,
     matrix: str = "down",
     k: int = 20,
     *,
@@ -208,11 +264,12 @@ def decode(
     """Return the top-k and bottom-k tokens of a neuron, a list of neurons, or vectors.
 
     ``model`` is a :class:`Model` or anything :func:`conceptvec.load` accepts. ``what`` is a
-    neuron id (``"L12.345"``, ``NeuronId(12, 345)``), a list of them (one Decoding each),
-    or a tensor ``[d_model]`` / ``[n, d_model]`` of residual-stream vectors.
+    neuron id (``"L12.345"``, ``NeuronId(12, 345)``): one Decoding; a list of them: a list,
+    one Decoding each; or a tensor ``[d_model]`` (one Decoding) / ``[n, d_model]`` (a list)
+    of residual-stream vectors. :func:`decode_many` always returns a list.
 
-    >>> d = decode("smollm2-135m", "L29.883", matrix="down", k=5)  # doctest: +SKIP
-    >>> d.top_tokens  # doctest: +SKIP
+    >>> d = decode("smollm2-135m", "L29.883", matrix="down", k=5)
+    >>> d.top_tokens
     [' light', 'light', ' Light', 'Light', 'lights']
     """
     m = load(model)
@@ -228,7 +285,10 @@ def decode(
         out = _decode_vectors(m, vectors, [None] * len(vectors), None, k, fold_norm, probs)
         return out[0] if what.dim() == 1 else out
     single = isinstance(what, (str, NeuronId, tuple))
-    neurons = [NeuronId.parse(n) for n in ([what] if single else list(what))]
+    if isinstance(what, (str, NeuronId, tuple)):
+        neurons = [NeuronId.parse(what)]
+    else:
+        neurons = [NeuronId.parse(n) for n in what]
     matrix = check_matrix(matrix, m.spec.gated)
     for n in neurons:
         n.check(m.dims.n_layers, m.dims.d_mlp)
@@ -241,6 +301,33 @@ def decode(
     vectors = torch.stack([rows[n] for n in neurons])
     out = _decode_vectors(m, vectors, neurons, matrix, k, fold_norm, probs)
     return out[0] if single else out
+
+
+def decode_many(
+    model: Any,
+    what: Sequence[str | NeuronId] | torch.Tensor,
+    matrix: str = "down",
+    k: int = 20,
+    *,
+    fold_norm: bool = True,
+    probs: bool = False,
+) -> list[Decoding]:
+    """Return one :class:`Decoding` per neuron of ``what`` (a list of ids) or per row of a
+    tensor ``[n, d_model]`` (a ``[d_model]`` vector is one row): always a list."""
+    if isinstance(what, torch.Tensor):
+        return _as_list(
+            decode(
+                model, what.reshape(-1, what.shape[-1]), matrix, k, fold_norm=fold_norm, probs=probs
+            )
+        )
+    ids: list[str | NeuronId] = (
+        [NeuronId.parse(what)] if isinstance(what, (str, NeuronId, tuple)) else list(what)
+    )
+    return _as_list(decode(model, ids, matrix, k, fold_norm=fold_norm, probs=probs))
+
+
+def _as_list(out: Decoding | list[Decoding]) -> list[Decoding]:
+    return out if isinstance(out, list) else [out]
 
 
 def _decode_vectors(

@@ -20,7 +20,7 @@ class NoWeightsError(ConceptvecError):
 
 
 class UnsupportedArchitectureError(ConceptvecError):
-    """A model whose architecture has no spec in :mod:`conceptvec.models.specs`."""
+    """A model whose architecture has no spec in :mod:`conceptvec.models.arch`."""
 
 
 class CorruptWeightsError(ConceptvecError):
@@ -37,6 +37,10 @@ class BadNeuronIdError(ConceptvecError, ValueError):
 
 class AtlasError(ConceptvecError):
     """An atlas folder that cannot be written, resumed, read or compared as asked."""
+
+
+class BadLayersError(AtlasError, ValueError):
+    """A layer list (``"0-3,7"``) that cannot be read."""
 
 
 class CorruptAtlasError(AtlasError):

@@ -7,9 +7,10 @@ or ``down``) is never part of the id; functions take it as a separate argument.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import BadNeuronIdError, NeuronOutOfRangeError
+from .errors import BadLayersError, BadNeuronIdError, NeuronOutOfRangeError
 
 MATRICES = ("up", "gate", "down")
 """Where a neuron's vector lives: rows of the up / gate projection (what the neuron reads
@@ -69,3 +70,22 @@ def check_matrix(matrix: str, gated: bool = True) -> str:
         extra = "" if gated else " (this model's MLP is not gated, so it has no gate matrix)"
         raise BadNeuronIdError(f"unknown matrix {matrix!r}: use one of {', '.join(allowed)}{extra}")
     return m
+
+
+def parse_layers(layers: str | Iterable[int] | None) -> list[int] | None:
+    """Return the layers ``"0-3,7"`` names, ``[0, 1, 2, 3, 7]`` (None for all; a list of
+    ints is returned as a list). What ``--layers`` takes on the command line."""
+    if layers is None or isinstance(layers, str) and not layers.strip():
+        return None
+    if not isinstance(layers, str):
+        return [int(layer) for layer in layers]
+    out: list[int] = []
+    for part in layers.split(","):
+        m = re.fullmatch(r"\s*([0-9]{1,6})\s*(?:-\s*([0-9]{1,6})\s*)?", part)
+        if not m:
+            raise BadLayersError(f"cannot read layers {layers!r}; write them like 0-3,7")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise BadLayersError(f"layers {part.strip()!r} run backwards; write {hi}-{lo}")
+        out += range(lo, hi + 1)
+    return out

@@ -27,10 +27,12 @@ from typing import Any
 
 import torch
 
+from conceptvec.results import Result
+
 from .errors import BadInterventionError
 from .interventions.apply import generate as generate_ids
 from .interventions.controls import percentile, random_controls
-from .interventions.specs import Edits, check_against, flatten
+from .interventions.edit_specs import Edits, check_against, flatten
 from .interventions.targets import Target, resolve
 from .scoring import score_many
 from .tokens import show
@@ -254,7 +256,7 @@ def _mean(xs: Sequence[float]) -> float:
 
 
 @dataclass
-class QAEvaluation:
+class QAEvaluation(Result):
     """What :func:`evaluate_qa` found: the reference, the base model and the intervention,
     with random-neuron controls."""
 
@@ -328,7 +330,7 @@ class QAEvaluation:
                 lines.append(f"    after:     {show(self.after.answers[i])}")
         return "\n".join(lines)
 
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
@@ -379,7 +381,7 @@ def evaluate_qa(
     check_against(edits, d.n_layers, d.d_mlp, d.d_model)
     prompting = "raw" if raw else ("chat" if use_chat(target, chat) else "paper")
     is_chat = prompting == "chat"
-    kw = dict(chat=is_chat, raw=raw, batch_size=batch_size)
+    kw: dict[str, Any] = dict(chat=is_chat, raw=raw, batch_size=batch_size)
     if gold is not None:
         refs, kind = [str(g) for g in gold], "gold"
     elif references is not None:

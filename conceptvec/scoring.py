@@ -21,8 +21,8 @@ import torch
 
 from .interventions.apply import Intervention
 from .interventions.apply import logits as forward_logits
-from .interventions.hooks import layer_modules
-from .interventions.specs import Edits, NeuronEdit, Steer, WeightEdit, flatten
+from .interventions.backends.torch import layer_modules
+from .interventions.edit_specs import Edits, NeuronEdit, Steer, WeightEdit, flatten
 
 
 def first_layer(edits: Edits) -> int:

@@ -38,7 +38,9 @@ def _byte_decoder() -> dict[str, int]:
     return table
 
 
-def _hex_bytes(err: UnicodeDecodeError) -> tuple[str, int]:
+def _hex_bytes(err: UnicodeError) -> tuple[str, int]:
+    if not isinstance(err, UnicodeDecodeError):  # only ever registered for decoding
+        raise err
     return "".join(f"<0x{b:02X}>" for b in err.object[err.start : err.end]), err.end
 
 

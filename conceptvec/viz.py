@@ -170,3 +170,179 @@ def concept_figure(search: Any) -> Any:
         yaxis_title="unrelated QA: change in log p per answer token",
     )
     return fig
+
+
+def atlas_diff_figure(diff: Any) -> Any:
+    """Return a plotly figure: share of neurons with the same top-1 token, per layer."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for m in sorted({r.matrix for r in diff.layers}):
+        rows = [r for r in diff.layers if r.matrix == m]
+        fig.add_trace(go.Scatter(x=[r.layer for r in rows], y=[r.same_top1 for r in rows], name=m))
+    fig.update_layout(
+        title="Neurons with the same top-1 token",
+        xaxis_title="layer",
+        yaxis_title="share of neurons",
+        yaxis_range=[0, 1],
+    )
+    return fig
+
+
+def eval_report_figure(report: Any) -> Any:
+    """Return a plotly figure: change percentile per concept and checkpoint, the layer
+    change map of the down matrices, and the recovered share per attack."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(
+        rows=1,
+        cols=3,
+        subplot_titles=(
+            "concept vector: change percentile (whole model)",
+            "relative change of down_proj per layer",
+            "forget QA recovered",
+        ),
+    )
+    for run in report.runs:
+        names = [c.concept for c in run.concepts]
+        fig.add_trace(
+            go.Bar(name=run.name, x=names, y=[c.vector.change_pct_model for c in run.concepts]),
+            row=1,
+            col=1,
+        )
+        down = [m for m in run.weights.matrices if m.matrix == "down"]
+        fig.add_trace(
+            go.Scatter(
+                name=f"{run.name} down",
+                x=[m.layer for m in down],
+                y=[m.rel_frobenius for m in down],
+                mode="lines+markers",
+            ),
+            row=1,
+            col=2,
+        )
+        recs = [(f"{c.concept} {r.attack}", r.recovered) for c in run.concepts for r in c.recovery]
+        if recs:
+            fig.add_trace(
+                go.Bar(
+                    name=f"{run.name} recovered", x=[a for a, _ in recs], y=[v for _, v in recs]
+                ),
+                row=1,
+                col=3,
+            )
+    fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_layout(
+        height=450, width=1400, barmode="group", title=f"unlearning vs. {report.base}"
+    )
+    return fig
+
+
+def decoding_figure(decoding: Any) -> Any:
+    """Return a figure of a :class:`Decoding`: its top and bottom tokens' scores as bars."""
+    import plotly.graph_objects as go
+
+    from conceptvec.tokens import show
+
+    tokens = decoding.top + decoding.bottom[::-1]
+    fig = go.Figure(
+        go.Bar(
+            x=[t.score for t in tokens],
+            y=[f"{show(t.token)} ({t.id})" for t in tokens],
+            orientation="h",
+            marker_color=["steelblue"] * len(decoding.top) + ["indianred"] * len(decoding.bottom),
+        )
+    )
+    what = f"{decoding.neuron} ({decoding.matrix})" if decoding.neuron is not None else "vector"
+    fig.update_layout(
+        title=f"{decoding.model} {what}: top and bottom tokens",
+        xaxis_title="score (logit units)",
+        yaxis=dict(autorange="reversed", tickfont=dict(family="monospace")),
+        height=max(300, 18 * len(tokens) + 120),
+    )
+    return fig
+
+
+def search_figure(hits: Any) -> Any:
+    """Return a figure of a :class:`SearchResult`: each hit's score, best first."""
+    import plotly.graph_objects as go
+
+    labels = [f"{h.neuron} {h.matrix}" for h in hits]
+    values = [getattr(h, "zscore", None) or h.score for h in hits]
+    fig = go.Figure(go.Bar(x=values, y=labels, orientation="h", text=[h.token for h in hits]))
+    measure = "z-score" if hits and hasattr(hits[0], "zscore") else "score"
+    fig.update_layout(
+        title=f"neurons for {hits.query!r}" if getattr(hits, "query", "") else "search hits",
+        xaxis_title=measure,
+        yaxis=dict(autorange="reversed", tickfont=dict(family="monospace")),
+        height=max(300, 22 * len(hits) + 120),
+    )
+    return fig
+
+
+def build_figure(report: Any) -> Any:
+    """Return a figure of a :class:`BuildReport`: where the seconds went."""
+    import plotly.graph_objects as go
+
+    parts = {k: v for k, v in report.seconds.items() if k != "total"}
+    fig = go.Figure(go.Bar(x=list(parts), y=list(parts.values())))
+    fig.update_layout(
+        title=f"atlas {report.out}: {report.seconds.get('total', sum(parts.values())):.1f} s "
+        f"on {report.device} ({report.dtype})",
+        yaxis_title="seconds",
+    )
+    return fig
+
+
+def unlearn_figure(result: Any) -> Any:
+    """Return a figure of an :class:`UnlearnResult`: its final losses."""
+    import plotly.graph_objects as go
+
+    losses = result.losses
+    losses = losses() if callable(losses) else losses
+    fig = go.Figure(go.Bar(x=list(losses), y=list(losses.values())))
+    fig.update_layout(title="unlearning: final losses", yaxis_title="loss")
+    return fig
+
+
+def table_figure(result: Any) -> Any:
+    """Return a plotly table of a result's fields (for results without a natural chart)."""
+    import plotly.graph_objects as go
+
+    data = result.to_dict()
+    keys = list(data)
+    values = [json_cell(data[k]) for k in keys]
+    fig = go.Figure(
+        go.Table(header=dict(values=["field", "value"]), cells=dict(values=[keys, values]))
+    )
+    fig.update_layout(title=type(result).__name__)
+    return fig
+
+
+def json_cell(value: Any, limit: int = 200) -> str:
+    """Return ``value`` as a short JSON string for a table cell."""
+    import json
+
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+FIGURES = {
+    "AtlasDiff": atlas_diff_figure,
+    "BuildReport": build_figure,
+    "ConceptSearch": concept_figure,
+    "Decoding": decoding_figure,
+    "DoseResponse": dose_figure,
+    "EffectResult": effect_figure,
+    "EvalReport": eval_report_figure,
+    "QAEvaluation": qa_figure,
+    "SearchResult": search_figure,
+    "TopContexts": top_contexts_figure,
+    "UnlearnResult": unlearn_figure,
+}
+"""Result class name -> the function that draws it; other results get :func:`table_figure`."""
+
+
+def figure(result: Any) -> Any:
+    """Return the plotly figure for any conceptvec result (what ``result.plot()`` returns)."""
+    return FIGURES.get(type(result).__name__, table_figure)(result)

@@ -169,7 +169,7 @@ def test_in_memory_model_is_never_resumed_silently(tmp_path):
         _build(conceptvec.load(hf, tokenizer=tok, quiet=True), tmp_path / "a", k=3, matrices="up")
 
 
-def test_corrupted_shard_is_found_and_remade(tiny_dir, tmp_path, capsys):
+def test_corrupted_shard_is_found_and_remade(tiny_dir, tmp_path, caplog):
     folder = str(tiny_dir("olmo"))
     _build(folder, tmp_path / "a", k=5)
     good = _shards(tmp_path / "a")
@@ -182,7 +182,7 @@ def test_corrupted_shard_is_found_and_remade(tiny_dir, tmp_path, capsys):
     assert Atlas(tmp_path / "a").verify() == ["L001.gate"]
     report = _build(folder, tmp_path / "a", k=5)
     assert report.shards_remade == ["L001.gate"] and report.shards_written == ["L001.gate"]
-    assert "remaking" in capsys.readouterr().err
+    assert "remaking" in caplog.text
     assert torch.equal(
         Atlas(tmp_path / "a").shard(1, "gate")["top_ids"], good["L001.gate"]["top_ids"]
     )
@@ -343,7 +343,8 @@ def test_diff_refuses_other_shapes_and_tokenizers(tiny_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- exports
 def test_parquet_and_neuronpedia_exports(tiny_dir, tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq
+
     _build(str(tiny_dir("gemma")), tmp_path / "a", k=4)
     atlas = Atlas(tmp_path / "a")
     table = pq.read_table(export_parquet(atlas))
@@ -384,3 +385,18 @@ def test_the_atlas_package_exports_what_its_docstring_lists(tiny_dir, tmp_path):
     _build(str(tiny_dir("gpt2")), tmp_path / "a", k=3, matrices="down")
     manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert manifest["conceptvec_version"] == version("conceptvec")
+
+
+def test_a_notebook_gets_what_the_map_command_does(tiny_dir, tmp_path, monkeypatch):
+    """``build_atlas`` itself bounds malloc and reads ``"0-1"`` layer lists, as ``map`` does;
+    searches take the same layer lists."""
+    calls = []
+    monkeypatch.setattr(build, "bound_malloc", lambda: calls.append(1))
+    folder = tiny_dir("llama")
+    _build(folder, tmp_path / "a", layers="0-1", k=5)
+    assert calls == [1] and Atlas(tmp_path / "a").layers == [0, 1]
+    a = Atlas(tmp_path / "a")
+    word = a.neuron("L1.3", "down").top_tokens[0]
+    assert a.search(word, layers="1") == a.search(word, layers=[1])
+    hits = search_weights(folder, "dog", layers="1-2", top=5)
+    assert hits == search_weights(folder, "dog", layers=[1, 2], top=5)

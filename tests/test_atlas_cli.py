@@ -110,6 +110,7 @@ def test_diff_and_export_commands(tiny_dir, tmp_path, monkeypatch, capsys):
     assert code == 2 and "one --format" in err
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(tiny_dir, tmp_path):
     """2 ranks on CPU with gloo: layers split across ranks, rank 0 writes the manifest."""
     folder = str(tiny_dir("gemma2"))

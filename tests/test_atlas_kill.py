@@ -1,7 +1,7 @@
 """kill -9 during ``map``, then the same command again: the atlas ends byte-identical to an
 uninterrupted one, with no temporary file left and no demand for --overwrite (issue 12, 8).
 
-Two kills run by default; the slow lane (``CONCEPTVEC_SLOW=1``) runs twenty.
+Two kills run by default (the test is marked ``slow``); ``CONCEPTVEC_SLOW=1`` runs twenty.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def _contents(folder: Path) -> dict[str, bytes]:
     return files
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_is_byte_identical(deep_model, tmp_path):
     reference = tmp_path / "reference"
     build_atlas(str(deep_model), reference, k=5, progress=False)

@@ -89,3 +89,18 @@ def test_neuron_reads_an_atlas_folder(tiny_dir, tmp_path, monkeypatch, capsys):
     assert code == 0 and "L1.3 (up)" in stdout
     code, _, err = run_cli(["neuron", str(out), "L1.3", "--probs"], monkeypatch, capsys)
     assert code == 2 and "not probabilities" in err
+
+
+def test_library_log_messages_reach_stderr(tiny_dir, tmp_path, monkeypatch, capsys):
+    """The library logs through ``logging``; the CLI shows those messages on stderr and takes
+    its handler away again when it returns."""
+    import logging
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir("llama"), folder)
+    (folder / "tokenizer.json").write_text("not a tokenizer")
+    code, out, err = run_cli(["neuron", str(folder), "L1.3", "--k", "2"], monkeypatch, capsys)
+    assert code == 0 and "L1.3" in out
+    assert "conceptvec: no tokenizer for" in err and "tokens are shown as ids" in err
+    assert logging.getLogger("conceptvec").handlers == []

@@ -99,6 +99,8 @@ def test_find_concept_runs_every_stage(tiny):
         progress=False,
     )
     assert len(r.candidates) == 4 and len(r.validated) == 2
+    assert {c.weights.search for c in r.candidates} <= {"name", "text"}
+    assert r.candidates[0].weights.search == "name" or r.candidates[0].verdict != "unvalidated"
     assert r.prompting == "paper" and len(r.references) == len(QA) + len(UNRELATED)
     for c in r.candidates:
         assert c.verdict in VERDICTS and c.reasons and c.activations is not None

@@ -95,7 +95,7 @@ def test_finder_validates_the_rome_vector_and_flags_the_sign(model, rome):
         texts=[rome.wikipedia_content],
         qa=rome.qa,
         unrelated_qa=rome.unrelated_qa[:5],
-        candidates=3,
+        candidates=5,  # the name search's first 3 and the text search's first 2, interleaved
         validate=1,
         controls=4,
         modes=("zero", "noise"),

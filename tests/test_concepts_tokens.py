@@ -8,9 +8,10 @@ from collections import Counter
 import pytest
 
 import conceptvec as cv
-from conceptvec.concepts.find import search_concept
-from conceptvec.concepts.tokens import _WORD, acronyms, concept_tokens
+from conceptvec.concepts.find import merge_hits, search_concept, search_text_words
+from conceptvec.concepts.tokens import _WORD, STOPWORDS, acronyms, concept_tokens
 from conceptvec.decode import project, residual_vectors
+from conceptvec.tokens import token_text
 
 from .conftest import CORPUS, build_tiny
 
@@ -87,3 +88,57 @@ def test_the_search_ranks_neurons_on_the_key_words_alone(nhs_model):
     assert [h.side for h in hits] == [s for _, (_, s) in best]
     assert [h.key for h in hits] == pytest.approx([k for _, (k, _) in best], abs=1e-3)
     assert all(h.matched[0].strip() == "NHS" for h in hits)
+
+
+def test_distinctive_words_are_the_texts_rarest_frequent_words(nhs_model):
+    """Distinctive = count x token id (Zipf), >= 3 uses, outside core and related, whatever
+    their place in the head: a compound name need not mean what its words mean apart."""
+    text = token_text(nhs_model.tokenizer)
+    article = ARTICLE + " Hospitals of England: the hospitals, the hospitals of England, England."
+    c = concept_tokens(nhs_model, "National Health Service", [article])
+    taken = set(c.core_ids) | set(c.related)
+    assert c.distinctive and not set(c.distinctive) & taken
+    assert {c.texts[i] for i in c.distinctive} >= {" hospitals", " England"}
+    counts = Counter(w for w in _WORD.findall(article) if len(w) >= 3)
+    index: dict[str, list[int]] = {}
+    for i in range(nhs_model.dims.vocab):
+        index.setdefault(text(i), []).append(i)
+    cut = int(0.03 * nhs_model.dims.vocab)
+    want = sorted(
+        (
+            (-n * index[" " + w][0], index[" " + w][0])
+            for w, n in counts.items()
+            if n >= 3
+            and " " + w in index
+            and index[" " + w][0] >= cut
+            and index[" " + w][0] not in taken
+            and w.lower() not in STOPWORDS
+        ),
+    )
+    assert c.distinctive == [i for _, i in want][:24]
+    assert set(c.distinctive) <= set(c.ids) and not set(c.distinctive) & set(c.kind)
+    assert "distinctive:" in str(c) and c.to_dict()["distinctive"] == [
+        c.texts[i] for i in c.distinctive
+    ]
+    assert concept_tokens(nhs_model, "National Health Service").distinctive == []
+    few = concept_tokens(nhs_model, "National Health Service", [article], max_distinctive=1)
+    assert few.distinctive == c.distinctive[:1]
+
+
+def test_merge_interleaves_the_two_searches_each_neuron_once(nhs_model):
+    article = ARTICLE + " Hospitals of England: the hospitals, the hospitals of England, England."
+    c = concept_tokens(nhs_model, "National Health Service", [article])
+    a, b = search_concept(nhs_model, c, top=5), search_text_words(nhs_model, c, top=5)
+    assert b and [h.key for h in b] == sorted((h.key for h in b), reverse=True)
+    merged = merge_hits(a, b, top=6)
+    names = [str(h.neuron) for h, _ in merged]
+    assert len(names) == len(set(names)) == 6
+    assert merged[0] == (a[0], 0)
+    assert merged[1][1] == (0 if str(b[0].neuron) == str(a[0].neuron) else 1)
+    expected = []
+    for x, y in zip(a, b):
+        for h, n in ((x, 0), (y, 1)):
+            if str(h.neuron) not in [str(e.neuron) for e, _ in expected]:
+                expected.append((h, n))
+    assert merged == expected[:6]
+    assert merge_hits(a, [], top=3) == [(h, 0) for h in a[:3]]

@@ -183,3 +183,19 @@ def test_bf16_head_is_projected_in_float32_chunks():
     assert chunked.dtype == torch.float32 and chunked.shape == whole.shape
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
     assert m.summary()["weights_dtype"] == "bfloat16"
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gemma2", "olmo"])
+def test_one_norm_fold_serves_vectors_and_head_rows(family, models):
+    """``project`` folds the final norm into vectors, atlases into the head's rows: the same
+    NormFold, so both give the same scores."""
+    from conceptvec.atlas.head import folded_rows
+    from conceptvec.decode import NormFold, project
+
+    _, m = models(family)
+    v = torch.randn(4, m.dims.d_model)
+    fold = NormFold.of(m)
+    assert fold.center == (family in ("gpt2", "olmo"))
+    rows = folded_rows(m, slice(None))
+    torch.testing.assert_close(v @ rows.T, project(m, v), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(v @ fold.rows(m.unembedding()).T, project(m, v))

@@ -11,7 +11,7 @@ import torch
 
 import conceptvec
 from conceptvec.models import disk_cache
-from conceptvec.models.weights import GGUFWeightReader
+from conceptvec.models.readers import GGUFWeightReader
 
 from .conftest import build_tiny, run_cli
 from .tiny_gguf import write_tiny_gguf
@@ -64,7 +64,7 @@ def test_cached_searches_equal_uncached_ones_on_a_gguf(gguf, cache, monkeypatch)
     real_get = GGUFWeightReader.get
 
     def get(self, key):
-        assert key != "output.weight", "the head was dequantized again"
+        assert key != "lm_head.weight", "the head was dequantized again"
         return real_get(self, key)
 
     monkeypatch.setattr(GGUFWeightReader, "get", get)

@@ -6,12 +6,16 @@ weight conversion (``convert_*_weights``) and its own processing (``process_weig
 Decoding the HookedTransformer must give the tokens that decoding the HF model gives.
 
 The tests that need ``HookedTransformer`` skip where TransformerLens lacks it
-(TransformerLens 4 has only ``TransformerBridge``).
+(TransformerLens 4 has only ``TransformerBridge``). ``.ci/run`` runs them a second time in a
+venv with TransformerLens 3, where ``CONCEPTVEC_REQUIRE_HOOKED_TRANSFORMER=1`` turns that skip
+into a failure.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +24,7 @@ import torch
 import conceptvec
 from conceptvec.decode import final_logits, project, residual_vectors
 from conceptvec.errors import NoWeightsError, UnsupportedArchitectureError
-from conceptvec.models.hooked import is_hooked_transformer
+from conceptvec.models.objects import is_hooked_transformer
 
 from .conftest import build_tiny
 
@@ -63,11 +67,16 @@ pytestmark = pytest.mark.filterwarnings("ignore:HookedTransformer is deprecated:
 @pytest.fixture(scope="module")
 def tl():
     """The transformer_lens module, or a skip where it has no HookedTransformer."""
-    lens = pytest.importorskip("transformer_lens")
+    required = bool(os.environ.get("CONCEPTVEC_REQUIRE_HOOKED_TRANSFORMER"))
+    lens = importlib.import_module("transformer_lens") if required else None
+    lens = lens or pytest.importorskip("transformer_lens")
     try:
         lens.HookedTransformer  # noqa: B018 - TransformerLens 4 raises ImportError here
     except (AttributeError, ImportError):
-        pytest.skip("this transformer_lens has no HookedTransformer (TransformerLens 4+)")
+        why = "this transformer_lens has no HookedTransformer (TransformerLens 4+)"
+        if required:
+            pytest.fail(why)
+        pytest.skip(why)
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # TransformerLens warns about every centring it skips

@@ -15,6 +15,8 @@ import pytest
 
 from .fake_hub import COMMIT, FakeHub
 
+pytestmark = pytest.mark.slow  # a subprocess against a loopback hub
+
 
 @pytest.fixture
 def hub(tiny_dir):

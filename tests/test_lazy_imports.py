@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import conceptvec
 
@@ -71,3 +72,28 @@ def test_warm_gguf_search_and_decode_need_neither_transformers_nor_the_tokenizer
         code = f"import conceptvec\nm = conceptvec.load({str(gguf)!r}, quiet=True)\n{work}"
         assert "transformers" in heavy_imports(code, env)  # the first time converts the GGUF
         assert "transformers" not in heavy_imports(code, env)
+
+
+def test_lower_layers_import_nothing_above_them():
+    """Reading an atlas's identity needs neither the package root's public names nor the
+    layers above atlas; no command module imports the CLI that registers it."""
+    probe = """
+        import sys
+        import conceptvec.atlas.identity
+        import conceptvec.commands.atlas, conceptvec.commands.intervene, conceptvec.commands.concepts
+        import conceptvec.commands.unlearn, conceptvec.commands.evaluate, conceptvec.commands.plugins
+        import conceptvec.commands.activations
+        import conceptvec
+        above = ("conceptvec.cli", "conceptvec.interventions", "conceptvec.concepts", "conceptvec.viz")
+        assert not [m for m in above if m in sys.modules], [m for m in above if m in sys.modules]
+        assert not set(conceptvec._HOME) & set(vars(conceptvec)), "a public name was resolved"
+    """
+    heavy_imports(probe)
+    root = Path(conceptvec.__file__).parent
+    for path in root.rglob("*.py"):
+        if path == root / "__init__.py":
+            continue
+        text = path.read_text()
+        assert "from conceptvec.cli import" not in text, path  # cli <-> commands
+        public = [n for n in conceptvec.__all__ if f"from conceptvec import {n}" in text]
+        assert not public and "conceptvec.__version__" not in text, path  # importlib.metadata

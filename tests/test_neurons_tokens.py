@@ -62,3 +62,16 @@ def test_show_escapes():
     assert show('say "hi"') == '"say \\"hi\\""'
     assert show("\x7f") == '"\\x7f"'
     assert show("café") == '"café"'
+
+
+def test_layer_lists_parse_in_the_library_as_on_the_command_line():
+    from conceptvec.errors import AtlasError
+    from conceptvec.neurons import parse_layers
+
+    assert parse_layers("0-3, 7") == [0, 1, 2, 3, 7]
+    assert parse_layers(None) is None and parse_layers("") is None
+    assert parse_layers([2, 1]) == [2, 1]
+    with pytest.raises(AtlasError, match="cannot read layers"):
+        parse_layers("1-x")
+    with pytest.raises(AtlasError, match="run backwards"):
+        parse_layers("3-1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import shutil
 import subprocess
 import sys
@@ -63,10 +64,11 @@ def test_hub_id_from_offline_cache(hf_cache, capsys):
     assert conceptvec.decode(m, "L0.0", k=3).top_tokens  # tokenizer came from the cache too
 
 
-def test_alias_resolves_through_hub_cache_and_says_so(hf_cache, capsys):
-    m = conceptvec.load("gpt2")
+def test_alias_resolves_through_hub_cache_and_says_so(hf_cache, caplog):
+    with caplog.at_level(logging.INFO, logger="conceptvec"):
+        m = conceptvec.load("gpt2")
     assert m.source == "alias" and m.name == "gpt2"
-    assert "gpt2 -> openai-community/gpt2" in capsys.readouterr().err
+    assert "gpt2 -> openai-community/gpt2" in caplog.text
 
 
 def test_uncached_hub_id_offline_is_a_clear_error(hf_cache):

@@ -349,3 +349,12 @@ def test_caller_model_is_not_changed(tiny, entries):
     m = conceptvec.load(hf, tokenizer=AutoTokenizer.from_pretrained(tiny))
     unlearn(m, "Ancient Rome", "ga", concepts=entries, steps=1, lr=1e-2, **FAST)
     assert not _changed(before, _state(hf))
+
+
+def test_chunks_keep_the_space_between_sentences():
+    text = "Rome is old. It has seven hills.\nThe Tiber runs through it."
+    assert chunk_text(text, limit=20) == [
+        "Rome is old. It has seven hills.",
+        "The Tiber runs through it.",
+    ]
+    assert " ".join(chunk_text(text, limit=1)) == text.replace("\n", " ")

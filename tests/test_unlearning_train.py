@@ -91,6 +91,7 @@ def _cli(args: list[str], nproc: int, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tiny_dir, tmp_path):
     """DDP over gloo, 2 processes x batch 2, against 1 process x batch 4 (global batch 4)."""
     tiny = tiny_dir("llama")

@@ -16,6 +16,7 @@ import torch
 
 from conceptvec.errors import BadTextError
 from conceptvec.neurons import NeuronId
+from conceptvec.results import Result
 
 from .read import Activations, read_activations
 
@@ -52,7 +53,7 @@ def _flat(s: str) -> str:
 
 
 @dataclass
-class TopContexts:
+class TopContexts(Result):
     """The ``top`` strongest (or weakest) activations of one neuron over some texts."""
 
     model: str
@@ -92,7 +93,7 @@ class TopContexts:
             lines.append(f"{rank:>4}  {c.value:+9.3f}  text {c.text:<4} {c.snippet()}")
         return "\n".join(lines)
 
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
@@ -149,7 +150,9 @@ def contexts_from(
         ids += w.ids
         toks += w.tokens
         vals.append(w.values[:, j])
-    flat_text, flat_pos, flat_vals = [], [], []
+    flat_text: list[int] = []
+    flat_pos: list[int] = []
+    flat_vals: list[torch.Tensor] = []
     values: dict[int, list[float]] = {}
     for t, (ids, _toks, vals) in by_text.items():
         v = torch.cat(vals)
@@ -207,7 +210,10 @@ def top_contexts(
     """Return the ``top`` tokens of ``texts`` where ``neuron`` fires highest (lowest, with
     ``bottom=True``), each with ``window`` tokens of context either side.
 
-    >>> top_contexts("smollm2-135m", "L29.808", ["My dog sleeps."], top=3)  # doctest: +SKIP
+    >>> print(top_contexts("smollm2-135m", "L29.808", ["My dog sleeps."], top=2))
+    smollm2-135m L29.808: 2 highest activations of 5 tokens in 1 text(s) (mean -3.7...)
+       1     -0.99...  text 0    My dog[ sleep]s.
+       2     -1.00...  text 0    [My] dog sleeps.
     """
     if top < 1 or window < 0:
         raise BadTextError(f"top must be at least 1 and window at least 0, not {top}, {window}")

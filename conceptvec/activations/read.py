@@ -25,14 +25,15 @@ import torch
 
 from conceptvec.errors import BadTextError, HookNeverFiredError
 from conceptvec.interventions.apply import hooked, pad_id
-from conceptvec.interventions.hooks import mlp_input_name
-from conceptvec.interventions.nns import _envoy
+from conceptvec.interventions.backends.nnsight import _envoy
+from conceptvec.interventions.backends.torch import mlp_input_name
+from conceptvec.interventions.backends.transformer_lens import hidden_hook_name
 from conceptvec.interventions.targets import Target, resolve
-from conceptvec.interventions.tl import hidden_hook_name
 from conceptvec.neurons import NeuronId
+from conceptvec.results import Result
 from conceptvec.tokens import token_text
 
-log = logging.getLogger("conceptvec")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,7 +53,7 @@ class Window:
 
 
 @dataclass
-class Activations:
+class Activations(Result):
     """The MLP hidden activations of some neurons on every token of some texts."""
 
     model: str
@@ -115,6 +116,14 @@ class Activations:
                 for w in self.windows
             ],
         }
+
+    def __str__(self) -> str:
+        lines = [repr(self), f"  {'neuron':<10} {'mean':>9} {'max':>9}"]
+        for n in self.neurons:
+            v = self.values(n)
+            top = float(v.max()) if v.numel() else float("nan")
+            lines.append(f"  {str(n):<10} {self.mean(n):>9.4f} {top:>9.4f}")
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
         neurons = ", ".join(str(n) for n in self.neurons)
@@ -227,8 +236,9 @@ def read_activations(
     TransformerLens ``TransformerBridge`` or an nnsight model. Texts longer than
     ``max_tokens`` (capped at the model's context) are read in consecutive windows.
 
-    >>> acts = read_activations("smollm2-135m", ["A dog barked."], ["L29.808"])  # doctest: +SKIP
-    >>> acts.values("L29.808")  # one value per token, signed                   # doctest: +SKIP
+    >>> acts = read_activations("smollm2-135m", ["A dog barked."], ["L29.808"])
+    >>> acts.values("L29.808").round(decimals=1)  # one value per token, signed
+    tensor([ -1.0000, -10.0000,  -2.7000,  -4.3000,  -1.5000])
     """
     target = resolve(model, tokenizer)
     tok = target.tokenizer

@@ -15,6 +15,7 @@ import torch
 
 from conceptvec.errors import BadTextError
 from conceptvec.neurons import NeuronId
+from conceptvec.results import Result
 
 from .read import Activations
 
@@ -47,7 +48,7 @@ def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 
 @dataclass
-class Separation:
+class Separation(Result):
     """One neuron's activations on concept text against unrelated text."""
 
     neuron: str

@@ -1,10 +1,11 @@
 """``Atlas``: a finished (or partial) atlas folder, read without the model.
 
->>> atlas = Atlas("atlas/smollm2-135m")  # doctest: +SKIP
->>> atlas.neuron("L29.883", matrix="down").top_tokens[:3]  # doctest: +SKIP
+>>> atlas = Atlas("atlas/smollm2-135m")  # made by `conceptvec map smollm2-135m`
+>>> atlas.neuron("L29.883", matrix="down").top_tokens[:3]
 [' light', 'light', ' Light']
->>> atlas.search("dog")[:1]  # doctest: +SKIP
-[AtlasHit(neuron=L29.808, matrix='down', rank=0, token=' dog', score=...)]
+>>> hit = atlas.search("dog")[0]
+>>> str(hit.neuron), hit.matrix, hit.token
+('L29.808', 'down', 'dog')
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ import torch
 from conceptvec import files
 from conceptvec.decode import Decoding, TokenScore
 from conceptvec.errors import AtlasError
-from conceptvec.neurons import NeuronId, check_matrix
+from conceptvec.neurons import NeuronId, check_matrix, parse_layers
+from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
 
 from . import store
 
 
 @dataclass(frozen=True)
-class AtlasHit:
+class AtlasHit(Result):
     """One neuron whose top (or bottom) tokens hold a searched token."""
 
     neuron: NeuronId
@@ -40,6 +42,12 @@ class AtlasHit:
     score: float
     matches: int = 1
     """How many of the neuron's listed tokens match the query."""
+
+    def __str__(self) -> str:
+        return (
+            f"{self.neuron} {self.matrix}: {show(self.token)} at rank {self.rank + 1} "
+            f"(score {self.score:.3f}, {self.matches} matching)"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (``rank`` counted from 1: 1 = the neuron's top token)."""
@@ -230,8 +238,8 @@ class Atlas:
         exact: bool = False,
         bottom: bool = False,
         max_rank: int | None = None,
-        layers: list[int] | None = None,
-    ) -> list[AtlasHit]:
+        layers: str | list[int] | None = None,
+    ) -> SearchResult:
         """Return the neurons whose top tokens hold ``query``, best first.
 
         Matching ignores case and surrounding spaces (``"dog"`` finds ``" dog"``, ``"Dog"``)
@@ -250,6 +258,7 @@ class Atlas:
         want = torch.tensor(ids, dtype=torch.int32)
         side = "bottom" if bottom else "top"
         hits: list[AtlasHit] = []
+        layers = parse_layers(layers)  # "0-3,7" as on the command line
         if layers is not None:
             missing = sorted(set(layers) - set(self.layers))
             if missing:
@@ -277,7 +286,8 @@ class Atlas:
                 )
         sign = 1.0 if bottom else -1.0
         hits.sort(key=lambda h: (h.rank, -h.matches, sign * h.score))
-        return hits if top is None else hits[:top]
+        shown = hits if top is None else hits[:top]
+        return SearchResult(shown, query=str(query), table=self.search_table)
 
     def search_table(self, hits: list[AtlasHit]) -> str:
         """Return ``hits`` as a plain-text table (what ``conceptvec search --atlas`` prints)."""

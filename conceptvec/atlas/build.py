@@ -10,6 +10,7 @@ layer computes; a journal line after each shard makes an interrupted run resumab
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -24,12 +25,16 @@ import torch
 
 from conceptvec.errors import AtlasError
 from conceptvec.models import Model, load
-from conceptvec.neurons import check_matrix
+from conceptvec.neurons import check_matrix, parse_layers
+from conceptvec.results import Result
 
 from . import store
 from .head import FoldedHead, Pending, layer_vectors, resolve_compute
 from .identity import atlas_identity, vocab_texts
-from .topk import merge_candidates, top_bottom
+from .topk import canonical_order, merge_candidates, top_bottom
+from .twopass import TwoPassStats, choose_precision, full_scores, project_two_pass
+
+log = logging.getLogger(__name__)
 
 CPU_SCORE_BYTES = 64 << 20  # one [rows, vocab chunk] float32 score block on CPU
 GPU_SCORE_BYTES = 4 << 30
@@ -47,7 +52,7 @@ def read_ahead_gpu() -> int:
 
 
 @dataclass
-class BuildReport:
+class BuildReport(Result):
     """What :func:`build_atlas` did: where the atlas is and how long each phase took."""
 
     out: Path
@@ -58,19 +63,32 @@ class BuildReport:
     seconds: dict[str, float] = field(default_factory=dict)
     device: str = "cpu"
     dtype: str = "float32"
+    precision: str = "float32"
+    """``float32`` (every score computed in float32) or ``two-pass`` (bf16 scores, candidates
+    rescored in float32 and proved exact; the atlas is the same)."""
+    two_pass: TwoPassStats = field(default_factory=TwoPassStats)
+    """Neurons the two-pass selection proved exact, and how many it redid in float32."""
+
+    def __str__(self) -> str:
+        s = self.seconds
+        return (
+            f"atlas: {self.out}  ({'complete' if self.complete else 'incomplete'}; "
+            f"{len(self.shards_written)} shards written, {len(self.shards_reused)} reused, "
+            f"{len(self.shards_remade)} remade; {s.get('total', 0.0):.1f} s on {self.device} "
+            f"in {self.dtype})"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready summary."""
-        return {
-            "out": str(self.out),
-            "complete": self.complete,
-            "written": len(self.shards_written),
-            "reused": len(self.shards_reused),
-            "remade": self.shards_remade,
-            "device": self.device,
-            "dtype": self.dtype,
-            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
-        }
+        """Return a JSON-ready summary: every field by its name, plus the counts
+        ``written``, ``reused`` and ``remade`` that ``conceptvec map --json`` has printed."""
+        data = super().to_dict()
+        data["seconds"] = {k: round(v, 4) for k, v in self.seconds.items()}
+        data.update(
+            written=len(self.shards_written),
+            reused=len(self.shards_reused),
+            remade=self.shards_remade,
+        )
+        return data
 
 
 def build_atlas(
@@ -79,12 +97,13 @@ def build_atlas(
     *,
     matrices: tuple[str, ...] | list[str] | str | None = None,
     k: int = 20,
-    layers: list[int] | None = None,
+    layers: str | list[int] | None = None,
     device: str = "auto",
     dtype: str = "auto",
     fold_norm: bool = True,
     overwrite: bool = False,
     progress: bool = True,
+    precision: str = "auto",
 ) -> BuildReport:
     """Map ``model``'s MLP neurons into an atlas folder ``out``; return a :class:`BuildReport`.
 
@@ -92,9 +111,12 @@ def build_atlas(
     model has (``up, gate, down``, or ``up, down`` for an ungated MLP). Runs under ``torchrun`` split the
     layers across ranks (gloo on CPU, NCCL on CUDA); rank 0 writes the manifest. A folder left
     by an interrupted run with the same model and recipe is resumed; one made from another
-    model or recipe is refused unless ``overwrite``.
+    model or recipe is refused unless ``overwrite``. ``precision``: ``auto`` (two-pass where it
+    is exact and faster: float32 on CPU), ``float32`` or ``two-pass`` (see
+    :mod:`conceptvec.atlas.twopass`); either gives the same atlas.
     """
     t0 = time.perf_counter()
+    bound_malloc()
     model = model if isinstance(model, Model) else load(model)
     t_load = time.perf_counter()
     matrices = _matrices(matrices, model)
@@ -107,10 +129,13 @@ def build_atlas(
     report = BuildReport(out=root, device=str(dev), dtype=str(cdtype).replace("torch.", ""))
 
     head = FoldedHead(model, dev, cdtype, fold_norm)  # hashes W_U in a thread meanwhile
+    fast = choose_precision(precision, head, k)
+    report.precision = "float32" if fast is None else "two-pass"
     manifest = atlas_identity(model, k=k, dtype=report.dtype, fold_norm=fold_norm)
     manifest["unembedding_sha256"] = head.sha256()
     t_head = time.perf_counter()
     manifest["compute"] = {"device": dev.type, "dtype": report.dtype, "world_size": world}
+    manifest["compute"]["precision"] = report.precision
     items = [store.shard_name(layer, m) for layer in layers for m in matrices]
 
     held: dict[str, Any] = {}
@@ -132,13 +157,19 @@ def build_atlas(
         todo = [(layer, m) for layer in layers[rank::world] for m in matrices]
         todo = [(layer, m) for layer, m in todo if store.shard_name(layer, m) not in done]
         t1 = time.perf_counter()
-        report.shards_written = _run(model, head, root, todo, k, fold_norm, rank, progress)
+        work = (head, fast, report.two_pass)
+        report.shards_written = _run(model, work, root, todo, k, fold_norm, rank, progress)
         if world > 1:  # every rank reports what all of them wrote
             import torch.distributed as dist
 
             lists: list[Any] = [None] * world
             dist.all_gather_object(lists, report.shards_written)
             report.shards_written = sorted(name for names in lists for name in names)
+            counts: list[Any] = [None] * world
+            dist.all_gather_object(counts, report.two_pass)
+            report.two_pass = TwoPassStats()
+            for c in counts:
+                report.two_pass.add(c)
         report.seconds["project"] = time.perf_counter() - t1
 
         t2 = time.perf_counter()
@@ -172,7 +203,25 @@ def _matrices(matrices, model: Model) -> list[str]:
     return out
 
 
+def bound_malloc() -> None:
+    """Make glibc return freed large buffers to the system at once (Linux only; no-op elsewhere).
+
+    Mapping streams one 30-250 MB matrix after another through two threads; glibc's adaptive
+    mmap threshold would keep such buffers in per-thread heaps, and peak memory then grows
+    by a gigabyte on a 1B model. A fixed 1 MiB threshold keeps it near the working set.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def _layers(layers, n_layers: int) -> list[int]:
+    layers = parse_layers(layers)
     if layers is None:
         return list(range(n_layers))
     bad = [layer for layer in layers if not 0 <= int(layer) < n_layers]
@@ -261,7 +310,7 @@ def _prepare(
             if store.shard_entry_problem(name, entry, model.dims.n_layers) is not None:
                 if name in items:  # a record this run would write: remake it
                     remade.append(name)
-                print(f"conceptvec: dropping foreign shard record {name!r}", file=sys.stderr)
+                log.warning("dropping foreign shard record %r", name)
                 continue
             path = store.shard_path(root, name)
             if (
@@ -272,9 +321,7 @@ def _prepare(
                 done[name] = entry
             else:
                 remade.append(name)
-                print(
-                    f"conceptvec: shard {name} is damaged or missing; remaking it", file=sys.stderr
-                )
+                log.warning("shard %s is damaged or missing; remaking it", name)
         manifest["layers"] = [x for x in old.get("layers", []) if type(x) is int]
         manifest["matrices"] = [m for m in old.get("matrices", []) if m in ("up", "gate", "down")]
     elif old_path.exists() or _has_atlas_files(root) or _leftovers(root, manifest):
@@ -354,7 +401,8 @@ def _write_manifest(root: Path, manifest: dict, shards: dict, items: list[str]) 
     manifest["layers"] = sorted({layer for layer, _ in present} | set(manifest.get("layers", [])))
     order = {m: i for i, m in enumerate(("up", "gate", "down"))}
     manifest["matrices"] = sorted(
-        {m for _, m in present} | set(manifest.get("matrices", [])), key=order.get
+        {m for _, m in present} | set(manifest.get("matrices", [])),
+        key=lambda m: order.get(m, len(order)),
     )
     manifest["complete"] = all(name in shards for name in items)
     store.write_json(root / store.MANIFEST, manifest)
@@ -370,7 +418,7 @@ def _finish(root: Path, items: list[str]) -> bool:
 
 
 # ------------------------------------------------------------------------------ the work
-def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
+def _run(model, work, root, todo, k, fold_norm, rank, progress) -> list[str]:
     """Project every (layer, matrix) in ``todo``; read ahead and write shards in threads.
 
     On CPU one matrix is read ahead (the cores are busy with the GEMMs); on a GPU several
@@ -380,6 +428,8 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
     if not todo:
         return []
     from tqdm.auto import tqdm
+
+    head, fast, stats = work
 
     bar = tqdm(
         total=len(todo),
@@ -400,14 +450,23 @@ def _run(model, head, root, todo, k, fold_norm, rank, progress) -> list[str]:
                     nxt = next(upcoming, None)
                     if nxt is None:
                         break
-                    ahead.append(reader.submit(layer_vectors, model, *nxt, head, fold_norm))
+                    ahead.append(
+                        reader.submit(layer_vectors, model, nxt[0], nxt[1], head, fold_norm)
+                    )
                 vectors = ahead.popleft().result()
                 if isinstance(vectors, Pending):
                     vectors = vectors.result()
-                result = project_top_bottom(vectors, head, k)
+                extra: dict[str, Any] = {}
+                if fast is None:
+                    result = project_top_bottom(vectors, head, k)
+                else:
+                    result, done = project_two_pass(vectors, fast, k, project_top_bottom)
+                    stats.add(done)
+                    extra["two_pass_fallback"] = done.fallback
                 del vectors
                 name = store.shard_name(layer, matrix)
-                pending.append(writer.submit(_write_shard, root, rank, name, layer, matrix, result))
+                args = (root, rank, name, layer, matrix, result, extra)
+                pending.append(writer.submit(_write_shard, *args))
                 pending = [f for f in pending if not _done(f)]
                 written.append(name)
                 bar.update(1)
@@ -432,23 +491,48 @@ def project_top_bottom(vectors: torch.Tensor, head: FoldedHead, k: int) -> dict[
 
     Each vocabulary chunk of the head is folded once; rows go through it in blocks whose
     ``[rows, chunk]`` score matrix fits the device's budget; candidates merge at the end.
+    Rows are ordered by score, then by token id (:func:`canonical_order`): one candidate more
+    than ``k`` shows a tie at the k-th place, and such a row is settled from its full scores.
     """
     n = vectors.shape[0]
     budget = GPU_SCORE_BYTES if vectors.device.type == "cuda" else CPU_SCORE_BYTES
     rows = max(1, min(n, budget // (head.chunk_width * vectors.element_size())))
+    keep = min(k + 1, head.vocab)
     starts = range(0, n, rows)
     parts: list[list] = [[] for _ in starts]
     for offset, w in head.chunks():
         for j, start in enumerate(starts):
-            tv, ti, bv, bi = top_bottom(vectors[start : start + rows] @ w.T, k)
+            tv, ti, bv, bi = top_bottom(full_scores(vectors[start : start + rows], w), keep)
             parts[j].append((tv, ti + offset, bv, bi + offset))
         del w  # let the next chunk be folded without this one alive
-    merged = [merge_candidates(p, k) for p in parts]
-    out = [torch.cat([m[j] for m in merged]) for j in range(4)]
-    return dict(zip(store.SHARD_TENSORS, (out[1], out[0], out[3], out[2])))
+    merged = [merge_candidates(p, keep) for p in parts]
+    tv, ti, bv, bi = (torch.cat([m[j] for m in merged]) for j in range(4))
+    tv, ti = canonical_order(tv, ti, keep, largest=True)
+    bv, bi = canonical_order(bv, bi, keep, largest=False)
+    if keep > k:  # the (k+1)-th equal to the k-th: more tokens may tie there
+        tied = ((tv[:, k] == tv[:, k - 1]) | (bv[:, k] == bv[:, k - 1])).nonzero().flatten()
+        if len(tied):
+            tv, ti, bv, bi = _settle_ties(vectors, head, tied, (tv, ti, bv, bi))
+    out = (ti[:, :k], tv[:, :k], bi[:, :k], bv[:, :k])
+    return dict(zip(store.SHARD_TENSORS, out))
 
 
-def _write_shard(root: Path, rank: int, name: str, layer: int, matrix: str, result) -> None:
+def _settle_ties(vectors, head: FoldedHead, rows: torch.Tensor, picked):
+    """Return ``picked`` with ``rows`` redone from their full scores: a stable sort keeps
+    the lower token id first among equal scores."""
+    full = torch.cat([full_scores(vectors[rows], w) for _, w in head.chunks()], dim=1)
+    tv, ti, bv, bi = (t.clone() for t in picked)
+    keep = tv.shape[1]
+    top = full.sort(dim=1, descending=True, stable=True)
+    bottom = full.sort(dim=1, stable=True)
+    tv[rows], ti[rows] = top.values[:, :keep], top.indices[:, :keep].to(ti.dtype)
+    bv[rows], bi[rows] = bottom.values[:, :keep], bottom.indices[:, :keep].to(bi.dtype)
+    return tv, ti, bv, bi
+
+
+def _write_shard(
+    root: Path, rank: int, name: str, layer: int, matrix: str, result, extra: dict[str, Any]
+) -> None:
     result = {key: t.cpu() for key, t in result.items()}
     data = store.encode_shard(result, {"layer": str(layer), "matrix": matrix})
     path = store.shard_path(root, name)
@@ -460,5 +544,6 @@ def _write_shard(root: Path, rank: int, name: str, layer: int, matrix: str, resu
         "matrix": matrix,
         "sha256": store.sha256_bytes(data),
         "bytes": len(data),
+        **extra,
     }
     store.append_journal(root, rank, entry)

@@ -9,10 +9,12 @@ their top-k token sets). Base vs. an unlearned checkpoint works the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from conceptvec.errors import AtlasError
 from conceptvec.neurons import NeuronId
+from conceptvec.results import Result
 from conceptvec.tokens import show
 
 from .atlas import Atlas
@@ -68,7 +70,7 @@ class NeuronChange:
 
 
 @dataclass
-class AtlasDiff:
+class AtlasDiff(Result):
     """The result of :func:`diff_atlases`."""
 
     a: str
@@ -137,23 +139,11 @@ class AtlasDiff:
                 )
         return "\n".join(lines)
 
-    def plot(self):
+    def plot(self) -> Any:
         """Return a plotly figure: share of neurons with the same top-1 token, per layer."""
-        import plotly.graph_objects as go
+        from conceptvec.viz import atlas_diff_figure
 
-        fig = go.Figure()
-        for m in sorted({r.matrix for r in self.layers}):
-            rows = [r for r in self.layers if r.matrix == m]
-            fig.add_trace(
-                go.Scatter(x=[r.layer for r in rows], y=[r.same_top1 for r in rows], name=m)
-            )
-        fig.update_layout(
-            title="Neurons with the same top-1 token",
-            xaxis_title="layer",
-            yaxis_title="share of neurons",
-            yaxis_range=[0, 1],
-        )
-        return fig
+        return atlas_diff_figure(self)
 
 
 def _percent(part: int, whole: int) -> str:
@@ -185,7 +175,7 @@ def _check_comparable(a: Atlas, b: Atlas) -> None:
         )
 
 
-def diff_atlases(a: Atlas | str, b: Atlas | str, *, top: int = 20) -> AtlasDiff:
+def diff_atlases(a: Atlas | str | Path, b: Atlas | str | Path, *, top: int = 20) -> AtlasDiff:
     """Return per-layer agreement of two atlases and the ``top`` neurons that changed most."""
     a = a if isinstance(a, Atlas) else Atlas(a)
     b = b if isinstance(b, Atlas) else Atlas(b)

@@ -32,7 +32,7 @@ NEURONPEDIA_DIR = "neuronpedia"
 COLUMNS = ("layer", "index", "matrix", "pos_str", "pos_values", "neg_str", "neg_values")
 
 
-def _open(atlas: Atlas | str) -> Atlas:
+def _open(atlas: Atlas | str | Path) -> Atlas:
     return atlas if isinstance(atlas, Atlas) else Atlas(atlas)
 
 
@@ -71,21 +71,12 @@ def _tables(atlas: Atlas) -> Iterator:
         yield _arrow_table(layer, matrix, shard, vocab)
 
 
-def _require_pyarrow() -> None:
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        raise AtlasError(
-            "Parquet export needs pyarrow; install it with `pip install pyarrow`"
-        ) from None
-
-
 OWNER_KEY = b"conceptvec.atlas"
 """Parquet schema metadata key that marks a file as a conceptvec export."""
 
 
 def export_parquet(
-    atlas: Atlas | str, out: str | Path | None = None, *, overwrite: bool = False
+    atlas: Atlas | str | Path, out: str | Path | None = None, *, overwrite: bool = False
 ) -> Path:
     """Write the atlas as one Parquet table (a row group per shard); return its path.
 
@@ -93,7 +84,6 @@ def export_parquet(
     replaced only if conceptvec wrote it, and (for an explicit ``out``) only with
     ``overwrite``; any other file is never touched.
     """
-    _require_pyarrow()
     import pyarrow.parquet as pq
 
     atlas = _open(atlas)
@@ -154,15 +144,7 @@ def _is_our_parquet(path: Path) -> bool:
     return OWNER_KEY in metadata
 
 
-def read_parquet(path: str | Path):
-    """Return an exported Parquet atlas as a pandas DataFrame (needs pandas)."""
-    _require_pyarrow()
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pandas()
-
-
-def neuronpedia_rows(atlas: Atlas | str, model_id: str | None = None) -> Iterator[dict]:
+def neuronpedia_rows(atlas: Atlas | str | Path, model_id: str | None = None) -> Iterator[dict]:
     """Yield one Neuronpedia-style record per neuron and matrix.
 
     ``layer`` follows Neuronpedia's ``"<layer>-<source>"`` form, here ``"12-mlp-down"``; the
@@ -189,7 +171,7 @@ def neuronpedia_rows(atlas: Atlas | str, model_id: str | None = None) -> Iterato
 
 
 def export_neuronpedia(
-    atlas: Atlas | str,
+    atlas: Atlas | str | Path,
     out: str | Path | None = None,
     *,
     batch_size: int = 4096,

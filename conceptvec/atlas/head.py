@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from conceptvec.decode import residual_vectors
+from conceptvec.decode import NormFold, residual_vectors
 from conceptvec.errors import AtlasError
 from conceptvec.models import Model
 from conceptvec.models.disk_cache import cached_tensors
@@ -54,8 +54,7 @@ class FoldedHead:
         self._hasher = ThreadPoolExecutor(1)
         self._hash = self._hasher.submit(_sha256_tensor, raw)
         self._hasher.shutdown(wait=False)
-        self.gain = model.final_norm_gain() if fold else None
-        self.center = fold and model.spec.norm_style.startswith("layernorm")
+        self.norm = NormFold.of(model, fold)
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         whole = device.type == "cuda" or self.vocab * self.d_model * 4 <= CPU_HEAD_BYTES
         self._raw = None if whole else raw
@@ -73,36 +72,34 @@ class FoldedHead:
         return self._hash.result()
 
     def _fold(self, w: torch.Tensor) -> torch.Tensor:
-        return fold_rows(w, self.gain, self.center).to(self.dtype).contiguous()
+        return self.norm.rows(w).to(self.dtype).contiguous()
+
+    def whole_rows(self) -> torch.Tensor | None:
+        """Return the whole folded ``[vocab, d_model]`` head, or None if it is folded in chunks."""
+        return self._whole
+
+    def fold_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Return the folded rows ``[len(ids), d_model]`` of token ``ids``, bit for bit as
+        :meth:`chunks` folds them (the fold works row by row)."""
+        if self._whole is not None:
+            return self._whole[ids]
+        assert self._raw is not None  # kept exactly when the head is not held whole
+        return self._fold(self._raw[ids.cpu()].to(self.device))
 
     def chunks(self) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(first_token_id, W[first:first + n])`` covering the vocabulary."""
         if self._whole is not None:
             yield 0, self._whole
             return
-        step = self.chunk_width
+        raw, step = self._raw, self.chunk_width
+        assert raw is not None  # kept exactly when the head is not held whole
         for start in range(0, self.vocab, step):
-            yield start, self._fold(self._raw[start : start + step])
-
-
-def fold_rows(w: torch.Tensor, gain: torch.Tensor | None, center: bool) -> torch.Tensor:
-    """Return unembedding rows ``[n, d_model]`` as float32 with the final norm folded in.
-
-    ``v @ fold_rows(W).T`` equals decoding's ``center(v) * g @ W.T`` for any vector ``v``.
-    """
-    w = w.float() if w.dtype != torch.float32 else w.clone()
-    if gain is not None:
-        w.mul_(gain.to(w.device))
-    if center:
-        w.sub_(w.mean(-1, keepdim=True))
-    return w
+            yield start, self._fold(raw[start : start + step])
 
 
 def folded_rows(model: Model, ids: list[int] | slice, fold: bool = True) -> torch.Tensor:
     """Return the folded unembedding rows of token ``ids``, ``[len(ids), d_model]`` float32."""
-    gain = model.final_norm_gain() if fold else None
-    center = fold and model.spec.norm_style.startswith("layernorm")
-    return fold_rows(model.unembedding()[ids], gain, center)
+    return NormFold.of(model, fold).rows(model.unembedding()[ids])
 
 
 def head_moments(

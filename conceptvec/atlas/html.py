@@ -1,6 +1,7 @@
 """``export_html``: an atlas as a static HTML browser that opens from the file system.
 
->>> export_html(Atlas("atlas/smollm2-135m"), "atlas/smollm2-135m-html")  # doctest: +SKIP
+>>> from conceptvec.atlas import Atlas
+>>> export_html(Atlas("atlas/smollm2-135m"), "atlas/smollm2-135m-html")
 PosixPath('atlas/smollm2-135m-html/index.html')
 
 The page loads its data lazily by adding ``<script src="data/...js">`` tags; each data file

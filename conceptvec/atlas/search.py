@@ -19,6 +19,7 @@ neuron vectors.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -28,7 +29,8 @@ from conceptvec.decode import project, residual_vectors
 from conceptvec.errors import AtlasError
 from conceptvec.models import Model, load
 from conceptvec.models.disk_cache import cached_tensors
-from conceptvec.neurons import NeuronId, check_matrix
+from conceptvec.neurons import NeuronId, check_matrix, parse_layers
+from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
 
 from .atlas import match_ids
@@ -36,7 +38,7 @@ from .head import folded_rows, neuron_spread
 
 
 @dataclass(frozen=True)
-class WeightHit:
+class WeightHit(Result):
     """A neuron ranked by the score of searched tokens in its projection."""
 
     neuron: NeuronId
@@ -59,6 +61,13 @@ class WeightHit:
     """The searched tokens among the neuron's best, best first."""
     top_tokens: tuple[str, ...] = ()
     """The neuron's own first tokens on ``side``, to judge the hit by."""
+
+    def __str__(self) -> str:
+        tops = " ".join(show(t) for t in self.top_tokens[:5])
+        return (
+            f"{self.neuron} {self.matrix} {self.side}: {show(self.token)} z={self.zscore:.2f} "
+            f"score={self.score:.3f} vocab rank {self.vocab_rank}" + (f"  [{tops}]" if tops else "")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict (field names kept)."""
@@ -102,12 +111,12 @@ def search_weights(
     exact: bool = False,
     side: str = "top",
     best_of: int = 1,
-    layers: list[int] | None = None,
+    layers: str | list[int] | None = None,
     fold_norm: bool = True,
     by: str = "zscore",
     show_tokens: int = 8,
     progress: bool = False,
-) -> list[WeightHit]:
+) -> SearchResult:
     """Return the ``top`` neurons whose projection scores the searched tokens highest.
 
     Search one ``word`` (all its spellings: ``dog``, `` dog``, ``Dog``...) or a set of
@@ -130,6 +139,7 @@ def search_weights(
     m = model if isinstance(model, Model) else load(model)
     matrix = check_matrix(matrix, m.spec.gated)
     n_layers = m.dims.n_layers
+    layers = parse_layers(layers)  # "0-3,7" as on the command line
     for layer in layers or []:
         NeuronId(layer, 0).check(n_layers, m.dims.d_mlp)
     if token_ids is not None:
@@ -152,7 +162,7 @@ def search_weights(
     signs = {"top": (1.0,), "bottom": (-1.0,), "both": (1.0, -1.0)}[side]
     # (ranking key, sign, layer, index, the neuron's vector) per candidate
     found: list[tuple[float, float, int, int, torch.Tensor]] = []
-    todo = list(layers) if layers is not None else list(range(n_layers))
+    todo: Iterable[int] = list(layers) if layers is not None else range(n_layers)
     if progress:
         from tqdm.auto import tqdm
 
@@ -177,8 +187,9 @@ def search_weights(
     for f in found:  # with side="both", a neuron keeps its better side
         best.setdefault((f[2], f[3]), f)
     found = list(best.values())[:top]
+    query = word if word is not None else f"{len(token_ids or [])} token ids"
     if not found:
-        return []
+        return SearchResult([], query=query, table=hits_table)
     texts = m.token_texts()
     rows = torch.stack([f[4] for f in found])  # kept from the loop: no layer is read twice
     signs_t = torch.tensor([f[1] for f in found])[:, None]
@@ -206,7 +217,7 @@ def search_weights(
                 top_tokens=tuple(texts[j] for j in full[row].topk(show_tokens).indices.tolist()),
             )
         )
-    return hits
+    return SearchResult(hits, query=query, table=hits_table)
 
 
 def _neuron_vectors(m: Model, layer: int, matrix: str, fold_norm: bool) -> torch.Tensor:
@@ -224,7 +235,7 @@ def _neuron_vectors(m: Model, layer: int, matrix: str, fold_norm: bool) -> torch
         lambda: {"v": residual_vectors(m, layer, matrix, fold_norm).contiguous()},
         {"v": ((d.d_mlp, d.d_model), torch.float32)},
         depends=(residual_vectors.__module__, "conceptvec.models.gguf_file", "gguf.quants"),
-        disk=m.reader.kind == "gguf",
+        disk=m.reader.is_quantized(m.weight_key(matrix, layer)),  # dequantizing is slow
     )["v"]
 
 

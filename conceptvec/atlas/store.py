@@ -28,7 +28,7 @@ import torch
 
 from conceptvec import files
 from conceptvec.errors import AtlasError, CorruptAtlasError
-from conceptvec.models.specs import MAX_SIZE
+from conceptvec.models.arch import MAX_SIZE
 
 SCHEMA = "conceptvec.atlas"
 SCHEMA_VERSION = 1

@@ -72,3 +72,18 @@ def merge_candidates(
     top_v, pos = tv.topk(k, dim=-1)
     bot_v, bpos = bv.topk(k, dim=-1, largest=False)
     return top_v, ti.gather(1, pos), bot_v, bi.gather(1, bpos)
+
+
+def canonical_order(
+    values: torch.Tensor, ids: torch.Tensor, k: int, largest: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the first ``k`` of each row's candidates ``[n, q]`` ordered by value, then id.
+
+    Largest values first (smallest with ``largest=False``); equal values keep the lower token
+    id first. The atlas orders its rows this way, so that ties never depend on how the
+    scores were computed or selected.
+    """
+    by_id = ids.sort(dim=-1)
+    values = values.gather(-1, by_id.indices)
+    order = values.sort(dim=-1, descending=largest, stable=True).indices[..., :k]
+    return values.gather(-1, order), by_id.values.gather(-1, order)

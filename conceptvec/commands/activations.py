@@ -38,7 +38,7 @@ def activations(
 ) -> None:
     """Show where an MLP neuron fires most (or least) in some text, token by token."""
     from conceptvec.activations import read_texts, top_contexts
-    from conceptvec.cli import print_json
+    from conceptvec.commands import print_json
     from conceptvec.models import load
     from conceptvec.neurons import NeuronId
 

@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from conceptvec.distributed import is_main_process
 from conceptvec.errors import AtlasError
+from conceptvec.neurons import parse_layers
 
 MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
 EXPORTS = ("parquet", "neuronpedia", "html")
-
-
-def parse_layers(text: str | None) -> list[int] | None:
-    """Return the layers in ``"0-3,7"`` (None for all)."""
-    if not text:
-        return None
-    out: list[int] = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*([0-9]{1,6})\s*(?:-\s*([0-9]{1,6})\s*)?", part)
-        if not m:
-            raise AtlasError(f"cannot read layers {text!r}; write them like 0-3,7")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise AtlasError(f"layers {part.strip()!r} run backwards; write {hi}-{lo}")
-        out += range(lo, hi + 1)
-    return out
 
 
 def _formats(text: str) -> list[str]:
@@ -80,23 +66,6 @@ def _occupied(path: Path) -> bool:
     return path.is_dir() and any(path.iterdir())
 
 
-def bound_malloc() -> None:
-    """Make glibc return freed large buffers to the system at once (Linux only; no-op elsewhere).
-
-    Mapping streams one 30-250 MB matrix after another through two threads; glibc's adaptive
-    mmap threshold would keep such buffers in per-thread heaps, and peak memory then grows
-    by a gigabyte on a 1B model. A fixed 1 MiB threshold keeps it near the working set.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
 def register(app: typer.Typer) -> None:
     """Add the atlas commands to ``app``."""
 
@@ -113,6 +82,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
         dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float32")] = "auto",
+        precision: Annotated[
+            str,
+            typer.Option(
+                help="auto | two-pass | float32: two-pass scores in bf16 and proves the float32 "
+                "top and bottom k (same atlas, faster on CPU); auto uses it where it applies."
+            ),
+        ] = "auto",
         layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. 0-3,7.")] = None,
         export: Annotated[
             str, typer.Option(help="Also write: parquet, neuronpedia, html (comma list) or none.")
@@ -131,7 +107,6 @@ def register(app: typer.Typer) -> None:
 
         formats = _formats(export)
         target = out or default_out(model)
-        bound_malloc()
         try:
             report = build_atlas(
                 model,
@@ -144,6 +119,7 @@ def register(app: typer.Typer) -> None:
                 fold_norm=not no_fold,
                 overwrite=overwrite,
                 progress=not quiet,
+                precision=precision,
             )
         except KeyboardInterrupt:
             typer.echo(
@@ -152,11 +128,11 @@ def register(app: typer.Typer) -> None:
                 err=True,
             )
             raise typer.Exit(130) from None
-        if not _is_rank0():
+        if not is_main_process():
             return
         exported = [str(p) for p in run_exports(target, formats)] if report.complete else []
         if json_out:
-            from conceptvec.cli import print_json
+            from conceptvec.commands import print_json
 
             print_json({**report.to_dict(), "exports": exported})
             return
@@ -166,6 +142,12 @@ def register(app: typer.Typer) -> None:
             f"{len(report.shards_reused)} reused; {s['total']:.1f} s, of which projecting "
             f"{s['project']:.1f} s on {report.device} in {report.dtype})"
         )
+        if report.precision == "two-pass":
+            tp = report.two_pass
+            typer.echo(
+                f"two-pass: {tp.neurons - tp.fallback} of {tp.neurons} neurons proved exact "
+                f"from bf16 scores, {tp.fallback} redone in float32"
+            )
         for p in exported:
             typer.echo(f"export: {p}")
         typer.echo(f"search it: conceptvec search {target} WORD")
@@ -204,7 +186,7 @@ def register(app: typer.Typer) -> None:
         Given an atlas folder instead of a model, list the neurons whose stored top tokens
         hold the word.
         """
-        from conceptvec.cli import print_json
+        from conceptvec.commands import print_json
 
         if not word.strip() and not exact:
             raise AtlasError("the search word is empty; give a word or word piece, e.g. dog")
@@ -236,7 +218,7 @@ def register(app: typer.Typer) -> None:
         from conceptvec.atlas.search import hits_table, search_weights
 
         side = "both" if both else ("bottom" if bottom else "top")
-        kw = dict(
+        kw: dict[str, Any] = dict(
             matrix=matrix or "down",
             top=top,
             side=side,
@@ -252,13 +234,13 @@ def register(app: typer.Typer) -> None:
             m = load(model)
             concept = concept_tokens(m, word)
             typer.echo(f"searching {concept}".splitlines()[0] + f" as: {_core_line(concept)}")
-            hits = search_concept(m, concept, **kw)
+            found = search_concept(m, concept, **kw)
         else:
-            hits = search_weights(model, word, exact=exact, **kw)
+            found = search_weights(model, word, exact=exact, **kw)
         if json_out:
-            print_json([{"rank": n, **h.to_dict()} for n, h in enumerate(hits, 1)])
+            print_json([{"rank": n, **h.to_dict()} for n, h in enumerate(found, 1)])
         else:
-            typer.echo(hits_table(hits))
+            typer.echo(hits_table(found))
 
     @app.command()
     def diff(
@@ -274,7 +256,7 @@ def register(app: typer.Typer) -> None:
 
         result = diff_atlases(atlas_a, atlas_b, top=top)
         if json_out:
-            from conceptvec.cli import print_json
+            from conceptvec.commands import print_json
 
             print_json(result.to_dict())
         else:
@@ -301,12 +283,6 @@ def register(app: typer.Typer) -> None:
             raise AtlasError("--out works with one --format at a time")
         for p in run_exports(atlas_dir, formats, out, overwrite):
             typer.echo(f"export: {p}")
-
-
-def _is_rank0() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def _core_line(concept) -> str:

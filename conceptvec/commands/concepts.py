@@ -107,7 +107,7 @@ def find(
 ) -> None:
     """Find the neurons that hold a concept: weights, activations, knockouts, verdicts."""
     from conceptvec.activations.texts import read_texts
-    from conceptvec.cli import print_json
+    from conceptvec.commands import print_json
     from conceptvec.concepts import find_concept
     from conceptvec.models import load
 

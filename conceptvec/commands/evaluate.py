@@ -72,7 +72,7 @@ def evaluate(
 ) -> None:
     """Did unlearning remove the concept from the weights, or hide it? Weights, activations,
     QA and recovery attacks, per concept vector, against random-neuron controls."""
-    from conceptvec.cli import print_json
+    from conceptvec.commands import print_json
     from conceptvec.errors import EvaluationError
     from conceptvec.evaluate import intrinsic
 

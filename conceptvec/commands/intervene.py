@@ -6,8 +6,9 @@ result (a readable report, or ``--json``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -40,9 +41,9 @@ def _report(
     model, edits, prompts, targets, controls, top_k, tokens, chat, seed, json_out, before=None
 ):
     """Measure and print the effect; ``before`` (ablate) is the neurons' activations first."""
-    from conceptvec.cli import print_json
+    from conceptvec.commands import print_json
     from conceptvec.interventions import measure_effect
-    from conceptvec.interventions.specs import check_against
+    from conceptvec.interventions.edit_specs import check_against
 
     d = model.dims  # check ids before the torch model is built
     check_against(edits, d.n_layers, d.d_mlp, d.d_model)
@@ -149,6 +150,7 @@ def _non_finite(value, where: str = "result") -> str | None:
 
     if isinstance(value, float) and not math.isfinite(value):
         return where
+    items: Iterable[tuple[Any, Any]]
     if isinstance(value, dict):
         items = value.items()
     elif isinstance(value, (list, tuple)):
@@ -187,9 +189,11 @@ def clamp(
     """Clamp MLP neurons to values and show what the model does (targets, top tokens, text)."""
     from conceptvec.interventions import clamp as make_clamp
     from conceptvec.interventions import parse_assignment
+    from conceptvec.interventions.edit_specs import check_positions
     from conceptvec.models import load
 
-    edits = [make_clamp(*parse_assignment(a), positions=positions) for a in assignments]
+    where = check_positions(positions)
+    edits = [make_clamp(*parse_assignment(a), positions=where) for a in assignments]
     _check_prompts(prompt)
     m = load(model, quiet=json_out)
     _report(m, edits, prompt, targets, controls, top_k, max_new_tokens, chat, seed, json_out)
@@ -223,23 +227,26 @@ def ablate(
     """Ablate MLP neurons (zero, mean over reference texts, or noise on their weights)."""
     from conceptvec.errors import BadInterventionError
     from conceptvec.interventions import REFERENCE_TEXTS, mean_ablate, noise, zero
+    from conceptvec.interventions.edit_specs import Edit, check_positions
     from conceptvec.models import load
     from conceptvec.neurons import NeuronId
 
     if mode not in MODES:
         raise BadInterventionError(f"unknown --mode {mode!r}: use one of {', '.join(MODES)}")
     _check_prompts(prompt)
-    texts = REFERENCE_TEXTS
+    where = check_positions(positions)
+    texts: Sequence[str] = REFERENCE_TEXTS
     if reference is not None:
         if not reference.is_file():
             raise BadInterventionError(f"--reference {reference} is not a file")
         texts = [line for line in reference.read_text().splitlines() if line.strip()]
     m = load(model, quiet=json_out)
     ids = [NeuronId.parse(n).check(m.dims.n_layers, m.dims.d_mlp) for n in neurons]
+    edits: list[Edit]
     if mode == "zero":
-        edits = [zero(n, positions) for n in ids]
+        edits = [zero(n, where) for n in ids]
     elif mode == "mean":
-        edits = mean_ablate(m, ids, texts, positions)
+        edits = list(mean_ablate(m, ids, texts, where))
     else:
         edits = [
             noise(n, std, matrix=matrix, relative=relative, seed=seed + i)

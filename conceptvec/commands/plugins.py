@@ -48,7 +48,7 @@ def lm_eval(
     json_out: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Export a concept's forget QA, unrelated QA and text completion as lm-eval tasks."""
-    from conceptvec.cli import print_json
+    from conceptvec.commands import print_json
     from conceptvec.plugins import export_lm_eval
 
     export = export_lm_eval(

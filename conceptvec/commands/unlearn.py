@@ -85,7 +85,7 @@ def unlearn(
     json_out: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Unlearn a concept with a published method; write an HF checkpoint + unlearning.json."""
-    from conceptvec.cli import print_json
+    from conceptvec.commands import print_json
     from conceptvec.unlearning import unlearn as run
 
     if out is None:
@@ -116,9 +116,9 @@ def unlearn(
         progress=not json_out,
         **_hparams(hparam),
     )
-    import os
+    from conceptvec.distributed import is_main_process
 
-    if os.environ.get("RANK", "0") != "0":
+    if not is_main_process():
         return  # under torchrun only the main process reports
     if json_out:
         print_json(result.to_dict())

@@ -3,14 +3,15 @@
 - :func:`find_concept` goes from a concept's name (and its text and QA) to validated
   :class:`ConceptVector` records in any model, returning a :class:`ConceptSearch`;
 - :func:`concept_tokens` builds a concept's token set (:class:`ConceptTokens`), and
-  :func:`search_concept` ranks every neuron on its key words, as the finder does;
+  :func:`search_concept` ranks every neuron on its key words and
+  :func:`search_text_words` on its text's distinctive words, the finder's two searches;
 - :func:`read_concepts` / :func:`write_concepts` read and write ConceptVectors JSON files;
   :class:`ConceptEntry` is one concept of such a file, :class:`TextCompletion` one probe;
 - :func:`build_concepts` maps every concept of such a file to this model's vectors.
 """
 
 from .benchmark import STYLES, ConceptEntry, TextCompletion, read_concepts, write_concepts
-from .find import ConceptSearch, find_concept, search_concept
+from .find import ConceptSearch, find_concept, search_concept, search_text_words
 from .record import (
     VERDICTS,
     ActivationEvidence,
@@ -39,5 +40,6 @@ __all__ = [
     "judge",
     "read_concepts",
     "search_concept",
+    "search_text_words",
     "write_concepts",
 ]

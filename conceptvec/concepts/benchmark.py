@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from conceptvec.errors import BadConceptFileError
 from conceptvec.files import write_new
+from conceptvec.results import Result
 
 MAX_FILE_BYTES = 512 * 2**20
 """Concepts files larger than this are refused before reading (the LLaMA file is ~20 MB)."""
@@ -88,7 +89,7 @@ def _key(role: str, keys: tuple[str, ...] = ()) -> str:
 
 
 @dataclass
-class ConceptEntry:
+class ConceptEntry(Result):
     """One concept of a ConceptVectors file, with the source model's vector ``Layer``/``Dim``."""
 
     concept: str

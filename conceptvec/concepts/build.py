@@ -27,6 +27,7 @@ from conceptvec.neurons import NeuronId
 
 from .benchmark import ConceptEntry, read_concepts, write_concepts
 from .find import ConceptSearch, find_concept
+from .record import ConceptVector
 
 PARTIAL_SUFFIX = ".partial.json"
 
@@ -35,10 +36,11 @@ class BuildError(ConceptvecError, ValueError):
     """A concepts build that cannot start or resume as asked."""
 
 
-def pick(search: ConceptSearch):
+def pick(search: ConceptSearch) -> ConceptVector | None:
     """Return the vector a built file names for a search: the best ``concept`` verdict, else
     the first validated candidate, else the first candidate (None when there is none)."""
-    return search.best or (search.validated or search.candidates or [None])[0]
+    found = search.validated or search.candidates
+    return search.best or (found[0] if found else None)
 
 
 def entry_for(entry: ConceptEntry, search: ConceptSearch) -> ConceptEntry:
@@ -137,9 +139,9 @@ def build_concepts(
         _save(partial, {"key": key, "done": done})
     rows = [r[0] for r in results]
     if update:
-        new = {e.concept: e for e in rows}
+        built = {e.concept: e for e in rows}
         old = {e.concept for e in kept}
-        rows = [new.get(e.concept, e) for e in kept] + [e for e in rows if e.concept not in old]
+        rows = [built.get(e.concept, e) for e in kept] + [e for e in rows if e.concept not in old]
     write_concepts(rows, out, overwrite=overwrite or update)
     partial.unlink(missing_ok=True)  # ours: written by this job under this name
     return results

@@ -33,6 +33,7 @@ from conceptvec.interventions.targets import resolve
 from conceptvec.models import Model, load
 from conceptvec.neurons import NeuronId
 from conceptvec.qa import QAScores, answer, answer_logprobs
+from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
 
 from .record import VERDICTS, ActivationEvidence, ConceptVector, WeightEvidence
@@ -59,7 +60,7 @@ class ConceptSearchError(ConceptvecError, ValueError):
 
 
 @dataclass
-class ConceptSearch:
+class ConceptSearch(Result):
     """What :func:`find_concept` found: every candidate with its evidence and verdict."""
 
     concept: str
@@ -185,7 +186,7 @@ def _cell(v: Any) -> str:
 # --------------------------------------------------------------------------- stages
 def search_concept(
     model: Any, concept: ConceptTokens, *, top: int = 10, side: str = "both", **kw: Any
-) -> list[WeightHit]:
+) -> SearchResult:
     """Return the ``top`` neurons whose vectors score the concept's key words highest.
 
     Each neuron's key is its mean z-score over its 3 best word forms of the key words
@@ -194,9 +195,38 @@ def search_concept(
     with a multi-word name and the benchmark all search this way.
     """
     ids = concept.key_ids
+    hits = search_weights(
+        model, token_ids=ids, groups=concept.forms(ids), top=top, side=side, best_of=3, **kw
+    )
+    hits.query = concept.name
+    return hits
+
+
+def search_text_words(
+    model: Any, concept: ConceptTokens, *, top: int = 10, side: str = "both", **kw: Any
+) -> list[WeightHit]:
+    """Return the ``top`` neurons that score the concept's *distinctive* text words highest
+    (:attr:`ConceptTokens.distinctive`: " Mexicans", " Brazilian" for "Culture of Latin
+    America"), keyed as :func:`search_concept` keys the name's words. Empty without text."""
+    ids = concept.distinctive
+    if not ids:
+        return []
     return search_weights(
         model, token_ids=ids, groups=concept.forms(ids), top=top, side=side, best_of=3, **kw
     )
+
+
+def merge_hits(*lists: list[WeightHit], top: int) -> list[tuple[WeightHit, int]]:
+    """Interleave ranked hit lists (the first of each, then the second of each, ...), each
+    neuron once, at its first place; return the first ``top`` as ``(hit, list index)``."""
+    out: list[tuple[WeightHit, int]] = []
+    seen: set[str] = set()
+    for i in range(max((len(x) for x in lists), default=0)):
+        for n, hits in enumerate(lists):
+            if i < len(hits) and str(hits[i].neuron) not in seen:
+                seen.add(str(hits[i].neuron))
+                out.append((hits[i], n))
+    return out[:top]
 
 
 def _weight_evidence(model: Any, hits: list, concept: ConceptTokens, k: int, matrix: str):
@@ -286,11 +316,18 @@ def find_concept(
         t0 = time.perf_counter()
         concept = concept_tokens(m, name, texts)
         bar.step("weights", seconds, "tokens", t0)
-        hits = search_concept(m, concept, matrix=matrix, top=candidates)
+        merged = merge_hits(
+            search_concept(m, concept, matrix=matrix, top=candidates),
+            search_text_words(m, concept, matrix=matrix, top=candidates),
+            top=candidates,
+        )
+        hits = [h for h, _ in merged]
         found = [
             ConceptVector(name, m.name, str(h.neuron), matrix, w)
             for h, w in zip(hits, _weight_evidence(m, hits, concept, k, matrix))
         ]
+        for c, (_, source) in zip(found, merged):
+            c.weights.search = ("name", "text")[source]
         bar.step("activations", seconds, "weights", t0)
         target = resolve(model, tokenizer)
         if texts:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from conceptvec.results import Result
 from conceptvec.tokens import show
 
 VERDICTS = ("concept", "category", "unclear", "not causal", "unvalidated")
@@ -36,9 +37,11 @@ class WeightEvidence:
     side: str
     """``top`` when the concept's tokens score high, ``bottom`` when they score low."""
     rank: int
-    """1-based rank of the neuron in the concept's weight search (both sides, all layers)."""
+    """1-based place among the finder's candidates: the name search and the text search
+    (both sides, all layers), interleaved."""
     key: float
-    """The search key: mean z-score of the neuron's best core tokens, on ``side``."""
+    """The search key: mean z-score of the neuron's 3 best word forms, on ``side``, of the
+    name's key words or the text's distinctive words (see ``search``)."""
     tokens: list[str]
     """The neuron's first ``k`` tokens on ``side``."""
     related_rate: float
@@ -52,6 +55,9 @@ class WeightEvidence:
     """How many of its ``k`` tokens are in the concept's set."""
     n_kind: int
     """How many of its ``k`` tokens are kind tokens."""
+    search: str = "name"
+    """Which weight search ranked it: ``name`` (the name's key words) or ``text`` (the
+    text's distinctive words); the finder interleaves the two lists."""
 
 
 @dataclass
@@ -104,7 +110,7 @@ class KnockoutEvidence:
 
 
 @dataclass
-class ConceptVector:
+class ConceptVector(Result):
     """A neuron that holds a concept, with the evidence and the verdict on it."""
 
     concept: str
@@ -139,7 +145,7 @@ class ConceptVector:
         out["writes_concept"] = self.writes_concept
         return out
 
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:

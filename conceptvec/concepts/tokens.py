@@ -14,6 +14,11 @@
   ``"National"``); see :func:`concept_tokens`;
 - **related** tokens: words frequent in the concept's text (``" Caesar"``, ``" Latin"``)
   whose unembedding is close to the core's centroid;
+- **distinctive** tokens: the words the concept's text uses far more than the language does,
+  whatever their place in the unembedding (``" Mexicans"``, ``" Brazilian"`` for "Culture of
+  Latin America", whose name words' centroid sits near "American"): a compound name need not
+  mean what its words mean apart. They join the concept's set and give the finder a second
+  weight search;
 - **kind** tokens: the core's nearest neighbours in the unembedding that are not in the set
   (for "Poland": ``" Germany"``, ``" Spain"``...). They stand for other concepts of the same
   kind and mark *category* neurons (see ``breadth`` in :mod:`.weights`).
@@ -34,6 +39,7 @@ import torch
 from conceptvec.atlas.head import folded_rows
 from conceptvec.errors import ConceptvecError
 from conceptvec.models import Model
+from conceptvec.results import Result
 from conceptvec.tokens import show, token_text
 
 STOPWORDS = frozenset(
@@ -52,7 +58,7 @@ class ConceptTokensError(ConceptvecError, ValueError):
 
 
 @dataclass
-class ConceptTokens:
+class ConceptTokens(Result):
     """The token set of one concept in one model's vocabulary (ids with their text)."""
 
     name: str
@@ -60,6 +66,9 @@ class ConceptTokens:
     """Each name word -> the ids of its spellings and variants."""
     related: list[int] = field(default_factory=list)
     """Ids of words from the concept's text close to the core (not in ``core``)."""
+    distinctive: list[int] = field(default_factory=list)
+    """Ids of the words the concept's text uses far more than the language does (by the
+    same measure as :attr:`specificity`), not in ``core`` or ``related``."""
     kind: list[int] = field(default_factory=list)
     """Ids of the core's nearest neighbours outside the set: other concepts of its kind."""
     texts: dict[int, str] = field(default_factory=dict)
@@ -84,8 +93,8 @@ class ConceptTokens:
 
     @property
     def ids(self) -> list[int]:
-        """The concept's whole set: core then related ids."""
-        return list(dict.fromkeys(self.core_ids + self.related))
+        """The concept's whole set: core, related, then distinctive ids."""
+        return list(dict.fromkeys(self.core_ids + self.related + self.distinctive))
 
     def forms(self, ids: list[int]) -> list[int]:
         """Return a word-form label per id: spellings of one form (``" Rome"``, ``"Rome"``,
@@ -99,6 +108,7 @@ class ConceptTokens:
         out = asdict(self)
         out["core"] = {w: [self.texts[i] for i in ids] for w, ids in self.core.items()}
         out["related"] = [self.texts[i] for i in self.related]
+        out["distinctive"] = [self.texts[i] for i in self.distinctive]
         out["kind"] = [self.texts[i] for i in self.kind]
         out["texts"] = {str(k): v for k, v in self.texts.items()}
         return out
@@ -108,9 +118,13 @@ class ConceptTokens:
             f"{w}: {', '.join(show(self.texts[i]) for i in ids)}" for w, ids in self.core.items()
         )
         related = ", ".join(show(self.texts[i]) for i in self.related[:20])
+        distinctive = ", ".join(show(self.texts[i]) for i in self.distinctive[:20])
         kind = ", ".join(show(self.texts[i]) for i in self.kind[:12])
         key = ", ".join(self.key or self.core)
-        return f"{self.name}\n  core: {core}\n  key: {key}\n  related: {related}\n  kind: {kind}"
+        return (
+            f"{self.name}\n  core: {core}\n  key: {key}\n  related: {related}\n"
+            f"  distinctive: {distinctive}\n  kind: {kind}"
+        )
 
 
 def name_words(name: str) -> list[str]:
@@ -188,6 +202,8 @@ def concept_tokens(
     related_quantile: float = 0.99,
     max_related: int = 24,
     min_count: int = 2,
+    max_distinctive: int = 24,
+    distinctive_count: int = 3,
     kind_size: int = 200,
     common: float = 0.03,
     key_ratio: float = 4.0,
@@ -196,7 +212,9 @@ def concept_tokens(
 
     ``texts`` (the concept's Wikipedia article, say) add related words that occur at least
     ``min_count`` times and whose cosine to the core centroid is in the top
-    ``1 - related_quantile`` of the vocabulary's.
+    ``1 - related_quantile`` of the vocabulary's, and up to ``max_distinctive`` distinctive
+    words: those used at least ``distinctive_count`` times whose count times token id (the
+    measure of :attr:`ConceptTokens.specificity`) is highest, wherever they sit in the head.
     Raises :class:`ConceptTokensError` when no word of the name is a token.
 
     Tokens among the first ``common`` fraction of the vocabulary are treated as common
@@ -254,15 +272,18 @@ def concept_tokens(
     cos = head.cosines(centroid)
     floor = float(cos.float().kthvalue(max(1, int(related_quantile * len(cos)))).values)
     related = _related(texts, index, set(core_ids), cos, floor, max_related, min_count, cut)
-    taken = set(core_ids) | set(related)
+    distinctive = _distinctive(
+        texts, index, set(core_ids) | set(related), max_distinctive, distinctive_count, cut
+    )
+    taken = set(core_ids) | set(related) | set(distinctive)
     kind = [
         int(i)
         for i in cos.topk(min(len(cos), kind_size + len(taken) + 200)).indices
         if int(i) not in taken and int(i) >= cut and _wordlike(vocab_texts[int(i)])
     ][:kind_size]
-    every = core_ids + related + kind
+    every = core_ids + related + distinctive + kind
     texts_of = {i: vocab_texts[i] for i in every}
-    return ConceptTokens(name, core, related, kind, texts_of, key, spec)
+    return ConceptTokens(name, core, related, distinctive, kind, texts_of, key, spec)
 
 
 def _specificity(
@@ -331,3 +352,26 @@ def _related(
             scored.append((float(cos[ids[0]]) * (1 + n) ** 0.25, ids[0]))
     scored.sort(reverse=True)
     return list(dict.fromkeys(i for _, i in scored))[:limit]
+
+
+def _distinctive(
+    texts: Sequence[str],
+    index: dict[str, list[int]],
+    taken: set[int],
+    limit: int,
+    min_count: int,
+    cut: int,
+) -> list[int]:
+    """Return the ids of the ``limit`` words of ``texts`` with the highest count times token
+    id (single whole-word tokens, used at least ``min_count`` times, outside ``taken`` and the
+    common words below id ``cut``)."""
+    counts: Counter = Counter()
+    for t in texts:
+        counts.update(w for w in _WORD.findall(t) if len(w) >= 3 and w.lower() not in STOPWORDS)
+    scored = []
+    for w, n in counts.items():
+        ids = index.get(" " + w, [])
+        if n >= min_count and ids and ids[0] >= cut and ids[0] not in taken:
+            scored.append((n * ids[0], ids[0]))
+    scored.sort(key=lambda x: (-x[0], x[1]))
+    return [i for _, i in scored[:limit]]

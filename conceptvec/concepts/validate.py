@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conceptvec.interventions.controls import percentile
-from conceptvec.interventions.specs import NeuronEdit, noise, zero
+from conceptvec.interventions.edit_specs import NeuronEdit, noise, zero
 from conceptvec.neurons import NeuronId
 from conceptvec.qa import evaluate_qa
 
@@ -131,6 +131,7 @@ def judge(c: ConceptVector, t: Thresholds) -> None:
         k for k in hurts if abs(k.delta_unrelated) <= t.max_unrelated_share * abs(k.delta_concept)
     ]
     best = decisive(c)
+    assert best is not None  # c.knockouts is not empty
     shown = (
         f"{best.mode} moved concept QA log p by {best.delta_concept:+.4f}/token and unrelated "
         f"by {best.delta_unrelated:+.4f} (drop beats {best.drop_percentile:.0f}% of "

@@ -36,7 +36,7 @@ import torch
 
 from conceptvec.activations import read_activations
 from conceptvec.interventions.controls import percentile, random_controls
-from conceptvec.interventions.specs import clamp, replace_weights
+from conceptvec.interventions.edit_specs import NeuronEdit, clamp, replace_weights
 from conceptvec.interventions.targets import Target
 from conceptvec.neurons import NeuronId
 from conceptvec.qa import (
@@ -214,7 +214,11 @@ def recovery(
     all: after a scoped method their base vectors equal their unlearned ones, so putting
     them back cannot recover anything and a percentile of 100 would say nothing."""
     d_mlp = base.model.dims.d_mlp
-    ctrl = [c[0].neuron for c in random_controls([clamp(neuron, 0.0)], d_mlp, controls, seed)]
+    ctrl = [
+        c[0].neuron
+        for c in random_controls([clamp(neuron, 0.0)], d_mlp, controls, seed)
+        if isinstance(c[0], NeuronEdit)  # always: a clamp's controls are clamps
+    ]
     missing = [n for n in [neuron, *ctrl] if str(n) not in probes.base_mean]
     if missing:
         probes.base_mean.update(base_means(base, probes, missing))

@@ -222,7 +222,7 @@ def intrinsic(
             held, source = held_by[c.name]
             questions = f"held-out by {source}" if held else "all"
             t = None
-            if trace_activations and c.text:
+            if trace_activations and c.text and base_target is not None and target is not None:
                 texts = concept_text(c.text)
                 key = f"trace:{c.name}:{c.neuron.layer}"
                 if key not in shared:
@@ -232,7 +232,7 @@ def intrinsic(
             if trace_activations and not c.text and t is None and lab == "intact":
                 why = "weights intact; no concept text, so no activation trace"
             ev = ConceptEval(c.name, str(c.neuron), vec, lab, why, t, questions=questions)
-            if qa:
+            if qa and base_target is not None and target is not None:
                 p = _probes(shared, base_target, c, held, max_questions, max_new_tokens, chat, seed)
                 ev.base_behaviour = p.base
                 ev.behaviour = probe_model(target, p, max_new_tokens=max_new_tokens)
@@ -413,7 +413,7 @@ def score(
         base, unlearned, concepts, qa=qa, trace_activations=trace_activations, **options
     )
     run = report.runs[0]
-    by = {}
+    by: dict[str, dict[str, Any]] = {}
     for c in run.concepts:
         v = c.vector
         by[c.concept] = {

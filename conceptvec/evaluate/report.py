@@ -17,6 +17,7 @@ from typing import Any
 
 from conceptvec.errors import EvaluationError
 from conceptvec.files import write_new
+from conceptvec.results import Result
 from conceptvec.tokens import show
 
 from .behaviour import Probe, Recovery
@@ -117,7 +118,7 @@ def _f(x: float | None, fmt: str = ".3f") -> str:
 
 
 @dataclass
-class EvalReport:
+class EvalReport(Result):
     """What :func:`conceptvec.evaluate.intrinsic` found."""
 
     base: str
@@ -247,7 +248,7 @@ class EvalReport:
                 )
         return self.table() + "\n\n" + "\n".join(notes)
 
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+    def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:
@@ -256,52 +257,9 @@ class EvalReport:
     def plot(self) -> Any:
         """Return a plotly figure: change percentile per concept and checkpoint, the layer
         change map of the down matrices, and the recovered share per attack."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+        from conceptvec.viz import eval_report_figure
 
-        fig = make_subplots(
-            rows=1,
-            cols=3,
-            subplot_titles=(
-                "concept vector: change percentile (whole model)",
-                "relative change of down_proj per layer",
-                "forget QA recovered",
-            ),
-        )
-        for run in self.runs:
-            names = [c.concept for c in run.concepts]
-            fig.add_trace(
-                go.Bar(name=run.name, x=names, y=[c.vector.change_pct_model for c in run.concepts]),
-                row=1,
-                col=1,
-            )
-            down = [m for m in run.weights.matrices if m.matrix == "down"]
-            fig.add_trace(
-                go.Scatter(
-                    name=f"{run.name} down",
-                    x=[m.layer for m in down],
-                    y=[m.rel_frobenius for m in down],
-                    mode="lines+markers",
-                ),
-                row=1,
-                col=2,
-            )
-            recs = [
-                (f"{c.concept} {r.attack}", r.recovered) for c in run.concepts for r in c.recovery
-            ]
-            if recs:
-                fig.add_trace(
-                    go.Bar(
-                        name=f"{run.name} recovered", x=[a for a, _ in recs], y=[v for _, v in recs]
-                    ),
-                    row=1,
-                    col=3,
-                )
-        fig.update_yaxes(type="log", row=1, col=2)
-        fig.update_layout(
-            height=450, width=1400, barmode="group", title=f"unlearning vs. {self.base}"
-        )
-        return fig
+        return eval_report_figure(self)
 
     def write_json(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write :meth:`to_dict` to ``path`` atomically."""

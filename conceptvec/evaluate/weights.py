@@ -42,8 +42,9 @@ from conceptvec.decode import project
 from conceptvec.errors import EvaluationError
 from conceptvec.interventions.effect import progress_bar
 from conceptvec.models import Model
-from conceptvec.models.specs import text_config
+from conceptvec.models.arch import text_config
 from conceptvec.neurons import NeuronId
+from conceptvec.results import Result
 from conceptvec.tokens import token_text
 
 from .concepts import EvalConcept
@@ -132,7 +133,7 @@ class ChangedVector:
 
 
 @dataclass
-class WeightComparison:
+class WeightComparison(Result):
     """The weight-level comparison of one unlearned checkpoint with its base."""
 
     k: int
@@ -154,6 +155,17 @@ class WeightComparison:
     def identical(self) -> bool:
         """Whether no MLP weight changed at all."""
         return all(m.changed == 0 for m in self.matrices)
+
+    def __str__(self) -> str:
+        changed = sum(1 for m in self.matrices if m.rel_frobenius > 0)
+        lines = [
+            f"weights ({self.recipe}, k={self.k}): {changed} of {len(self.matrices)} matrices "
+            f"changed" + ("; identical" if self.identical else "")
+        ]
+        lines += [
+            f"  {c.concept}: change percentile {c.change_pct_model:.1f}" for c in self.concepts
+        ]
+        return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -343,7 +355,7 @@ def compare_weights(
             )
             if m == "down":
                 l2_down[layer] = ch["l2"]
-            if m == "down" and overlap is not None:
+            if m == "down" and overlap is not None and jac_all is not None:
                 rb = recipe_vectors(base, layer, b, recipe)
                 ru = recipe_vectors(base, layer, u, recipe)
                 d = ch["l2"] if rb is b else (ru.double() - rb.double()).norm(dim=1).cpu()
@@ -358,7 +370,7 @@ def compare_weights(
             bar.update(1)
     bar.close()
     show = token_text(base.tokenizer) if base.tokenizer is not None else str
-    changes = []
+    changes: list[VectorChange] = []
     down = rel["down"]
     for c in concepts:
         key = (c.neuron.layer, c.neuron.index)
@@ -401,10 +413,10 @@ def compare_weights(
         for m, r in rel.items()
     }
     if jac_all is not None:
-        for c in changes:
-            n = NeuronId.parse(c.neuron)
-            moved = 1 - jac_all[c.side]
-            c.jaccard_pct_model = percentile_of(float(moved[n.layer, n.index]), moved)
+        for change in changes:
+            n = NeuronId.parse(change.neuron)
+            moved = 1 - jac_all[change.side]
+            change.jaccard_pct_model = percentile_of(float(moved[n.layer, n.index]), moved)
     return WeightComparison(
         k,
         recipe,

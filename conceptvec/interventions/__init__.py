@@ -6,8 +6,7 @@ The public names are re-exported by :mod:`conceptvec`; see ``docs/interventions.
 from .ablation import REFERENCE_TEXTS, mean_ablate, neuron_means
 from .apply import Intervention, generate, intervene, logits
 from .controls import random_controls
-from .effect import EffectResult, PromptEffect, TokenProb, measure_effect
-from .specs import (
+from .edit_specs import (
     POSITIONS,
     NeuronEdit,
     Steer,
@@ -22,6 +21,7 @@ from .specs import (
     zero,
     zero_weights,
 )
+from .effect import EffectResult, PromptEffect, TokenProb, measure_effect
 from .sweep import DoseResponse, dose_response
 from .targets import Target, resolve
 

@@ -16,7 +16,7 @@ from conceptvec.errors import BadInterventionError
 from conceptvec.neurons import NeuronId
 
 from .apply import hooked
-from .specs import NeuronEdit, Positions, check_against, check_positions
+from .edit_specs import NeuronEdit, Positions, check_against, check_positions
 from .targets import resolve
 
 REFERENCE_TEXTS: tuple[str, ...] = (
@@ -84,8 +84,8 @@ def mean_ablate(
     tokenizer: Any = None,
 ) -> list[NeuronEdit]:
     """Return clamps of ``neurons`` to their mean activation over ``texts`` (label ``mean``)."""
-    ns = [neurons] if isinstance(neurons, (str, NeuronId)) else list(neurons)
-    ns = [NeuronId.parse(n) for n in ns]
+    given = [neurons] if isinstance(neurons, (str, NeuronId)) else list(neurons)
+    ns = [NeuronId.parse(n) for n in given]
     means = neuron_means(model, ns, texts, tokenizer)
     check_positions(positions)
     return [NeuronEdit(n, "clamp", m, positions, "mean") for n, m in zip(ns, means)]

@@ -23,13 +23,15 @@ import torch
 
 from conceptvec.errors import BadInterventionError, HookNeverFiredError, InterventionInUseError
 
-from . import guard, nns, tl
-from . import hooks as torch_hooks
+from . import guard
+from .backends import nnsight as nns
+from .backends import torch as torch_hooks
+from .backends import transformer_lens as tl
+from .edit_specs import Edits, NeuronEdit, Steer, WeightEdit, check_against, flatten
 from .edits import add_steering, edit_hidden
 from .positions import PassTracker
-from .specs import Edits, NeuronEdit, Steer, WeightEdit, check_against, flatten
 from .targets import Target, resolve
-from .weights import edited_weights
+from .weight_edits import edited_weights
 
 
 class Intervention:

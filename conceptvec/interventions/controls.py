@@ -16,7 +16,7 @@ import torch
 from conceptvec.errors import BadInterventionError
 from conceptvec.neurons import NeuronId
 
-from .specs import Edit, NeuronEdit, Steer, WeightEdit
+from .edit_specs import Edit, NeuronEdit, Steer, WeightEdit
 
 
 def random_controls(edits: list[Edit], d_mlp: int, n: int, seed: int = 0) -> list[list[Edit]]:

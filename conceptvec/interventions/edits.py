@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from .edit_specs import NeuronEdit, Steer
 from .positions import PassTracker
-from .specs import NeuronEdit, Steer
 
 
 def _spans(
@@ -67,5 +67,6 @@ def add_steering(
     at its positions; count in ``applied`` each one that touched a token."""
     out = h.clone()
     for s, where in _spans(steers, tracker, h.shape[-2], applied, rows):
-        out[(*where, slice(None))] += s.scale * s.vector.to(device=h.device, dtype=h.dtype)
+        index = (*where, slice(None))
+        out[index] += s.scale * s.vector.to(device=h.device, dtype=h.dtype)
     return out

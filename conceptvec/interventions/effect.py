@@ -18,16 +18,17 @@ from typing import Any
 import torch
 
 from conceptvec.errors import BadInterventionError
+from conceptvec.results import Result
 from conceptvec.tokens import show, token_text
 
 from .apply import generate as generate_ids
 from .apply import logits as forward_logits
 from .controls import percentile, random_controls
-from .specs import Edit, Edits, WeightEdit, check_against, flatten
+from .edit_specs import Edit, Edits, WeightEdit, check_against, flatten
 from .targets import Target, resolve
 
 
-def pretty_as_str(self: Any, printer: Any, cycle: bool) -> None:
+def pretty_as_str(self: Any, printer: Any, _cycle: bool) -> None:
     """IPython's pretty-printer hook: show a result as its ``str`` (the readable report),
     not as its dataclass fields."""
     printer.text(str(self))
@@ -117,7 +118,7 @@ class PromptEffect:
 
 
 @dataclass
-class EffectResult:
+class EffectResult(Result):
     """What :func:`measure_effect` found, per prompt and overall."""
 
     model: str

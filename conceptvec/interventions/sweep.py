@@ -13,14 +13,15 @@ from typing import Any
 
 from conceptvec.errors import BadInterventionError
 from conceptvec.neurons import NeuronId
+from conceptvec.results import Result
 
+from .edit_specs import Positions, clamp, finite
 from .effect import EffectResult, measure_effect, pretty_as_str, progress_bar
-from .specs import Positions, clamp, finite
 from .targets import resolve
 
 
 @dataclass
-class DoseResponse:
+class DoseResponse(Result):
     """Target probabilities as a function of the clamp value, with random controls."""
 
     model: str

@@ -5,23 +5,21 @@
   (``blocks.L.mlp.hook_post``, ``blocks.L.hook_resid_post``);
 - an nnsight ``LanguageModel`` / ``TransformersModel``: edits placed inside its traces.
 
-Objects are recognised by their class's module name, so neither TransformerLens nor nnsight
-is imported unless the user's model is one of theirs.
+Objects are taken apart by :func:`conceptvec.models.objects.unwrap`, which recognises them by
+their class's module name, so neither TransformerLens nor nnsight is imported unless the
+user's model is one of theirs.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from conceptvec.errors import UnsupportedModelError
 from conceptvec.models import Model, load
-from conceptvec.models.hooked import is_hooked_transformer
-
-Backend = Literal["hf", "transformer_lens", "nnsight"]
+from conceptvec.models.objects import Backend, unwrap
 
 
 @dataclass
@@ -58,7 +56,8 @@ class Target:
 def resolve(obj: Any, tokenizer: Any = None) -> Target:
     """Return the :class:`Target` for ``obj`` (a Model, alias or path, HF, TL or nnsight model).
 
-    Raises UnsupportedModelError for objects that are none of these.
+    Raises UnsupportedModelError for objects that are none of these
+    (:func:`conceptvec.models.objects.unwrap` takes them apart).
     """
     if isinstance(obj, Target):
         return obj
@@ -68,29 +67,5 @@ def resolve(obj: Any, tokenizer: Any = None) -> Target:
         live = load(obj.hf, tokenizer=tokenizer or obj.tokenizer)
         live.name = obj.name
         return Target(obj, "hf", obj.hf, live)
-    module = type(obj).__module__ or ""
-    if is_hooked_transformer(obj):
-        return Target(obj, "transformer_lens", None, load(obj, tokenizer=tokenizer))
-    if module.startswith("transformer_lens"):
-        hf = obj.__dict__.get("original_model")
-        if hf is None or not hasattr(obj, "hooks"):
-            raise UnsupportedModelError(
-                f"cannot intervene on a TransformerLens {type(obj).__name__}: pass a "
-                "TransformerBridge or a HookedTransformer"
-            )
-        return Target(obj, "transformer_lens", hf, load(obj, tokenizer=tokenizer))
-    if module.startswith("nnsight"):
-        hf = obj.__dict__.get("_module") or obj.__dict__.get("_model")
-        if hf is None or not hasattr(obj, "trace"):
-            raise UnsupportedModelError(
-                f"cannot intervene on an nnsight {type(obj).__name__}: pass a LanguageModel "
-                "or TransformersModel wrapping a transformers causal LM"
-            )
-        return Target(obj, "nnsight", hf, load(obj, tokenizer=tokenizer))
-    if isinstance(obj, torch.nn.Module) and hasattr(obj, "config"):
-        return Target(obj, "hf", obj, load(obj, tokenizer=tokenizer))
-    raise UnsupportedModelError(
-        f"cannot intervene on a {type(obj).__name__}: pass a conceptvec Model (or an alias), "
-        "a transformers causal LM, a TransformerLens TransformerBridge or HookedTransformer, "
-        "or an nnsight LanguageModel"
-    )
+    parts = unwrap(obj, action="intervene on {}")
+    return Target(obj, parts.backend, parts.hf, load(obj, tokenizer=tokenizer))

@@ -1,10 +1,10 @@
 """What a model is: architecture specs, aliases, weight readers and loading."""
 
 from .aliases import ALIASES, DEFAULT_MODEL, Alias, find_alias
+from .arch import SPECS, ArchSpec, Dims, spec_for_model_type, supported_model_types
 from .load import load
 from .model import Model
-from .specs import SPECS, ArchSpec, Dims, spec_for_model_type, supported_model_types
-from .weights import GGUFWeightReader, ModuleReader, SafetensorsReader
+from .readers import GGUFWeightReader, ModuleReader, SafetensorsReader
 
 __all__ = [
     "ALIASES",

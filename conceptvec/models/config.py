@@ -11,12 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-# Defaults of transformers' config classes for the fields conceptvec reads, when a
-# config.json leaves them out (checked against transformers 4.56-5.x).
-_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3", "gemma3_text", "gpt2"}
-_DEFAULTS: dict[str, dict[str, Any]] = {
-    "gemma2": {"final_logit_softcapping": 30.0},
-}
+from conceptvec.errors import UnsupportedArchitectureError
+
+from .arch import spec_for_model_type
+
+
+def _default(model_type: Any, name: str) -> Any:
+    """Return transformers' default for ``name`` of ``model_type`` (from its family's
+    :attr:`ArchSpec.config_defaults`, checked against transformers 4.56-5.x), or raise
+    AttributeError."""
+    try:
+        spec = spec_for_model_type(str(model_type))
+    except UnsupportedArchitectureError:
+        raise AttributeError(name) from None
+    return spec.default(str(model_type), name)
 
 
 class JsonConfig:
@@ -36,12 +44,14 @@ class JsonConfig:
                 return JsonConfig(value)
             return value
         model_type = data.get("model_type")
-        if name == "tie_word_embeddings" and "text_config" not in data:
-            return model_type in _TIED_BY_DEFAULT
-        defaults = _DEFAULTS.get(str(model_type), {})
-        if name in defaults:
-            return defaults[name]
-        raise AttributeError(name)
+        if name == "tie_word_embeddings":
+            if "text_config" in data:
+                raise AttributeError(name)  # the text config's own value (or default) applies
+            try:
+                return bool(_default(model_type, name))
+            except AttributeError:
+                return False  # PretrainedConfig's default
+        return _default(model_type, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         self.__dict__["_data"][name] = value

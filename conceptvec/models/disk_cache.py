@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-log = logging.getLogger("conceptvec")
+log = logging.getLogger(__name__)
 
 FORMAT = "1"
 """Bumped when the layout of cache files changes."""
@@ -91,8 +91,8 @@ def weights_stamp(model: Any) -> str | None:
             if file_identity(path) != identity:
                 return None
             h.update(f"{identity}\n".encode())
-        if model.reader.kind != "gguf":
-            folder = Path(model.location)
+        folder = Path(model.location)
+        if folder.is_dir():  # a checkpoint folder (a GGUF is one file)
             for p in sorted(folder.iterdir()):
                 if p.suffix in _EXTRA_FILES and p.is_file():
                     h.update(f"{p.name}:{file_identity(p)}\n".encode())
@@ -180,7 +180,7 @@ def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
     except OSError as e:
         if str(path.parent) not in _warned:
             _warned.add(str(path.parent))
-            log.warning("conceptvec: cannot cache in %s (%s); computing each time", path.parent, e)
+            log.warning("cannot cache in %s (%s); computing each time", path.parent, e)
     finally:
         if tmp is not None:
             try:
@@ -260,7 +260,7 @@ class _TensorFile:
             shape, dtype = self.expect[name]
             t = torch.empty(shape, dtype=dtype)
             if t.numel():
-                buf = memoryview(t.view(-1).view(torch.uint8).numpy())
+                buf = t.view(-1).view(torch.uint8).numpy().data  # a memoryview of t
                 f.seek(8 + n + start)
                 if f.readinto(buf) != len(buf):
                     return None

@@ -11,33 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from conceptvec.errors import NoWeightsError, UnsupportedArchitectureError
+from conceptvec.errors import NoWeightsError
 from conceptvec.files import read_json
 
 from .config import JsonConfig
 from .disk_cache import cache_root
-from .specs import supported_model_types
 
-# llama.cpp architecture names -> transformers model_type, for the families we have specs for.
-GGUF_ARCHITECTURES = {
-    "llama": "llama",
-    "mistral": "mistral",
-    "qwen2": "qwen2",
-    "qwen3": "qwen3",
-    "gemma": "gemma",
-    "gemma2": "gemma2",
-    "gemma3": "gemma3_text",
-    "olmo": "olmo",
-    "olmo2": "olmo2",
-    "gpt2": "gpt2",
-}
+log = logging.getLogger(__name__)
 
 
 def cache_dir_for(path: Path) -> Path:
@@ -45,17 +32,6 @@ def cache_dir_for(path: Path) -> Path:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
     return cache_root() / "gguf" / f"{path.stem}-{key[:12]}"
-
-
-def check_architecture(arch: str | None, path: Path) -> str:
-    """Return the transformers model_type for a GGUF architecture, or raise naming ours."""
-    if not isinstance(arch, str) or arch not in GGUF_ARCHITECTURES:
-        raise UnsupportedArchitectureError(
-            f"{path.name} is a GGUF of architecture {arch!r}, which conceptvec does not "
-            f"support; supported GGUF architectures: {', '.join(sorted(GGUF_ARCHITECTURES))} "
-            f"(model types: {', '.join(supported_model_types())})"
-        )
-    return GGUF_ARCHITECTURES[arch]
 
 
 def _write_atomically(final: Path, write) -> Path:
@@ -119,16 +95,13 @@ def gguf_hf_model(path: Path, dtype: Any = None) -> Any:
 
     folder = cache_dir_for(path) / "model"
     if not (folder / "config.json").exists():
-        print(
-            f"conceptvec: converting {path.name} to safetensors once (cached in {folder})",
-            file=sys.stderr,
-        )
+        log.info("converting %s to safetensors once (cached in %s)", path.name, folder)
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32
         )
         # The weights are plain dequantized tensors now; drop transformers' GGUF quantizer
         # marks, which make save_pretrained refuse.
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # typed as always set
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
 

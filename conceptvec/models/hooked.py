@@ -20,10 +20,9 @@ What TransformerLens' weight processing changes, and how it comes out here:
 - ``center_writing_weights`` and the centring done by ``fold_ln`` on LayerNorm models remove
   the mean over ``d_model``, which the final LayerNorm removes anyway; ``center_unembed``
   shifts every token's score by the same amount. Neither changes which tokens come out.
-- TransformerLens' Gemma conversion stores Gemma's RMSNorm gains as ``1 + w``, while the
-  Gemma spec (``rmsnorm_1p``) adds 1 itself, as it must for HF and safetensors weights. The
-  reader therefore presents ``ln_final.w - 1`` and ``ln2_post.w - 1``: the HF value, so 1 is
-  added exactly once. A folded final gain is already in ``W_U``, as for every family.
+- TransformerLens' Gemma conversion stores Gemma's RMSNorm gains as ``1 + w``, as llama.cpp
+  does: the reader says so (``effective_gains``), and :meth:`Model.norm_gain` then adds
+  nothing. A folded final gain is already in ``W_U``, as for every family.
 - OLMo 2/3 are post-norm: TransformerLens' ``ln2`` there is the norm on the MLP output, read
   as the spec's ``mlp_out_norm``. Folding is not valid for them, and a folded one is refused.
 - With ``fold_ln`` on a LayerNorm model, TransformerLens moves the final LayerNorm's bias
@@ -36,7 +35,7 @@ What TransformerLens' weight processing changes, and how it comes out here:
 
 from __future__ import annotations
 
-import sys
+import logging
 from types import SimpleNamespace
 from typing import Any
 
@@ -44,43 +43,14 @@ import torch
 
 from conceptvec.errors import NoWeightsError, UnsupportedArchitectureError
 
+from .arch import ArchSpec, hf_architectures, spec_for_model_type
 from .model import Model, local_tokenizer_loader
-from .specs import ArchSpec, spec_for_model_type
 
-ARCHITECTURES: dict[str, str] = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-    "Qwen3ForCausalLM": "qwen3",
-    "GemmaForCausalLM": "gemma",
-    "Gemma2ForCausalLM": "gemma2",
-    "Gemma3ForCausalLM": "gemma3_text",
-    "Gemma3ForConditionalGeneration": "gemma3",
-    "OlmoForCausalLM": "olmo",
-    "Olmo2ForCausalLM": "olmo2",
-    "Olmo3ForCausalLM": "olmo3",
-    "GPT2LMHeadModel": "gpt2",
-}
-"""``cfg.original_architecture`` -> the ``config.model_type`` whose spec applies."""
+log = logging.getLogger(__name__)
 
 NATIVE_ARCHITECTURES = (None, "", "neel", "mingpt")
 """Models TransformerLens built or trained itself (no HF architecture): the spec is
 inferred from the config's structure (gated RMSNorm -> llama, plain LayerNorm -> gpt2)."""
-
-POST_NORM_FAMILIES = ("olmo2",)
-"""Families whose TransformerLens ``ln2`` is the norm on the MLP *output* (OLMo 2/3)."""
-
-
-def is_hooked_transformer(obj: Any) -> bool:
-    """Return True for a TransformerLens ``HookedTransformer`` or a subclass of it.
-
-    Looks at class names and modules only, so it never imports ``transformer_lens``.
-    """
-    return any(
-        cls.__name__ == "HookedTransformer"
-        and (cls.__module__ or "").startswith("transformer_lens")
-        for cls in type(obj).__mro__
-    )
 
 
 def _norm_type(cfg: Any) -> str:
@@ -90,8 +60,9 @@ def _norm_type(cfg: Any) -> str:
 def model_type_for(cfg: Any) -> str:
     """Return the HF ``model_type`` whose spec fits a HookedTransformer config."""
     arch = getattr(cfg, "original_architecture", None)
-    if arch in ARCHITECTURES:
-        return ARCHITECTURES[arch]
+    known = hf_architectures()  # ``cfg.original_architecture`` -> its model_type
+    if arch in known:
+        return known[arch]
     norm = _norm_type(cfg)
     act = str(getattr(cfg, "act_fn", None) or "")
     if arch in NATIVE_ARCHITECTURES and not getattr(cfg, "use_normalization_before_and_after", 0):
@@ -104,7 +75,7 @@ def model_type_for(cfg: Any) -> str:
     raise UnsupportedArchitectureError(
         f"cannot decode a HookedTransformer with {what} (normalization {norm or None}, "
         f"gated_mlp={bool(getattr(cfg, 'gated_mlp', False))}, act_fn={act or None}); "
-        f"supported architectures: {', '.join(ARCHITECTURES)}, and TransformerLens-native "
+        f"supported architectures: {', '.join(known)}, and TransformerLens-native "
         "models with a gated RMSNorm or plain LayerNorm MLP"
     )
 
@@ -128,13 +99,13 @@ def _check(cfg: Any, spec: ArchSpec) -> None:
             f"{spec.family} model {'has' if spec.gated else 'has no'} gated MLP"
         )
     norm = _norm_type(cfg)
-    if spec.family in POST_NORM_FAMILIES and norm.endswith("Pre"):
+    if spec.post_norm and norm.endswith("Pre"):
         raise UnsupportedArchitectureError(
             f"this {spec.family} HookedTransformer had its norms folded (fold_ln), which is not "
             "valid for post-norm models (the MLP's output norm is gone); load it with "
             "fold_ln=False"
         )
-    layernorm = spec.norm_style.startswith("layernorm")
+    layernorm = spec.centers
     wanted = ("LN", "LNPre") if layernorm else ("RMS", "RMSPre")
     if norm not in wanted or (layernorm and getattr(cfg, "final_rms", False)):
         raise UnsupportedArchitectureError(
@@ -145,7 +116,7 @@ def _check(cfg: Any, spec: ArchSpec) -> None:
 
 
 class HookedTransformerReader:
-    """Present a ``HookedTransformer``'s weights under HF state-dict names, with HF meaning.
+    """Present a ``HookedTransformer``'s weights under HF state-dict names, in HF layout.
 
     ``ln_folded`` tells whether TransformerLens folded the norm gains into the neighbouring
     weights (``fold_ln``): then there is no final-norm gain to read (it is in ``W_U``) and
@@ -153,6 +124,8 @@ class HookedTransformerReader:
     """
 
     kind = "hooked_transformer"
+    effective_gains = True  # TransformerLens stores Gemma's norm gains as 1 + w
+    tied = None
 
     def __init__(self, model: Any, spec: ArchSpec):
         self.model = model
@@ -166,7 +139,6 @@ class HookedTransformerReader:
         self._device = self._tl["unembed.W_U"].device
         self._map: dict[str, tuple[str, str]] = {}
         p = self.prefix
-        gain_op = "minus_one" if spec.norm_style == "rmsnorm_1p" else "same"
         for layer in range(int(cfg.n_layers)):
             for matrix, tl_name in (("up", "W_in"), ("gate", "W_gate"), ("down", "W_out")):
                 if matrix in spec.mlp:
@@ -175,14 +147,14 @@ class HookedTransformerReader:
                     op = "T" if layout == "out_in" else "same"
                     self._add(p + relative.format(layer=layer), f"blocks.{layer}.mlp.{tl_name}", op)
             if spec.mlp_out_norm:
-                out_norm = "ln2" if spec.family in POST_NORM_FAMILIES else "ln2_post"
+                out_norm = "ln2" if spec.post_norm else "ln2_post"
                 self._add(
                     p + spec.mlp_out_norm.format(layer=layer),
                     f"blocks.{layer}.{out_norm}.w",
-                    gain_op,
+                    "same",
                 )
         if spec.final_norm:
-            self._add(p + spec.final_norm, "ln_final.w", gain_op)
+            self._add(p + spec.final_norm, "ln_final.w", "same")
             if spec.norm_style == "layernorm":
                 bias = (p + spec.final_norm).replace(".weight", ".bias")
                 if "ln_final.b" in self._tl:
@@ -220,15 +192,17 @@ class HookedTransformerReader:
         tl_key, _ = self._entry(key)
         return str(self._tl[tl_key].dtype).replace("torch.", "")
 
-    def get(self, key: str) -> torch.Tensor:
-        """Return ``key`` with its HF layout and meaning (a view of the live weight when it
-        can be; edits to the model show through)."""
+    def is_quantized(self, key: str) -> bool:  # noqa: ARG002 - the WeightReader protocol
+        """Return False: the model's parameters are read as they are."""
+        return False
+
+    def get(self, key: str, pin_memory: bool = False) -> torch.Tensor:  # noqa: ARG002
+        """Return ``key`` with its HF layout (a view of the live weight when it can be; edits
+        to the model show through; ``pin_memory`` is ignored)."""
         tl_key, op = self._entry(key)
         w = self._tl[tl_key].detach()
         if op == "T":
             w = w.T
-        elif op == "minus_one":
-            w = w.float() - 1.0
         elif op == "T_with_b_U":
             w = self._unembed_with_b_u()
         elif op == "ones":
@@ -274,14 +248,13 @@ def from_hooked_transformer(model: Any, *, tokenizer: Any = None) -> Model:
     reader = HookedTransformerReader(model, spec)
     name = str(getattr(cfg, "model_name", "") or type(model).__name__)
     if reader.ln_folded and spec.gated:
-        print(
-            f"conceptvec: {name} was loaded with fold_ln, so its up/gate rows include each "
-            "block's pre-MLP norm gain (down columns are unaffected); load it with "
-            "fold_ln=False to decode the original up/gate rows",
-            file=sys.stderr,
+        log.warning(
+            "%s was loaded with fold_ln, so its up/gate rows include each block's pre-MLP norm "
+            "gain (down columns are unaffected); load it with fold_ln=False to decode the "
+            "original up/gate rows",
+            name,
         )
     cap = getattr(cfg, "output_logits_soft_cap", None)
-    eps_name = "rms_norm_eps" if spec.norm_style.startswith("rmsnorm") else "layer_norm_epsilon"
     arch = getattr(cfg, "original_architecture", None)
     config = SimpleNamespace(
         model_type=model_type,
@@ -293,7 +266,7 @@ def from_hooked_transformer(model: Any, *, tokenizer: Any = None) -> Model:
         tie_word_embeddings=False,  # W_U is its own parameter in TransformerLens
         final_logit_softcapping=float(cap) if cap and cap > 0 else None,
         _name_or_path=name,
-        **{eps_name: float(cfg.eps)},
+        **{spec.eps_key: float(cfg.eps)},
     )
     tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
     tokenizer_name = getattr(cfg, "tokenizer_name", None)

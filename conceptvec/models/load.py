@@ -7,9 +7,9 @@ only when :attr:`Model.hf` is used, and the tokenizer only when tokens are shown
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +19,26 @@ from conceptvec.errors import (
     ModelNotFoundError,
     NoWeightsError,
     UnsupportedArchitectureError,
+    UnsupportedModelError,
 )
 from conceptvec.files import read_json
 
 from .aliases import ALIASES, find_alias
+from .arch import dims_from_config, spec_for_model_type, text_config
 from .config import JsonConfig
-from .gguf_cache import check_architecture, gguf_config, gguf_hf_model, gguf_tokenizer
-from .hooked import from_hooked_transformer, is_hooked_transformer
+from .gguf_cache import gguf_config, gguf_hf_model, gguf_tokenizer
+from .hooked import from_hooked_transformer
 from .model import Model, known_tokenizer, local_tokenizer_loader
-from .specs import dims_from_config, spec_for_model_type, text_config
-from .weights import (
+from .objects import unwrap
+from .readers import (
     INDEX_FILE,
     SINGLE_FILE,
     GGUFWeightReader,
     ModuleReader,
     SafetensorsReader,
 )
+
+log = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 HUB_FILES = [
@@ -60,7 +64,7 @@ TOKENIZER_FILES = (
 
 def _say(quiet: bool, message: str) -> None:
     if not quiet:
-        print(f"conceptvec: {message}", file=sys.stderr)
+        log.info(message)
 
 
 def load(
@@ -206,9 +210,8 @@ def _from_folder(
 
 def _from_gguf(path: Path, *, name: str, source: str, dtype: Any = None) -> Model:
     path = Path(path)
-    reader = GGUFWeightReader(path)
-    model_type = check_architecture(reader.field("general.architecture"), path)
-    spec = spec_for_model_type(model_type)
+    reader = GGUFWeightReader(path)  # raises for an architecture without a spec
+    spec = reader.spec
     try:
         config = gguf_config(path)
     except ConceptvecError:
@@ -233,21 +236,14 @@ def _from_gguf(path: Path, *, name: str, source: str, dtype: Any = None) -> Mode
 def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
     """Wrap a live HF, TransformerLens (bridge or HookedTransformer) or nnsight model without
     copying weights."""
-    if is_hooked_transformer(obj):
+    try:
+        parts = unwrap(obj)
+    except UnsupportedModelError as e:
+        raise ModelNotFoundError(str(e)) from None
+    if parts.hf is None:  # a classic HookedTransformer keeps its own weights
         return from_hooked_transformer(obj, tokenizer=tokenizer)
-    module = type(obj).__module__ or ""
-    hf = obj
-    if module.startswith("transformer_lens"):
-        hf = obj.__dict__.get("original_model")
-        if hf is None:
-            raise ModelNotFoundError(
-                f"{type(obj).__name__} has no underlying transformers model; pass a "
-                "TransformerBridge (TransformerLens 3+) or the HF model itself"
-            )
-        tokenizer = tokenizer or getattr(obj, "tokenizer", None)
-    elif module.startswith("nnsight"):
-        hf = obj.__dict__.get("_module") or obj.__dict__.get("_model")
-        tokenizer = tokenizer or getattr(obj, "tokenizer", None)
+    hf = parts.hf
+    tokenizer = tokenizer or parts.tokenizer
     config = getattr(hf, "config", None)
     if config is None or not hasattr(hf, "state_dict"):
         raise ModelNotFoundError(
@@ -329,6 +325,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, quiet: bool) -> tuple[Path
     """Return (local snapshot folder, commit) for a hub repo: cache first, download if allowed."""
     from huggingface_hub import snapshot_download
 
+    folder: str | None
     try:
         folder = snapshot_download(
             repo_id, revision=revision, allow_patterns=HUB_FILES, local_files_only=True
@@ -352,12 +349,12 @@ def _hub_snapshot(repo_id: str, revision: str | None, quiet: bool) -> tuple[Path
                 f"could not download {repo_id} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
                 "check the id, your network, and for gated models `hf auth login`"
             ) from None
-    folder = Path(folder)
-    if not any(folder.glob("*.safetensors")):
+    snapshot = Path(folder)
+    if not any(snapshot.glob("*.safetensors")):
         raise NoWeightsError(
             f"{repo_id} has no safetensors weights; conceptvec never unpickles .bin files"
         )
-    return folder, folder.name
+    return snapshot, snapshot.name
 
 
 def _offline() -> bool:

@@ -8,7 +8,7 @@ is built only when something asks for :attr:`Model.hf` (forward passes, interven
 
 from __future__ import annotations
 
-import sys
+import logging
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -19,10 +19,10 @@ from conceptvec.errors import CorruptWeightsError, NoWeightsError
 from conceptvec.neurons import NeuronId, check_matrix
 
 from . import disk_cache
-from .specs import ArchSpec, Dims, dims_from_config, text_config
+from .arch import ArchSpec, Dims, dims_from_config, text_config
+from .readers import WeightReader
 
-_PLAIN = ("F32", "F16", "BF16")
-"""GGUF tensor types read without dequantizing (a cast, not worth a disk copy)."""
+log = logging.getLogger(__name__)
 
 
 class Model:
@@ -37,7 +37,7 @@ class Model:
         name: str,
         spec: ArchSpec,
         config: Any,
-        reader: Any,
+        reader: WeightReader,
         source: str,
         location: str,
         revision: str | None = None,
@@ -69,8 +69,6 @@ class Model:
 
     # ------------------------------------------------------------------ layout
     def _find_prefix(self) -> str:
-        if self.reader.kind == "gguf":
-            return ""
         probe = self.spec.mlp["down"][0].format(layer=0)
         for prefix in self.spec.prefixes:
             if self.reader.has(prefix + probe):
@@ -81,10 +79,9 @@ class Model:
             "is this a complete causal-LM checkpoint?"
         )
 
-    def _key(self, logical: str, layer: int | None = None) -> str:
-        """Return the reader's key for a logical weight (``up``, ``final_norm``, ...)."""
-        if self.reader.kind == "gguf":
-            return self.spec.gguf[logical].format(layer=layer)
+    def weight_key(self, logical: str, layer: int | None = None) -> str:
+        """Return the HF state-dict name of a logical weight (``up``, ``final_norm``, ...):
+        what every reader presents it as ("" for a norm the family does not have)."""
         if logical in self.spec.mlp:
             return self.prefix + self.spec.mlp[logical][0].format(layer=layer)
         if logical == "unembed":
@@ -97,19 +94,20 @@ class Model:
         return self.prefix + relative.format(layer=layer) if relative else ""
 
     def _is_tied(self) -> bool:
-        has_head = self.reader.has(self._key("unembed"))
-        if self.reader.kind == "gguf" or not has_head:
-            return not has_head
+        if not self.reader.has(self.weight_key("unembed")):
+            return True
+        if self.reader.tied is not None:  # the source itself says (a GGUF)
+            return self.reader.tied
         return dims_from_config(self.config).tied
 
     def _read_dims(self) -> Dims:
         dims = dims_from_config(self.config)
         tied = self._is_tied()
-        self._head_key = self._key("embed") if tied else self._key("unembed")
+        self._head_key = self.weight_key("embed") if tied else self.weight_key("unembed")
         if not self.reader.has(self._head_key):
             raise NoWeightsError(
-                f"{self.location} has neither an unembedding ({self._key('unembed')}) nor an "
-                f"embedding ({self._key('embed')}); is this a complete causal-LM checkpoint?"
+                f"{self.location} has neither an unembedding ({self.weight_key('unembed')}) nor an "
+                f"embedding ({self.weight_key('embed')}); is this a complete causal-LM checkpoint?"
             )
         head_shape = tuple(self.reader.shape(self._head_key))
         if len(head_shape) != 2 or head_shape[1] != dims.d_model or head_shape[0] < 1:
@@ -126,7 +124,7 @@ class Model:
         """Raise unless the first and last layer the config declares hold MLP weights of the
         declared size (so a config that claims 10^8 layers or neurons allocates nothing)."""
         for layer in sorted({0, dims.n_layers - 1}):
-            key = self._key("down", layer)
+            key = self.weight_key("down", layer)
             if not self.reader.has(key):
                 raise CorruptWeightsError(
                     f"{self.location}: the config says {dims.n_layers} layers but there is no "
@@ -150,14 +148,13 @@ class Model:
         """
         matrix = check_matrix(matrix, self.spec.gated)
         NeuronId(layer, 0).check(self.dims.n_layers, self.dims.d_mlp)
-        key = self._key(matrix, layer)
+        key = self.weight_key(matrix, layer)
         if not self.reader.has(key):
             raise NoWeightsError(
                 f"{self.location} has no tensor {key}; the checkpoint is incomplete"
             )
-        pin = pin_memory and self.reader.kind == "safetensors"
-        w = self.reader.get(key, pin_memory=True) if pin else self.reader.get(key)
-        layout = "out_in" if self.reader.kind == "gguf" else self.spec.mlp[matrix][1]
+        w = self.reader.get(key, pin_memory=True) if pin_memory else self.reader.get(key)
+        layout = self.spec.mlp[matrix][1]
         reads = matrix != "down"
         w = w if reads == (layout == "out_in") else w.T
         if tuple(w.shape) != (self.dims.d_mlp, self.dims.d_model):
@@ -181,7 +178,7 @@ class Model:
         """
         if self._unembedding is None:
             key = self._head_key
-            if self.reader.kind == "gguf" and self.reader.dtype(key) not in _PLAIN:
+            if self.reader.is_quantized(key):
                 shape = (self.dims.vocab, self.dims.d_model)
                 self._unembedding = disk_cache.cached_tensors(
                     self,
@@ -233,36 +230,42 @@ class Model:
         except NoWeightsError:
             return tokens.token_text(None).many(range(self.dims.vocab))
 
-    def _gain(self, key: str) -> torch.Tensor | None:
+    def norm_gain(self, key: str) -> torch.Tensor | None:
+        """Return ``[d_model]`` float32: the gain the norm whose weight is ``key`` multiplies
+        by, or None when the checkpoint has no such weight.
+
+        The one place Gemma's ``(1 + w)`` is handled: transformers stores ``w`` and the
+        spec's :attr:`ArchSpec.gain_offset` is added to it; llama.cpp and TransformerLens
+        store the gain itself (:attr:`WeightReader.effective_gains`).
+        """
         if not key or not self.reader.has(key):
             return None
         w = self.reader.get(key).float()
-        # Gemma's RMSNorm multiplies by (1 + w); llama.cpp's converter stores 1 + w in GGUF.
-        if self.spec.norm_style == "rmsnorm_1p" and self.reader.kind != "gguf":
-            w = 1.0 + w
+        if self.spec.gain_offset and not self.reader.effective_gains:
+            w = w + self.spec.gain_offset
         return w
 
     def final_norm_gain(self) -> torch.Tensor | None:
         """Return the final norm's effective gain ``[d_model]`` (1 + w for Gemma), or None."""
-        return self._gain(self._key("final_norm")) if self.spec.final_norm else None
+        return self.norm_gain(self.weight_key("final_norm")) if self.spec.final_norm else None
 
     def final_norm_bias(self) -> torch.Tensor | None:
         """Return the final LayerNorm's bias ``[d_model]`` (GPT-2), or None."""
         if self.spec.norm_style != "layernorm":
             return None
-        key = self._key("final_norm").replace(".weight", ".bias")
+        key = self.weight_key("final_norm").replace(".weight", ".bias")
         return self.reader.get(key).float() if self.reader.has(key) else None
 
     @property
     def has_mlp_out_norm(self) -> bool:
         """True when this checkpoint has a norm on the MLP output (folded into ``down``)."""
-        return bool(self.spec.mlp_out_norm) and self.reader.has(self._key("mlp_out_norm", 0))
+        return bool(self.spec.mlp_out_norm) and self.reader.has(self.weight_key("mlp_out_norm", 0))
 
     def mlp_out_gain(self, layer: int) -> torch.Tensor | None:
         """Return the gain of the norm on this layer's MLP output (Gemma 2/3, OLMo 2), or None."""
         if not self.spec.mlp_out_norm:
             return None
-        return self._gain(self._key("mlp_out_norm", layer))
+        return self.norm_gain(self.weight_key("mlp_out_norm", layer))
 
     # ----------------------------------------------------- tokenizer and module
     @property
@@ -273,10 +276,10 @@ class Model:
             try:
                 self._tokenizer = loader()
             except Exception as e:  # a checkpoint without tokenizer files is still decodable
-                print(
-                    f"conceptvec: no tokenizer for {self.name} ({str(e).splitlines()[0][:120]}); "
-                    "tokens are shown as ids",
-                    file=sys.stderr,
+                log.warning(
+                    "no tokenizer for %s (%s); tokens are shown as ids",
+                    self.name,
+                    str(e).splitlines()[0][:120],
                 )
             if self._tokenizer is not None and self._hf is not None:
                 self._share_tokenizer()
@@ -285,7 +288,9 @@ class Model:
     def _share_tokenizer(self) -> None:
         """Remember this model's tokenizer (or its loader) for its torch module, so that
         ``load(model.hf)`` keeps it."""
-        source = (self._tokenizer, None) if self._tokenizer is not None else None
+        source: tuple[Any, Callable[[], Any] | None] | None = (
+            (self._tokenizer, None) if self._tokenizer is not None else None
+        )
         if source is None and self._tokenizer_loader is not None:
             source = (None, self._tokenizer_loader)
         if source is None:
@@ -338,7 +343,7 @@ class Model:
             "matrices": list(self.spec.matrices),
             "mlp_out_norm": self.has_mlp_out_norm,
             "logit_softcap": self.dims.logit_softcap,
-            "weights_dtype": self.reader.dtype(self._key("down", 0)),
+            "weights_dtype": self.reader.dtype(self.weight_key("down", 0)),
         }
 
     def __repr__(self) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
 from conceptvec.files import swap_folder
+from conceptvec.results import Result
 from conceptvec.version import package_version
 
 from .errors import PluginError
@@ -79,7 +80,7 @@ class LmEvalTask:
 
 
 @dataclass
-class LmEvalExport:
+class LmEvalExport(Result):
     """What :func:`export_lm_eval` wrote: the folder, its tasks and how to run them."""
 
     folder: Path
@@ -255,7 +256,7 @@ def _docs(
     """Return one set's documents and where its references came from (model or gold)."""
     from conceptvec.qa import answer, prompt_texts
 
-    kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
     if name == "completion":
         questions = [tc.first_half for tc in entry.text_completion]
         prompts, sep, kind = questions, " ", "model"

@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from conceptvec.distributed import is_main_process
 from conceptvec.neurons import NeuronId
+from conceptvec.results import Result
 
 from .data import StepDataset, collate
 from .inputs import build_sets, resolve_concept, resolve_neuron, trainable_module
@@ -44,7 +46,7 @@ DEFAULT_THREADS = 1
 
 
 @dataclass
-class UnlearnResult:
+class UnlearnResult(Result):
     """What :func:`unlearn` made: the trained model, where it was written, and its record."""
 
     model: Any
@@ -160,7 +162,7 @@ def unlearn(
     out = Path(out) if out is not None else None
     if out is not None:
         check_out(out, overwrite)
-        if m.name != "edit" and int(os.environ.get("RANK", "0")) == 0:
+        if m.name != "edit" and is_main_process():
             check_work(work_dir(out), resume=resume, overwrite=overwrite)
     entry, others, source, found = resolve_concept(concept, concepts)
     base, hf, tok = trainable_module(model)
@@ -178,7 +180,7 @@ def unlearn(
             best = (search.validated or search.candidates)[0]
             return NeuronId.parse(best.neuron)
 
-        vec = resolve_neuron(neuron, entry, hf, found, find)
+        vec = resolve_neuron(neuron, entry, found, find)
         if vec is not None:
             vec.check(n_layers, base.dims.d_mlp)
         if m.vector and vec is None:
@@ -243,7 +245,7 @@ def unlearn(
             heldout = (sets.heldout, sets.heldout_unrelated)
             before = _evaluate(target, heldout, None, evaluate, chat, max_new_tokens)
             history, stopped, resumed, state = _train(
-                hf, tok, base, m, loss_method, h, sc, sets, record, out,
+                hf, tok, base, m, loss_method, h, sc, sets, record, out, neuron=vec,
                 lr=lr, steps=steps, batch_size=batch_size, world=world, seed=seed,
                 weight_decay=weight_decay, save_every=save_every, resume=resume,
                 keep=keep_checkpoints, stop_loss=stop_loss, progress=progress, overwrite=overwrite,
@@ -265,7 +267,7 @@ def unlearn(
             record["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
         if after is not None:
             record["evaluation"] = after
-        main = int(os.environ.get("RANK", "0")) == 0
+        main = is_main_process()
         if out is not None and main:
             write_atomically(out, lambda tmp: save_model(hf, tok, tmp, record, state), overwrite)
         return UnlearnResult(hf, out, record)
@@ -308,7 +310,9 @@ def _evaluate(target, heldout, before, evaluate: bool, chat, max_new_tokens):
         target.hf.train(was_training)
 
 
-def _train(hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, **kw):
+def _train(
+    hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, *, neuron: NeuronId | None, **kw
+):
     """Run the Trainer; return (history, stopped early, resumed-from checkpoint, the trained
     weights gathered by the Trainer's accelerator: complete on the main process, ``{}`` on
     the others in a sharded run)."""
@@ -324,18 +328,19 @@ def _train(hf, tok, base, m, loss_method, h, sc: Scope, sets, record, out, **kw)
         ref = copy.deepcopy(hf).eval()
         ref.requires_grad_(False)
     if m.name == "needle":
+        assert neuron is not None  # needle is a vector method: unlearn() checked it
         with torch.no_grad():
-            w = column_weight(hf, spec, sc.neuron)
+            w = column_weight(hf, spec, neuron)
             g = torch.Generator().manual_seed(kw["seed"])
             noise = torch.randn(w.shape[0], generator=g) * h["sigma"]
-            w[:, sc.neuron.index] += noise.to(w.device, w.dtype)
+            w[:, neuron.index] += noise.to(w.device, w.dtype)
     ctx = Context(
         model=hf, ref=ref, hparams=h, layers=_layers(hf, spec), ref_layers=_layers(ref, spec)
     )
     if m.name == "rmu":
         ctx.control = _control(hf, ref, ctx, sets, h, kw["seed"], tok)
     world = kw["world"]
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = is_main_process()
     if out is not None:
         work = work_dir(out)
         if main:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from .methods import UnlearningError
 
 CHUNK_CHARS = 400
 """A chunk closes once it is longer than this many characters (ConceptVectors)."""
-_SENTENCE_END = re.compile(r"(?<!\w\.\w.)(?<![A-Z][a-z]\.)(?<=\.|\?)\s")
+_SENTENCE_END = re.compile(r"(?<!\w\.\w.)(?<![A-Z][a-z]\.)(?<=\.|\?)(\s)")
 
 IDK_ANSWERS = (
     "I don't know.",
@@ -49,14 +50,17 @@ def chunk_text(text: str, limit: int = CHUNK_CHARS) -> list[str]:
     """Return ``text`` cut into chunks of whole sentences, each closed past ``limit`` chars.
 
     >>> chunk_text("One. Two? Three.", limit=4)
-    ['One.', 'Two?', 'Three.']
+    ['One. Two?', 'Three.']
     """
     chunks, current = [], ""
-    for sentence in _SENTENCE_END.split(text):
+    parts = _SENTENCE_END.split(text)  # sentence, the space after it, sentence, ...
+    for sentence, space in zip(parts[::2], [*parts[1::2], ""]):
         current += sentence
         if len(current) > limit:
             chunks.append(current.strip())
             current = ""
+        else:
+            current += space
     if current.strip():
         chunks.append(current.strip())
     return [c for c in chunks if c]
@@ -104,7 +108,7 @@ def split_questions(questions: Sequence[str], holdout: float, seed: int) -> tupl
     return [qs[i] for i in train], [qs[i] for i in held]
 
 
-def read_pairs(path: str | Path) -> tuple[list[str], list[tuple[str, str]]]:
+def read_pairs(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str, str]]]:
     """Return (texts, (question, answer) pairs) from a user forget/retain file.
 
     ``.jsonl``: one object per line with ``question`` and ``answer`` (or ``text``).

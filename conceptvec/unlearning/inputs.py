@@ -97,7 +97,7 @@ def resolve_concept(
     return ConceptEntry(concept=concept.strip()), [], None, neuron
 
 
-def resolve_neuron(neuron: Any, entry: ConceptEntry, model: Any, found: NeuronId | None, find):
+def resolve_neuron(neuron: Any, entry: ConceptEntry, found: NeuronId | None, find):
     """Return the concept vector's :class:`NeuronId` (``neuron``: an id, ``"file"`` for the
     record's Layer/Dim, ``"find"`` to run ``find()``), or None when none was asked for."""
     if neuron is None:

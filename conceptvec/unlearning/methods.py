@@ -164,15 +164,16 @@ def simnpo_loss(ctx: Context, batches: dict) -> Losses:
     LLM Unlearning" (arXiv:2410.07163). The paper writes ``-(2/β) log σ(-(β/|y|) log π(y|x)
     - γ)``; the authors' code (OPTML-Group/Unlearn-Simple, TOFU) and open-unlearning
     (``src/trainer/unlearn/simnpo.py``) subtract the margin before scaling, as here, so the
-    paper's γ is β·δ. Defaults are the authors' TOFU forget10 setting, which
-    open-unlearning's ``configs/trainer/SimNPO.yaml`` also uses: β = 4.5, δ = 0, forget
-    weight 0.125 (their ``npo_coeff``, open-unlearning's ``gamma``), retain weight 1.0 on an
-    NLL retain term (``grad_diff_coeff``, ``alpha``). Their forget05 setting is β = 2.5,
-    forget weight 0.1375. These suit answers the model was fine-tuned on (NLL near 0). On
-    text it only half knows (a concept's article: about 3 nats a token on SmolLM2) β·NLL is
-    about 13 and the forget term sits in the flat tail of log σ (below 5e-4 at every step of
-    our real run), so only the retain term trains: use the authors' raw-text setting (MUSE
-    News: β = 0.75, δ = 3, forget weight 1, retain weight 0.1), see docs/unlearning.md.
+    paper's γ is β·δ. Defaults are the authors' setting for raw text (MUSE News, the data
+    conceptvec trains on: a concept's article and QA): β = 0.75, δ = 3, forget weight 1,
+    retain weight 0.1 on an NLL retain term. Their TOFU forget10 setting, which
+    open-unlearning's ``configs/trainer/SimNPO.yaml`` also uses (β = 4.5, δ = 0, forget
+    weight 0.125 = their ``npo_coeff``, open-unlearning's ``gamma``; retain weight 1.0 =
+    ``grad_diff_coeff``, ``alpha``), suits answers the model was fine-tuned on (NLL near 0).
+    On text it only half knows (about 3 nats a token on SmolLM2) β·NLL is about 13 and the
+    forget term sits in the flat tail of log σ (below 5e-4 at every step of our real run), so
+    only the retain term trains; pass ``beta=4.5, delta=0, forget_weight=0.125,
+    retain_weight=1`` for it (docs/unlearning.md has both runs).
     """
     h = ctx.hparams
     per_token = mean_nll(ctx.model, batches["forget"])
@@ -216,14 +217,17 @@ def rmu_loss(ctx: Context, batches: dict) -> Losses:
     5-7 with c = 6.5, α = 1200 on Zephyr-7B. Our defaults scale to the model: ``layer`` =
     round(7/32 · n_layers), trained down_proj of ``layer-2 .. layer``, and
     ``c = steering_scale × the mean residual norm at that layer`` on the forget text of the
-    frozen model (``steering_scale`` 2.0, our choice; ``steering_coeff`` overrides it), α
-    1200 (the activation losses scale alike, so α does not depend on the norm). On SmolLM2
-    in 25 steps α = 1200 held the forget loss flat at every lr from 1e-4 to 5e-3, and α = 100
-    at 5e-3 made it fall (docs/unlearning.md): a small model and budget want a smaller α.
+    frozen model (``steering_scale`` 2.0, our choice; ``steering_coeff`` overrides it),
+    α = 100 and learning rate 5e-3, measured: on SmolLM2 in 25 steps WMDP's α = 1200 held
+    the forget loss flat at every lr from 1e-4 to 5e-3, and α = 100 at 5e-3 made the forget
+    QA fall (log p -0.56 -> -7.18, retain -0.67 -> -0.75; docs/unlearning.md). WMDP's own
+    setting is ``alpha=1200`` at lr 5e-5.
     """
     h = ctx.hparams
     f, r = batches["forget"], batches["retain"]
     acts = layer_output(ctx.model, ctx.layers, h["layer"], f)
+    if ctx.control is None:
+        raise UnlearningError("rmu needs its control vector; Context.control is unset")
     target = ctx.control.to(device=acts.device, dtype=acts.dtype).expand_as(acts)
     forget = activation_mse(acts, target, f["attention_mask"]).mean()
     retain = None
@@ -309,10 +313,10 @@ METHODS: dict[str, Method] = {
             simnpo_loss,
             "Fan et al. 2024 (SimNPO)",
             {
-                "beta": 4.5,
-                "delta": 0.0,
-                "forget_weight": 0.125,
-                "retain_weight": 1.0,
+                "beta": 0.75,
+                "delta": 3.0,
+                "forget_weight": 1.0,
+                "retain_weight": 0.1,
                 "retain_loss": "nll",
             },
         ),
@@ -327,8 +331,8 @@ METHODS: dict[str, Method] = {
             "rmu",
             rmu_loss,
             "Li et al. 2024 (WMDP, RMU)",
-            {"layer": None, "steering_coeff": None, "steering_scale": 2.0, "alpha": 1200.0},
-            lr=5e-5,
+            {"layer": None, "steering_coeff": None, "steering_scale": 2.0, "alpha": 100.0},
+            lr=5e-3,
             scope="rmu",
             reference=True,
             retain_key="alpha",

@@ -44,6 +44,13 @@ class Scope:
         span = str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
         return f"{self.kind}:{span}"
 
+    def covers(self, layer: int | None) -> bool:
+        """Return whether ``layer`` is in the scope's layer range (any layer when it has none;
+        never a parameter outside the decoder layers, ``layer=None``)."""
+        if self.first is None or self.last is None:
+            return True
+        return layer is not None and self.first <= layer <= self.last
+
 
 def parse_scope(text: str, n_layers: int, neuron: NeuronId | None = None) -> Scope:
     """Return the :class:`Scope` ``text`` names, checked against ``n_layers``."""
@@ -93,12 +100,9 @@ def apply_scope(model: Any, scope: Scope, spec: Any) -> list[str]:
         if scope.kind == "full":
             keep = True
         elif scope.kind == "layers":
-            keep = layer is not None and scope.first <= layer <= scope.last
+            keep = layer is not None and scope.covers(layer)
         else:  # down, vector
-            in_range = scope.first is None or (
-                layer is not None and scope.first <= layer <= scope.last
-            )
-            keep = layer is not None and name.endswith(down) and in_range
+            keep = layer is not None and name.endswith(down) and scope.covers(layer)
         if keep and not p.dtype.is_floating_point:
             raise UnlearningError(
                 f"{name} is stored as {p.dtype}, which cannot be trained; load the model in "
@@ -109,7 +113,7 @@ def apply_scope(model: Any, scope: Scope, spec: Any) -> list[str]:
             names.append(name)
     if not names:
         raise UnlearningError(f"scope {scope} selects no parameter of this model")
-    if scope.kind == "vector":
+    if scope.neuron is not None:  # the vector scope
         weight = column_weight(model, spec, scope.neuron)
         mask = torch.zeros_like(weight)
         mask[:, scope.neuron.index] = 1
@@ -117,7 +121,7 @@ def apply_scope(model: Any, scope: Scope, spec: Any) -> list[str]:
     return names
 
 
-def column_weight(model: Any, spec: Any, neuron: NeuronId) -> torch.nn.Parameter:
+def column_weight(model: Any, spec: Any, neuron: NeuronId) -> torch.Tensor:
     """Return the down_proj weight ``[d_model, d_mlp]`` holding ``neuron``'s column."""
     module = model
     for part in spec.layers_module.split("."):

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sized
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .methods import Context
+from .methods import Context, UnlearningError
 
 HISTORY_FILE = "conceptvec_losses.json"
 """The loss history inside each Trainer checkpoint folder."""
@@ -50,13 +52,17 @@ class UnlearnTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
 
     def _get_train_sampler(self, train_dataset=None):
-        return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
+        dataset = train_dataset or self.train_dataset
+        if not isinstance(dataset, Sized):
+            raise UnlearningError("the training set has no length; pass a list of examples")
+        return torch.utils.data.SequentialSampler(dataset)
 
     def get_decay_parameter_names(self, model) -> list[str]:
         names = super().get_decay_parameter_names(model)
         return [n for n in names if n not in self.frozen_decay]
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+    # Trainer passes num_items_in_batch by name; our losses average per batch themselves
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ARG002
         self.context.model = model
         out = self.loss_fn(self.context, inputs)
         loss = out["loss"]
@@ -81,22 +87,26 @@ def _mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 class Progress(TrainerCallback):
-    """Loss history, progress bar, early stop on ``stop_loss``."""
+    """Loss history, progress bar, early stop on ``stop_loss``.
+
+    The ``on_*`` methods keep TrainerCallback's signature (``args, state, control, **kwargs``)
+    whether or not they use each argument; hence their ``noqa: ARG002``.
+    """
 
     def __init__(self, trainer_ref: list, total: int, show: bool, stop_loss: float | None):
         self.trainer_ref = trainer_ref
         self.total, self.show, self.stop_loss = total, show, stop_loss
         self.history: list[dict[str, float]] = []
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar while training, when shown
         self.stopped_early = False
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, **kwargs):  # noqa: ARG002
         if self.show and state.is_world_process_zero:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=self.total, initial=state.global_step, desc="unlearning")
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
         last = dict(self.trainer_ref[0].last)
         self.history.append({"step": state.global_step, **last})
         if self.bar is not None:
@@ -108,13 +118,13 @@ class Progress(TrainerCallback):
             control.should_save = False
         return control
 
-    def on_save(self, args, state, control, **kwargs):
+    def on_save(self, args, state, control, **kwargs):  # noqa: ARG002
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 (folder / HISTORY_FILE).write_text(json.dumps(self.history))
 
-    def on_train_end(self, args, state, control, **kwargs):
+    def on_train_end(self, args, state, control, **kwargs):  # noqa: ARG002
         if self.bar is not None:
             self.bar.close()
 

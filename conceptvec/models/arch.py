@@ -5,6 +5,11 @@ A spec is pure data about checkpoint layout. It never infers orientation from te
 between checkpoints of the same family (``model.`` for ``LlamaForCausalLM``,
 ``model.language_model.`` for multimodal Gemma 3, ``transformer.`` or nothing for GPT-2), so
 each spec lists the prefixes it accepts and the reader picks the one the checkpoint has.
+
+Everything conceptvec knows about a family lives in its spec: the HF state-dict names, the
+GGUF tensor names, the llama.cpp and transformers architecture names that mean it, the config
+defaults transformers would fill in, and how its norms work. Adding a family is adding one
+:class:`ArchSpec` to :data:`SPECS` (and, for tests, a tiny config in ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -57,11 +62,49 @@ class ArchSpec:
     gguf: dict[str, str] = field(default_factory=dict)
     """GGUF tensor names for the same logical weights (GGUF stores every matrix as
     ``[out, in]``)."""
+    gguf_architectures: dict[str, str] = field(default_factory=dict)
+    """llama.cpp ``general.architecture`` names of this family -> the ``model_type``
+    transformers loads them as."""
+    hf_architectures: dict[str, str] = field(default_factory=dict)
+    """transformers class names (``config.architectures``, TransformerLens'
+    ``original_architecture``) -> their ``model_type``."""
+    config_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per ``model_type``: what transformers' config class fills in for fields conceptvec
+    reads when ``config.json`` leaves them out (``tie_word_embeddings``, softcaps)."""
+    eps_key: str = "rms_norm_eps"
+    """The config field holding the norms' epsilon (1e-5 where the config has none)."""
+    post_norm: bool = False
+    """True when the MLP's only norm is on its output (OLMo 2/3): ``mlp_out_norm`` is then
+    what TransformerLens calls ``ln2``, and folding norms into weights is not valid."""
 
     @property
     def matrices(self) -> tuple[str, ...]:
         """The MLP matrices a neuron has in this family: ``up, gate, down`` or ``up, down``."""
         return ("up", "gate", "down") if self.gated else ("up", "down")
+
+    @property
+    def gain_offset(self) -> float:
+        """What the model adds to a stored HF norm weight ``w`` to get its gain: 1 for Gemma's
+        ``(1 + w)`` RMSNorm, 0 for every other family."""
+        return 1.0 if self.norm_style == "rmsnorm_1p" else 0.0
+
+    @property
+    def centers(self) -> bool:
+        """True when the final norm subtracts the mean over ``d_model`` (LayerNorm models)."""
+        return self.norm_style.startswith("layernorm")
+
+    def norm_eps(self, config: Any) -> float:
+        """Return the norms' epsilon from ``config`` (1e-5 when it has none, as OLMo's)."""
+        value = getattr(text_config(config), self.eps_key, None)
+        return 1e-5 if value is None else float(value)
+
+    def default(self, model_type: str, name: str) -> Any:
+        """Return transformers' default for config field ``name`` of ``model_type``, or raise
+        AttributeError when its config class has none that conceptvec relies on."""
+        defaults = self.config_defaults.get(model_type, {})
+        if name in defaults:
+            return defaults[name]
+        raise AttributeError(name)
 
 
 _GGUF_GATED = {
@@ -88,11 +131,20 @@ LLAMA = ArchSpec(
     norm_style="rmsnorm",
     embed="embed_tokens.weight",
     gguf=_GGUF_GATED,
+    gguf_architectures={t: t for t in ("llama", "mistral", "qwen2", "qwen3")},
+    hf_architectures={
+        "LlamaForCausalLM": "llama",
+        "MistralForCausalLM": "mistral",
+        "Qwen2ForCausalLM": "qwen2",
+        "Qwen3ForCausalLM": "qwen3",
+    },
 )
+
+_GEMMA_TYPES = ("gemma", "gemma2", "gemma3", "gemma3_text")
 
 GEMMA = ArchSpec(
     family="gemma",
-    model_types=("gemma", "gemma2", "gemma3", "gemma3_text"),
+    model_types=_GEMMA_TYPES,
     gated=True,
     mlp=_LLAMA_MLP,
     final_norm="norm.weight",
@@ -102,6 +154,17 @@ GEMMA = ArchSpec(
     prefixes=("model.", "model.language_model.", "language_model.model."),
     activation="gelu_tanh",
     gguf={**_GGUF_GATED, "mlp_out_norm": "blk.{layer}.post_ffw_norm.weight"},
+    gguf_architectures={"gemma": "gemma", "gemma2": "gemma2", "gemma3": "gemma3_text"},
+    hf_architectures={
+        "GemmaForCausalLM": "gemma",
+        "Gemma2ForCausalLM": "gemma2",
+        "Gemma3ForCausalLM": "gemma3_text",
+        "Gemma3ForConditionalGeneration": "gemma3",
+    },
+    config_defaults={
+        **{t: {"tie_word_embeddings": True} for t in _GEMMA_TYPES},
+        "gemma2": {"tie_word_embeddings": True, "final_logit_softcapping": 30.0},
+    },
 )
 
 OLMO = ArchSpec(
@@ -113,6 +176,9 @@ OLMO = ArchSpec(
     norm_style="layernorm_noparam",
     embed="embed_tokens.weight",
     gguf=_GGUF_GATED,
+    gguf_architectures={"olmo": "olmo"},
+    hf_architectures={"OlmoForCausalLM": "olmo"},
+    eps_key="layer_norm_epsilon",
 )
 
 OLMO2 = ArchSpec(
@@ -125,6 +191,9 @@ OLMO2 = ArchSpec(
     embed="embed_tokens.weight",
     mlp_out_norm="layers.{layer}.post_feedforward_layernorm.weight",
     gguf={**_GGUF_GATED, "mlp_out_norm": "blk.{layer}.post_ffw_norm.weight"},
+    gguf_architectures={"olmo2": "olmo2"},
+    hf_architectures={"Olmo2ForCausalLM": "olmo2", "Olmo3ForCausalLM": "olmo3"},
+    post_norm=True,
 )
 
 GPT2 = ArchSpec(
@@ -150,6 +219,10 @@ GPT2 = ArchSpec(
         "embed": "token_embd.weight",
         "unembed": "output.weight",
     },
+    gguf_architectures={"gpt2": "gpt2"},
+    hf_architectures={"GPT2LMHeadModel": "gpt2"},
+    config_defaults={"gpt2": {"tie_word_embeddings": True}},
+    eps_key="layer_norm_epsilon",
 )
 
 SPECS: tuple[ArchSpec, ...] = (LLAMA, GEMMA, OLMO, OLMO2, GPT2)
@@ -158,6 +231,30 @@ SPECS: tuple[ArchSpec, ...] = (LLAMA, GEMMA, OLMO, OLMO2, GPT2)
 def supported_model_types() -> list[str]:
     """Return every ``config.model_type`` that has a spec, sorted."""
     return sorted(t for spec in SPECS for t in spec.model_types)
+
+
+def supported_gguf_architectures() -> list[str]:
+    """Return every llama.cpp architecture name that has a spec, sorted."""
+    return sorted(a for spec in SPECS for a in spec.gguf_architectures)
+
+
+def model_type_for_gguf(arch: Any, path: Any) -> str:
+    """Return the ``model_type`` transformers reads a GGUF of architecture ``arch`` as, or
+    raise naming the supported ones (``path``: the file, for the message)."""
+    for spec in SPECS:
+        if isinstance(arch, str) and arch in spec.gguf_architectures:
+            return spec.gguf_architectures[arch]
+    name = getattr(path, "name", path)
+    raise UnsupportedArchitectureError(
+        f"{name} is a GGUF of architecture {arch!r}, which conceptvec does not "
+        f"support; supported GGUF architectures: {', '.join(supported_gguf_architectures())} "
+        f"(model types: {', '.join(supported_model_types())})"
+    )
+
+
+def hf_architectures() -> dict[str, str]:
+    """Return every transformers class name that has a spec -> its ``model_type``."""
+    return {cls: t for spec in SPECS for cls, t in spec.hf_architectures.items()}
 
 
 def spec_for_model_type(model_type: str) -> ArchSpec:

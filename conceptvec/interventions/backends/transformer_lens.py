@@ -32,7 +32,7 @@ def hooks(target: Any, hidden: dict[int, Callable], resid: dict[int, Callable]) 
 
 
 def _point_fn(fn: Callable) -> Callable:
-    def hook_fn(activation: Any, hook: Any) -> Any:
+    def hook_fn(activation: Any, hook: Any) -> Any:  # noqa: ARG001 (TL passes hook= by name)
         return fn(activation)
 
     return hook_fn

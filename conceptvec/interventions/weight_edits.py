@@ -18,14 +18,14 @@ from conceptvec.errors import BadInterventionError, UnsupportedModelError
 from conceptvec.models import Model
 
 from . import guard
-from .specs import WeightEdit
+from .edit_specs import WeightEdit
 
 
 def neuron_view(model: Model, edit: WeightEdit) -> torch.Tensor:
     """Return ``[d_model]``: a view of the edited neuron's vector inside the live weight."""
     rows = model.neurons(edit.neuron.layer, edit.matrix)
     vector = rows[edit.neuron.index]
-    param = model.reader.get(model._key(edit.matrix, edit.neuron.layer))
+    param = model.reader.get(model.weight_key(edit.matrix, edit.neuron.layer))
     if vector.untyped_storage().data_ptr() != param.untyped_storage().data_ptr():
         raise UnsupportedModelError(
             f"the {edit.matrix} weights of layer {edit.neuron.layer} are not a plain tensor "
@@ -39,6 +39,7 @@ def new_vector(edit: WeightEdit, old: torch.Tensor) -> torch.Tensor:
     if edit.op == "zero":
         return torch.zeros_like(old)
     if edit.op == "replace":
+        assert edit.vector is not None  # replace_weights always gives one
         return edit.vector.to(device=old.device, dtype=old.dtype)
     gen = torch.Generator().manual_seed(edit.seed)
     std = edit.std

@@ -15,9 +15,8 @@ from typing import Any
 import torch
 
 from conceptvec.errors import UnsupportedModelError
-
-from .positions import PassTracker
-from .specs import NeuronEdit, Steer
+from conceptvec.interventions.edit_specs import NeuronEdit, Steer
+from conceptvec.interventions.positions import PassTracker
 
 
 def submodule(root: torch.nn.Module, path: str, what: str) -> Any:
@@ -50,11 +49,16 @@ def track_passes(module: torch.nn.Module, tracker: PassTracker) -> Any:
         if ids is None and args and isinstance(args[0], torch.Tensor):
             ids = args[0]
         embeds = kwargs.get("inputs_embeds")
-        if ids is None and embeds is None:
+        first = ids if ids is not None else embeds
+        if first is None:
             return
-        length = int((ids if ids is not None else embeds).shape[1])
+        length = int(first.shape[1])
         cache = kwargs.get("past_key_values", kwargs.get("cache"))
-        past = int(cache.get_seq_length()) if hasattr(cache, "get_seq_length") else 0
+        past = (
+            int(cache.get_seq_length())
+            if cache is not None and hasattr(cache, "get_seq_length")
+            else 0
+        )
         tracker.begin(ids if ids is not None and ids.ndim == 2 else None, length, past)
 
     return module.register_forward_pre_hook(begin, with_kwargs=True)

@@ -1,14 +1,24 @@
 """Streaming weight readers: one tensor at a time, never the whole model.
 
-Three sources share one small interface (``kind``, ``has``, ``shape``, ``get``):
+Every source presents one protocol, :class:`WeightReader`: tensors under their Hugging Face
+state-dict names, in the Hugging Face layout (``[out, in]`` for ``nn.Linear``, ``[in, out]``
+for GPT-2's ``Conv1D``), read one at a time:
 
 - :class:`SafetensorsReader` over a folder of safetensors shards (through the index file
   when there is one), reading ``down_proj`` of layer 3 touches only that tensor's bytes;
-- :class:`GGUFWeightReader` over a ``.gguf`` file, dequantizing one tensor on request;
-- :class:`ModuleReader` over an already-loaded ``torch.nn.Module`` (no copy).
+- :class:`GGUFWeightReader` over a ``.gguf`` file, dequantizing one tensor on request and
+  naming it as transformers would (``blk.3.ffn_down.weight`` is
+  ``model.layers.3.mlp.down_proj.weight``; the table is the family's :class:`ArchSpec`);
+- :class:`ModuleReader` over an already-loaded ``torch.nn.Module`` (no copy);
+- :class:`conceptvec.models.hooked.HookedTransformerReader` over a TransformerLens
+  ``HookedTransformer``.
 
-Readers return tensors as stored (dtype and layout); :class:`conceptvec.models.Model`
-turns them into the canonical ``[neurons, d_model]`` orientation using the spec.
+Values are as stored (dtype). Norm gains are the one thing whose meaning differs between
+sources: Gemma's RMSNorm multiplies by ``1 + w``; transformers stores ``w``, while llama.cpp
+and TransformerLens store ``1 + w``. A reader says which with :attr:`WeightReader.effective_gains`,
+and :meth:`conceptvec.models.Model.norm_gain` is the one place that adds the 1.
+:class:`conceptvec.models.Model` turns matrices into the canonical ``[neurons, d_model]``
+orientation using the spec.
 """
 
 from __future__ import annotations
@@ -17,13 +27,56 @@ import json
 import os
 import struct
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
 from conceptvec.errors import CorruptWeightsError, NoWeightsError
 from conceptvec.files import confined, read_json, regular_file
 
+from .arch import ArchSpec, model_type_for_gguf, spec_for_model_type
 from .disk_cache import file_identity
+
+
+class WeightReader(Protocol):
+    """What every weight source presents: tensors by Hugging Face name, HF layout."""
+
+    kind: str
+    """``safetensors``, ``gguf``, ``module`` or ``hooked_transformer`` (for display)."""
+    effective_gains: bool
+    """True when norm gains are stored as the multiplier the model applies (Gemma's
+    ``1 + w``: llama.cpp and TransformerLens store it so); False for transformers' ``w``."""
+
+    @property
+    def tied(self) -> bool | None:
+        """Whether the source itself says the LM head is the embedding (a GGUF without
+        ``output.weight``), or None to follow the config."""
+        ...
+
+    def has(self, key: str) -> bool:
+        """Return True if the source holds ``key``."""
+        ...
+
+    def keys(self) -> list[str]:
+        """Return every tensor name the source presents."""
+        ...
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Return the HF shape of ``key`` without reading its data."""
+        ...
+
+    def dtype(self, key: str) -> str:
+        """Return the stored type name of ``key`` (``BF16``, ``Q4_1``, ``float32``)."""
+        ...
+
+    def is_quantized(self, key: str) -> bool:
+        """Return True when reading ``key`` dequantizes it (slow enough to cache)."""
+        ...
+
+    def get(self, key: str, pin_memory: bool = False) -> torch.Tensor:
+        """Return ``key`` in HF layout (``pin_memory``: page-locked, where the source can)."""
+        ...
+
 
 INDEX_FILE = "model.safetensors.index.json"
 _ST_DTYPES = {
@@ -45,6 +98,8 @@ class SafetensorsReader:
     """Read tensors one at a time from a folder of safetensors files."""
 
     kind = "safetensors"
+    effective_gains = False
+    tied = None
 
     def __init__(self, folder: str | Path, root: str | Path | None = None):
         """Open every shard in ``folder``; each must resolve to a regular file inside ``root``.
@@ -134,11 +189,15 @@ class SafetensorsReader:
         """Return the stored dtype name of ``key`` (e.g. ``BF16``)."""
         return str(self._handle(key).get_slice(key).get_dtype())
 
+    def is_quantized(self, key: str) -> bool:  # noqa: ARG002 - the WeightReader protocol
+        """Return False: safetensors tensors are read as stored."""
+        return False
+
     def get(self, key: str, pin_memory: bool = False) -> torch.Tensor:
         """Return the tensor ``key`` as stored (dtype and layout), in its own memory.
 
-        The bytes are read with ``pread`` into a fresh tensor rather than through a memory
-        map, so a streamed matrix leaves no mapped file pages behind once it is dropped
+        The bytes are read (a seek, then one ``readinto``) into a fresh tensor rather than
+        through a memory map, so a streamed matrix leaves no mapped file pages behind once dropped
         (peak memory stays near one matrix, not the sum of every matrix read). With
         ``pin_memory`` the tensor lands in page-locked memory, ready for an async GPU copy.
         """
@@ -159,7 +218,7 @@ class SafetensorsReader:
                     raise ValueError(f"{key}: {end - start} bytes for {buf.nbytes} expected")
                 with open(self._paths[name], "rb") as f:
                     f.seek(self._data_start[name] + start)
-                    if f.readinto(memoryview(buf)) != buf.nbytes:
+                    if f.readinto(buf.data) != buf.nbytes:  # buf.data: a memoryview of out
                         raise ValueError(f"{key} is cut short")
             return out
         except Exception as e:
@@ -184,11 +243,14 @@ class SafetensorsReader:
 
 
 class GGUFWeightReader:
-    """Read and dequantize tensors one at a time from a GGUF file (memory-mapped)."""
+    """Read and dequantize tensors one at a time from a GGUF file (memory-mapped), under the
+    Hugging Face names of its family (:attr:`ArchSpec.gguf` maps them)."""
 
     kind = "gguf"
+    effective_gains = True  # llama.cpp's converter stores Gemma's norm gains as 1 + w
 
     def __init__(self, path: str | Path):
+        """Open ``path``; raise unless it is a readable GGUF of a supported architecture."""
         from .gguf_file import GGUFFile
 
         self.path = Path(path)
@@ -205,44 +267,122 @@ class GGUFWeightReader:
             ) from None
         if not self.file.tensors:
             raise NoWeightsError(f"{self.path} holds no tensors; is it a vocabulary-only GGUF?")
+        self.model_type = model_type_for_gguf(self.field("general.architecture"), self.path)
+        """The ``model_type`` transformers reads this file as."""
+        self.spec: ArchSpec = spec_for_model_type(self.model_type)
+        self._names = self._hf_names(self.spec)
+
+    def _hf_names(self, spec: ArchSpec) -> dict[str, tuple[str, bool]]:
+        """Return HF name -> (GGUF name, transpose) for every tensor the family's spec maps.
+
+        GGUF stores every matrix ``[out, in]``; a family whose HF layout is ``in_out``
+        (GPT-2's Conv1D) gets the transpose. Norms keep their ``.bias`` beside the gain.
+        """
+        prefix = spec.prefixes[0]
+        layers = _count_blocks(self.file.tensors)  # not block_count: metadata can lie
+        names: dict[str, tuple[str, bool]] = {}
+
+        def add(hf: str, gguf: str, transpose: bool = False) -> None:
+            if gguf in self.file.tensors:
+                names[hf] = (gguf, transpose)
+            if gguf.endswith(".weight") and not transpose:  # a norm's bias, if it has one
+                bias = gguf[: -len("weight")] + "bias"
+                if bias in self.file.tensors:
+                    names[hf[: -len("weight")] + "bias"] = (bias, False)
+
+        for logical, gguf in spec.gguf.items():
+            if logical in spec.mlp:
+                relative, layout = spec.mlp[logical]
+                for layer in range(layers):
+                    hf = prefix + relative.format(layer=layer)
+                    add(hf, gguf.format(layer=layer), layout == "in_out")
+            elif logical == "unembed":
+                add(spec.unembed, gguf)
+            elif logical == "mlp_out_norm" and spec.mlp_out_norm:
+                for layer in range(layers):
+                    add(prefix + spec.mlp_out_norm.format(layer=layer), gguf.format(layer=layer))
+            else:
+                key = {"final_norm": spec.final_norm, "embed": spec.embed}[logical]
+                if key:
+                    add(prefix + key, gguf)
+        return names
+
+    @property
+    def tied(self) -> bool:
+        """True when the file has no ``output.weight`` (llama.cpp then ties the head)."""
+        return not self.has(self.spec.unembed)
 
     def has(self, key: str) -> bool:
-        """Return True if the file holds tensor ``key``."""
-        return key in self.file.tensors
+        """Return True if the file holds the tensor HF calls ``key``."""
+        return key in self._names
 
     def keys(self) -> list[str]:
-        """Return every tensor name in the file."""
-        return list(self.file.tensors)
+        """Return the HF name of every tensor the family's spec maps."""
+        return list(self._names)
+
+    def gguf_name(self, key: str) -> str:
+        """Return the GGUF tensor name behind HF name ``key``."""
+        try:
+            return self._names[key][0]
+        except KeyError:
+            raise KeyError(f"{key} is not in {self.path}") from None
 
     def shape(self, key: str) -> tuple[int, ...]:
-        """Return the logical shape of ``key`` in numpy order (``[out, in]`` for matrices)."""
-        return self.file.tensors[key].shape
+        """Return the HF shape of ``key``."""
+        name, transpose = self.gguf_name(key), self._names[key][1]
+        shape = tuple(self.file.tensors[name].shape)  # numpy order: [out, in] for matrices
+        return shape[::-1] if transpose else shape
 
     def dtype(self, key: str) -> str:
         """Return the GGML type name of ``key`` (e.g. ``Q4_1``)."""
-        return self.file.type_name(key)
+        return self.file.type_name(self.gguf_name(key))
 
-    def get(self, key: str) -> torch.Tensor:
-        """Return tensor ``key`` dequantized to float32, in numpy order."""
+    def is_quantized(self, key: str) -> bool:
+        """Return True unless ``key`` is stored as plain F32, F16 or BF16."""
+        return self.dtype(key) not in _PLAIN_GGML
+
+    def get(self, key: str, pin_memory: bool = False) -> torch.Tensor:  # noqa: ARG002
+        """Return tensor ``key`` dequantized to float32, in HF layout (``pin_memory`` is
+        ignored: the tensor is made by dequantizing)."""
+        name = self.gguf_name(key)
+        transpose = self._names[key][1]
         try:
-            array = self.file.dequantize(key)
+            array = self.file.dequantize(name)
         except KeyError:
             raise
         except Exception as e:
             raise CorruptWeightsError(
-                f"cannot dequantize {key} from {self.path} ({_one_line(e)}); re-download it"
+                f"cannot dequantize {name} from {self.path} ({_one_line(e)}); re-download it"
             ) from None
-        return torch.from_numpy(array if array.flags.writeable else array.copy())
+        w = torch.from_numpy(array if array.flags.writeable else array.copy())
+        return w.T if transpose else w
 
-    def field(self, name: str, default=None):
+    def field(self, name: str, default: Any = None) -> Any:
         """Return the metadata value ``name`` (a scalar, string or list), or ``default``."""
         return self.file.field(name, default)
+
+
+_PLAIN_GGML = ("F32", "F16", "BF16")
+"""GGUF tensor types read without dequantizing (a cast, not worth a disk copy)."""
+
+
+def _count_blocks(tensors: Any) -> int:
+    """Return 1 + the highest ``blk.N.`` index among the tensor names (0 when none)."""
+    highest = -1
+    for name in tensors:
+        if name.startswith("blk."):
+            part = name.split(".", 2)[1]
+            if part.isdigit():
+                highest = max(highest, int(part))
+    return highest + 1
 
 
 class ModuleReader:
     """Read tensors from an already-loaded ``torch.nn.Module`` by state-dict key (no copy)."""
 
     kind = "module"
+    effective_gains = False
+    tied = None
 
     def __init__(self, module: torch.nn.Module):
         self.module = module
@@ -268,8 +408,13 @@ class ModuleReader:
         """Return the dtype name of ``key``."""
         return str(self._state[key].dtype).replace("torch.", "")
 
-    def get(self, key: str) -> torch.Tensor:
-        """Return the live tensor ``key``, detached (edits to the model show through)."""
+    def is_quantized(self, key: str) -> bool:  # noqa: ARG002 - the WeightReader protocol
+        """Return False: a module's tensors are read as they are."""
+        return False
+
+    def get(self, key: str, pin_memory: bool = False) -> torch.Tensor:  # noqa: ARG002
+        """Return the live tensor ``key``, detached (edits to the model show through;
+        ``pin_memory`` is ignored: it is not a copy)."""
         return self._state[key].detach()
 
 

@@ -20,7 +20,7 @@ import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -37,13 +37,13 @@ POSITIONS: tuple[str, ...] = ("all", "prompt", "generated", "last")
 - ``last``: the last token of the prompt, where the first next-token prediction is made."""
 
 
-def check_positions(positions: str) -> str:
+def check_positions(positions: str) -> Positions:
     """Return ``positions`` if it names a position set, else raise BadInterventionError."""
     if positions not in POSITIONS:
         raise BadInterventionError(
             f"unknown positions {positions!r}: use one of {', '.join(POSITIONS)}"
         )
-    return positions
+    return cast(Positions, positions)
 
 
 def finite(value: Any, what: str) -> float:

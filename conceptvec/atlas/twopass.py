@@ -1,0 +1,364 @@
+"""Exact top/bottom-k in two passes: score in bf16, rescore a few candidates in float32, prove it.
+
+The float32 atlas keeps, per neuron ``v`` (a row of ``V``, norms already folded, float32), the
+k tokens with the largest and smallest ``s32_t = fl32(v . w_t)`` over the folded head ``W``.
+On CPUs with bf16 dot-product instructions a bf16 GEMM runs 3-5x faster than float32, so:
+
+1. **Fast pass.** ``F = bf16(v) @ bf16(W).T`` (float32 accumulation; torch returns ``F`` rounded
+   to bf16). Keep the ``c = k + m`` largest and the ``c`` smallest ``F_t`` as candidates.
+2. **Exact pass.** Rescore only the candidates with the float32 GEMM the plain path uses
+   (:func:`exact_scores`: the same MKL/oneDNN kernel gives each element the same bits whatever
+   the number of rows and columns, checked at run time by :func:`check_exact`), and order them
+   by ``(score, token id)``.
+3. **Proof.** The result is exact when the k-th rescored score beats every excluded token's
+   largest possible float32 score (below); a neuron that fails is redone in float32.
+
+The bound. Write ``v^ = bf16(v)``, ``rho = v - v^``, ``w^_t = bf16(w_t)``, ``sig_t = w_t - w^_t``
+(both residuals are exact in float32). For every token ``t``::
+
+    v.w_t - v^.w^_t = rho.w_t + v^.sig_t          |.| <= a n_t + b r_t        (Cauchy-Schwarz)
+    |acc_t - v^.w^_t|  <= g_K sum_i |v^_i w^_ti|  <= g_K b (n_t + r_t)         (bf16 GEMM)
+    |s32_t - v.w_t|    <= g_K sum_i |v_i w_ti|    <= g_K nu n_t                (float32 GEMM)
+    |F_t - acc_t|      <= u |F_t|                                              (bf16 output)
+
+with ``a = ||rho||``, ``b = ||v^||``, ``nu = ||v||``, ``n_t = ||w_t||``, ``r_t = ||sig_t||``,
+``u = 2^-8`` (bf16 unit roundoff), ``g_K = K 2^-24 / (1 - K 2^-24)`` for ``K = d_model`` terms
+(any summation order, with or without FMA: products of bf16 values are exact in float32).
+Underflow (subnormals, or kernels that flush them to zero) adds at most ``tiny``, a few
+``2^-126`` per term, bounded by ``2^-96 K (1 + nu)(1 + max n)``. So::
+
+    s32_t <= F_t + u |F_t| + (a + g) n_t + (b + g) r_t + tiny =: U_t,   g = g_K (b + nu)
+
+and ``s32_t >= L_t`` likewise. ``U_t`` grows with ``F_t``; every excluded token has ``F_t`` at
+most the c-th candidate's ``E`` and at most its block's maximum, so the top side is proved
+when ``s32_(k) > max_blocks(min(blockmax, E) + u|.| + (a + g) n_b + (b + g) r_b + tiny)``, with
+``n_b, r_b`` the largest token norms in the block (the vocabulary is sorted by norm, so they
+are close to each token's own). A neuron that fails this cheap test gets the per-token test
+``s32_(k) > max over excluded t of U_t`` on its own scores; only one that fails both is redone
+in float32. The bottom side is the mirror image. Bounds are computed in float32 and widened by
+``2^-18 (|x| + bound)`` to cover their own rounding. An excluded token can then never reach
+the k-th score, not even tie it, so the k kept tokens and their order (score, then token id)
+are exactly the plain float32 path's.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .topk import canonical_order
+
+log = logging.getLogger(__name__)
+
+U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
+U_F32 = 2.0**-24
+WIDEN = 2.0**-18  # covers the float32 rounding of the bound's own arithmetic
+GROUP = 4  # neurons per rescoring GEMM; M >= 4 rows keeps the float32 kernel's bits
+MARGIN = 40  # m: candidates rescored beyond k on each side (benchmarks/RESULTS.md)
+GATHER_EXTRA = 10  # blocks read token by token beyond k + m
+BLOCK = 32  # tokens per block of the fast scores (block extremes feed selection and bounds)
+SCORE_BYTES = 64 << 20  # one [rows, vocab] bf16 block of fast scores
+
+
+def gamma(n: int) -> float:
+    """Return ``n u / (1 - n u)`` for float32: the relative error bound of an n-term sum."""
+    return n * U_F32 / (1 - n * U_F32)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    """Return float64 ``x`` as float32 rounded up (never below ``x``)."""
+    y = x.float()
+    return torch.where(y.double() < x, torch.nextafter(y, torch.full_like(y, math.inf)), y)
+
+
+@dataclass
+class TwoPassStats:
+    """How many neurons one call proved exact at each stage, and how many it redid in float32."""
+
+    neurons: int = 0
+    block_bound: int = 0
+    token_bound: int = 0
+    fallback: int = 0
+
+    def add(self, other: TwoPassStats) -> None:
+        """Add ``other``'s counts to these."""
+        self.neurons += other.neurons
+        self.block_bound += other.block_bound
+        self.token_bound += other.token_bound
+        self.fallback += other.fallback
+
+
+class FastHead:
+    """The folded head laid out for the two-pass selection, built once per atlas run.
+
+    Tokens are sorted by row norm (largest first) and cut into ``whole`` blocks of ``block``
+    tokens of similar norm (the last ``vocab % block`` form the tail). The bf16 rows ``wb``
+    are stored so that member ``j`` of block ``b`` is column ``j * whole + b`` of the fast
+    scores: a block's extreme is then a maximum over ``block`` contiguous slices, which runs
+    at memory speed even in bf16. ``token [vocab]``: the token id of each column.
+    ``token_norms [3, vocab]`` per column and ``block_norms [3, whole]`` per block (maxima):
+    the row norm ``n``, the bf16 residual norm ``r`` (float32, rounded up) and a row of ones,
+    which a bound multiplies by each neuron's ``(a + g, b + g, tiny)``. Float32 rows for
+    rescoring come from the :class:`FoldedHead`, folded the same way.
+    """
+
+    def __init__(self, head, block: int = BLOCK):
+        self.head, self.block = head, block
+        self.vocab, self.d_model = head.vocab, head.d_model
+        wbs, norms, res = [], [], []
+        for _, w in head.chunks():
+            wb = w.to(torch.bfloat16)
+            wd = w.double()
+            norms.append(wd.norm(dim=1))
+            res.append((wd - wb.double()).norm(dim=1))
+            wbs.append(wb)
+            del w, wd
+        norm = torch.cat(norms)
+        perm = torch.sort(norm, descending=True, stable=True).indices
+        self.whole = whole = self.vocab // block
+        body = whole * block
+        pos = torch.arange(body)
+        column = torch.arange(self.vocab)
+        column[:body] = (pos % block) * whole + pos // block
+        self.token = torch.empty_like(perm)
+        self.token[column] = perm
+        self.wb = torch.cat(wbs)[self.token].contiguous()
+        del wbs
+        widen = 1 + 2.0**-40  # the float64 norms' own rounding
+        n, r = _up(norm[self.token] * widen), _up(torch.cat(res)[self.token] * widen)
+        self.token_norms = torch.stack([n, r, torch.ones_like(n)])
+        self.block_norms = self.token_norms[:, :body].reshape(3, block, whole).amax(1)
+        self.n_max = float(n.max()) if self.vocab else 0.0
+        self.f32 = head.whole_rows()  # None for a head folded chunk by chunk
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Return a reused ``shape`` tensor for ``name`` (fresh large allocations page-fault,
+        which costs as much as the work done in them)."""
+        size = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.numel() < size:
+            buf = self._buffers[name] = torch.empty(size, dtype=dtype)
+        return buf[:size].view(shape)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """Return float32 folded rows ``[*ids.shape, d_model]`` of token ``ids``."""
+        flat, shape = ids.reshape(-1), (*ids.shape, self.d_model)
+        if self.f32 is None:
+            return self.head.fold_rows(flat).view(shape)
+        out = self.buffer("rows", (flat.numel(), self.d_model), torch.float32)
+        return torch.index_select(self.f32, 0, flat, out=out).view(shape)
+
+
+def exact_scores(vectors: torch.Tensor, rows: torch.Tensor, out=None) -> torch.Tensor:
+    """Return ``[n, q]`` float32 scores of each of ``n`` vectors against its own ``q`` rows.
+
+    ``vectors [n, d]``, ``rows [n, q, d]``, ``n`` a multiple of ``GROUP``. Computed by GEMMs
+    of ``GROUP`` vectors against their group's rows (diagonal blocks kept), so that each
+    score comes from the same float32 GEMM kernel as ``vectors @ W.T`` and has the same bits
+    (:func:`check_exact` verifies this). ``out``: an optional ``[n / GROUP, GROUP, GROUP q]``
+    buffer for the products.
+    """
+    n, q, d = rows.shape
+    g = n // GROUP
+    products = torch.bmm(
+        vectors.view(g, GROUP, d), rows.view(g, GROUP * q, d).transpose(1, 2), out=out
+    )
+    diag = torch.diagonal(products.view(g, GROUP, GROUP, q), dim1=1, dim2=2)  # [g, q, GROUP]
+    return diag.permute(0, 2, 1).reshape(n, q)
+
+
+def full_scores(vectors: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Return ``vectors @ w.T`` with at least ``GROUP`` rows in the GEMM (as the plain path
+    has), so that the kernel, and so each element's bits, match it."""
+    n = vectors.shape[0]
+    if n >= GROUP:
+        return vectors @ w.T
+    padded = torch.cat([vectors, vectors.new_zeros(GROUP - n, vectors.shape[1])])
+    return (padded @ w.T)[:n]
+
+
+def check_exact(vectors: torch.Tensor, fast: FastHead, q: int = 64) -> bool:
+    """True when :func:`exact_scores` gives the plain float32 GEMM's bits on this machine.
+
+    ``vectors [n, d_model]`` (``n`` a multiple of ``GROUP``) are scored against the whole head
+    as the plain path does, and against ``q`` random rows each as the two-pass path does.
+    """
+    plain = torch.cat([full_scores(vectors, w) for _, w in fast.head.chunks()], dim=1)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, fast.vocab, (vectors.shape[0], q), generator=gen)
+    mine = exact_scores(vectors, fast.rows(ids))
+    return bool(torch.equal(mine, plain.gather(1, ids)))
+
+
+def _bound_coefficients(v: torch.Tensor, vb: torch.Tensor, d_model: int, n_max: float):
+    """Return ``[n, 3]`` float32, rounded up: each neuron's ``(a + g, b + g, tiny)``."""
+    vd, vbd = v.double(), vb.double()
+    b = vbd.norm(dim=1)
+    nu = vd.norm(dim=1)
+    g = gamma(d_model) * (b + nu)
+    tiny = 2.0**-96 * d_model * (1 + nu) * (1 + n_max)
+    coef = torch.stack([(vd - vbd).norm(dim=1) + g, b + g, tiny], dim=1)
+    return _up(coef * (1 + 2.0**-40))  # the float64 norms' own rounding
+
+
+SLOPE = U_BF16 + 2 * WIDEN  # of |F| in a bound, its own rounding included
+SCALE = 1 + WIDEN
+
+
+def _upper(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Return ``x + SLOPE |x| + SCALE r``: the largest float32 score a token with fast score
+    (or fast bound) ``x`` can have, ``r = coef @ norms`` its norm terms (broadcast to ``x``)."""
+    return (x + SCALE * r).add_(x.abs(), alpha=SLOPE)
+
+
+def _lower(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Return ``x - SLOPE |x| - SCALE r``, the mirror of :func:`_upper`."""
+    return (x - SCALE * r).sub_(x.abs(), alpha=SLOPE)
+
+
+def _side(scores, extreme, coef, rb, fast: FastHead, keep: int, gather: int, largest: bool):
+    """Pick one side's candidates and bound every other token of that side.
+
+    ``extreme [n, whole]``: each block's largest (smallest) fast score; ``coef [n, 3]``: the
+    neurons' bound coefficients; ``rb [n, whole]``: the blocks' norm terms. Returns ``(columns [n, keep], limit [n])``: the ``keep`` best fast
+    scores among the ``gather`` blocks with the best extremes and the tail, and the float32
+    score no other token can pass (reach, for the bottom side): bounded token by token inside
+    those blocks and the tail, block by block outside them.
+    """
+    n, block, whole = scores.shape[0], fast.block, fast.whole
+    body = whole * block
+    reach, pick, hide = (
+        (_upper, torch.amax, -math.inf) if largest else (_lower, torch.amin, math.inf)
+    )
+    blocks = extreme.topk(gather, dim=-1, largest=largest).indices  # [n, gather]
+    grid = scores[:, :body].view(n, block, whole)
+    near = grid.gather(2, blocks[:, None, :].expand(n, block, gather)).float()
+    tail = scores[:, body:].float()
+    values = torch.cat([near.reshape(n, -1), tail], 1)
+    limits = torch.cat(
+        [
+            reach(near, rb.gather(1, blocks)[:, None, :]).reshape(n, -1),
+            reach(tail, coef @ fast.token_norms[:, body:]),
+        ],
+        1,
+    )
+    pos = values.topk(keep, dim=-1, largest=largest).indices
+    inside = pos < block * gather
+    j, i = pos // gather, (pos % gather).where(inside, 0)
+    columns = torch.where(inside, j * whole + blocks.gather(1, i), body + pos - block * gather)
+    far = reach(extreme, rb).scatter_(1, blocks, hide)
+    limit = torch.maximum if largest else torch.minimum
+    return columns, limit(pick(limits.scatter_(1, pos, hide), 1), pick(far, 1))
+
+
+def two_pass_block(
+    v: torch.Tensor, fast: FastHead, k: int, margin: int = MARGIN
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, TwoPassStats]:
+    """Return ``(result, failed, stats)`` for one block of ``[n, d_model]`` float32 vectors.
+
+    ``result`` holds ``top_ids, top_values, bottom_ids, bottom_values`` ``[n, k]``; rows listed
+    in ``failed`` (int64 row numbers) are not proved exact and must be redone in float32.
+    """
+    n = v.shape[0]
+    keep = k + margin
+    gather = min(fast.whole, keep + GATHER_EXTRA)
+    vb = v.to(torch.bfloat16)
+    coef = _bound_coefficients(v, vb, fast.d_model, fast.n_max)
+    scores = fast.buffer("scores", (n, fast.vocab), torch.bfloat16)
+    torch.matmul(vb, fast.wb.T, out=scores)  # columns as FastHead lays them out
+    grid = scores[:, : fast.whole * fast.block].view(n, fast.block, fast.whole)
+    bmax, bmin = grid.amax(1).float(), grid.amin(1).float()
+    rb = coef @ fast.block_norms  # [n, whole]
+    top_col, top_lim = _side(scores, bmax, coef, rb, fast, keep, gather, largest=True)
+    bot_col, bot_lim = _side(scores, bmin, coef, rb, fast, keep, gather, largest=False)
+    ids = fast.token[torch.cat([top_col, bot_col], 1)]
+    pad = (-n) % GROUP
+    if pad:  # whole groups; the padding rows score zero vectors and are dropped
+        v, ids = torch.cat([v, v.new_zeros(pad, v.shape[1])]), torch.cat([ids, ids[:pad] * 0])
+    q = ids.shape[1]
+    out = fast.buffer("products", ((n + pad) // GROUP, GROUP, GROUP * q), torch.float32)
+    exact = exact_scores(v, fast.rows(ids), out)[:n]
+    ids = ids[:n]
+    tv, ti = canonical_order(exact[:, :keep], ids[:, :keep], k, largest=True)
+    bv, bi = canonical_order(exact[:, keep:], ids[:, keep:], k, largest=False)
+    ok = (tv[:, -1] > top_lim) & (bv[:, -1] < bot_lim)
+    stats = TwoPassStats(neurons=n, block_bound=int(ok.sum()))
+    todo = (~ok).nonzero().flatten()
+    if len(todo):  # stage 2: the bound token by token on these rows' own scores
+        f, r = scores[todo].float(), coef[todo] @ fast.token_norms
+        hi = _upper(f, r).scatter_(1, top_col[todo], -math.inf)
+        lo = _lower(f, r).scatter_(1, bot_col[todo], math.inf)
+        ok[todo] = (tv[todo, -1] > hi.amax(1)) & (bv[todo, -1] < lo.amin(1))
+        stats.token_bound = int(ok[todo].sum())
+    failed = (~ok).nonzero().flatten()
+    stats.fallback = len(failed)
+    result = {"top_ids": ti, "top_values": tv, "bottom_ids": bi, "bottom_values": bv}
+    return result, failed, stats
+
+
+PRECISIONS = ("auto", "float32", "two-pass")
+
+
+def choose_precision(precision: str, head, k: int, margin: int = MARGIN) -> FastHead | None:
+    """Return the :class:`FastHead` to map with, or None for the plain float32 path.
+
+    ``auto`` picks the two-pass path wherever it applies (a float32 atlas on CPU, a vocabulary
+    of at least ``2 (k + margin + GATHER_EXTRA)`` tokens) and the float32 kernel keeps its
+    bits across GEMM shapes here; ``two-pass`` insists on it and says why it cannot;
+    ``float32`` never uses it.
+    """
+    from conceptvec.errors import AtlasError
+
+    if precision not in PRECISIONS:
+        raise AtlasError(f"unknown precision {precision!r}; use auto, float32 or two-pass")
+    if precision == "float32":
+        return None
+    why = None
+    block = min(BLOCK, head.vocab // (k + margin + GATHER_EXTRA))
+    if head.device.type != "cpu":
+        why = f"it runs on CPU only (the device is {head.device.type}); use --device cpu"
+    elif head.dtype != torch.float32:
+        why = f"it makes float32 atlases (the dtype is {head.dtype}); use --dtype float32"
+    elif block < 2:
+        why = f"the vocabulary ({head.vocab}) is too small for k = {k}; use --precision float32"
+    fast = None
+    if why is None:
+        fast = FastHead(head, block)
+        if not check_exact(torch.randn(2 * GROUP, head.d_model), fast):
+            why = "this BLAS gives other float32 bits for other GEMM shapes"
+            fast = None
+    if why is not None and precision == "two-pass":
+        raise AtlasError(f"--precision two-pass cannot be used: {why}")
+    if why is not None:
+        log.info("mapping in plain float32: two-pass does not apply (%s)", why)
+    return fast
+
+
+def project_two_pass(
+    vectors: torch.Tensor, fast: FastHead, k: int, plain, margin: int = MARGIN
+) -> tuple[dict[str, torch.Tensor], TwoPassStats]:
+    """Return ``(top/bottom k ids and scores, stats)`` for ``[n, d_model]`` float32 vectors.
+
+    Identical to ``plain(vectors, head, k)`` (the float32 path, which redoes here the rows the
+    bounds cannot prove), in blocks of rows whose bf16 scores fit ``SCORE_BYTES``.
+    """
+    n = vectors.shape[0]
+    rows = max(GROUP, SCORE_BYTES // (2 * fast.vocab) // GROUP * GROUP)
+    parts, failed = [], []
+    stats = TwoPassStats()
+    for start in range(0, n, rows):
+        result, bad, done = two_pass_block(vectors[start : start + rows], fast, k, margin)
+        parts.append(result)
+        failed.append(bad + start)
+        stats.add(done)
+    out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+    redo = torch.cat(failed)
+    if len(redo):
+        again = plain(vectors[redo], fast.head, k)
+        for key in out:
+            out[key][redo] = again[key].to(out[key].dtype)
+    return out, stats
