@@ -14,7 +14,7 @@ import pytest
 
 import conceptvec as cv
 from conceptvec import qa
-from conceptvec.concepts import concept_tokens, read_concepts, search_concept
+from conceptvec.concepts import concept_tokens, read_concepts, search_concept, search_text_words
 
 pytestmark = [
     pytest.mark.real_model,
@@ -120,3 +120,37 @@ def test_finder_validates_the_rome_vector_and_flags_the_sign(model, rome):
     # a "languages/nationalities" neuron in the candidates is broad, not Rome-specific
     broad = [c for c in r.candidates if c.neuron == "L29.21"]
     assert broad and broad[0].weights.breadth > 0.5
+
+
+def test_the_text_search_finds_the_latin_america_vector(model, entries):
+    """ "Latin" + "America" centre on " American": the name search misses the Hispanic
+    neuron L29.341 (bottom: " Spanish", " Mexican", " Brazilian"), the search on the
+    article's distinctive words ranks it first, and zeroing it hurts the Latin America
+    answers beyond every random same-layer control while the unrelated ones stay."""
+    e = entries["Culture of Latin America"]
+    c = concept_tokens(model, e.concept, [e.wikipedia_content])
+    assert c.key == ["Latin", "America"]
+    assert {" Mexicans", " Brazilian", " Portuguese"} <= {c.texts[i] for i in c.distinctive}
+    assert "L29.341" not in {str(h.neuron) for h in search_concept(model, c, top=40)}
+    hit = search_text_words(model, c, top=1)[0]
+    assert str(hit.neuron) == "L29.341" and hit.side == "bottom"
+    questions = e.qa + e.unrelated_qa[:5]
+    r = cv.evaluate_qa(
+        model,
+        questions,
+        cv.zero("L29.341"),
+        controls=4,
+        generate=False,
+        max_new_tokens=24,
+    )
+    n = len(e.qa)
+
+    def delta(scores, part):
+        return sum(a - b for a, b in zip(scores.logprob[part], r.base.logprob[part])) / len(
+            r.base.logprob[part]
+        )
+
+    concept, unrelated = delta(r.after, slice(0, n)), delta(r.after, slice(n, None))
+    controls = [delta(s, slice(0, n)) for s in r.controls]
+    assert concept < -0.02 and concept < min(controls), (concept, controls)
+    assert abs(unrelated) < 0.01, unrelated
