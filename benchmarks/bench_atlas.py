@@ -3,13 +3,18 @@
     python benchmarks/bench_atlas.py --model smollm2-135m --device cpu
     python benchmarks/bench_atlas.py --model build/llama-8b --device cuda --matrices up
 
-Four numbers, all for the same neurons (every neuron of ``--matrices``, top and bottom k):
+The numbers, all for the same neurons (every neuron of ``--matrices``, top and bottom k),
+with ``--threads`` torch threads for every row:
 
 - end-to-end: the real CLI, ``conceptvec map``, in a fresh process, timed from process start
   until the atlas is written (manifest, shards; no Parquet);
 - projection phase: conceptvec's chunked GEMM + block top-k over matrices already in
   memory (what the pipeline overlaps reading and writing with);
 - GEMM floor: the bare ``V @ W.T`` products alone, nothing kept;
+- bf16 GEMM floor: the same products with bf16 ``V`` and ``W`` (what the fast pass costs);
+- two-pass: the exact two-pass selection (:mod:`conceptvec.atlas.twopass`): bf16 scores,
+  candidates rescored in float32, a proof per neuron, float32 for the neurons it cannot
+  prove. Its output is checked to be identical to the projection phase's for every matrix;
 - naive: what a research script does, one neuron at a time through the LM head and a full
   sort, timed on ``--naive-sample`` neurons spread over the layers and scaled up linearly.
   Its top tokens are checked against conceptvec's.
@@ -30,6 +35,7 @@ import torch
 import conceptvec
 from conceptvec.atlas.build import project_top_bottom
 from conceptvec.atlas.head import FoldedHead, Pending, layer_vectors, resolve_compute
+from conceptvec.atlas.twopass import TwoPassStats, choose_precision, project_two_pass
 
 
 def _sync(device: torch.device) -> None:
@@ -45,11 +51,12 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
-def end_to_end(model: str, device: str, matrices: str, k: int) -> dict:
+def end_to_end(model: str, device: str, matrices: str, k: int, precision: str) -> dict:
     """Run ``conceptvec map`` in a new process; return its wall time and its own report."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "conceptvec.cli", "map", model, "-o", f"{tmp}/atlas"]
         cmd += ["--device", device, "--matrices", matrices, "-k", str(k), "--export", "none"]
+        cmd += ["--precision", precision]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd + ["-q", "--json"], capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -72,12 +79,20 @@ def main() -> None:
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--repeat", type=int, default=2, help="best of N for floor and projection")
     ap.add_argument("--json", type=str, default=None, help="also write the numbers here")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for every row")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # for the end-to-end processes
 
     out: dict = {"model": args.model, "matrices": args.matrices, "k": args.k}
+    out["threads"] = torch.get_num_threads()
+    out["load_average_before"] = os.getloadavg()
     if not args.skip_e2e:  # first, so its page cache state matches what a user sees
-        out["end_to_end"] = end_to_end(args.model, args.device, args.matrices, args.k)
-        print("end-to-end conceptvec map:", out["end_to_end"], flush=True)
+        for precision in ("float32", "two-pass"):
+            e2e = end_to_end(args.model, args.device, args.matrices, args.k, precision)
+            out[f"end_to_end_{precision}"] = e2e
+            print(f"end-to-end conceptvec map --precision {precision}:", e2e, flush=True)
 
     model = conceptvec.load(args.model, quiet=True)
     device, dtype = resolve_compute(args.device, args.dtype)
@@ -129,6 +144,42 @@ def main() -> None:
 
     out["gemm_plus_torch_topk_s"] = round(timed(torch_topk, device), 3)
 
+    if device.type == "cpu" and head.dtype == torch.float32:
+        fast = choose_precision("two-pass", head, args.k)
+        wb = fast.wb
+
+        def bf16_floor():
+            for v in vectors:
+                v.to(torch.bfloat16) @ wb.T
+
+        out["bf16_floor_s"] = round(min(timed(bf16_floor, device) for _ in range(args.repeat)), 4)
+        print(f"bf16 GEMM floor: {out['bf16_floor_s']} s", flush=True)
+        stats = TwoPassStats()
+        fast_results: list = []
+
+        def two_pass():
+            fast_results.clear()
+            stats.__init__()
+            for v in vectors:
+                result, done = project_two_pass(v, fast, args.k, project_top_bottom)
+                fast_results.append(result)
+                stats.add(done)
+
+        two_pass_s = min(timed(two_pass, device) for _ in range(args.repeat))
+        same = all(torch.equal(a[key], b[key]) for a, b in zip(results, fast_results) for key in a)
+        out.update(
+            two_pass_s=round(two_pass_s, 4),
+            two_pass_over_floor=round(two_pass_s / floor_s, 3),
+            two_pass_over_bf16_floor=round(two_pass_s / out["bf16_floor_s"], 3),
+            two_pass_identical_to_projection=same,
+            two_pass_stats=stats.__dict__.copy(),
+        )
+        print(
+            f"two-pass: {out['two_pass_s']} s = {out['two_pass_over_floor']}x floor; "
+            f"identical: {same}; {stats}",
+            flush=True,
+        )
+
     # naive: one neuron at a time, full sort, on a sample spread over all matrices
     per = max(1, args.naive_sample // len(vectors))
     sample = [
@@ -153,9 +204,10 @@ def main() -> None:
     out["naive_extrapolated_s"] = round(t / len(sample) * n_neurons, 1)
     out["naive_top1_agreement"] = agree / (2 * len(sample))
     out["speedup_vs_naive_projection"] = round(t / len(sample) * n_neurons / projection_s, 1)
-    if "end_to_end" in out:
-        e2e = out["end_to_end"]["wall_s"]
+    if "end_to_end_float32" in out:
+        e2e = out["end_to_end_float32"]["wall_s"]
         out["speedup_vs_naive_end_to_end"] = round(out["naive_extrapolated_s"] / e2e, 1)
+    out["load_average_after"] = os.getloadavg()
     print(json.dumps(out, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -5,12 +5,15 @@ k tokens with the largest and smallest ``s32_t = fl32(v . w_t)`` over the folded
 On CPUs with bf16 dot-product instructions a bf16 GEMM runs 3-5x faster than float32, so:
 
 1. **Fast pass.** ``F = bf16(v) @ bf16(W).T`` (float32 accumulation; torch returns ``F`` rounded
-   to bf16). Keep the ``c = k + m`` largest and the ``c`` smallest ``F_t`` as candidates.
+   to bf16), with the vocabulary sorted by row norm and cut into blocks of similar norm.
+   Per side, the ``k + m + GATHER_EXTRA`` blocks with the best extremes are read token by
+   token and their ``c = k + m`` best fast scores become candidates.
 2. **Exact pass.** Rescore only the candidates with the float32 GEMM the plain path uses
-   (:func:`exact_scores`: the same MKL/oneDNN kernel gives each element the same bits whatever
-   the number of rows and columns, checked at run time by :func:`check_exact`), and order them
-   by ``(score, token id)``.
-3. **Proof.** The result is exact when the k-th rescored score beats every excluded token's
+   (:func:`exact_scores`: groups of ``GROUP`` vectors against their candidates' rows; the
+   MKL kernel gives each element the same bits whatever the GEMM's shape, from 4 rows and
+   64 columns up, checked at run time by :func:`check_exact`), and order them by
+   ``(score, token id)`` as the plain path does.
+3. **Proof.** The result is exact when the k-th rescored score beats every other token's
    largest possible float32 score (below); a neuron that fails is redone in float32.
 
 The bound. Write ``v^ = bf16(v)``, ``rho = v - v^``, ``w^_t = bf16(w_t)``, ``sig_t = w_t - w^_t``
@@ -29,16 +32,19 @@ Underflow (subnormals, or kernels that flush them to zero) adds at most ``tiny``
 
     s32_t <= F_t + u |F_t| + (a + g) n_t + (b + g) r_t + tiny =: U_t,   g = g_K (b + nu)
 
-and ``s32_t >= L_t`` likewise. ``U_t`` grows with ``F_t``; every excluded token has ``F_t`` at
-most the c-th candidate's ``E`` and at most its block's maximum, so the top side is proved
-when ``s32_(k) > max_blocks(min(blockmax, E) + u|.| + (a + g) n_b + (b + g) r_b + tiny)``, with
-``n_b, r_b`` the largest token norms in the block (the vocabulary is sorted by norm, so they
-are close to each token's own). A neuron that fails this cheap test gets the per-token test
-``s32_(k) > max over excluded t of U_t`` on its own scores; only one that fails both is redone
-in float32. The bottom side is the mirror image. Bounds are computed in float32 and widened by
-``2^-18 (|x| + bound)`` to cover their own rounding. An excluded token can then never reach
-the k-th score, not even tie it, so the k kept tokens and their order (score, then token id)
-are exactly the plain float32 path's.
+and ``s32_t >= L_t`` likewise. ``U_t`` grows with ``F_t``, so a token is bounded by its own
+``F_t`` where it was read (the gathered blocks and the tail: ``n_t, r_t`` taken as its block's maxima, which the sort by norm
+keeps close to its own), and by its block's extreme elsewhere. The top side is proved when
+``s32_(k) > max over non-candidates of U``, the bottom side when ``s32_(k) < min of L``. A
+neuron that fails gets the same test token by token over its whole row of scores; only one
+that fails both is redone in float32. Bounds are computed in float32 and widened by
+``2^-18 (|x| + bound)`` to cover their own rounding. No other token can then reach the k-th
+score, not even tie it, so the k kept tokens and their order (score, then token id) are
+exactly the plain float32 path's.
+
+Assumed of the libraries (and tested): the bf16 GEMM accumulates in float32 and rounds its
+output once; float32 GEMMs of at least ``GROUP`` rows and 64 columns give each element the
+same bits (:func:`check_exact` refuses the two-pass path on a machine where they do not).
 """
 
 from __future__ import annotations
@@ -194,6 +200,24 @@ def check_exact(vectors: torch.Tensor, fast: FastHead, q: int = 64) -> bool:
     return bool(torch.equal(mine, plain.gather(1, ids)))
 
 
+MIN_ROWS = 16  # rows per vector in a rescoring GEMM: narrower ones may get other bits
+
+
+def _rescore(v: torch.Tensor, ids: torch.Tensor, fast: FastHead) -> torch.Tensor:
+    """Return :func:`exact_scores` of ``v [n, d]`` against rows ``ids [n, q]``, padded to
+    whole groups and to at least ``MIN_ROWS`` rows each (so the GEMM has the plain path's
+    shape class); the padding is dropped."""
+    n, q = ids.shape
+    pad = (-n) % GROUP
+    if pad:  # the padding rows score zero vectors
+        v, ids = torch.cat([v, v.new_zeros(pad, v.shape[1])]), torch.cat([ids, ids[:pad]])
+    if q < MIN_ROWS:
+        ids = torch.cat([ids, ids[:, :1].expand(-1, MIN_ROWS - q)], 1)
+    shape = ((n + pad) // GROUP, GROUP, GROUP * ids.shape[1])
+    out = fast.buffer("products", shape, torch.float32)
+    return exact_scores(v, fast.rows(ids), out)[:n, :q]
+
+
 def _bound_coefficients(v: torch.Tensor, vb: torch.Tensor, d_model: int, n_max: float):
     """Return ``[n, 3]`` float32, rounded up: each neuron's ``(a + g, b + g, tiny)``."""
     vd, vbd = v.double(), vb.double()
@@ -276,13 +300,7 @@ def two_pass_block(
     top_col, top_lim = _side(scores, bmax, coef, rb, fast, keep, gather, largest=True)
     bot_col, bot_lim = _side(scores, bmin, coef, rb, fast, keep, gather, largest=False)
     ids = fast.token[torch.cat([top_col, bot_col], 1)]
-    pad = (-n) % GROUP
-    if pad:  # whole groups; the padding rows score zero vectors and are dropped
-        v, ids = torch.cat([v, v.new_zeros(pad, v.shape[1])]), torch.cat([ids, ids[:pad] * 0])
-    q = ids.shape[1]
-    out = fast.buffer("products", ((n + pad) // GROUP, GROUP, GROUP * q), torch.float32)
-    exact = exact_scores(v, fast.rows(ids), out)[:n]
-    ids = ids[:n]
+    exact = _rescore(v, ids, fast)
     tv, ti = canonical_order(exact[:, :keep], ids[:, :keep], k, largest=True)
     bv, bi = canonical_order(exact[:, keep:], ids[:, keep:], k, largest=False)
     ok = (tv[:, -1] > top_lim) & (bv[:, -1] < bot_lim)

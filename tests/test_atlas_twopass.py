@@ -1,0 +1,201 @@
+"""The two-pass atlas (bf16 scores, float32 rescoring, a proof per neuron) equals the float32 one.
+
+Every family's tiny model, every stage of the proof (block bound, token bound, fallback), ties
+(ordered by token id), the bound itself checked against every token's true float32 score, and
+tests that fail when the bound or the margin is made too small.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import conceptvec
+from conceptvec.atlas import Atlas, build, twopass
+from conceptvec.atlas import store as atlas_store
+from conceptvec.atlas.head import FoldedHead, layer_vectors
+from conceptvec.errors import AtlasError
+
+from .conftest import FAMILIES, build_tiny, run_cli
+
+
+def _shards(path) -> dict[str, dict[str, torch.Tensor]]:
+    return {atlas_store.shard_name(la, m): s for la, m, s in Atlas(path).shards()}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        for key in atlas_store.SHARD_TENSORS:
+            assert torch.equal(a[name][key], b[name][key]), (name, key)
+
+
+def _head(model, block: int = 4):
+    head = FoldedHead(model, torch.device("cpu"), torch.float32, True)
+    return head, twopass.FastHead(head, block)
+
+
+def _vectors(model, head) -> torch.Tensor:
+    d = model.dims
+    mats = ["up", "gate", "down"] if model.spec.gated else ["up", "down"]
+    return torch.cat(
+        [layer_vectors(model, la, m, head, True) for la in range(d.n_layers) for m in mats]
+    )
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_two_pass_atlas_equals_the_float32_atlas(family, tiny_dir, tmp_path):
+    model = conceptvec.load(str(tiny_dir(family)), quiet=True)
+    for k in (3, 20):
+        plain = build.build_atlas(
+            model, tmp_path / f"f{k}", k=k, precision="float32", progress=False
+        )
+        fast = build.build_atlas(model, tmp_path / f"t{k}", k=k, progress=False)
+        assert (plain.precision, fast.precision) == ("float32", "two-pass")
+        assert fast.two_pass.neurons == model.dims.d_mlp * model.dims.n_layers * len(
+            Atlas(tmp_path / f"t{k}").matrices
+        )
+        _assert_same(_shards(tmp_path / f"f{k}"), _shards(tmp_path / f"t{k}"))
+        manifest = json.loads((tmp_path / f"t{k}" / "manifest.json").read_text())
+        assert manifest["compute"]["precision"] == "two-pass"
+        assert all("two_pass_fallback" in e for e in manifest["shards"].values())
+
+
+def test_every_stage_of_the_proof_gives_the_float32_answer(tiny_dir):
+    """Small margins force the token-by-token bound and the float32 fallback."""
+    model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
+    head, fast = _head(model)
+    v = _vectors(model, head)
+    total = twopass.TwoPassStats()
+    for k in (1, 5, 12):
+        want = build.project_top_bottom(v, head, k)
+        for margin in (0, 2, 6, 40):
+            got, stats = twopass.project_two_pass(v, fast, k, build.project_top_bottom, margin)
+            for key in want:
+                assert torch.equal(want[key], got[key]), (k, margin, key)
+            total.add(stats)
+    assert total.block_bound and total.token_bound and total.fallback
+
+
+def test_too_small_a_margin_falls_back(tiny_dir):
+    model = conceptvec.load(str(tiny_dir("gemma2")), quiet=True)
+    head, fast = _head(model)
+    v = _vectors(model, head)
+    _, stats = twopass.project_two_pass(v, fast, 5, build.project_top_bottom, margin=0)
+    assert stats.fallback > len(v) // 10  # the proof refuses what it cannot show
+    _, stats = twopass.project_two_pass(v, fast, 5, build.project_top_bottom, margin=40)
+    assert stats.fallback < len(v) // 10
+
+
+def test_the_bound_holds_for_every_token(tiny_dir):
+    """U_t >= s32_t >= L_t for every neuron and token, also for large and tiny vectors."""
+    model = conceptvec.load(str(tiny_dir("olmo2")), quiet=True)
+    head, fast = _head(model)
+    base = _vectors(model, head)
+    for scale in (1.0, 1e4, 1e-4):
+        v = base * scale
+        exact = twopass.full_scores(v, head.whole_rows())[:, fast.token]  # fast's columns
+        vb = v.to(torch.bfloat16)
+        scores = (vb @ fast.wb.T).float()
+        r = twopass._bound_coefficients(v, vb, fast.d_model, fast.n_max) @ fast.token_norms
+        assert (exact <= twopass._upper(scores, r)).all()
+        assert (exact >= twopass._lower(scores, r)).all()
+        err = (exact - scores).abs()
+        assert (err > 0.01 * r).any()  # the bound is not vacuous: errors reach 1% of it
+
+
+def test_a_bound_too_small_is_caught(tiny_dir, monkeypatch):
+    """Without the bound's terms the 'proof' accepts wrong neurons: the equality test fails."""
+    model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
+    head, fast = _head(model)
+    v = _vectors(model, head)
+    want = build.project_top_bottom(v, head, 5)
+    monkeypatch.setattr(twopass, "SCALE", 0.0)
+    monkeypatch.setattr(twopass, "SLOPE", 0.0)
+    got, stats = twopass.project_two_pass(v, fast, 5, build.project_top_bottom, margin=0)
+    wrong = (got["top_ids"] != want["top_ids"]).any(1) | (
+        got["bottom_ids"] != want["bottom_ids"]
+    ).any(1)
+    assert wrong.sum() > 0
+
+
+def test_ties_are_ordered_by_token_id(tmp_path):
+    """Duplicated unembedding rows tie for every neuron; a zero neuron ties every token."""
+    hf, tok = build_tiny("llama", seed=3)
+    with torch.no_grad():
+        w = hf.lm_head.weight
+        w[10:17] = w[9] * 3  # seven copies of a long row: ties near the top and the bottom
+        hf.model.layers[0].mlp.up_proj.weight[5] = 0
+    hf.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    model = conceptvec.load(str(tmp_path / "m"), quiet=True)
+    k = 10
+    build.build_atlas(model, tmp_path / "f", k=k, precision="float32", progress=False)
+    build.build_atlas(model, tmp_path / "t", k=k, precision="two-pass", progress=False)
+    plain, fast = _shards(tmp_path / "f"), _shards(tmp_path / "t")
+    _assert_same(plain, fast)
+    head = FoldedHead(model, torch.device("cpu"), torch.float32, True)
+    tied = 0
+    for name, shard in plain.items():
+        layer, matrix = int(name[1:4]), name.split(".")[1]
+        full = twopass.full_scores(
+            layer_vectors(model, layer, matrix, head, True), head.whole_rows()
+        )
+        top = full.sort(dim=1, descending=True, stable=True).indices[:, :k]
+        bottom = full.sort(dim=1, stable=True).indices[:, :k]
+        assert torch.equal(shard["top_ids"].long(), top), name
+        assert torch.equal(shard["bottom_ids"].long(), bottom), name
+        tied += int((shard["top_values"][:, 1:] == shard["top_values"][:, :-1]).sum())
+    assert tied > 0
+    zero = plain["L000.up"]
+    assert zero["top_ids"][5].tolist() == list(range(k)) == zero["bottom_ids"][5].tolist()
+
+
+def test_precision_option(tiny_dir, tmp_path, monkeypatch, capsys):
+    model = str(tiny_dir("qwen2"))
+    args = ["map", model, "--export", "none", "-q", "-k", "4"]
+    code, out, err = run_cli(args + ["-o", str(tmp_path / "a")], monkeypatch, capsys)
+    assert code == 0, err
+    assert "two-pass:" in out and "redone in float32" in out
+    code, out, err = run_cli(
+        args + ["-o", str(tmp_path / "b"), "--precision", "float32", "--json"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["precision"] == "float32" and report["two_pass"]["neurons"] == 0
+    _assert_same(_shards(tmp_path / "a"), _shards(tmp_path / "b"))
+    code, out, err = run_cli(
+        args + ["-o", str(tmp_path / "c"), "--precision", "fp8"], monkeypatch, capsys
+    )
+    assert code != 0 and "unknown precision 'fp8'" in err + out
+    with pytest.raises(AtlasError, match="too small"):
+        build.build_atlas(model, tmp_path / "d", k=200, precision="two-pass", progress=False)
+
+
+def test_check_exact_notices_other_bits(tiny_dir, monkeypatch):
+    model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
+    head, fast = _head(model)
+    v = torch.randn(8, fast.d_model)
+    assert twopass.check_exact(v, fast)
+    monkeypatch.setattr(twopass, "full_scores", lambda x, w: (x.double() @ w.double().T).float())
+    assert not twopass.check_exact(v, fast)
+
+
+@pytest.mark.real_model
+def test_smollm2_two_pass_equals_float32():
+    """Three layers of every matrix (the full atlas is checked by benchmarks/bench_atlas.py)."""
+    model = conceptvec.load("smollm2-135m", quiet=True)
+    head = FoldedHead(model, torch.device("cpu"), torch.float32, True)
+    fast = twopass.choose_precision("two-pass", head, 20)
+    total = twopass.TwoPassStats()
+    for layer in (0, 15, 29):
+        for matrix in ("up", "gate", "down"):
+            v = layer_vectors(model, layer, matrix, head, True)
+            want = build.project_top_bottom(v, head, 20)
+            got, stats = twopass.project_two_pass(v, fast, 20, build.project_top_bottom)
+            for key in want:
+                assert torch.equal(want[key], got[key]), (layer, matrix, key)
+            total.add(stats)
+    assert total.fallback < total.neurons // 100
