@@ -104,3 +104,61 @@ def test_library_log_messages_reach_stderr(tiny_dir, tmp_path, monkeypatch, caps
     assert code == 0 and "L1.3" in out
     assert "conceptvec: no tokenizer for" in err and "tokens are shown as ids" in err
     assert logging.getLogger("conceptvec").handlers == []
+
+
+def _console(args, **kw):
+    """Run the console command the way the installed script does (``conceptvec.cli:run``)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "conceptvec.cli", *args], capture_output=True, text=True, **kw
+    )
+
+
+def test_console_entry_keeps_exit_codes_and_every_byte_of_output(tiny_dir, monkeypatch, capsys):
+    folder = str(tiny_dir("llama"))
+    args = ["neuron", folder, "L1.3", "L2.0", "L0.1", "--k", "30", "--json"]
+    _, expected, _ = run_cli(args, monkeypatch, capsys)
+    r = _console(args)
+    assert r.returncode == 0 and r.stdout == expected and len(expected) > 4000, r.stderr
+    r = _console(["neuron", folder, "L9.0"])  # a user error: one line, exit 2
+    assert r.returncode == 2 and r.stderr.startswith("error:") and not r.stdout
+    r = _console(["neuron", folder, "L1.3", "--no-such-option"])  # a usage error (click)
+    assert r.returncode == 2 and "No such option" in r.stderr
+    r = _console(["--version"])
+    assert r.returncode == 0 and r.stdout.strip()
+
+
+def test_the_fast_exit_waits_for_what_still_runs(monkeypatch):
+    import threading
+
+    from conceptvec import cli
+
+    assert cli._can_skip_teardown()
+    gate = threading.Event()
+    worker = threading.Thread(target=gate.wait)  # a non-daemon thread still at work
+    worker.start()
+    try:
+        assert not cli._can_skip_teardown()
+
+        def fail(code):
+            raise AssertionError(f"os._exit({code}) while a thread still runs")
+
+        monkeypatch.setattr("os._exit", fail)
+        monkeypatch.setattr(cli, "main", lambda: None)
+        with pytest.raises(SystemExit) as e:
+            cli.run()  # the ordinary exit, which waits for the thread
+        assert e.value.code == 0
+
+        def refuse():
+            raise SystemExit(3)
+
+        monkeypatch.setattr(cli, "main", refuse)
+        with pytest.raises(SystemExit) as e:
+            cli.run()
+        assert e.value.code == 3
+    finally:
+        gate.set()
+        worker.join()
+    assert cli._exit_code(SystemExit("text")) is None and cli._exit_code(SystemExit()) == 0
