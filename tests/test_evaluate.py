@@ -11,7 +11,7 @@ import torch
 
 from conceptvec.errors import EvaluationError
 from conceptvec.evaluate import (
-    Thresholds,
+    TraceThresholds,
     compare_weights,
     eval_concepts,
     intrinsic,
@@ -167,7 +167,7 @@ def test_jaccard_reads_the_concepts_side(tiny):
 
 
 def test_labels():
-    th = Thresholds()
+    th = TraceThresholds()
     assert label(0.2, 0.9, None, th)[0] == "erased"
     assert label(0.999, 0.3, None, th)[0] == "erased"
     firing = Trace(10, -5.0, -4.9, 0.98, 0.99)
@@ -222,7 +222,7 @@ def test_report_with_trace_behaviour_and_recovery(tiny, tmp_path):
 
 
 def test_labels_against_the_layer():
-    th = Thresholds()
+    th = TraceThresholds()
     quiet_alone = Trace(10, -5.0, -0.5, 0.1, 0.9, shift=3.0, shift_pct_layer=99.0)
     quiet_like_all = Trace(10, -5.0, -0.5, 0.1, 0.9, shift=3.0, shift_pct_layer=40.0)
     assert label(0.9999, 0.98, quiet_alone, th)[0] == "disconnected"

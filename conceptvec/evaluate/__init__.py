@@ -12,8 +12,11 @@ from .behaviour import ATTACKS, quantized
 from .concepts import EvalConcept, eval_concepts
 from .intrinsic import intrinsic, score
 from .report import SCHEMA, ConceptEval, EvalReport, RunEval
-from .trace import Thresholds
+from .trace import TraceThresholds
 from .weights import RECIPES, VectorChange, WeightComparison, compare_weights
+
+Thresholds = TraceThresholds
+"""The old name of :class:`TraceThresholds` (not :class:`conceptvec.concepts.Thresholds`)."""
 
 __all__ = [
     "ATTACKS",
@@ -24,6 +27,7 @@ __all__ = [
     "EvalReport",
     "RunEval",
     "Thresholds",
+    "TraceThresholds",
     "VectorChange",
     "WeightComparison",
     "compare_weights",

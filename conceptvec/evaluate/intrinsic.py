@@ -45,7 +45,7 @@ from .behaviour import (
 )
 from .concepts import EvalConcept, check_concepts, eval_concepts, unrelated_texts
 from .report import ConceptEval, EvalReport, RunEval
-from .trace import Thresholds, concept_text, label, layer_activations, trace
+from .trace import TraceThresholds, concept_text, label, layer_activations, trace
 from .weights import check_pair, compare_weights
 
 RECORD = "unlearning.json"
@@ -150,7 +150,7 @@ def intrinsic(
     chat: bool | None = None,
     relearn_steps: int = 10,
     relearn_lr: float = 2e-5,
-    thresholds: Thresholds | None = None,
+    thresholds: TraceThresholds | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> EvalReport:
@@ -163,7 +163,7 @@ def intrinsic(
     down column too (:class:`.weights.TopKOverlap`), so a concept's token change gets a
     percentile as well.
     """
-    thresholds = thresholds or Thresholds()
+    thresholds = thresholds or TraceThresholds()
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
         raise EvaluationError(f"unknown attack {unknown[0]!r}; use {', '.join(ATTACKS)}")

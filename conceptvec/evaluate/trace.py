@@ -34,7 +34,7 @@ from conceptvec.neurons import NeuronId
 
 
 @dataclass(frozen=True)
-class Thresholds:
+class TraceThresholds:
     """Where the labels change; recorded in every report."""
 
     jaccard_min: float = 0.5
@@ -99,7 +99,7 @@ def trace(base_layer: torch.Tensor, unlearned: Target, texts: list[str], neuron:
     return Trace(int(b.numel()), mb, mu, kept, corr, shift, pct)
 
 
-def label(cosine: float, jaccard: float, t: Trace | None, th: Thresholds) -> tuple[str, str]:
+def label(cosine: float, jaccard: float, t: Trace | None, th: TraceThresholds) -> tuple[str, str]:
     """Return ``(label, why)`` for a vector from its weight change and its trace."""
     if jaccard < th.jaccard_min or cosine < th.cosine_min:
         return (
