@@ -21,6 +21,25 @@ from conceptvec.errors import AtlasError
 from .conftest import FAMILIES, build_tiny, run_cli
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The two-pass path is exact (and used) with one torch thread; CI may run with more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_several_threads_fall_back_to_float32():
+    hf, _ = build_tiny("llama", seed=3)
+    head = FoldedHead(conceptvec.load(hf, quiet=True), torch.device("cpu"), torch.float32, True)
+    assert twopass.choose_precision("auto", head, 3) is not None
+    torch.set_num_threads(2)
+    assert twopass.choose_precision("auto", head, 3) is None
+    with pytest.raises(AtlasError, match="one torch thread"):
+        twopass.choose_precision("two-pass", head, 3)
+
+
 def _shards(path) -> dict[str, dict[str, torch.Tensor]]:
     return {atlas_store.shard_name(la, m): s for la, m, s in Atlas(path).shards()}
 

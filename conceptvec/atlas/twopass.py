@@ -324,8 +324,8 @@ PRECISIONS = ("auto", "float32", "two-pass")
 def choose_precision(precision: str, head, k: int, margin: int = MARGIN) -> FastHead | None:
     """Return the :class:`FastHead` to map with, or None for the plain float32 path.
 
-    ``auto`` picks the two-pass path wherever it applies (a float32 atlas on CPU, a vocabulary
-    of at least ``2 (k + margin + GATHER_EXTRA)`` tokens) and the float32 kernel keeps its
+    ``auto`` picks the two-pass path wherever it applies (a float32 atlas on CPU with one
+    torch thread, a vocabulary of at least ``2 (k + margin + GATHER_EXTRA)`` tokens) and the float32 kernel keeps its
     bits across GEMM shapes here; ``two-pass`` insists on it and says why it cannot;
     ``float32`` never uses it.
     """
@@ -343,6 +343,12 @@ def choose_precision(precision: str, head, k: int, margin: int = MARGIN) -> Fast
         why = f"it makes float32 atlases (the dtype is {head.dtype}); use --dtype float32"
     elif block < 2:
         why = f"the vocabulary ({head.vocab}) is too small for k = {k}; use --precision float32"
+    elif torch.get_num_threads() != 1:
+        why = (
+            f"its exactness is proved for one torch thread, and {torch.get_num_threads()} are "
+            "set (with several, this BLAS splits float32 GEMMs by shape, so their bits differ); "
+            "set OMP_NUM_THREADS=1"
+        )
     fast = None
     if why is None:
         fast = FastHead(head, block)
