@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from conceptvec.errors import AtlasError
+from conceptvec.files import swap_folder
 from conceptvec.tokens import show
 
 from . import store
@@ -90,7 +90,7 @@ def export_html(
         ) from None
     try:
         _write_browser(atlas, tmp, min(search_depth, atlas.k), page_size, progress)
-        _replace(tmp, out)
+        swap_folder(tmp, out, check=lambda: _check_target(out))
     except OSError as e:
         raise AtlasError(
             f"cannot write {out} ({e.strerror or e}); free space or choose another folder"
@@ -112,23 +112,6 @@ def _check_target(out: Path) -> None:
     raise AtlasError(
         f"{out} exists and is not a conceptvec HTML export; choose a new or empty folder"
     )
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``out``, moving an earlier export out of the way."""
-    _check_target(out)
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        if old is not None:
-            os.replace(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_browser(atlas: Atlas, root: Path, depth: int, page_size: int, progress: bool) -> None:
