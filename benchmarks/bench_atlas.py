@@ -12,7 +12,9 @@ with ``--threads`` torch threads for every row:
   memory (what the pipeline overlaps reading and writing with);
 - GEMM floor: the bare ``V @ W.T`` products alone, nothing kept;
 - bf16 GEMM floor: the same products with bf16 ``V`` and ``W`` (what the fast pass costs);
-- two-pass: the exact two-pass selection (:mod:`conceptvec.atlas.twopass`): bf16 scores,
+- fp8 GEMM floor (CUDA only, reference): the same products in fp8 e4m3;
+- two-pass (float32 atlases, CPU or CUDA): the exact two-pass selection
+  (:mod:`conceptvec.atlas.twopass`): bf16 scores,
   candidates rescored in float32, a proof per neuron, float32 for the neurons it cannot
   prove. Its output is checked to be identical to the projection phase's for every matrix;
 - naive: what a research script does, one neuron at a time through the LM head and a full
@@ -23,6 +25,7 @@ with ``--threads`` torch threads for every row:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -35,7 +38,13 @@ import torch
 import conceptvec
 from conceptvec.atlas.build import project_top_bottom
 from conceptvec.atlas.head import FoldedHead, Pending, layer_vectors, resolve_compute
-from conceptvec.atlas.twopass import TwoPassStats, choose_precision, project_two_pass
+from conceptvec.atlas.twopass import (
+    TwoPassStats,
+    choose_precision,
+    exact_gemms,
+    project_two_pass,
+)
+from conceptvec.errors import AtlasError
 
 
 def _sync(device: torch.device) -> None:
@@ -66,6 +75,27 @@ def end_to_end(model: str, device: str, matrices: str, k: int, precision: str) -
         manifest = json.loads(open(f"{tmp}/atlas/manifest.json").read())
         assert manifest["complete"]
     return {"wall_s": round(wall, 2), "report": report["seconds"]}
+
+
+def fp8_floor(vectors, wb: torch.Tensor, device, repeat: int, out: dict) -> None:
+    """Time the same products as an fp8 (e4m3, per-tensor scales) GEMM, for reference: on
+    an H200 it runs at about twice the bf16 rate, but its accumulator keeps fewer bits than
+    float32, so no rigorous bound (and so no exact two-pass) can be built on its scores."""
+    try:
+        f8 = torch.float8_e4m3fn
+        one = torch.ones((), device=device)
+        w8 = wb.to(f8)  # [vocab, d] row-major: its transpose is the column-major mat2
+        v8 = [v.to(f8) for v in vectors]
+
+        def run():
+            for v in v8:
+                torch._scaled_mm(v, w8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+
+        run()
+        out["fp8_floor_s"] = round(min(timed(run, device) for _ in range(repeat)), 4)
+        print(f"fp8 GEMM floor (reference): {out['fp8_floor_s']} s", flush=True)
+    except (RuntimeError, AttributeError, TypeError) as e:
+        out["fp8_floor_error"] = f"{type(e).__name__}: {e}"[:300]
 
 
 def main() -> None:
@@ -111,10 +141,20 @@ def main() -> None:
     chunks = [w for _, w in head.chunks()]
     w = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # naive uses the whole head
 
+    # Into one reused output buffer: a fresh [rows, vocab] block per product page-faults
+    # (glibc returns large blocks to the system), which on CPU added 25% to the float32
+    # floor and 140% to the bf16 one before 2026-12-02.
+    widest = max(len(v) for v in vectors) * max(len(c) for c in chunks)
+    out_buf = torch.empty(widest, dtype=head.dtype, device=device)
+
+    def product(a, b):
+        return torch.matmul(a, b.T, out=out_buf[: len(a) * len(b)].view(len(a), len(b)))
+
     def floor():
-        for v in vectors:
-            for c in chunks:
-                v @ c.T
+        with exact_gemms() if head.dtype == torch.float32 else contextlib.nullcontext():
+            for v in vectors:
+                for c in chunks:
+                    product(v, c)
 
     if device.type == "cuda":
         floor()  # warm-up (cuBLAS heuristics)
@@ -144,16 +184,29 @@ def main() -> None:
 
     out["gemm_plus_torch_topk_s"] = round(timed(torch_topk, device), 3)
 
-    if device.type == "cpu" and head.dtype == torch.float32:
-        fast = choose_precision("two-pass", head, args.k)
+    fast = None
+    if head.dtype == torch.float32:
+        try:
+            fast = choose_precision("two-pass", head, args.k)
+        except AtlasError as e:  # e.g. a GPU whose float32 bits change with the GEMM's shape
+            out["two_pass_refused"] = str(e)
+            print(e, flush=True)
+    if fast is not None:
+        out["two_pass_group"] = fast.group
         wb = fast.wb
+        out_buf = out_buf.view(torch.bfloat16) if head.dtype == torch.float32 else out_buf
 
         def bf16_floor():
-            for v in vectors:
-                v.to(torch.bfloat16) @ wb.T
+            with exact_gemms():  # as the two-pass path runs it: float32 reductions
+                for v in vectors:
+                    product(v.to(torch.bfloat16), wb)
 
+        if device.type == "cuda":
+            bf16_floor()
         out["bf16_floor_s"] = round(min(timed(bf16_floor, device) for _ in range(args.repeat)), 4)
         print(f"bf16 GEMM floor: {out['bf16_floor_s']} s", flush=True)
+        if device.type == "cuda":
+            fp8_floor(vectors, wb, device, args.repeat, out)
         stats = TwoPassStats()
         fast_results: list = []
 
@@ -165,6 +218,8 @@ def main() -> None:
                 fast_results.append(result)
                 stats.add(done)
 
+        if device.type == "cuda":
+            two_pass()
         two_pass_s = min(timed(two_pass, device) for _ in range(args.repeat))
         same = all(torch.equal(a[key], b[key]) for a, b in zip(results, fast_results) for key in a)
         out.update(

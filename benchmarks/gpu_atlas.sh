@@ -22,13 +22,8 @@ if [ -f benchmarks/.wheels/src.tar ]; then
   SRC=$(mktemp -d) && tar -xf benchmarks/.wheels/src.tar -C "$SRC" && cp -r benchmarks/.wheels "$SRC/benchmarks/"
 fi
 cd "$SRC"
-export PYTHONPATH=$SRC TOKENIZERS_PARALLELISM=false
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
-python -c "import typer, gguf, einops" 2>/dev/null || python -m pip install -q --no-index \
-  --find-links benchmarks/.wheels typer gguf einops >>"$OUT/log.txt" 2>&1
-python -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" \
-  | tee -a "$OUT/log.txt"
-mkdir -p "$CK"
+# shellcheck source=benchmarks/gpu_common.sh
+CK_DIR=$CK source benchmarks/gpu_common.sh "$OUT" gpu-atlas-out
 
 log "top-k variants on one Llama-3.1-8B layer's scores"
 python benchmarks/bench_topk.py --device cuda --rows 14336 --vocab 128256 --d-model 4096 \

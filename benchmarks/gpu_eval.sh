@@ -10,15 +10,8 @@
 #    floor (no naive loop: it would take hours).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-$PWD/build/gpu-eval-out}
-mkdir -p "$OUT"
-OUT=$(cd "$OUT" && pwd)
-CK=${CK_DIR:-$PWD/build/cv-bench}
-export PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
-python -c "import typer, gguf, einops" 2>/dev/null || python -m pip install -q --no-index \
-  --find-links benchmarks/.wheels typer gguf einops >>"$OUT/log.txt" 2>&1
-mkdir -p "$CK"
+# shellcheck source=benchmarks/gpu_common.sh
+source benchmarks/gpu_common.sh "${1:-}" gpu-eval-out
 log "write the 8B-shaped pair"
 [ -f "$CK/l8b/config.json" ] || python benchmarks/make_checkpoint.py --shape llama-3.1-8b \
   --out "$CK/l8b" --device cuda | tee -a "$OUT/log.txt"

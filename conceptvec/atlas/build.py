@@ -32,7 +32,13 @@ from . import store
 from .head import FoldedHead, Pending, layer_vectors, resolve_compute
 from .identity import atlas_identity, vocab_texts
 from .topk import canonical_order, merge_candidates, top_bottom
-from .twopass import TwoPassStats, choose_precision, full_scores, project_two_pass
+from .twopass import (
+    TwoPassStats,
+    choose_precision,
+    exact_gemms,
+    full_scores,
+    project_two_pass,
+)
 
 log = logging.getLogger(__name__)
 
@@ -493,16 +499,28 @@ def project_top_bottom(vectors: torch.Tensor, head: FoldedHead, k: int) -> dict[
     ``[rows, chunk]`` score matrix fits the device's budget; candidates merge at the end.
     Rows are ordered by score, then by token id (:func:`canonical_order`): one candidate more
     than ``k`` shows a tie at the k-th place, and such a row is settled from its full scores.
+    A float32 atlas is float32 on a GPU too: no TF32 (:func:`twopass.exact_gemms`).
     """
+    if vectors.dtype != torch.float32:
+        return _project(vectors, head, k)
+    with exact_gemms():
+        return _project(vectors, head, k)
+
+
+def _project(vectors: torch.Tensor, head: FoldedHead, k: int) -> dict[str, torch.Tensor]:
+    vectors = vectors.contiguous()  # the layout two-pass rescoring uses (the bits may differ)
     n = vectors.shape[0]
-    budget = GPU_SCORE_BYTES if vectors.device.type == "cuda" else CPU_SCORE_BYTES
+    cpu = vectors.device.type == "cpu"  # (the CUDA caching allocator reuses blocks itself)
+    budget = CPU_SCORE_BYTES if cpu else GPU_SCORE_BYTES
     rows = max(1, min(n, budget // (head.chunk_width * vectors.element_size())))
     keep = min(k + 1, head.vocab)
     starts = range(0, n, rows)
     parts: list[list] = [[] for _ in starts]
     for offset, w in head.chunks():
         for j, start in enumerate(starts):
-            tv, ti, bv, bi = top_bottom(full_scores(vectors[start : start + rows], w), keep)
+            block = vectors[start : start + rows]
+            buf = head.scratch((len(block), w.shape[0]), vectors.dtype) if cpu else None
+            tv, ti, bv, bi = top_bottom(full_scores(block, w, out=buf), keep)
             parts[j].append((tv, ti + offset, bv, bi + offset))
         del w  # let the next chunk be folded without this one alive
     merged = [merge_candidates(p, keep) for p in parts]

@@ -9,6 +9,8 @@ from the stored (bf16) copy, which keeps peak memory near the size of the stored
 from __future__ import annotations
 
 import hashlib
+import math
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -73,6 +75,19 @@ class FoldedHead:
 
     def _fold(self, w: torch.Tensor) -> torch.Tensor:
         return self.norm.rows(w).to(self.dtype).contiguous()
+
+    def scratch(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Return a ``shape`` tensor on the head's device, reused by this thread's later calls.
+
+        Score blocks are tens of MB; a fresh one per block page-faults for about as long as
+        the GEMM that fills it takes (on CPU, where freed large blocks go back to the system).
+        """
+        local = self.__dict__.setdefault("_scratch", threading.local())
+        size = math.prod(shape)
+        buf = getattr(local, "buf", None)
+        if buf is None or buf.dtype != dtype or buf.numel() < size:
+            buf = local.buf = torch.empty(size, dtype=dtype, device=self.device)
+        return buf[:size].view(shape)
 
     def whole_rows(self) -> torch.Tensor | None:
         """Return the whole folded ``[vocab, d_model]`` head, or None if it is folded in chunks."""

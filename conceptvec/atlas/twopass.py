@@ -9,10 +9,12 @@ On CPUs with bf16 dot-product instructions a bf16 GEMM runs 3-5x faster than flo
    Per side, the ``k + m + GATHER_EXTRA`` blocks with the best extremes are read token by
    token and their ``c = k + m`` best fast scores become candidates.
 2. **Exact pass.** Rescore only the candidates with the float32 GEMM the plain path uses
-   (:func:`exact_scores`: groups of ``GROUP`` vectors against their candidates' rows; the
-   MKL kernel gives each element the same bits whatever the GEMM's shape, from 4 rows and
-   64 columns up, checked at run time by :func:`check_exact`), and order them by
-   ``(score, token id)`` as the plain path does.
+   (:func:`exact_scores`: groups of ``G`` vectors against their candidates' rows). The BLAS
+   gives each element the same bits whatever the GEMM's shape once it has enough rows: 4
+   on the AMD Zen 4 VM (one thread), 16 on an Intel Sapphire Rapids (one or two threads).
+   :func:`probe_group` finds the smallest such ``G`` in :data:`GROUPS` at run time, on the
+   shapes this run will use, and the plain path pads its GEMMs to ``G`` rows too. Then the
+   candidates are ordered by ``(score, token id)`` as the plain path does.
 3. **Proof.** The result is exact when the k-th rescored score beats every other token's
    largest possible float32 score (below); a neuron that fails is redone in float32.
 
@@ -43,14 +45,17 @@ score, not even tie it, so the k kept tokens and their order (score, then token 
 exactly the plain float32 path's.
 
 Assumed of the libraries (and tested): the bf16 GEMM accumulates in float32 and rounds its
-output once; float32 GEMMs of at least ``GROUP`` rows and 64 columns give each element the
-same bits (:func:`check_exact` refuses the two-pass path on a machine where they do not).
+output once; float32 GEMMs of at least ``G`` rows give each element the same bits
+(:func:`probe_group` refuses the two-pass path on a machine, or thread count, where no ``G``
+of :data:`GROUPS` does).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -62,11 +67,14 @@ log = logging.getLogger(__name__)
 U_BF16 = 2.0**-8  # unit roundoff of bfloat16 (8 significant bits, round to nearest)
 U_F32 = 2.0**-24
 WIDEN = 2.0**-18  # covers the float32 rounding of the bound's own arithmetic
-GROUP = 4  # neurons per rescoring GEMM; M >= 4 rows keeps the float32 kernel's bits
-MARGIN = 40  # m: candidates rescored beyond k on each side (benchmarks/RESULTS.md)
-GATHER_EXTRA = 10  # blocks read token by token beyond k + m
+GROUP = 4  # rows per rescoring GEMM unless probe_group says otherwise
+GROUPS = (4, 8, 16, 32)  # rows per rescoring GEMM tried by probe_group, fewest first
+PLAIN_ROWS = max(GROUPS)  # the plain path pads smaller float32 GEMMs to this many rows
+MARGIN = 30  # m: candidates rescored beyond k on each side (benchmarks/RESULTS.md)
+GATHER_EXTRA = 0  # blocks read token by token beyond k + m (more cost more than they prove here)
 BLOCK = 32  # tokens per block of the fast scores (block extremes feed selection and bounds)
-SCORE_BYTES = 64 << 20  # one [rows, vocab] bf16 block of fast scores
+SCORE_BYTES = 64 << 20  # one [rows, vocab] bf16 block of fast scores (CPU)
+SCORE_BYTES_GPU = 2 << 30  # the same on a GPU, where larger GEMMs run nearer the peak
 
 
 def gamma(n: int) -> float:
@@ -126,8 +134,8 @@ class FastHead:
         perm = torch.sort(norm, descending=True, stable=True).indices
         self.whole = whole = self.vocab // block
         body = whole * block
-        pos = torch.arange(body)
-        column = torch.arange(self.vocab)
+        pos = torch.arange(body, device=norm.device)
+        column = torch.arange(self.vocab, device=norm.device)
         column[:body] = (pos % block) * whole + pos // block
         self.token = torch.empty_like(perm)
         self.token[column] = perm
@@ -139,6 +147,7 @@ class FastHead:
         self.block_norms = self.token_norms[:, :body].reshape(3, block, whole).amax(1)
         self.n_max = float(n.max()) if self.vocab else 0.0
         self.f32 = head.whole_rows()  # None for a head folded chunk by chunk
+        self.group = GROUP  # rows per rescoring GEMM: set from probe_group by choose_precision
         self._buffers: dict[str, torch.Tensor] = {}
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -147,7 +156,7 @@ class FastHead:
         size = math.prod(shape)
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.numel() < size:
-            buf = self._buffers[name] = torch.empty(size, dtype=dtype)
+            buf = self._buffers[name] = torch.empty(size, dtype=dtype, device=self.head.device)
         return buf[:size].view(shape)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
@@ -159,45 +168,86 @@ class FastHead:
         return torch.index_select(self.f32, 0, flat, out=out).view(shape)
 
 
-def exact_scores(vectors: torch.Tensor, rows: torch.Tensor, out=None) -> torch.Tensor:
+def exact_scores(
+    vectors: torch.Tensor, rows: torch.Tensor, group: int = GROUP, out=None
+) -> torch.Tensor:
     """Return ``[n, q]`` float32 scores of each of ``n`` vectors against its own ``q`` rows.
 
-    ``vectors [n, d]``, ``rows [n, q, d]``, ``n`` a multiple of ``GROUP``. Computed by GEMMs
-    of ``GROUP`` vectors against their group's rows (diagonal blocks kept), so that each
+    ``vectors [n, d]``, ``rows [n, q, d]``, ``n`` a multiple of ``group``. Computed by GEMMs
+    of ``group`` vectors against their group's rows (diagonal blocks kept), so that each
     score comes from the same float32 GEMM kernel as ``vectors @ W.T`` and has the same bits
-    (:func:`check_exact` verifies this). ``out``: an optional ``[n / GROUP, GROUP, GROUP q]``
+    (:func:`probe_group` verifies this). ``out``: an optional ``[n / group, group, group q]``
     buffer for the products.
     """
     n, q, d = rows.shape
-    g = n // GROUP
+    g = n // group
     products = torch.bmm(
-        vectors.view(g, GROUP, d), rows.view(g, GROUP * q, d).transpose(1, 2), out=out
+        vectors.view(g, group, d), rows.view(g, group * q, d).transpose(1, 2), out=out
     )
-    diag = torch.diagonal(products.view(g, GROUP, GROUP, q), dim1=1, dim2=2)  # [g, q, GROUP]
+    diag = torch.diagonal(products.view(g, group, group, q), dim1=1, dim2=2)  # [g, q, group]
     return diag.permute(0, 2, 1).reshape(n, q)
 
 
-def full_scores(vectors: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Return ``vectors @ w.T`` with at least ``GROUP`` rows in the GEMM (as the plain path
-    has), so that the kernel, and so each element's bits, match it."""
+def full_scores(
+    vectors: torch.Tensor, w: torch.Tensor, rows: int = PLAIN_ROWS, out=None
+) -> torch.Tensor:
+    """Return ``vectors @ w.T`` with at least ``rows`` rows in the GEMM (zero rows padded), so
+    that the kernel, and so each element's bits, are those of the plain path's large GEMMs.
+    ``out``: an optional ``[n, len(w)]`` buffer for the scores (used when ``n >= rows``)."""
     n = vectors.shape[0]
-    if n >= GROUP:
-        return vectors @ w.T
-    padded = torch.cat([vectors, vectors.new_zeros(GROUP - n, vectors.shape[1])])
+    if n >= rows:
+        return torch.matmul(vectors, w.T, out=out) if out is not None else vectors @ w.T
+    padded = torch.cat([vectors, vectors.new_zeros(rows - n, vectors.shape[1])])
     return (padded @ w.T)[:n]
 
 
-def check_exact(vectors: torch.Tensor, fast: FastHead, q: int = 64) -> bool:
-    """True when :func:`exact_scores` gives the plain float32 GEMM's bits on this machine.
+def _plain(vectors: torch.Tensor, fast: FastHead) -> torch.Tensor:
+    return torch.cat([full_scores(vectors, w) for _, w in fast.head.chunks()], dim=1)
 
-    ``vectors [n, d_model]`` (``n`` a multiple of ``GROUP``) are scored against the whole head
-    as the plain path does, and against ``q`` random rows each as the two-pass path does.
-    """
-    plain = torch.cat([full_scores(vectors, w) for _, w in fast.head.chunks()], dim=1)
+
+def plain_is_stable(vectors: torch.Tensor, fast: FastHead) -> bool:
+    """True when the plain path's float32 GEMMs give each element the same bits whatever
+    their row count (a few, padded to :data:`PLAIN_ROWS`, or many), with the threads now set.
+    ``vectors [n, d_model]``, ``n > PLAIN_ROWS + 8``; the first and last rows are checked."""
+    n = vectors.shape[0]
+    plain = _plain(vectors, fast)
+    for rows in (1, PLAIN_ROWS - 1, PLAIN_ROWS + 1, PLAIN_ROWS + 8):
+        for start in (0, n - rows):
+            if not torch.equal(_plain(vectors[start : start + rows], fast), plain[start:][:rows]):
+                return False
+    return True
+
+
+def check_exact(vectors: torch.Tensor, fast: FastHead, group: int, q: int = 64) -> bool:
+    """True when :func:`exact_scores` in groups of ``group`` gives the plain float32 GEMM's
+    bits on this machine, with the threads now set: ``vectors [n, d_model]`` are scored
+    against the whole head as the plain path does, and against random rows (``q`` and
+    :data:`MIN_ROWS` each) as the two-pass path does."""
+    plain = _plain(vectors, fast)
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, fast.vocab, (vectors.shape[0], q), generator=gen)
-    mine = exact_scores(vectors, fast.rows(ids))
-    return bool(torch.equal(mine, plain.gather(1, ids)))
+    usable = vectors.shape[0] // group * group
+    for width in (q, MIN_ROWS):
+        ids = torch.randint(0, fast.vocab, (usable, width), generator=gen).to(vectors.device)
+        mine = exact_scores(vectors[:usable], fast.rows(ids), group)
+        if not torch.equal(mine, plain[:usable].gather(1, ids)):
+            return False
+    return True
+
+
+def probe_group(fast: FastHead, vectors: torch.Tensor | None = None) -> int | None:
+    """Return the fewest rows per rescoring GEMM (from :data:`GROUPS`) for which this
+    machine's float32 kernels give every element the plain path's bits, or None when the
+    plain path's own bits depend on the row count or no group size matches them."""
+    if vectors is None:
+        gen = torch.Generator().manual_seed(1)
+        vectors = torch.randn(2 * PLAIN_ROWS + 3, fast.d_model, generator=gen)
+        vectors = vectors.to(fast.head.device)
+    if not plain_is_stable(vectors, fast):
+        return None
+    for group in GROUPS:
+        if check_exact(vectors, fast, group):
+            return group
+    return None
 
 
 MIN_ROWS = 16  # rows per vector in a rescoring GEMM: narrower ones may get other bits
@@ -208,14 +258,16 @@ def _rescore(v: torch.Tensor, ids: torch.Tensor, fast: FastHead) -> torch.Tensor
     whole groups and to at least ``MIN_ROWS`` rows each (so the GEMM has the plain path's
     shape class); the padding is dropped."""
     n, q = ids.shape
-    pad = (-n) % GROUP
-    if pad:  # the padding rows score zero vectors
-        v, ids = torch.cat([v, v.new_zeros(pad, v.shape[1])]), torch.cat([ids, ids[:pad]])
+    group = fast.group
+    pad = (-n) % group
+    if pad:  # the padding rows score zero vectors (ids repeated as often as needed)
+        v = torch.cat([v, v.new_zeros(pad, v.shape[1])])
+        ids = torch.cat([ids, ids[torch.arange(pad, device=ids.device) % n]])
     if q < MIN_ROWS:
         ids = torch.cat([ids, ids[:, :1].expand(-1, MIN_ROWS - q)], 1)
-    shape = ((n + pad) // GROUP, GROUP, GROUP * ids.shape[1])
+    shape = ((n + pad) // group, group, group * ids.shape[1])
     out = fast.buffer("products", shape, torch.float32)
-    return exact_scores(v, fast.rows(ids), out)[:n, :q]
+    return exact_scores(v, fast.rows(ids), group, out)[:n, :q]
 
 
 def _bound_coefficients(v: torch.Tensor, vb: torch.Tensor, d_model: int, n_max: float):
@@ -258,9 +310,10 @@ def _side(scores, extreme, coef, rb, fast: FastHead, keep: int, gather: int, lar
     reach, pick, hide = (
         (_upper, torch.amax, -math.inf) if largest else (_lower, torch.amin, math.inf)
     )
-    blocks = extreme.topk(gather, dim=-1, largest=largest).indices  # [n, gather]
-    grid = scores[:, :body].view(n, block, whole)
-    near = grid.gather(2, blocks[:, None, :].expand(n, block, gather)).float()
+    blocks = extreme.topk(gather, dim=-1, largest=largest, sorted=False).indices  # [n, gather]
+    grid = scores[:, :body].view(torch.int16).view(n, block, whole)  # int16 gathers run faster
+    near = grid.gather(2, blocks[:, None, :].expand(n, block, gather))
+    near = near.view(torch.bfloat16).float()
     tail = scores[:, body:].float()
     values = torch.cat([near.reshape(n, -1), tail], 1)
     limits = torch.cat(
@@ -270,13 +323,35 @@ def _side(scores, extreme, coef, rb, fast: FastHead, keep: int, gather: int, lar
         ],
         1,
     )
-    pos = values.topk(keep, dim=-1, largest=largest).indices
+    pos = values.topk(keep, dim=-1, largest=largest, sorted=False).indices
     inside = pos < block * gather
     j, i = pos // gather, (pos % gather).where(inside, 0)
     columns = torch.where(inside, j * whole + blocks.gather(1, i), body + pos - block * gather)
     far = reach(extreme, rb).scatter_(1, blocks, hide)
     limit = torch.maximum if largest else torch.minimum
     return columns, limit(pick(limits.scatter_(1, pos, hide), 1), pick(far, 1))
+
+
+def _block_extremes(scores: torch.Tensor, fast: FastHead) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return float32 ``(upper, lower) [n, whole]``: each block's largest fast score (or 0 when
+    all are negative) and its smallest (or 0 when none is negative), bounds as good as the
+    extremes wherever a block has scores of both signs, and valid everywhere.
+
+    A bf16 number's bits read as int16 order the non-negative numbers as their values do and
+    put every negative number below them, so the int16 maximum of a block is its largest
+    score whenever one is >= 0; the same on the negated scores gives the smallest. Integer
+    maxima run about 6x faster than bf16 ones on CPU (the bf16 ``amax`` converts each value),
+    which pays for negating the scores once.
+    """
+    n, block, whole = scores.shape[0], fast.block, fast.whole
+    body = scores[:, : whole * block]
+    negated = fast.buffer("negated", (n, whole * block), torch.bfloat16)
+    torch.neg(body, out=negated)
+    top, bottom = (
+        x.view(torch.int16).view(n, block, whole).amax(1).view(torch.bfloat16).float().clamp_(min=0)
+        for x in (body, negated)
+    )
+    return top, bottom.neg_()
 
 
 def two_pass_block(
@@ -289,13 +364,12 @@ def two_pass_block(
     """
     n = v.shape[0]
     keep = k + margin
-    gather = min(fast.whole, keep + GATHER_EXTRA)
+    gather = max(1, min(fast.whole, keep + GATHER_EXTRA))
     vb = v.to(torch.bfloat16)
     coef = _bound_coefficients(v, vb, fast.d_model, fast.n_max)
     scores = fast.buffer("scores", (n, fast.vocab), torch.bfloat16)
     torch.matmul(vb, fast.wb.T, out=scores)  # columns as FastHead lays them out
-    grid = scores[:, : fast.whole * fast.block].view(n, fast.block, fast.whole)
-    bmax, bmin = grid.amax(1).float(), grid.amin(1).float()
+    bmax, bmin = _block_extremes(scores, fast)
     rb = coef @ fast.block_norms  # [n, whole]
     top_col, top_lim = _side(scores, bmax, coef, rb, fast, keep, gather, largest=True)
     bot_col, bot_lim = _side(scores, bmin, coef, rb, fast, keep, gather, largest=False)
@@ -321,13 +395,41 @@ def two_pass_block(
 PRECISIONS = ("auto", "float32", "two-pass")
 
 
+_flags_lock = threading.Lock()
+_flags_users = 0
+_flags_saved: tuple[bool, bool] = (False, False)
+
+
+@contextmanager
+def exact_gemms():
+    """While any thread is inside: CUDA GEMMs reduce in float32 as the bound assumes (no
+    reduced-precision bf16 reductions, no TF32). The process-wide flags are set by the first
+    thread in and restored by the last one out, in whatever order they leave."""
+    global _flags_users, _flags_saved
+    cuda = torch.backends.cuda.matmul
+    with _flags_lock:
+        if _flags_users == 0:
+            _flags_saved = (cuda.allow_bf16_reduced_precision_reduction, cuda.allow_tf32)
+            cuda.allow_bf16_reduced_precision_reduction = False
+            cuda.allow_tf32 = False
+        _flags_users += 1
+    try:
+        yield
+    finally:
+        with _flags_lock:
+            _flags_users -= 1
+            if _flags_users == 0:
+                cuda.allow_bf16_reduced_precision_reduction, cuda.allow_tf32 = _flags_saved
+
+
 def choose_precision(precision: str, head, k: int, margin: int = MARGIN) -> FastHead | None:
     """Return the :class:`FastHead` to map with, or None for the plain float32 path.
 
-    ``auto`` picks the two-pass path wherever it applies (a float32 atlas on CPU with one
-    torch thread, a vocabulary of at least ``2 (k + margin + GATHER_EXTRA)`` tokens) and the float32 kernel keeps its
-    bits across GEMM shapes here; ``two-pass`` insists on it and says why it cannot;
-    ``float32`` never uses it.
+    ``auto`` picks the two-pass path wherever it applies: a float32 atlas on CPU, a
+    vocabulary of at least ``2 (k + margin + GATHER_EXTRA)`` tokens, and float32 GEMMs that
+    keep their bits across the shapes used (:func:`probe_group`, run with the torch threads
+    now set; the plain path pads its GEMMs to :data:`PLAIN_ROWS` rows, the most tried).
+    ``two-pass`` insists on it and says why it cannot; ``float32`` never uses it.
     """
     from conceptvec.errors import AtlasError
 
@@ -337,24 +439,30 @@ def choose_precision(precision: str, head, k: int, margin: int = MARGIN) -> Fast
         return None
     why = None
     block = min(BLOCK, head.vocab // (k + margin + GATHER_EXTRA))
-    if head.device.type != "cpu":
-        why = f"it runs on CPU only (the device is {head.device.type}); use --device cpu"
+    if head.device.type != "cpu" and precision == "auto":
+        why = f"auto uses it on CPU only (the device is {head.device.type}); ask for two-pass"
+    elif head.device.type not in ("cpu", "cuda"):
+        why = f"it runs on CPU and CUDA only (the device is {head.device.type})"
     elif head.dtype != torch.float32:
         why = f"it makes float32 atlases (the dtype is {head.dtype}); use --dtype float32"
     elif block < 2:
         why = f"the vocabulary ({head.vocab}) is too small for k = {k}; use --precision float32"
-    elif torch.get_num_threads() != 1:
-        why = (
-            f"its exactness is proved for one torch thread, and {torch.get_num_threads()} are "
-            "set (with several, this BLAS splits float32 GEMMs by shape, so their bits differ); "
-            "set OMP_NUM_THREADS=1"
-        )
     fast = None
     if why is None:
         fast = FastHead(head, block)
-        if not check_exact(torch.randn(2 * GROUP, head.d_model), fast):
-            why = "this BLAS gives other float32 bits for other GEMM shapes"
+        with exact_gemms():
+            group = probe_group(fast)
+        if group is None:
+            threads = torch.get_num_threads()
+            why = (
+                f"this BLAS gives other float32 bits for other GEMM shapes with {threads} torch "
+                f"thread(s), even with {max(GROUPS)} rows per GEMM"
+                + ("; try OMP_NUM_THREADS=1" if threads > 1 else "")
+            )
             fast = None
+        else:
+            fast.group = group
+            log.info("two-pass: float32 GEMMs of %d rows or more keep their bits here", group)
     if why is not None and precision == "two-pass":
         raise AtlasError(f"--precision two-pass cannot be used: {why}")
     if why is not None:
@@ -370,19 +478,22 @@ def project_two_pass(
     Identical to ``plain(vectors, head, k)`` (the float32 path, which redoes here the rows the
     bounds cannot prove), in blocks of rows whose bf16 scores fit ``SCORE_BYTES``.
     """
+    vectors = vectors.contiguous()  # a GEMM's bits may depend on its operands' layout
     n = vectors.shape[0]
-    rows = max(GROUP, SCORE_BYTES // (2 * fast.vocab) // GROUP * GROUP)
+    budget = SCORE_BYTES_GPU if vectors.device.type == "cuda" else SCORE_BYTES
+    rows = max(GROUP, budget // (2 * fast.vocab) // GROUP * GROUP)
     parts, failed = [], []
     stats = TwoPassStats()
-    for start in range(0, n, rows):
-        result, bad, done = two_pass_block(vectors[start : start + rows], fast, k, margin)
-        parts.append(result)
-        failed.append(bad + start)
-        stats.add(done)
-    out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-    redo = torch.cat(failed)
-    if len(redo):
-        again = plain(vectors[redo], fast.head, k)
-        for key in out:
-            out[key][redo] = again[key].to(out[key].dtype)
+    with exact_gemms():
+        for start in range(0, n, rows):
+            result, bad, done = two_pass_block(vectors[start : start + rows], fast, k, margin)
+            parts.append(result)
+            failed.append(bad + start)
+            stats.add(done)
+        out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        redo = torch.cat(failed)
+        if len(redo):
+            again = plain(vectors[redo], fast.head, k)
+            for key in out:
+                out[key][redo] = again[key].to(out[key].dtype)
     return out, stats

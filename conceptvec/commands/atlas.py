@@ -86,7 +86,9 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 help="auto | two-pass | float32: two-pass scores in bf16 and proves the float32 "
-                "top and bottom k (same atlas, faster on CPU); auto uses it where it applies."
+                "top and bottom k (same atlas, faster on CPU); auto uses it on CPU where this "
+                "machine's float32 GEMMs keep their bits. On a GPU ask for it with --dtype "
+                "float32 (not yet measured there)."
             ),
         ] = "auto",
         layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. 0-3,7.")] = None,
