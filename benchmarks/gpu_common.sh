@@ -11,5 +11,5 @@ export PYTHONPATH=$PWD TOKENIZERS_PARALLELISM=false
 log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
 python -c "import typer, gguf, einops" 2>/dev/null || python -m pip install -q --no-index \
   --find-links benchmarks/.wheels typer gguf einops >>"$OUT/log.txt" 2>&1
-python -c "import sys, torch; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())" \
-  | tee -a "$OUT/log.txt"
+python -c "import sys, torch; print(sys.version.split()[0], torch.__version__,
+  torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" | tee -a "$OUT/log.txt"

@@ -17,11 +17,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=benchmarks/gpu_common.sh
 source benchmarks/gpu_common.sh "${1:-}" gpu-twopass-out
-log "write the 8B-shaped checkpoint"
-[ -f "$CK/l8b/config.json" ] || python benchmarks/make_checkpoint.py --shape llama-3.1-8b \
-  --out "$CK/l8b" --device cuda | tee -a "$OUT/log.txt"
+# A dry run of the plumbing on CPU: DEVICE=cpu SHAPE=smollm2-135m bash benchmarks/gpu_twopass.sh
+DEVICE=${DEVICE:-cuda}
+SHAPE=${SHAPE:-llama-3.1-8b}
+MODEL=$CK/l8b
+[ "$SHAPE" = llama-3.1-8b ] || MODEL=$CK/$SHAPE
+log "write the $SHAPE-shaped checkpoint"
+[ -f "$MODEL/config.json" ] || python benchmarks/make_checkpoint.py --shape "$SHAPE" \
+  --out "$MODEL" --device "$DEVICE" | tee -a "$OUT/log.txt"
 log "float32 atlas of the up rows: floors, float32 path, two-pass, naive"
-python benchmarks/bench_atlas.py --model "$CK/l8b" --device cuda --dtype float32 \
+python benchmarks/bench_atlas.py --model "$MODEL" --device "$DEVICE" --dtype float32 \
   --matrices up --skip-e2e --naive-sample 512 --repeat 2 --json "$OUT/twopass-up.json" \
   2>&1 | tee -a "$OUT/log.txt" || log "bench_atlas FAILED"
 log "done"
