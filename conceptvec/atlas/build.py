@@ -519,7 +519,7 @@ def _project(vectors: torch.Tensor, head: FoldedHead, k: int) -> dict[str, torch
     for offset, w in head.chunks():
         for j, start in enumerate(starts):
             block = vectors[start : start + rows]
-            buf = head.scratch((len(block), w.shape[0]), vectors.dtype) if cpu else None
+            buf = head.scratch("scores", (len(block), w.shape[0]), vectors.dtype) if cpu else None
             tv, ti, bv, bi = top_bottom(full_scores(block, w, out=buf), keep)
             parts[j].append((tv, ti + offset, bv, bi + offset))
         del w  # let the next chunk be folded without this one alive

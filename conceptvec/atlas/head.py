@@ -76,17 +76,19 @@ class FoldedHead:
     def _fold(self, w: torch.Tensor) -> torch.Tensor:
         return self.norm.rows(w).to(self.dtype).contiguous()
 
-    def scratch(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """Return a ``shape`` tensor on the head's device, reused by this thread's later calls.
+    def scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """Return a ``shape`` tensor on the head's device for ``name``, reused by this thread's
+        later calls with the same name (its earlier contents are not kept).
 
         Score blocks are tens of MB; a fresh one per block page-faults for about as long as
         the GEMM that fills it takes (on CPU, where freed large blocks go back to the system).
         """
         local = self.__dict__.setdefault("_scratch", threading.local())
+        buffers = local.__dict__.setdefault("buffers", {})
         size = math.prod(shape)
-        buf = getattr(local, "buf", None)
+        buf = buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.numel() < size:
-            buf = local.buf = torch.empty(size, dtype=dtype, device=self.device)
+            buf = buffers[name] = torch.empty(size, dtype=dtype, device=self.device)
         return buf[:size].view(shape)
 
     def whole_rows(self) -> torch.Tensor | None:

@@ -148,16 +148,11 @@ class FastHead:
         self.n_max = float(n.max()) if self.vocab else 0.0
         self.f32 = head.whole_rows()  # None for a head folded chunk by chunk
         self.group = GROUP  # rows per rescoring GEMM: set from probe_group by choose_precision
-        self._buffers: dict[str, torch.Tensor] = {}
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """Return a reused ``shape`` tensor for ``name`` (fresh large allocations page-fault,
-        which costs as much as the work done in them)."""
-        size = math.prod(shape)
-        buf = self._buffers.get(name)
-        if buf is None or buf.dtype != dtype or buf.numel() < size:
-            buf = self._buffers[name] = torch.empty(size, dtype=dtype, device=self.head.device)
-        return buf[:size].view(shape)
+        """Return a reused ``shape`` tensor for ``name`` (:meth:`FoldedHead.scratch`, under
+        a name of its own so the plain path's buffer is never one of these)."""
+        return self.head.scratch(f"two-pass {name}", shape, dtype)
 
     def rows(self, ids: torch.Tensor) -> torch.Tensor:
         """Return float32 folded rows ``[*ids.shape, d_model]`` of token ``ids``."""
@@ -205,12 +200,13 @@ def _plain(vectors: torch.Tensor, fast: FastHead) -> torch.Tensor:
     return torch.cat([full_scores(vectors, w) for _, w in fast.head.chunks()], dim=1)
 
 
-def plain_is_stable(vectors: torch.Tensor, fast: FastHead) -> bool:
+def plain_is_stable(vectors: torch.Tensor, fast: FastHead, plain=None) -> bool:
     """True when the plain path's float32 GEMMs give each element the same bits whatever
     their row count (a few, padded to :data:`PLAIN_ROWS`, or many), with the threads now set.
-    ``vectors [n, d_model]``, ``n > PLAIN_ROWS + 8``; the first and last rows are checked."""
+    ``vectors [n, d_model]``, ``n > PLAIN_ROWS + 8``; the first and last rows are checked.
+    ``plain``: their scores against the whole head, if already computed."""
     n = vectors.shape[0]
-    plain = _plain(vectors, fast)
+    plain = _plain(vectors, fast) if plain is None else plain
     for rows in (1, PLAIN_ROWS - 1, PLAIN_ROWS + 1, PLAIN_ROWS + 8):
         for start in (0, n - rows):
             if not torch.equal(_plain(vectors[start : start + rows], fast), plain[start:][:rows]):
@@ -218,12 +214,12 @@ def plain_is_stable(vectors: torch.Tensor, fast: FastHead) -> bool:
     return True
 
 
-def check_exact(vectors: torch.Tensor, fast: FastHead, group: int, q: int = 64) -> bool:
+def check_exact(vectors: torch.Tensor, fast: FastHead, group: int, q: int = 64, plain=None) -> bool:
     """True when :func:`exact_scores` in groups of ``group`` gives the plain float32 GEMM's
     bits on this machine, with the threads now set: ``vectors [n, d_model]`` are scored
-    against the whole head as the plain path does, and against random rows (``q`` and
-    :data:`MIN_ROWS` each) as the two-pass path does."""
-    plain = _plain(vectors, fast)
+    against the whole head as the plain path does (``plain``, if already computed), and
+    against random rows (``q`` and :data:`MIN_ROWS` each) as the two-pass path does."""
+    plain = _plain(vectors, fast) if plain is None else plain
     gen = torch.Generator().manual_seed(0)
     usable = vectors.shape[0] // group * group
     for width in (q, MIN_ROWS):
@@ -242,12 +238,10 @@ def probe_group(fast: FastHead, vectors: torch.Tensor | None = None) -> int | No
         gen = torch.Generator().manual_seed(1)
         vectors = torch.randn(2 * PLAIN_ROWS + 3, fast.d_model, generator=gen)
         vectors = vectors.to(fast.head.device)
-    if not plain_is_stable(vectors, fast):
+    plain = _plain(vectors, fast)
+    if not plain_is_stable(vectors, fast, plain):
         return None
-    for group in GROUPS:
-        if check_exact(vectors, fast, group):
-            return group
-    return None
+    return next((g for g in GROUPS if check_exact(vectors, fast, g, plain=plain)), None)
 
 
 MIN_ROWS = 16  # rows per vector in a rescoring GEMM: narrower ones may get other bits
@@ -364,7 +358,7 @@ def two_pass_block(
     """
     n = v.shape[0]
     keep = k + margin
-    gather = max(1, min(fast.whole, keep + GATHER_EXTRA))
+    gather = min(fast.whole, keep + GATHER_EXTRA)
     vb = v.to(torch.bfloat16)
     coef = _bound_coefficients(v, vb, fast.d_model, fast.n_max)
     scores = fast.buffer("scores", (n, fast.vocab), torch.bfloat16)
