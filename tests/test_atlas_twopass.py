@@ -8,6 +8,7 @@ tests that fail when the bound or the margin is made too small.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -29,6 +30,17 @@ def threads(request):
     torch.set_num_threads(request.param)
     yield request.param
     torch.set_num_threads(before)
+
+
+@pytest.fixture(params=["compiled", "torch"])
+def selection(request, monkeypatch):
+    """The selection runs compiled (numba, the CPU default) and as torch ops (what CUDA runs,
+    and CPU without numba): both must give the float32 answer."""
+    if request.param == "compiled" and not twopass.compiled_selection():
+        pytest.skip("numba is not installed")
+    if request.param == "torch":
+        monkeypatch.setattr(twopass, "compiled_selection", lambda: False)
+    return request.param
 
 
 def _two_pass_applies(model) -> bool:
@@ -88,6 +100,7 @@ def _vectors(model, head) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.usefixtures("selection")
 def test_two_pass_atlas_equals_the_float32_atlas(family, tiny_dir, tmp_path):
     model = conceptvec.load(str(tiny_dir(family)), quiet=True)
     for k in (3, 20):
@@ -109,8 +122,9 @@ def test_two_pass_atlas_equals_the_float32_atlas(family, tiny_dir, tmp_path):
         assert all("two_pass_fallback" in e for e in manifest["shards"].values())
 
 
+@pytest.mark.usefixtures("selection")
 def test_every_stage_of_the_proof_gives_the_float32_answer(tiny_dir):
-    """Small margins force the token-by-token bound and the float32 fallback."""
+    """Small margins force the token-by-token bound, the retry and the float32 fallback."""
     model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
     head, fast = _head(model)
     v = _vectors(model, head)
@@ -122,9 +136,10 @@ def test_every_stage_of_the_proof_gives_the_float32_answer(tiny_dir):
             for key in want:
                 assert torch.equal(want[key], got[key]), (k, margin, key)
             total.add(stats)
-    assert total.block_bound and total.token_bound and total.fallback
+    assert total.block_bound and total.token_bound and total.retry and total.fallback
 
 
+@pytest.mark.usefixtures("selection")
 def test_too_small_a_margin_falls_back(tiny_dir):
     model = conceptvec.load(str(tiny_dir("gemma2")), quiet=True)
     head, fast = _head(model)
@@ -152,6 +167,7 @@ def test_the_bound_holds_for_every_token(tiny_dir):
         assert (err > 0.01 * r).any()  # the bound is not vacuous: errors reach 1% of it
 
 
+@pytest.mark.usefixtures("selection")
 def test_a_bound_too_small_is_caught(tiny_dir, monkeypatch):
     """Without the bound's terms the 'proof' accepts wrong neurons: the equality test fails."""
     model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
@@ -167,6 +183,7 @@ def test_a_bound_too_small_is_caught(tiny_dir, monkeypatch):
     assert wrong.sum() > 0
 
 
+@pytest.mark.usefixtures("selection")
 def test_ties_are_ordered_by_token_id(tmp_path):
     """Duplicated unembedding rows tie for every neuron; a zero neuron ties every token."""
     hf, tok = build_tiny("llama", seed=3)
@@ -198,6 +215,45 @@ def test_ties_are_ordered_by_token_id(tmp_path):
     assert tied > 0
     zero = plain["L000.up"]
     assert zero["top_ids"][5].tolist() == list(range(k)) == zero["bottom_ids"][5].tolist()
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e4, 1e-4])
+def test_compiled_selection_matches_the_torch_ops(tiny_dir, scale):
+    """Both sides: the same candidate scores (the keep best of the gathered blocks), and
+    limits that bound every other token's true float32 score; the compiled ones at least as
+    tight as the torch ops' (which bound a block of one sign by 0) where no tie for the last
+    candidate lets the two pick other tokens."""
+    select_cpu = pytest.importorskip("conceptvec.atlas.select_cpu", reason="needs numba")
+    model = conceptvec.load(str(tiny_dir("qwen2")), quiet=True)
+    head, fast = _head(model)
+    v = _vectors(model, head) * scale
+    exact = twopass.full_scores(v, head.whole_rows())[:, fast.token]  # fast's columns
+    vb = v.to(torch.bfloat16)
+    coef = twopass._bound_coefficients(v, vb, fast.d_model, fast.n_max)
+    scores = vb @ fast.wb.T
+    f = scores.float()
+    bmax, bmin = twopass._block_extremes(scores, fast)
+    rb = coef @ fast.block_norms
+    for keep, gather in ((3, 3), (8, 8), (12, 12), (30, fast.whole)):
+        got = select_cpu.select(scores, fast, coef, keep, gather, twopass.SLOPE, twopass.SCALE)
+        for side, (cols, lim), extreme in ((0, got[:2], bmax), (1, got[2:], bmin)):
+            largest = side == 0
+            want_cols, want_lim = twopass._side(
+                scores, extreme, coef, rb, fast, keep, gather, largest=largest
+            )
+            assert cols.shape == (len(v), keep) and (cols.sort(1).values.diff(1) > 0).all()
+            assert torch.equal(
+                f.gather(1, cols).sort(1).values, f.gather(1, want_cols).sort(1).values
+            )
+            other = exact.scatter(1, cols, -math.inf if largest else math.inf)
+            # up to rounding (other orders) and ties for the last candidate (other tokens)
+            slack = 2.0**-20 * want_lim.abs()
+            if largest:
+                assert (other.amax(1) <= lim).all()
+                assert (lim <= want_lim + slack).float().mean() > 0.9
+            else:
+                assert (other.amin(1) >= lim).all()
+                assert (lim >= want_lim - slack).float().mean() > 0.9
 
 
 def test_precision_option(tiny_dir, tmp_path, monkeypatch, capsys):

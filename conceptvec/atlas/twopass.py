@@ -71,6 +71,7 @@ GROUP = 4  # rows per rescoring GEMM unless probe_group says otherwise
 GROUPS = (4, 8, 16, 32)  # rows per rescoring GEMM tried by probe_group, fewest first
 PLAIN_ROWS = max(GROUPS)  # the plain path pads smaller float32 GEMMs to this many rows
 MARGIN = 30  # m: candidates rescored beyond k on each side (benchmarks/RESULTS.md)
+RETRY = 4  # the rows no bound proves are tried again with a margin this many times wider
 GATHER_EXTRA = 0  # blocks read token by token beyond k + m (more cost more than they prove here)
 BLOCK = 32  # tokens per block of the fast scores (block extremes feed selection and bounds)
 SCORE_BYTES = 64 << 20  # one [rows, vocab] bf16 block of fast scores (CPU)
@@ -90,11 +91,14 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TwoPassStats:
-    """How many neurons one call proved exact at each stage, and how many it redid in float32."""
+    """How many neurons one call proved exact at each stage, and how many it redid in float32:
+    ``block_bound`` and ``token_bound`` in the first try, ``retry`` in the second (a margin
+    :data:`RETRY` times wider, for the rows the first could not prove)."""
 
     neurons: int = 0
     block_bound: int = 0
     token_bound: int = 0
+    retry: int = 0
     fallback: int = 0
 
     def add(self, other: TwoPassStats) -> None:
@@ -102,7 +106,18 @@ class TwoPassStats:
         self.neurons += other.neurons
         self.block_bound += other.block_bound
         self.token_bound += other.token_bound
+        self.retry += other.retry
         self.fallback += other.fallback
+
+
+def compiled_selection() -> bool:
+    """True when numba imports, so that :mod:`select_cpu` can select the candidates on CPU."""
+    try:
+        from . import select_cpu  # noqa: F401
+    except ImportError as e:
+        log.info("two-pass selects with torch ops: numba is not usable (%s)", e)
+        return False
+    return True
 
 
 class FastHead:
@@ -148,6 +163,8 @@ class FastHead:
         self.n_max = float(n.max()) if self.vocab else 0.0
         self.f32 = head.whole_rows()  # None for a head folded chunk by chunk
         self.group = GROUP  # rows per rescoring GEMM: set from probe_group by choose_precision
+        # the compiled selection (select_cpu) on CPU where numba is installed, else torch ops
+        self.compiled = head.device.type == "cpu" and compiled_selection()
 
     def buffer(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """Return a reused ``shape`` tensor for ``name`` (:meth:`FoldedHead.scratch`, under
@@ -247,10 +264,15 @@ def probe_group(fast: FastHead, vectors: torch.Tensor | None = None) -> int | No
 MIN_ROWS = 16  # rows per vector in a rescoring GEMM: narrower ones may get other bits
 
 
+RESCORE_ROWS = 64  # vectors per rescoring step: their candidates' rows stay in cache
+
+
 def _rescore(v: torch.Tensor, ids: torch.Tensor, fast: FastHead) -> torch.Tensor:
     """Return :func:`exact_scores` of ``v [n, d]`` against rows ``ids [n, q]``, padded to
     whole groups and to at least ``MIN_ROWS`` rows each (so the GEMM has the plain path's
-    shape class); the padding is dropped."""
+    shape class); the padding is dropped. Done :data:`RESCORE_ROWS` vectors at a time, so
+    that the gathered rows are still in cache when the GEMM reads them (all at once, they
+    were 150 MB for a block and the rescoring ran 1.5x slower)."""
     n, q = ids.shape
     group = fast.group
     pad = (-n) % group
@@ -259,9 +281,15 @@ def _rescore(v: torch.Tensor, ids: torch.Tensor, fast: FastHead) -> torch.Tensor
         ids = torch.cat([ids, ids[torch.arange(pad, device=ids.device) % n]])
     if q < MIN_ROWS:
         ids = torch.cat([ids, ids[:, :1].expand(-1, MIN_ROWS - q)], 1)
-    shape = ((n + pad) // group, group, group * ids.shape[1])
-    out = fast.buffer("products", shape, torch.float32)
-    return exact_scores(v, fast.rows(ids), group, out)[:n, :q]
+    width = ids.shape[1]
+    step = max(group, RESCORE_ROWS // group * group)
+    out = torch.empty(len(ids), width, dtype=torch.float32, device=v.device)
+    products = fast.buffer("products", (step // group, group, group * width), torch.float32)
+    for a in range(0, len(ids), step):
+        b = min(len(ids), a + step)
+        shape = ((b - a) // group, group, group * width)
+        out[a:b] = exact_scores(v[a:b], fast.rows(ids[a:b]), group, products[: shape[0]])
+    return out[:n, :q]
 
 
 def _bound_coefficients(v: torch.Tensor, vb: torch.Tensor, d_model: int, n_max: float):
@@ -363,10 +391,17 @@ def two_pass_block(
     coef = _bound_coefficients(v, vb, fast.d_model, fast.n_max)
     scores = fast.buffer("scores", (n, fast.vocab), torch.bfloat16)
     torch.matmul(vb, fast.wb.T, out=scores)  # columns as FastHead lays them out
-    bmax, bmin = _block_extremes(scores, fast)
-    rb = coef @ fast.block_norms  # [n, whole]
-    top_col, top_lim = _side(scores, bmax, coef, rb, fast, keep, gather, largest=True)
-    bot_col, bot_lim = _side(scores, bmin, coef, rb, fast, keep, gather, largest=False)
+    if fast.compiled:
+        from . import select_cpu
+
+        top_col, top_lim, bot_col, bot_lim = select_cpu.select(
+            scores, fast, coef, keep, gather, SLOPE, SCALE
+        )
+    else:
+        bmax, bmin = _block_extremes(scores, fast)
+        rb = coef @ fast.block_norms  # [n, whole]
+        top_col, top_lim = _side(scores, bmax, coef, rb, fast, keep, gather, largest=True)
+        bot_col, bot_lim = _side(scores, bmin, coef, rb, fast, keep, gather, largest=False)
     ids = fast.token[torch.cat([top_col, bot_col], 1)]
     exact = _rescore(v, ids, fast)
     tv, ti = canonical_order(exact[:, :keep], ids[:, :keep], k, largest=True)
@@ -464,6 +499,21 @@ def choose_precision(precision: str, head, k: int, margin: int = MARGIN) -> Fast
     return fast
 
 
+def _in_blocks(vectors: torch.Tensor, fast: FastHead, k: int, margin: int):
+    """Return ``(result, failed, stats)`` of :func:`two_pass_block` over all ``vectors``, in
+    blocks of rows whose bf16 scores fit ``SCORE_BYTES``."""
+    budget = SCORE_BYTES_GPU if vectors.device.type == "cuda" else SCORE_BYTES
+    rows = max(GROUP, budget // (2 * fast.vocab) // GROUP * GROUP)
+    parts, failed = [], []
+    stats = TwoPassStats()
+    for start in range(0, len(vectors), rows):
+        result, bad, done = two_pass_block(vectors[start : start + rows], fast, k, margin)
+        parts.append(result)
+        failed.append(bad + start)
+        stats.add(done)
+    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}, torch.cat(failed), stats
+
+
 def project_two_pass(
     vectors: torch.Tensor, fast: FastHead, k: int, plain, margin: int = MARGIN
 ) -> tuple[dict[str, torch.Tensor], TwoPassStats]:
@@ -473,19 +523,16 @@ def project_two_pass(
     bounds cannot prove), in blocks of rows whose bf16 scores fit ``SCORE_BYTES``.
     """
     vectors = vectors.contiguous()  # a GEMM's bits may depend on its operands' layout
-    n = vectors.shape[0]
-    budget = SCORE_BYTES_GPU if vectors.device.type == "cuda" else SCORE_BYTES
-    rows = max(GROUP, budget // (2 * fast.vocab) // GROUP * GROUP)
-    parts, failed = [], []
-    stats = TwoPassStats()
     with exact_gemms():
-        for start in range(0, n, rows):
-            result, bad, done = two_pass_block(vectors[start : start + rows], fast, k, margin)
-            parts.append(result)
-            failed.append(bad + start)
-            stats.add(done)
-        out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-        redo = torch.cat(failed)
+        out, redo, stats = _in_blocks(vectors, fast, k, margin)
+        wide = RETRY * margin
+        if len(redo) and margin < wide <= fast.whole - k:  # again, with a wider margin
+            result, bad, _ = _in_blocks(vectors[redo], fast, k, wide)
+            for key in out:
+                out[key][redo] = result[key]
+            stats.retry = len(redo) - len(bad)
+            stats.fallback = len(bad)
+            redo = redo[bad]
         if len(redo):
             again = plain(vectors[redo], fast.head, k)
             for key in out:
