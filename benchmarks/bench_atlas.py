@@ -193,6 +193,7 @@ def main() -> None:
             print(e, flush=True)
     if fast is not None:
         out["two_pass_group"] = fast.group
+        out["two_pass_selection"] = "compiled (numba)" if fast.compiled else "torch ops"
         wb = fast.wb
         out_buf = out_buf.view(torch.bfloat16)  # the float32 buffer holds twice as many
 

@@ -168,6 +168,28 @@ def test_the_bound_holds_for_every_token(tiny_dir):
 
 
 @pytest.mark.usefixtures("selection")
+def test_non_finite_vectors_fall_back_to_float32(tiny_dir):
+    """A NaN or an infinity in a vector (a corrupt checkpoint) gives NaN bounds, which no
+    proof accepts: those rows come from the float32 path, the others stay exact."""
+    model = conceptvec.load(str(tiny_dir("mistral")), quiet=True)
+    head, fast = _head(model)
+    v = _vectors(model, head)[:64].clone()
+    v[3] = math.nan
+    v[5, 0] = math.inf
+    v[7, 1] = -math.inf
+    want = build.project_top_bottom(v, head, 5)
+    got, stats = twopass.project_two_pass(v, fast, 5, build.project_top_bottom)
+    assert stats.fallback == 3
+    for key in want:
+        assert torch.equal(want[key].isnan(), got[key].isnan()), key
+        assert torch.equal(want[key].nan_to_num(), got[key].nan_to_num()), key
+    head.whole_rows()[9, 0] = math.inf
+    assert twopass.choose_precision("auto", head, 5) is None
+    with pytest.raises(AtlasError, match="NaN or infinite"):
+        twopass.choose_precision("two-pass", head, 5)
+
+
+@pytest.mark.usefixtures("selection")
 def test_a_bound_too_small_is_caught(tiny_dir, monkeypatch):
     """Without the bound's terms the 'proof' accepts wrong neurons: the equality test fails."""
     model = conceptvec.load(str(tiny_dir("llama")), quiet=True)

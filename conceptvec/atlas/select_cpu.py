@@ -20,6 +20,7 @@ ops do the work). Compiled code is cached on disk where the package is writable.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -165,10 +166,29 @@ def _kernel(
             out_lim[i, side] = limit if side == 0 else -limit
 
 
+CHUNK = 64  # rows per kernel call: threads take chunks as they go, so a slow one does fewer
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """Return a process-wide pool of at least ``count`` helper threads (made on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < count:
+            _pool = ThreadPoolExecutor(count, thread_name_prefix="conceptvec-select")
+        return _pool
+
+
 def select(scores: torch.Tensor, fast, coef: torch.Tensor, keep: int, gather: int, slope, scale):
     """Return ``(top_cols, top_lim, bot_cols, bot_lim)`` for ``scores [n, vocab]`` bf16 (CPU),
-    as :func:`conceptvec.atlas.twopass._side` does for each side, with the rows split over
-    ``torch.get_num_threads()`` threads."""
+    as :func:`conceptvec.atlas.twopass._side` does for each side.
+
+    The calling thread and ``torch.get_num_threads() - 1`` helpers take chunks of
+    :data:`CHUNK` rows until none is left. Taking them as they go, not half each, matters
+    right after a GEMM: torch's OpenMP threads spin for a few ms before they sleep, and the
+    helper that shares a core with one of them gets less done meanwhile.
+    """
     n = scores.shape[0]
     rows = scores.view(torch.int16).numpy()
     c = coef.contiguous().numpy()
@@ -176,17 +196,22 @@ def select(scores: torch.Tensor, fast, coef: torch.Tensor, keep: int, gather: in
     lim = np.empty((n, 2), np.float32)
     fixed = (fast.whole, fast.block, fast.block_norms.numpy(), fast.token_norms.numpy())
     rest = (keep, gather, np.float32(slope), np.float32(scale))
+    starts = iter(range(0, n, CHUNK))
+    lock = threading.Lock()
 
-    def run(a: int, b: int) -> None:
-        _kernel(rows[a:b], *fixed, c[a:b], *rest, cols[a:b], lim[a:b])
+    def work() -> None:
+        while True:
+            with lock:
+                a = next(starts, None)
+            if a is None:
+                return
+            b = min(n, a + CHUNK)
+            _kernel(rows[a:b], *fixed, c[a:b], *rest, cols[a:b], lim[a:b])
 
-    workers = min(torch.get_num_threads(), max(1, n // 64))
-    step = -(-n // workers)
-    if workers == 1:
-        run(0, n)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            for job in [pool.submit(run, a, a + step) for a in range(0, n, step)]:
-                job.result()
+    extra = min(torch.get_num_threads(), -(-n // CHUNK)) - 1
+    jobs = [_helpers(extra).submit(work) for _ in range(extra)] if extra > 0 else []
+    work()
+    for job in jobs:
+        job.result()
     out, limits = torch.from_numpy(cols), torch.from_numpy(lim)
     return out[:, 0], limits[:, 0], out[:, 1], limits[:, 1]

@@ -7,16 +7,20 @@ On CPUs with bf16 dot-product instructions a bf16 GEMM runs 3-5x faster than flo
 1. **Fast pass.** ``F = bf16(v) @ bf16(W).T`` (float32 accumulation; torch returns ``F`` rounded
    to bf16), with the vocabulary sorted by row norm and cut into blocks of similar norm.
    Per side, the ``k + m + GATHER_EXTRA`` blocks with the best extremes are read token by
-   token and their ``c = k + m`` best fast scores become candidates.
+   token and their ``c = k + m`` best fast scores become candidates. On CPU this selection
+   is one compiled pass per row (:mod:`conceptvec.atlas.select_cpu`, numba) where numba is
+   installed, and torch operations (:func:`_side`) elsewhere; both give the same candidates.
 2. **Exact pass.** Rescore only the candidates with the float32 GEMM the plain path uses
-   (:func:`exact_scores`: groups of ``G`` vectors against their candidates' rows). The BLAS
+   (:func:`exact_scores`: groups of ``G`` vectors against their candidates' rows, 64
+   vectors at a time so that their rows are still in cache for the GEMM). The BLAS
    gives each element the same bits whatever the GEMM's shape once it has enough rows: 4
    on the AMD Zen 4 VM (one thread), 16 on an Intel Sapphire Rapids (one or two threads).
    :func:`probe_group` finds the smallest such ``G`` in :data:`GROUPS` at run time, on the
    shapes this run will use, and the plain path pads its GEMMs to ``G`` rows too. Then the
    candidates are ordered by ``(score, token id)`` as the plain path does.
 3. **Proof.** The result is exact when the k-th rescored score beats every other token's
-   largest possible float32 score (below); a neuron that fails is redone in float32.
+   largest possible float32 score (below). A neuron that fails is tried again with a
+   margin :data:`RETRY` times wider, and one that fails that too is redone in float32.
 
 The bound. Write ``v^ = bf16(v)``, ``rho = v - v^``, ``w^_t = bf16(w_t)``, ``sig_t = w_t - w^_t``
 (both residuals are exact in float32). For every token ``t``::
@@ -35,11 +39,11 @@ Underflow (subnormals, or kernels that flush them to zero) adds at most ``tiny``
     s32_t <= F_t + u |F_t| + (a + g) n_t + (b + g) r_t + tiny =: U_t,   g = g_K (b + nu)
 
 and ``s32_t >= L_t`` likewise. ``U_t`` grows with ``F_t``, so a token is bounded by its own
-``F_t`` where it was read (the gathered blocks and the tail: ``n_t, r_t`` taken as its block's maxima, which the sort by norm
-keeps close to its own), and by its block's extreme elsewhere. The top side is proved when
+``F_t`` where it was read (the gathered blocks and the tail: ``n_t, r_t`` taken as its
+block's maxima, which the sort by norm keeps close to its own), and by its block's extreme elsewhere. The top side is proved when
 ``s32_(k) > max over non-candidates of U``, the bottom side when ``s32_(k) < min of L``. A
-neuron that fails gets the same test token by token over its whole row of scores; only one
-that fails both is redone in float32. Bounds are computed in float32 and widened by
+neuron that fails gets the same test token by token over its whole row of scores; one that
+fails both is tried again with a wider margin, and redone in float32 only if that fails. Bounds are computed in float32 and widened by
 ``2^-18 (|x| + bound)`` to cover their own rounding. No other token can then reach the k-th
 score, not even tie it, so the k kept tokens and their order (score, then token id) are
 exactly the plain float32 path's.
@@ -74,7 +78,7 @@ MARGIN = 30  # m: candidates rescored beyond k on each side (benchmarks/RESULTS.
 RETRY = 4  # the rows no bound proves are tried again with a margin this many times wider
 GATHER_EXTRA = 0  # blocks read token by token beyond k + m (more cost more than they prove here)
 BLOCK = 32  # tokens per block of the fast scores (block extremes feed selection and bounds)
-SCORE_BYTES = 64 << 20  # one [rows, vocab] bf16 block of fast scores (CPU)
+SCORE_BYTES = 144 << 20  # one [rows, vocab] bf16 block of fast scores (CPU)
 SCORE_BYTES_GPU = 2 << 30  # the same on a GPU, where larger GEMMs run nearer the peak
 
 
@@ -376,21 +380,12 @@ def _block_extremes(scores: torch.Tensor, fast: FastHead) -> tuple[torch.Tensor,
     return top, bottom.neg_()
 
 
-def two_pass_block(
-    v: torch.Tensor, fast: FastHead, k: int, margin: int = MARGIN
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, TwoPassStats]:
-    """Return ``(result, failed, stats)`` for one block of ``[n, d_model]`` float32 vectors.
-
-    ``result`` holds ``top_ids, top_values, bottom_ids, bottom_values`` ``[n, k]``; rows listed
-    in ``failed`` (int64 row numbers) are not proved exact and must be redone in float32.
-    """
-    n = v.shape[0]
+def _prove(v, scores, coef, fast: FastHead, k: int, margin: int, per_token: bool = True):
+    """Select, rescore and prove ``v [n, d_model]`` from its fast ``scores`` and bound
+    ``coef``. Returns ``(result, ok [n] bool, token_bound)``: rows not ``ok`` are not proved;
+    ``token_bound`` counts the rows proved only by the per-token bound."""
     keep = k + margin
     gather = min(fast.whole, keep + GATHER_EXTRA)
-    vb = v.to(torch.bfloat16)
-    coef = _bound_coefficients(v, vb, fast.d_model, fast.n_max)
-    scores = fast.buffer("scores", (n, fast.vocab), torch.bfloat16)
-    torch.matmul(vb, fast.wb.T, out=scores)  # columns as FastHead lays them out
     if fast.compiled:
         from . import select_cpu
 
@@ -407,17 +402,50 @@ def two_pass_block(
     tv, ti = canonical_order(exact[:, :keep], ids[:, :keep], k, largest=True)
     bv, bi = canonical_order(exact[:, keep:], ids[:, keep:], k, largest=False)
     ok = (tv[:, -1] > top_lim) & (bv[:, -1] < bot_lim)
-    stats = TwoPassStats(neurons=n, block_bound=int(ok.sum()))
     todo = (~ok).nonzero().flatten()
-    if len(todo):  # stage 2: the bound token by token on these rows' own scores
+    token_bound = 0
+    if len(todo) and per_token:  # the bound token by token on these rows' own scores
         f, r = scores[todo].float(), coef[todo] @ fast.token_norms
         hi = _upper(f, r).scatter_(1, top_col[todo], -math.inf)
         lo = _lower(f, r).scatter_(1, bot_col[todo], math.inf)
         ok[todo] = (tv[todo, -1] > hi.amax(1)) & (bv[todo, -1] < lo.amin(1))
-        stats.token_bound = int(ok[todo].sum())
+        token_bound = int(ok[todo].sum())
+    result = {"top_ids": ti, "top_values": tv, "bottom_ids": bi, "bottom_values": bv}
+    return result, ok, token_bound
+
+
+def two_pass_block(
+    v: torch.Tensor, fast: FastHead, k: int, margin: int = MARGIN
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, TwoPassStats]:
+    """Return ``(result, failed, stats)`` for one block of ``[n, d_model]`` float32 vectors.
+
+    ``result`` holds ``top_ids, top_values, bottom_ids, bottom_values`` ``[n, k]``; rows listed
+    in ``failed`` (int64 row numbers) are not proved exact and must be redone in float32.
+    Rows the first try cannot prove are tried again on the same fast scores with a margin
+    :data:`RETRY` times wider (where the vocabulary has blocks enough).
+    """
+    n = v.shape[0]
+    vb = v.to(torch.bfloat16)
+    coef = _bound_coefficients(v, vb, fast.d_model, fast.n_max)
+    scores = fast.buffer("scores", (n, fast.vocab), torch.bfloat16)
+    torch.matmul(vb, fast.wb.T, out=scores)  # columns as FastHead lays them out
+    wide = RETRY * margin
+    retry = margin < wide <= fast.whole - k
+    result, ok, token_bound = _prove(v, scores, coef, fast, k, margin, per_token=not retry)
+    finite = coef.isfinite().all(1)  # a NaN or infinity in a vector: the float32 path decides
+    ok &= finite
+    stats = TwoPassStats(neurons=n, block_bound=int(ok.sum()) - token_bound)
+    stats.token_bound = token_bound
+    todo = (~ok & finite).nonzero().flatten()
+    if len(todo) and retry:
+        again, ok2, token_bound = _prove(v[todo], scores[todo], coef[todo], fast, k, wide)
+        for key in result:
+            result[key][todo] = again[key]
+        ok[todo] = ok2
+        stats.retry = int(ok2.sum()) - token_bound
+        stats.token_bound = token_bound
     failed = (~ok).nonzero().flatten()
     stats.fallback = len(failed)
-    result = {"top_ids": ti, "top_values": tv, "bottom_ids": bi, "bottom_values": bv}
     return result, failed, stats
 
 
@@ -479,6 +507,10 @@ def choose_precision(precision: str, head, k: int, margin: int = MARGIN) -> Fast
     fast = None
     if why is None:
         fast = FastHead(head, block)
+        if not fast.token_norms.isfinite().all():
+            why = "the unembedding has NaN or infinite values; use --precision float32"
+            fast = None
+    if fast is not None:
         with exact_gemms():
             group = probe_group(fast)
         if group is None:
@@ -499,40 +531,30 @@ def choose_precision(precision: str, head, k: int, margin: int = MARGIN) -> Fast
     return fast
 
 
-def _in_blocks(vectors: torch.Tensor, fast: FastHead, k: int, margin: int):
-    """Return ``(result, failed, stats)`` of :func:`two_pass_block` over all ``vectors``, in
-    blocks of rows whose bf16 scores fit ``SCORE_BYTES``."""
-    budget = SCORE_BYTES_GPU if vectors.device.type == "cuda" else SCORE_BYTES
-    rows = max(GROUP, budget // (2 * fast.vocab) // GROUP * GROUP)
-    parts, failed = [], []
-    stats = TwoPassStats()
-    for start in range(0, len(vectors), rows):
-        result, bad, done = two_pass_block(vectors[start : start + rows], fast, k, margin)
-        parts.append(result)
-        failed.append(bad + start)
-        stats.add(done)
-    return {key: torch.cat([p[key] for p in parts]) for key in parts[0]}, torch.cat(failed), stats
-
-
 def project_two_pass(
     vectors: torch.Tensor, fast: FastHead, k: int, plain, margin: int = MARGIN
 ) -> tuple[dict[str, torch.Tensor], TwoPassStats]:
     """Return ``(top/bottom k ids and scores, stats)`` for ``[n, d_model]`` float32 vectors.
 
     Identical to ``plain(vectors, head, k)`` (the float32 path, which redoes here the rows the
-    bounds cannot prove), in blocks of rows whose bf16 scores fit ``SCORE_BYTES``.
+    bounds cannot prove even with a margin :data:`RETRY` times wider), in blocks of rows
+    whose bf16 scores fit ``SCORE_BYTES``.
     """
     vectors = vectors.contiguous()  # a GEMM's bits may depend on its operands' layout
+    n = vectors.shape[0]
+    budget = SCORE_BYTES_GPU if vectors.device.type == "cuda" else SCORE_BYTES
+    rows = max(GROUP, budget // (2 * fast.vocab) // GROUP * GROUP)
+    rows = -(-n // -(-n // rows) // GROUP) * GROUP  # blocks of even size: no small last one
+    parts, failed = [], []
+    stats = TwoPassStats()
     with exact_gemms():
-        out, redo, stats = _in_blocks(vectors, fast, k, margin)
-        wide = RETRY * margin
-        if len(redo) and margin < wide <= fast.whole - k:  # again, with a wider margin
-            result, bad, _ = _in_blocks(vectors[redo], fast, k, wide)
-            for key in out:
-                out[key][redo] = result[key]
-            stats.retry = len(redo) - len(bad)
-            stats.fallback = len(bad)
-            redo = redo[bad]
+        for start in range(0, n, rows):
+            result, bad, done = two_pass_block(vectors[start : start + rows], fast, k, margin)
+            parts.append(result)
+            failed.append(bad + start)
+            stats.add(done)
+        out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+        redo = torch.cat(failed)
         if len(redo):
             again = plain(vectors[redo], fast.head, k)
             for key in out:
