@@ -278,6 +278,25 @@ def test_compiled_selection_matches_the_torch_ops(tiny_dir, scale):
                 assert (lim >= want_lim - slack).float().mean() > 0.9
 
 
+def test_compiled_selection_leaves_no_thread_behind(tiny_dir):
+    """Its helper threads are joined before it returns, so the CLI's fast exit still applies
+    after a two-pass map."""
+    import threading
+
+    from conceptvec import cli
+
+    select_cpu = pytest.importorskip("conceptvec.atlas.select_cpu", reason="needs numba")
+    model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
+    head, fast = _head(model)
+    v = _vectors(model, head)
+    scores = v.to(torch.bfloat16) @ fast.wb.T
+    coef = twopass._bound_coefficients(v, v.to(torch.bfloat16), fast.d_model, fast.n_max)
+    before = set(threading.enumerate())
+    select_cpu.select(scores, fast, coef, 5, 5, twopass.SLOPE, twopass.SCALE)
+    assert set(threading.enumerate()) <= before  # (other tests' threads may have ended)
+    assert cli._can_skip_teardown() or any(not t.daemon for t in before - {threading.main_thread()})
+
+
 def test_precision_option(tiny_dir, tmp_path, monkeypatch, capsys):
     model = str(tiny_dir("qwen2"))
     args = ["map", model, "--export", "none", "-q", "-k", "4"]

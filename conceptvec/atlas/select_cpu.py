@@ -21,7 +21,6 @@ ops do the work). Compiled code is cached on disk where the package is writable.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
@@ -167,17 +166,6 @@ def _kernel(
 
 
 CHUNK = 64  # rows per kernel call: threads take chunks as they go, so a slow one does fewer
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _helpers(count: int) -> ThreadPoolExecutor:
-    """Return a process-wide pool of at least ``count`` helper threads (made on first use)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool._max_workers < count:
-            _pool = ThreadPoolExecutor(count, thread_name_prefix="conceptvec-select")
-        return _pool
 
 
 def select(scores: torch.Tensor, fast, coef: torch.Tensor, keep: int, gather: int, slope, scale):
@@ -198,20 +186,29 @@ def select(scores: torch.Tensor, fast, coef: torch.Tensor, keep: int, gather: in
     rest = (keep, gather, np.float32(slope), np.float32(scale))
     starts = iter(range(0, n, CHUNK))
     lock = threading.Lock()
+    errors: list[BaseException] = []
 
     def work() -> None:
-        while True:
-            with lock:
-                a = next(starts, None)
-            if a is None:
-                return
-            b = min(n, a + CHUNK)
-            _kernel(rows[a:b], *fixed, c[a:b], *rest, cols[a:b], lim[a:b])
+        try:
+            while not errors:
+                with lock:
+                    a = next(starts, None)
+                if a is None:
+                    return
+                b = min(n, a + CHUNK)
+                _kernel(rows[a:b], *fixed, c[a:b], *rest, cols[a:b], lim[a:b])
+        except BaseException as e:  # re-raised in the calling thread
+            errors.append(e)
 
+    # helpers are joined before returning (daemon only so that nothing waits for them)
     extra = min(torch.get_num_threads(), -(-n // CHUNK)) - 1
-    jobs = [_helpers(extra).submit(work) for _ in range(extra)] if extra > 0 else []
+    helpers = [threading.Thread(target=work, daemon=True) for _ in range(max(0, extra))]
+    for h in helpers:
+        h.start()
     work()
-    for job in jobs:
-        job.result()
+    for h in helpers:
+        h.join()
+    if errors:
+        raise errors[0]
     out, limits = torch.from_numpy(cols), torch.from_numpy(lim)
     return out[:, 0], limits[:, 0], out[:, 1], limits[:, 1]
