@@ -169,17 +169,19 @@ def test_the_bound_holds_for_every_token(tiny_dir):
 
 @pytest.mark.usefixtures("selection")
 def test_non_finite_vectors_fall_back_to_float32(tiny_dir):
-    """A NaN or an infinity in a vector (a corrupt checkpoint) gives NaN bounds, which no
-    proof accepts: those rows come from the float32 path, the others stay exact."""
+    """A NaN or an infinity in a vector (a corrupt checkpoint), or one large enough that its
+    scores could overflow: those rows come from the float32 path, the others stay exact; a
+    head with an infinity is mapped in float32."""
     model = conceptvec.load(str(tiny_dir("mistral")), quiet=True)
     head, fast = _head(model)
     v = _vectors(model, head)[:64].clone()
     v[3] = math.nan
     v[5, 0] = math.inf
     v[7, 1] = -math.inf
+    v[9] = 1e37  # finite, but too large for the bound to rule out overflow
     want = build.project_top_bottom(v, head, 5)
     got, stats = twopass.project_two_pass(v, fast, 5, build.project_top_bottom)
-    assert stats.fallback == 3
+    assert stats.fallback == 4
     for key in want:
         assert torch.equal(want[key].isnan(), got[key].isnan()), key
         assert torch.equal(want[key].nan_to_num(), got[key].nan_to_num()), key

@@ -5,14 +5,20 @@ thing for both sides at once, one row of fast scores at a time while the row sit
 
 1. each block's largest and smallest bf16 score, compared as int16 *keys* (a bf16 number's
    bits with the 15 magnitude bits flipped when it is negative order as the numbers do);
-2. per side, the ``gather`` blocks with the best extremes (ties: any of them);
-3. their tokens, and the tail's, read one by one: the ``keep`` best become candidates, and
-   every other one is bounded by its own fast score;
-4. every block not read is bounded by its extreme.
+2. per side, the cut: the ``gather``-th best block extreme (by two 256-bin histograms);
+   every block at or above it is read (ties: all of them);
+3. in those blocks, and the tail, the tokens at or above the cut are collected (at least
+   ``gather >= keep`` of them: each read block's extreme is one) and the ``keep`` best
+   become candidates; every other token read is bounded by its own fast score (per block,
+   by the best of those below the cut, which gives the same bound);
+4. every block below the cut is bounded by its extreme.
 
 The bounds are the torch path's (:func:`~conceptvec.atlas.twopass._upper`), evaluated in
-float32 (the ``WIDEN`` term in ``SLOPE`` and ``SCALE`` covers their rounding). Rows are split
-over ``torch.get_num_threads()`` Python threads; the compiled function releases the GIL.
+float32 (the ``WIDEN`` term in ``SLOPE`` and ``SCALE`` covers their rounding). The calling
+thread and helper threads share the rows in chunks; the compiled function releases the
+GIL. It is compiled assuming no NaN: rows that could hold one (a vector or head with a NaN
+or infinity, or scores that could overflow) never reach it as proved
+(:func:`conceptvec.atlas.twopass.two_pass_block` sends them to float32).
 
 This module needs numba (imported only by a two-pass run on CPU; without numba the torch
 ops do the work). Compiled code is cached on disk where the package is writable.

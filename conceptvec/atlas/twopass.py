@@ -40,13 +40,15 @@ Underflow (subnormals, or kernels that flush them to zero) adds at most ``tiny``
 
 and ``s32_t >= L_t`` likewise. ``U_t`` grows with ``F_t``, so a token is bounded by its own
 ``F_t`` where it was read (the gathered blocks and the tail: ``n_t, r_t`` taken as its
-block's maxima, which the sort by norm keeps close to its own), and by its block's extreme elsewhere. The top side is proved when
-``s32_(k) > max over non-candidates of U``, the bottom side when ``s32_(k) < min of L``. A
-neuron that fails gets the same test token by token over its whole row of scores; one that
-fails both is tried again with a wider margin, and redone in float32 only if that fails. Bounds are computed in float32 and widened by
-``2^-18 (|x| + bound)`` to cover their own rounding. No other token can then reach the k-th
-score, not even tie it, so the k kept tokens and their order (score, then token id) are
-exactly the plain float32 path's.
+block's maxima, which the sort by norm keeps close to its own), and by its block's extreme
+elsewhere. The top side is proved when ``s32_(k) > max over non-candidates of U``, the
+bottom side when ``s32_(k) < min of L``. A neuron that fails is tried again from the same
+fast scores with a margin :data:`RETRY` times wider; if that fails too, the same test runs
+token by token over its whole row of scores; only a neuron that fails all three is redone
+in float32 (without room for the wider margin, the token-by-token test comes second).
+Bounds are computed in float32 and widened by ``2^-18 (|x| + bound)`` to cover their own
+rounding. No other token can then reach the k-th score, not even tie it, so the k kept
+tokens and their order (score, then token id) are exactly the plain float32 path's.
 
 Assumed of the libraries (and tested): the bf16 GEMM accumulates in float32 and rounds its
 output once; float32 GEMMs of at least ``G`` rows give each element the same bits
@@ -78,7 +80,7 @@ MARGIN = 30  # m: candidates rescored beyond k on each side (benchmarks/RESULTS.
 RETRY = 4  # the rows no bound proves are tried again with a margin this many times wider
 GATHER_EXTRA = 0  # blocks read token by token beyond k + m (more cost more than they prove here)
 BLOCK = 32  # tokens per block of the fast scores (block extremes feed selection and bounds)
-SCORE_BYTES = 144 << 20  # one [rows, vocab] bf16 block of fast scores (CPU)
+SCORE_BYTES = 144 << 20  # one [rows, vocab] bf16 block of fast scores (CPU; 64 MB: 1.2x slower)
 SCORE_BYTES_GPU = 2 << 30  # the same on a GPU, where larger GEMMs run nearer the peak
 
 
@@ -96,8 +98,8 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 @dataclass
 class TwoPassStats:
     """How many neurons one call proved exact at each stage, and how many it redid in float32:
-    ``block_bound`` and ``token_bound`` in the first try, ``retry`` in the second (a margin
-    :data:`RETRY` times wider, for the rows the first could not prove)."""
+    ``block_bound`` at margin m, ``retry`` by the block bound at the margin :data:`RETRY` times
+    wider, ``token_bound`` only by the token-by-token bound, ``fallback`` in float32."""
 
     neurons: int = 0
     block_bound: int = 0
@@ -276,7 +278,7 @@ def _rescore(v: torch.Tensor, ids: torch.Tensor, fast: FastHead) -> torch.Tensor
     whole groups and to at least ``MIN_ROWS`` rows each (so the GEMM has the plain path's
     shape class); the padding is dropped. Done :data:`RESCORE_ROWS` vectors at a time, so
     that the gathered rows are still in cache when the GEMM reads them (all at once, they
-    were 150 MB for a block and the rescoring ran 1.5x slower)."""
+    were 150 MB for a block of 680 vectors and the rescoring ran 1.25x slower)."""
     n, q = ids.shape
     group = fast.group
     pad = (-n) % group
@@ -432,7 +434,9 @@ def two_pass_block(
     wide = RETRY * margin
     retry = margin < wide <= fast.whole - k
     result, ok, token_bound = _prove(v, scores, coef, fast, k, margin, per_token=not retry)
-    finite = coef.isfinite().all(1)  # a NaN or infinity in a vector: the float32 path decides
+    # a NaN or infinity in a vector, or products that could overflow float32 (so NaN scores):
+    # the float32 path decides those rows
+    finite = coef.isfinite().all(1) & (coef[:, 1].double() * (1 + fast.n_max) < 2.0**120)
     ok &= finite
     stats = TwoPassStats(neurons=n, block_bound=int(ok.sum()) - token_bound)
     stats.token_bound = token_bound
