@@ -99,6 +99,12 @@ def _vectors(model, head) -> torch.Tensor:
     )
 
 
+def _fast_scores(v: torch.Tensor, fast) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(bf16 scores in fast's columns, bound coefficients)`` of vectors ``v``."""
+    vb = v.to(torch.bfloat16)
+    return vb @ fast.wb.T, twopass._bound_coefficients(v, vb, fast.d_model, fast.n_max)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.usefixtures("selection")
 def test_two_pass_atlas_equals_the_float32_atlas(family, tiny_dir, tmp_path):
@@ -158,9 +164,8 @@ def test_the_bound_holds_for_every_token(tiny_dir):
     for scale in (1.0, 1e4, 1e-4):
         v = base * scale
         exact = twopass.full_scores(v, head.whole_rows())[:, fast.token]  # fast's columns
-        vb = v.to(torch.bfloat16)
-        scores = (vb @ fast.wb.T).float()
-        r = twopass._bound_coefficients(v, vb, fast.d_model, fast.n_max) @ fast.token_norms
+        scores, coef = _fast_scores(v, fast)
+        scores, r = scores.float(), coef @ fast.token_norms
         assert (exact <= twopass._upper(scores, r)).all()
         assert (exact >= twopass._lower(scores, r)).all()
         err = (exact - scores).abs()
@@ -252,9 +257,7 @@ def test_compiled_selection_matches_the_torch_ops(tiny_dir, scale):
     head, fast = _head(model)
     v = _vectors(model, head) * scale
     exact = twopass.full_scores(v, head.whole_rows())[:, fast.token]  # fast's columns
-    vb = v.to(torch.bfloat16)
-    coef = twopass._bound_coefficients(v, vb, fast.d_model, fast.n_max)
-    scores = vb @ fast.wb.T
+    scores, coef = _fast_scores(v, fast)
     f = scores.float()
     bmax, bmin = twopass._block_extremes(scores, fast)
     rb = coef @ fast.block_norms
@@ -291,8 +294,7 @@ def test_compiled_selection_leaves_no_thread_behind(tiny_dir):
     model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
     head, fast = _head(model)
     v = _vectors(model, head)
-    scores = v.to(torch.bfloat16) @ fast.wb.T
-    coef = twopass._bound_coefficients(v, v.to(torch.bfloat16), fast.d_model, fast.n_max)
+    scores, coef = _fast_scores(v, fast)
     before = set(threading.enumerate())
     select_cpu.select(scores, fast, coef, 5, 5, twopass.SLOPE, twopass.SCALE)
     assert set(threading.enumerate()) <= before  # (other tests' threads may have ended)

@@ -36,6 +36,19 @@ _jit = numba.njit(nogil=True, cache=True, error_model="numpy", fastmath={"nnan"}
 
 
 @_jit
+def _key(h):
+    """Return the int16 key of bf16 bits ``h`` (an involution: it also maps a key to bits)."""
+    return np.int16(h ^ (np.int16(h >> np.int16(15)) & np.int16(0x7FFF)))
+
+
+@_jit
+def _value(k, scratch):
+    """Return the float32 value of key ``k`` (``scratch``: one int32, viewed as float32)."""
+    scratch[0] = np.int32(_key(k)) << 16
+    return scratch.view(np.float32)[0]
+
+
+@_jit
 def _kth_key(keys, m, kth, counts):
     """Return the ``kth`` largest of the int16 ``keys[:m]`` (1 = the largest), by two 256-bin
     histograms (of the high byte, then of the low byte within the cut's high byte): many
@@ -84,9 +97,8 @@ def _kernel(
     got_r = np.empty(vocab, np.float32)
     ext_bits = np.empty(whole, np.int32)  # this side's extremes as float32 bits
     ext = ext_bits.view(np.float32)
-    one = np.empty(1, np.int32)
+    one = np.empty(1, np.int32)  # scratch for _value
     counts = np.empty(256, np.int64)
-    val = one.view(np.float32)
     for i in range(n):
         row = scores[i]
         c0, c1, c2 = coef[i, 0], coef[i, 1], coef[i, 2]
@@ -97,8 +109,7 @@ def _kernel(
         for j in range(block):  # int16 arithmetic throughout, so that it vectorizes
             seg = row[j * whole : (j + 1) * whole]
             for b in range(whole):
-                h = seg[b]
-                k = np.int16(h ^ (np.int16(h >> np.int16(15)) & np.int16(0x7FFF)))
+                k = _key(seg[b])
                 hi[b] = max(hi[b], k)
                 lo[b] = min(lo[b], k)
         for side in range(2):
@@ -106,9 +117,7 @@ def _kernel(
             for b in range(whole):
                 k = hi[b] if side == 0 else np.int16(~lo[b])
                 keys[b] = k
-                ext_bits[b] = (
-                    np.int32(np.int16(k ^ (np.int16(k >> np.int16(15)) & np.int16(0x7FFF)))) << 16
-                )
+                ext_bits[b] = np.int32(_key(k)) << 16
             # read every token when fewer blocks than candidates are gathered (a small vocabulary)
             cut = _kth_key(keys, whole, gather, counts) if gather >= keep else np.int16(-32768)
             # blocks below the cut are bounded by their extremes; those at or above it (at
@@ -126,10 +135,7 @@ def _kernel(
                 below = np.int16(-32768)
                 for j in range(block):
                     col = j * whole + b
-                    h = row[col]
-                    k = np.int16(
-                        np.int16(h ^ (np.int16(h >> np.int16(15)) & np.int16(0x7FFF))) ^ flip
-                    )
+                    k = np.int16(_key(row[col]) ^ flip)
                     if k >= cut:
                         got_key[m] = k
                         got_col[m] = col
@@ -138,15 +144,10 @@ def _kernel(
                     else:
                         below = max(below, k)
                 if below > -32768:
-                    h = below ^ ((below >> 15) & 0x7FFF)
-                    one[0] = np.int32(h) << 16
-                    x = val[0]
+                    x = _value(below, one)
                     near = max(near, x + rb[b] + slope * abs(x))
             for col in range(body, vocab):  # the tail, with its own norms
-                h = row[col]
-                got_key[m] = np.int16(
-                    np.int16(h ^ (np.int16(h >> np.int16(15)) & np.int16(0x7FFF))) ^ flip
-                )
+                got_key[m] = np.int16(_key(row[col]) ^ flip)
                 got_col[m] = col
                 got_r[m] = scale * (c0 * tnorm[0, col] + c1 * tnorm[1, col] + c2 * tnorm[2, col])
                 m += 1
@@ -163,9 +164,7 @@ def _kernel(
                     out_cols[i, side, t] = got_col[p]
                     t += 1
                 elif k <= kcut:
-                    h = k ^ ((k >> 15) & 0x7FFF)
-                    one[0] = np.int32(h) << 16
-                    x = val[0]
+                    x = _value(k, one)
                     near = max(near, x + got_r[p] + slope * abs(x))
             limit = max(near, far)
             out_lim[i, side] = limit if side == 0 else -limit

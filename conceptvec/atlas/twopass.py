@@ -293,8 +293,7 @@ def _rescore(v: torch.Tensor, ids: torch.Tensor, fast: FastHead) -> torch.Tensor
     products = fast.buffer("products", (step // group, group, group * width), torch.float32)
     for a in range(0, len(ids), step):
         b = min(len(ids), a + step)
-        shape = ((b - a) // group, group, group * width)
-        out[a:b] = exact_scores(v[a:b], fast.rows(ids[a:b]), group, products[: shape[0]])
+        out[a:b] = exact_scores(v[a:b], fast.rows(ids[a:b]), group, products[: (b - a) // group])
     return out[:n, :q]
 
 
@@ -438,8 +437,7 @@ def two_pass_block(
     # the float32 path decides those rows
     finite = coef.isfinite().all(1) & (coef[:, 1].double() * (1 + fast.n_max) < 2.0**120)
     ok &= finite
-    stats = TwoPassStats(neurons=n, block_bound=int(ok.sum()) - token_bound)
-    stats.token_bound = token_bound
+    stats = TwoPassStats(n, int(ok.sum()) - token_bound, token_bound)
     todo = (~ok & finite).nonzero().flatten()
     if len(todo) and retry:
         again, ok2, token_bound = _prove(v[todo], scores[todo], coef[todo], fast, k, wide)
