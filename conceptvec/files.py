@@ -98,13 +98,29 @@ def confined(root: str | Path, relative: Any, error: type[ConceptvecError], what
     return full
 
 
-def write_new(path: str | Path, data: bytes, overwrite: bool, error: type[ConceptvecError]) -> Path:
-    """Write ``data`` to ``path`` atomically: a synced temporary file, then a rename.
+def lists_every_file(folder: Path, record: str, writer: Callable[[Any], bool]) -> bool:
+    """Return whether ``folder`` is an earlier output of ours, safe to replace as a whole:
+    its JSON ``record`` file passes ``writer`` (our mark) and its ``files`` list names every
+    entry the folder holds. A file a user added since is not listed, so the folder is not
+    ours to delete. One rule for every command that replaces a folder it wrote."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    try:
+        rec = read_json(folder / record, ConceptvecError, "")
+    except ConceptvecError:
+        return False
+    if not isinstance(rec, dict) or not writer(rec):
+        return False
+    listed = rec.get("files")
+    if not isinstance(listed, list):
+        return False
+    return {p.name for p in folder.iterdir()} <= {*map(str, listed), record}
 
-    Without ``overwrite`` an existing ``path`` is refused, also one that appears while
-    writing (the file is linked into place, which fails if the name is taken). Raises
-    ``error`` with a one-line fix.
-    """
+
+def check_new(path: str | Path, overwrite: bool, error: type[ConceptvecError]) -> Path:
+    """Raise ``error`` unless :func:`write_new` may write ``path``: its folder exists, it is
+    not a folder, and it is absent or ``overwrite``. Commands that write several outputs
+    check every one of them with this before any work, so none is written and then fails."""
     path = Path(path)
     if not path.parent.is_dir():
         raise error(f"{path}: folder {path.parent} does not exist; create it first")
@@ -112,6 +128,17 @@ def write_new(path: str | Path, data: bytes, overwrite: bool, error: type[Concep
         raise error(f"{path}: is a folder; pass a file path")
     if path.exists() and not overwrite:
         raise error(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
+    return path
+
+
+def write_new(path: str | Path, data: bytes, overwrite: bool, error: type[ConceptvecError]) -> Path:
+    """Write ``data`` to ``path`` atomically: a synced temporary file, then a rename.
+
+    Without ``overwrite`` an existing ``path`` is refused, also one that appears while
+    writing (the file is linked into place, which fails if the name is taken). Raises
+    ``error`` with a one-line fix.
+    """
+    path = check_new(path, overwrite, error)
     tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies

@@ -489,3 +489,73 @@ def test_concurrent_map_is_locked(tiny_dir, tmp_path):
         store.unlock_folder(handle)
     assert build_atlas(str(tiny_dir("llama")), folder, k=3, progress=False).complete
     assert not (folder / store.LOCK).exists()
+
+
+# ============================================================ issue 25: hostile input, round 2
+SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+
+
+def _one_line_exit_2(code: int, err: str) -> None:
+    assert code == 2, err
+    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
+
+
+def _user_folder(tmp_path: Path, names: list[str]) -> tuple[Path, dict[str, bytes]]:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    for name in names:
+        (theirs / name).write_bytes(b"the user's own " + name.encode())
+    return theirs, {p.name: p.read_bytes() for p in theirs.iterdir()}
+
+
+# ----------------------------------------------------------------- 1. writes and deletes
+@pytest.mark.parametrize("overwrite", [False, True], ids=["resume", "overwrite"])
+def test_map_refuses_symlinked_shards_folder(overwrite, atlas_dir, tiny_dir, tmp_path):
+    root = _atlas_copy(atlas_dir, tmp_path)
+    names = [p.name for p in (root / "shards").iterdir()]
+    shutil.rmtree(root / "shards")
+    theirs, before = _user_folder(tmp_path, names)
+    (root / "shards").symlink_to(theirs)
+    with pytest.raises(AtlasError, match="symbolic link"):
+        build_atlas(str(tiny_dir("llama")), root, k=3, progress=False, overwrite=overwrite)
+    assert {p.name: p.read_bytes() for p in theirs.iterdir()} == before
+
+
+def test_map_refuses_symlinked_shard_file(atlas_dir, tiny_dir, tmp_path):
+    root = _atlas_copy(atlas_dir, tmp_path)
+    shard = next((root / "shards").iterdir())
+    theirs, before = _user_folder(tmp_path, [shard.name])
+    shard.unlink()
+    shard.symlink_to(theirs / shard.name)
+    with pytest.raises(AtlasError, match="symbolic link"):
+        build_atlas(str(tiny_dir("llama")), root, k=3, progress=False)
+    assert shard.is_symlink() and (theirs / shard.name).read_bytes() == before[shard.name]
+
+
+def test_lm_eval_overwrite_keeps_files_added_later(tiny_dir, tmp_path):
+    from conceptvec.plugins import PluginError, export_lm_eval
+
+    out = tmp_path / "x"
+    args = (tiny_dir("llama"), SAMPLE, "Ancient Rome", out)
+    fast = dict(sets=["completion"], max_new_tokens=2, batch_size=4)
+    export_lm_eval(*args, **fast)
+    (out / "my_notes.txt").write_text("mine")
+    with pytest.raises(PluginError, match="not ours to replace"):
+        export_lm_eval(*args, overwrite=True, **fast)
+    assert (out / "my_notes.txt").read_text() == "mine"
+    (out / "my_notes.txt").unlink()
+    export_lm_eval(*args, overwrite=True, **fast)  # an export of ours alone is replaced
+
+
+def test_eval_checks_every_output_before_work(tiny_dir, tmp_path, monkeypatch, capsys):
+    tiny = tiny_dir("llama")
+    records = [r for r in json.loads(SAMPLE.read_text()) if r["Concept"] == "Ancient Rome"]
+    concepts = tmp_path / "c.json"
+    concepts.write_text(json.dumps([{**records[0], "Layer": 1, "Dim": 3}]))
+    (tmp_path / "page").mkdir()
+    js = tmp_path / "r.json"
+    args = ["eval", str(tiny), str(tiny), "--concepts", str(concepts), "--no-qa", "--no-trace"]
+    args += ["--out", str(js), "--html", str(tmp_path / "page"), "--overwrite"]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    _one_line_exit_2(code, err)
+    assert "is a folder" in err and not js.exists()

@@ -294,6 +294,7 @@ def _prepare(
 
     The caller holds the folder's lock (:func:`store.lock_folder`).
     """
+    store.refuse_links(root)
     old_path = root / store.MANIFEST
     done: dict[str, dict] = {}
     remade: list[str] = []

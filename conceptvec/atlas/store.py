@@ -270,6 +270,23 @@ def unlock_folder(handle: Any) -> None:
     os.close(fd)
 
 
+def refuse_links(root: Path) -> None:
+    """Raise :class:`AtlasError` if anything an atlas run writes or deletes in ``root`` is a
+    symlink: the manifest, vocabulary, journals, ``shards/`` or a file inside it. Writing
+    or clearing through a link would change files outside the atlas folder, so this runs
+    before anything is written."""
+    names = [root / MANIFEST, root / VOCAB, root / SHARD_DIR, *root.glob(JOURNAL_GLOB)]
+    shards = root / SHARD_DIR
+    if shards.is_dir() and not shards.is_symlink():
+        names += list(shards.iterdir())
+    for path in names:
+        if path.is_symlink():
+            raise AtlasError(
+                f"{path} is a symbolic link; an atlas run never writes through links "
+                "(it could change files outside the atlas); remove the link or choose another --out"
+            )
+
+
 def remove_stale_temporaries(root: Path) -> list[Path]:
     """Delete the temporary files an interrupted run left (``.NAME.*.tmp`` of the manifest,
     the vocabulary and the shards) and return them; only our own name patterns are touched.

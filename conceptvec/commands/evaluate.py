@@ -75,6 +75,7 @@ def evaluate(
     from conceptvec.commands import print_json
     from conceptvec.errors import EvaluationError
     from conceptvec.evaluate import intrinsic
+    from conceptvec.files import check_new
 
     if (
         json_path is not None
@@ -83,10 +84,8 @@ def evaluate(
     ):
         raise EvaluationError(f"--out and --html are the same file ({json_path}); name two files")
     for path in (json_path, html_path):  # refuse before minutes of work, not after
-        if path is not None and path.exists() and not overwrite:
-            raise EvaluationError(f"{path} exists; pass --overwrite to replace it")
-        if path is not None and not path.parent.is_dir():
-            raise EvaluationError(f"{path}: folder {path.parent} does not exist; create it first")
+        if path is not None:
+            check_new(path, overwrite, EvaluationError)
     wanted = tuple(a.strip() for a in attacks.split(",") if a.strip())
     if no_qa and wanted:
         wanted = ()

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
-from conceptvec.files import swap_folder
+from conceptvec.files import lists_every_file, swap_folder
 from conceptvec.results import Result
 from conceptvec.version import package_version
 
@@ -335,10 +335,10 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise PluginError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
-    if not (out.is_dir() and (out / MANIFEST).is_file()):
+    if not lists_every_file(out, MANIFEST, lambda r: r.get("schema") == SCHEMA):
         raise PluginError(
-            f"{out} exists and is not a conceptvec lm-eval export (no {MANIFEST}); "
-            "it is not ours to replace: choose another --out"
+            f"{out} exists and is not a conceptvec lm-eval export, or holds files it did not "
+            f"write (its {MANIFEST} lists them); it is not ours to replace: choose another --out"
         )
 
 
@@ -351,7 +351,8 @@ def _write(out: Path, files: dict[str, str], export: LmEvalExport, overwrite: bo
     try:
         try:
             os.chmod(tmp, file_mode() | (file_mode() & 0o444) >> 2)  # as mkdir (mkdtemp: 700)
-            record = json.dumps(export.to_dict(), indent=2, ensure_ascii=False) + "\n"
+            listing = {**export.to_dict(), "files": sorted(files)}
+            record = json.dumps(listing, indent=2, ensure_ascii=False) + "\n"
             for name, text in [*files.items(), (MANIFEST, record)]:
                 with open(tmp / name, "w", encoding="utf-8") as f:
                     f.write(text)

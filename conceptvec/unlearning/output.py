@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from conceptvec.files import swap_folder
+from conceptvec.files import lists_every_file, swap_folder
 
 from .methods import UnlearningError
 
@@ -42,13 +42,9 @@ def _read_json(path: Path) -> Any:
 def is_output(folder: Path) -> bool:
     """Return whether ``folder`` is an earlier output of ours: its ``unlearning.json`` was
     written by us and lists every file the folder holds (so replacing it loses nothing)."""
-    rec = _read_json(folder / RECORD_FILE)
-    if not isinstance(rec, dict) or rec.get("written_by") != WRITER:
-        return False
-    files = rec.get("files")
-    if rec.get("schema") != SCHEMA or not isinstance(files, list):
-        return False
-    return {p.name for p in folder.iterdir()} <= {*map(str, files), RECORD_FILE}
+    return lists_every_file(
+        folder, RECORD_FILE, lambda r: r.get("written_by") == WRITER and r.get("schema") == SCHEMA
+    )
 
 
 def check_out(out: Path, overwrite: bool) -> None:
