@@ -98,6 +98,22 @@ def confined(root: str | Path, relative: Any, error: type[ConceptvecError], what
     return full
 
 
+def confine_folder(
+    folder: str | Path, root: str | Path, error: type[ConceptvecError], what: str
+) -> None:
+    """Raise ``error`` if any entry of ``folder`` is a symlink leading outside ``root``.
+
+    A model folder supplies more than weights: config.json, tokenizer files, the generation
+    config and chat templates, read by conceptvec and by transformers alike. Checking every
+    entry once, before any of them is opened, confines all of them (a Hugging Face cache
+    snapshot passes its repository as ``root``: its links point into ``blobs/``).
+    """
+    base = Path(root).resolve()
+    for entry in Path(folder).iterdir():
+        if entry.is_symlink():
+            confined(base, os.path.relpath(entry.absolute(), base), error, what)
+
+
 def lists_every_file(folder: Path, record: str, writer: Callable[[Any], bool]) -> bool:
     """Return whether ``folder`` is an earlier output of ours, safe to replace as a whole:
     its JSON ``record`` file passes ``writer`` (our mark) and its ``files`` list names every

@@ -559,3 +559,27 @@ def test_eval_checks_every_output_before_work(tiny_dir, tmp_path, monkeypatch, c
     code, out, err = run_cli(args, monkeypatch, capsys)
     _one_line_exit_2(code, err)
     assert "is a folder" in err and not js.exists()
+
+
+# -------------------------------------------------------------------------------- 2. reading
+@pytest.mark.parametrize(
+    "name",
+    [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "chat_template.jinja",
+    ],
+)
+def test_model_folder_files_symlinked_outside_refused(name, tiny_dir, tmp_path):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+    outside = tmp_path / f"elsewhere-{name}"
+    if (folder / name).exists():
+        shutil.move(folder / name, outside)
+    else:
+        outside.write_text("{{ messages[0]['content'] }}")
+    (folder / name).symlink_to(outside)
+    with pytest.raises(CorruptWeightsError, match="outside the folder"):
+        model = conceptvec.load(folder)
+        assert model.tokenizer is not None and model.hf is not None

@@ -21,7 +21,7 @@ from conceptvec.errors import (
     UnsupportedArchitectureError,
     UnsupportedModelError,
 )
-from conceptvec.files import read_json
+from conceptvec.files import confine_folder, read_json
 
 from .aliases import ALIASES, find_alias
 from .arch import dims_from_config, spec_for_model_type, text_config
@@ -156,6 +156,9 @@ def _from_folder(
     trust_remote_code: bool = False,
 ) -> Model:
     folder = Path(folder)
+    # A Hugging Face cache snapshot links its files into the repo's blobs/ folder.
+    root = folder.parent.parent if source in ("hub", "alias") else folder
+    confine_folder(folder, root, CorruptWeightsError, "copy the file into the model folder")
     config_file = folder / "config.json"
     if not config_file.exists():
         ggufs = sorted(folder.glob("*.gguf"))
@@ -174,8 +177,6 @@ def _from_folder(
         )
     model_type = (raw.get("text_config") or {}).get("model_type") or raw.get("model_type")
     spec = spec_for_model_type(str(model_type))
-    # A Hugging Face cache snapshot links its files into the repo's blobs/ folder.
-    root = folder.parent.parent if source in ("hub", "alias") else folder
     reader = SafetensorsReader(folder, root=root)
     config = JsonConfig(raw, str(folder), trust_remote_code=trust_remote_code)
     missing = [k for k in ("vocab_size",) if not hasattr(text_config(config), k)]
