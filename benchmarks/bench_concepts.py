@@ -33,7 +33,9 @@ from conceptvec.concepts.tokens import name_words
 from conceptvec.decode import project, residual_vectors
 from conceptvec.tokens import token_text
 
-SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = (
+    Path(__file__).resolve().parents[1] / "conceptvec" / "data" / "conceptvectors_dev_sample.json"
+)
 
 
 def naive_weights(model, name: str, k: int = 20) -> tuple[float, int]:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SAMPLE = ROOT / "tests" / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = ROOT / "conceptvec" / "data" / "conceptvectors_dev_sample.json"
 METHODS = ["ga", "gd", "npo", "npo-gd", "npo-kl", "simnpo", "dpo", "rmu", "needle"]
 SCOPES = ["full", "down", "layers:20-29", "vector"]
 

@@ -1,6 +1,6 @@
 """Print the markdown table of a built concepts file (``conceptvec concepts build``).
 
-    python benchmarks/concepts_table.py docs/data/smollm2_concepts_dev.json
+    python benchmarks/concepts_table.py conceptvec/data/smollm2_concepts_dev.json
 
 One row per concept: the vector the build chose, its side and tokens, the knockout that hurt
 the concept QA most (change of log p per reference-answer token on concept and unrelated QA,
@@ -13,11 +13,12 @@ from __future__ import annotations
 import json
 import sys
 
+from conceptvec.data import resolve_concepts
 from conceptvec.tokens import show
 
 
 def main(path: str) -> None:
-    records = json.loads(open(path, encoding="utf-8").read())
+    records = json.loads(resolve_concepts(path).read_text(encoding="utf-8"))
     print(
         "| concept | vector | side | top tokens | act. on concept text | mode | concept QA "
         "dlogp | unrelated QA dlogp | concept BLEU | unrelated BLEU | control pct | verdict |"
@@ -54,4 +55,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "docs/data/smollm2_concepts_dev.json")
+    main(sys.argv[1] if len(sys.argv) > 1 else "smollm2-dev")

@@ -31,7 +31,7 @@ for M in $METHODS; do
     --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer --fsdp_use_orig_params true \
     --fsdp_state_dict_type FULL_STATE_DICT \
     -m conceptvec.cli unlearn "$CK" --concept "Ancient Rome" \
-    --concepts tests/data/conceptvectors_dev_sample.json --method "$M" $EXTRA \
+    --concepts conceptvectors-dev --method "$M" $EXTRA \
     --steps "$STEPS" --batch-size "$BATCH" --max-length 512 --no-eval --json \
     --out "$OUT/ck-$M" --overwrite >"$OUT/$M.json" 2>"$OUT/$M.err"
   log "  rc=$? $(grep -E 'Elapsed|Maximum resident' "$OUT/$M.err" | tr '\n' ' ')"

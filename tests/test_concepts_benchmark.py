@@ -11,9 +11,10 @@ import pytest
 
 import conceptvec.concepts.benchmark as benchmark
 from conceptvec.concepts import ConceptEntry, TextCompletion, read_concepts, write_concepts
+from conceptvec.data import concepts_file
 from conceptvec.errors import BadConceptFileError, ConceptvecError
 
-SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = concepts_file("conceptvectors-dev")
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "data" / "conceptvectors"
 SHARED_SAMPLE = SHARED / "llama2-7b_concepts_dev.json"
 

@@ -8,13 +8,13 @@ What is asserted was observed by running the model (see docs/concepts.md for the
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
 import conceptvec as cv
 from conceptvec import qa
 from conceptvec.concepts import concept_tokens, read_concepts, search_concept, search_text_words
+from conceptvec.data import concepts_file
 
 pytestmark = [
     pytest.mark.real_model,
@@ -24,7 +24,7 @@ pytestmark = [
     ),
 ]
 
-SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = concepts_file("conceptvectors-dev")
 ROME = "L29.1518"
 
 

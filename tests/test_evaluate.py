@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conceptvec.data import concepts_file
 from conceptvec.errors import EvaluationError
 from conceptvec.evaluate import (
     TraceThresholds,
@@ -24,7 +25,7 @@ from conceptvec.evaluate.weights import column_changes, percentile_of
 from conceptvec.models import load
 from tests.conftest import run_cli
 
-SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = concepts_file("conceptvectors-dev")
 KEY = "model.layers.{}.mlp.down_proj.weight"
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from conceptvec.concepts import read_concepts
+from conceptvec.data import concepts_file
 from conceptvec.plugins import PluginError, export_lm_eval
 from conceptvec.plugins.lm_eval_export import MANIFEST
 from tests.conftest import run_cli
 
-SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = concepts_file("conceptvectors-dev")
 FAST = dict(max_new_tokens=6, batch_size=4)
 
 

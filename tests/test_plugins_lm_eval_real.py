@@ -12,11 +12,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 import conceptvec
+from conceptvec.data import concepts_file
 from conceptvec.plugins import export_lm_eval
 from conceptvec.qa import answer_logprobs
 
@@ -28,7 +28,7 @@ pytestmark = [
     ),
 ]
 
-SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = concepts_file("conceptvectors-dev")
 LIMIT = 3
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conceptvec.data import concepts_file
 from conceptvec.plugins import PluginError
 from conceptvec.plugins.open_unlearning import (
     CONFIGS,
@@ -27,7 +28,7 @@ from conceptvec.plugins.open_unlearning import (
 )
 from tests.conftest import run_cli
 
-SMOLLM2_CONCEPTS = Path(__file__).parent.parent / "docs" / "data" / "smollm2_concepts_dev.json"
+SMOLLM2_CONCEPTS = concepts_file("smollm2-dev")
 # open-unlearning's configs/eval.yaml and configs/eval/tofu.yaml, cut to their shape
 EVAL_YAML = """\
 # @package _global_

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from conceptvec.concepts import ConceptEntry, read_concepts
+from conceptvec.data import concepts_file
 from conceptvec.unlearning import METHODS, UnlearningError, unlearn
 from conceptvec.unlearning.data import IDK_ANSWERS, Example, Tokenising, _pad, chunk_text, halves
 from conceptvec.unlearning.methods import Context
 from conceptvec.unlearning.methods import UnlearningError as MethodsError
 
-SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = concepts_file("conceptvectors-dev")
 FAST = dict(max_length=48, max_new_tokens=6, batch_size=2, evaluate=False, progress=False)
 
 

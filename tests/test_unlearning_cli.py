@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
+from conceptvec.data import concepts_file
 from tests.conftest import run_cli
 
-SAMPLE = str(Path(__file__).parent / "data" / "conceptvectors_dev_sample.json")
+SAMPLE = str(concepts_file("conceptvectors-dev"))
 FAST = ["--steps", "1", "--batch-size", "2", "--max-length", "32", "--no-eval"]
 
 

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from conceptvec.data import concepts_file
 from conceptvec.unlearning import unlearn
 
-SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = concepts_file("conceptvectors-dev")
 FAST = dict(max_length=32, max_new_tokens=4, evaluate=False, progress=False)
 
 

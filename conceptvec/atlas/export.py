@@ -32,6 +32,17 @@ NEURONPEDIA_DIR = "neuronpedia"
 COLUMNS = ("layer", "index", "matrix", "pos_str", "pos_values", "neg_str", "neg_values")
 
 
+def require_pyarrow() -> None:
+    """Raise a one-line :class:`AtlasError` when pyarrow (an extra) is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("pyarrow") is None:
+        raise AtlasError(
+            "Parquet export needs pyarrow, which is not installed: pip install "
+            "'conceptvec[parquet]', or export another format (neuronpedia, html; map: --export none)"
+        )
+
+
 def _open(atlas: Atlas | str | Path) -> Atlas:
     return atlas if isinstance(atlas, Atlas) else Atlas(atlas)
 
@@ -82,8 +93,9 @@ def export_parquet(
 
     ``out`` defaults to ``atlas.parquet`` inside the atlas folder. An existing file is
     replaced only if conceptvec wrote it, and (for an explicit ``out``) only with
-    ``overwrite``; any other file is never touched.
+    ``overwrite``; any other file is never touched. Needs pyarrow (``conceptvec[parquet]``).
     """
+    require_pyarrow()
     import pyarrow.parquet as pq
 
     atlas = _open(atlas)

@@ -21,7 +21,20 @@ def _formats(text: str) -> list[str]:
     bad = [f for f in formats if f not in EXPORTS]
     if bad:
         raise AtlasError(f"unknown export {bad[0]!r}; use some of {', '.join(EXPORTS)} or none")
+    if "parquet" in formats:  # before any work: pyarrow is an extra
+        from conceptvec.atlas.export import require_pyarrow
+
+        require_pyarrow()
     return formats
+
+
+def _auto_export(text: str) -> str:
+    """Return ``text``, with ``auto`` made ``parquet`` when pyarrow is installed, else ``none``."""
+    if text.strip() != "auto":
+        return text
+    import importlib.util
+
+    return "parquet" if importlib.util.find_spec("pyarrow") is not None else "none"
 
 
 def default_out(model: str) -> Path:
@@ -93,8 +106,12 @@ def register(app: typer.Typer) -> None:
         ] = "auto",
         layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. 0-3,7.")] = None,
         export: Annotated[
-            str, typer.Option(help="Also write: parquet, neuronpedia, html (comma list) or none.")
-        ] = "parquet",
+            str,
+            typer.Option(
+                help="Also write: parquet, neuronpedia, html (comma list) or none; auto: "
+                "parquet when pyarrow (conceptvec[parquet]) is installed."
+            ),
+        ] = "auto",
         no_fold: Annotated[
             bool, typer.Option("--no-fold", help="Do not fold the final norm into W_U.")
         ] = False,
@@ -107,7 +124,7 @@ def register(app: typer.Typer) -> None:
         """Decode every MLP neuron through the LM head into a resumable atlas folder."""
         from conceptvec.atlas import build_atlas
 
-        formats = _formats(export)
+        formats = _formats(_auto_export(export))
         target = out or default_out(model)
         try:
             report = build_atlas(

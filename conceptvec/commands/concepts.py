@@ -129,7 +129,11 @@ def find(
 def build(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     source: Annotated[
-        Path, typer.Option("--from", help="A ConceptVectors JSON file (any model's).")
+        Path,
+        typer.Option(
+            "--from",
+            help="A ConceptVectors JSON file (any model's) or a packaged name: conceptvectors-dev.",
+        ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The file to write.")],
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,

@@ -20,7 +20,8 @@ def evaluate(
         Path,
         typer.Option(
             "--concepts",
-            help="ConceptVectors JSON naming the vectors in THIS model (conceptvec concepts build).",
+            help="ConceptVectors JSON naming the vectors in THIS model (conceptvec concepts build), "
+            "or a packaged name: smollm2-dev.",
         ),
     ],
     concept: Annotated[

@@ -25,7 +25,10 @@ app = typer.Typer(
 @app.command("lm-eval")
 def lm_eval(
     model: Annotated[str, typer.Argument(help=MODEL_HELP + " Its answers are the references.")],
-    concepts: Annotated[Path, typer.Option("--concepts", help="ConceptVectors JSON.")],
+    concepts: Annotated[
+        Path,
+        typer.Option("--concepts", help="ConceptVectors JSON, or a packaged name (smollm2-dev)."),
+    ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for the tasks (lm_eval --include_path).")
     ],

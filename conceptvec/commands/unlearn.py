@@ -40,7 +40,11 @@ def unlearn(
     method: Annotated[str, typer.Option("--method", help=METHOD_NAMES)],
     concepts: Annotated[
         Path | None,
-        typer.Option("--concepts", help="ConceptVectors JSON: the concept and retain concepts."),
+        typer.Option(
+            "--concepts",
+            help="ConceptVectors JSON (or a packaged name: conceptvectors-dev): the concept and "
+            "retain concepts.",
+        ),
     ] = None,
     scope: Annotated[
         str | None,

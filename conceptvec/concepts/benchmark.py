@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from conceptvec.data import packaged_names, resolve_concepts
 from conceptvec.errors import BadConceptFileError
 from conceptvec.files import write_new
 from conceptvec.results import Result
@@ -193,11 +194,13 @@ class ConceptEntry(Result):
 def read_concepts(source: str | os.PathLike[str] | list[dict[str, Any]]) -> list[ConceptEntry]:
     """Return the concepts of a ConceptVectors JSON file (or of a list of its records).
 
+    ``source`` may also name a packaged file (``"smollm2-dev"``, ``"conceptvectors-dev"``;
+    see :mod:`conceptvec.data`); a path that exists wins over a name.
     Raises :class:`~conceptvec.errors.BadConceptFileError` (one line naming the file, record,
     concept and key) for anything that is not a well-formed file of that format.
     """
     if isinstance(source, (str, os.PathLike)):
-        where, data = _name(source), _load(Path(source))
+        where, data = _name(source), _load(resolve_concepts(source))
     elif isinstance(source, list):
         where, data = "<list>", source
     elif isinstance(source, dict):
@@ -272,7 +275,8 @@ def _load(path: Path) -> Any:
         st = os.stat(path)
     except FileNotFoundError:
         raise BadConceptFileError(
-            f"{where}: does not exist; pass a ConceptVectors JSON file"
+            f"{where}: does not exist; pass a ConceptVectors JSON file or a packaged name "
+            f"({packaged_names()})"
         ) from None
     except OSError as e:
         raise BadConceptFileError(f"{where}: cannot be read ({e.strerror or e})") from None
