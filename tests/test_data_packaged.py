@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -89,10 +90,14 @@ def test_missing_pyarrow_is_one_line_before_any_work(tiny_dir, tmp_path, monkeyp
 def test_a_wheel_runs_eval_with_a_packaged_concepts_file(tmp_path):
     """Build the wheel, install it (no deps) into a venv over this environment, and run
     ``conceptvec eval ... --concepts smollm2-dev`` from a folder with no repository files."""
-    wheels = tmp_path / "wheels"
+    wheels, src = tmp_path / "wheels", tmp_path / "src"  # a copy: the build writes build/
+    skip = shutil.ignore_patterns(
+        ".git", "build", "dist", "runs", ".venv", "*.egg-info", "__pycache__", ".*"
+    )
+    shutil.copytree(ROOT, src, ignore=skip)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(wheels), str(ROOT)],
+         "-w", str(wheels), str(src)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     wheel = next(wheels.glob("conceptvec-*.whl"))

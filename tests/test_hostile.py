@@ -22,6 +22,7 @@ import torch
 import conceptvec
 from conceptvec.atlas import Atlas, build_atlas
 from conceptvec.atlas.export import export_neuronpedia, export_parquet
+from conceptvec.data import concepts_file
 from conceptvec.errors import (
     AtlasError,
     BadNeuronIdError,
@@ -492,7 +493,7 @@ def test_concurrent_map_is_locked(tiny_dir, tmp_path):
 
 
 # ============================================================ issue 25: hostile input, round 2
-SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = concepts_file("conceptvectors-dev")
 
 
 def _one_line_exit_2(code: int, err: str) -> None:
