@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from . import PLUGIN_OPTION
+
 MODEL_HELP = "The base model: alias, hub id, local folder or .gguf file."
 
 
@@ -34,9 +36,13 @@ def evaluate(
         ),
     ] = None,
     attacks: Annotated[
-        str,
-        typer.Option("--attacks", help="Comma list of recovery, quant4, relearn ('' for none)."),
-    ] = "recovery",
+        str | None,
+        typer.Option(
+            "--attacks",
+            help="Comma list of registered attacks: recovery, quant4, relearn, or a plugin's "
+            "('' for none) [recovery; none with --no-qa].",
+        ),
+    ] = None,
     no_qa: Annotated[
         bool, typer.Option("--no-qa", help="Weights (and activations) only: no QA, no attacks.")
     ] = False,
@@ -70,13 +76,17 @@ def evaluate(
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out / --html.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+    plugin: Annotated[list[str] | None, PLUGIN_OPTION] = None,
 ) -> None:
     """Did unlearning remove the concept from the weights, or hide it? Weights, activations,
     QA and recovery attacks, per concept vector, against random-neuron controls."""
     from conceptvec.commands import print_json
     from conceptvec.errors import EvaluationError
-    from conceptvec.evaluate import intrinsic
+    from conceptvec.evaluate import ATTACKS, EvalConfig, intrinsic
     from conceptvec.files import check_new
+    from conceptvec.registry import load_plugins
+
+    load_plugins(plugin or ())
 
     if (
         json_path is not None
@@ -87,14 +97,12 @@ def evaluate(
     for path in (json_path, html_path):  # refuse before minutes of work, not after
         if path is not None:
             check_new(path, overwrite, EvaluationError)
-    wanted = tuple(a.strip() for a in attacks.split(",") if a.strip())
-    if no_qa and wanted:
-        wanted = ()
-    report = intrinsic(
-        base,
-        list(unlearned),
-        concepts,
-        probes=probes,
+    wanted = ATTACKS.check([a.strip() for a in (attacks or "").split(",") if a.strip()])
+    if no_qa and wanted and attacks is not None:
+        raise EvaluationError("attacks are measured on the forget QA; drop --attacks or --no-qa")
+    if attacks is None and not no_qa:
+        wanted = ["recovery"]
+    config = EvalConfig(
         names=concept,
         qa=not no_qa,
         trace_activations=not no_trace,
@@ -108,7 +116,9 @@ def evaluate(
         relearn_steps=relearn_steps,
         relearn_lr=relearn_lr,
         seed=seed,
-        progress=not json_out,
+    )
+    report = intrinsic(
+        base, list(unlearned), concepts, config, probes=probes, progress=not json_out
     )
     if json_path is not None:
         report.write_json(json_path, overwrite=overwrite)

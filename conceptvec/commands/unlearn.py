@@ -13,8 +13,10 @@ from typing import Annotated
 
 import typer
 
+from . import PLUGIN_OPTION
+
 MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
-METHOD_NAMES = "ga|gd|npo|npo-gd|npo-kl|simnpo|dpo|rmu|needle|edit"
+METHOD_NAMES = "ga|gd|npo|npo-gd|npo-kl|simnpo|dpo|rmu|needle|edit, or one a --plugin registers"
 
 
 def _hparams(pairs: list[str] | None) -> dict:
@@ -87,10 +89,16 @@ def unlearn(
         list[str] | None, typer.Option("--set", help="Method hyperparameter KEY=VALUE.")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+    plugin: Annotated[list[str] | None, PLUGIN_OPTION] = None,
 ) -> None:
     """Unlearn a concept with a published method; write an HF checkpoint + unlearning.json."""
     from conceptvec.commands import print_json
+    from conceptvec.registry import load_plugins
+    from conceptvec.unlearning import METHODS
     from conceptvec.unlearning import unlearn as run
+
+    load_plugins(plugin or ())
+    METHODS.check([method])  # an unknown name fails here, before the model loads
 
     if out is None:
         slug = "".join(c if c.isalnum() else "-" for c in Path(concept).stem.lower()).strip("-")

@@ -5,11 +5,15 @@
   behaviour (forget QA, retain QA, text completion) and recovery attacks, for one or more
   unlearned checkpoints against one base (``conceptvec eval``);
 - :func:`score`: the same as a plain dict for other harnesses;
-- :func:`compare_weights`: the weight-level part alone, streamed from disk.
+- :func:`compare_weights`: the weight-level part alone, streamed from disk;
+- :class:`EvalConfig`: every setting in one object; :func:`register_attack` adds an attack
+  (:data:`ATTACKS`) that ``conceptvec eval --attacks NAME`` runs.
 """
 
-from .behaviour import ATTACKS, quantized
+from .attacks import ATTACKS, AttackInput, register_attack
+from .behaviour import Recovery, quantized
 from .concepts import EvalConcept, eval_concepts
+from .config import EvalConfig
 from .intrinsic import intrinsic, score
 from .report import SCHEMA, ConceptEval, EvalReport, RunEval
 from .trace import TraceThresholds
@@ -21,10 +25,13 @@ Thresholds = TraceThresholds
 __all__ = [
     "ATTACKS",
     "RECIPES",
+    "AttackInput",
     "SCHEMA",
     "ConceptEval",
     "EvalConcept",
+    "EvalConfig",
     "EvalReport",
+    "Recovery",
     "RunEval",
     "Thresholds",
     "TraceThresholds",
@@ -34,5 +41,6 @@ __all__ = [
     "eval_concepts",
     "intrinsic",
     "quantized",
+    "register_attack",
     "score",
 ]

@@ -6,7 +6,7 @@ probe reports, per model, the teacher-forced log-probability per token of those 
 (continuous, sees what greedy text hides) and the ROUGE-L / BLEU of its own greedy answers
 against them.
 
-Recovery (``attacks``):
+Recovery (the built-in attacks, registered in :mod:`.attacks`):
 
 - ``recovery``: in the unlearned model, clamp the concept vector's activation to the *base*
   model's mean activation on the concept's prompts, or put the base vector back in the
@@ -48,7 +48,6 @@ from conceptvec.qa import (
     use_chat,
 )
 
-ATTACKS = ("recovery", "quant4", "relearn")
 LOST_FLOOR = 0.01
 """Nats per token: a smaller forget-QA loss counts as nothing lost (no recovered share)."""
 

@@ -10,9 +10,11 @@ work (its references, activations and answers are computed once):
    erased / disconnected / intact;
 3. **behaviour** (:mod:`.behaviour`): forget QA, retain QA and text completion, base vs.
    unlearned, against the base's own answers;
-4. **attacks**: ``recovery`` (clamp the vector to its base activation, or put the base
-   vector back, against random same-layer controls), ``quant4`` (4-bit round trip) and
-   ``relearn`` (a few steps on unrelated text): how much of the lost forget QA comes back.
+4. **attacks** (:mod:`.attacks`, a registry): ``recovery`` (clamp the vector to its base
+   activation, or put the base vector back, against random same-layer controls),
+   ``quant4`` (4-bit round trip) and ``relearn`` (a few steps on unrelated text), and any
+   attack registered with :func:`.attacks.register_attack`: how much of the lost forget QA
+   comes back.
 
 When an unlearned checkpoint has an ``unlearning.json`` (``conceptvec unlearn``), its QA
 uses the questions held out of training, for the concept it unlearned.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,20 +34,12 @@ from conceptvec.interventions.effect import progress_bar
 from conceptvec.interventions.targets import Target, resolve
 from conceptvec.models import Model, load
 
-from .behaviour import (
-    ATTACKS,
-    ConceptProbes,
-    Recovery,
-    _recovered,
-    base_probes,
-    probe_model,
-    quantized,
-    recovery,
-    relearned,
-)
-from .concepts import EvalConcept, check_concepts, eval_concepts, unrelated_texts
+from .attacks import ATTACKS, AttackInput, run_attack
+from .behaviour import ConceptProbes, base_probes, probe_model
+from .concepts import EvalConcept, check_concepts, eval_concepts
+from .config import EvalConfig
 from .report import ConceptEval, EvalReport, RunEval
-from .trace import TraceThresholds, concept_text, label, layer_activations, trace
+from .trace import concept_text, label, layer_activations, trace
 from .weights import check_pair, compare_weights
 
 RECORD = "unlearning.json"
@@ -134,85 +128,66 @@ def intrinsic(
     base: Any,
     unlearned: Any,
     concepts: Any,
+    config: EvalConfig | Mapping[str, Any] | None = None,
     *,
     probes: Any = None,
-    names: Sequence[str] | None = None,
-    qa: bool = True,
-    trace_activations: bool = True,
-    attacks: Sequence[str] = (),
-    k: int = 200,
-    recipe: str = "raw",
-    all_jaccard: bool = False,
-    device: str = "cpu",
-    controls: int = 5,
-    max_new_tokens: int = 32,
-    max_questions: int | None = None,
-    chat: bool | None = None,
-    relearn_steps: int = 10,
-    relearn_lr: float = 2e-5,
-    thresholds: TraceThresholds | None = None,
-    seed: int = 0,
     progress: bool = False,
+    **settings: Any,
 ) -> EvalReport:
     """Return the :class:`EvalReport` of ``unlearned`` (one checkpoint or a list) against
     ``base`` on ``concepts`` (see :func:`.concepts.eval_concepts`); module doc for the steps.
 
-    ``qa=False`` skips behaviour (and the attacks, which need it); ``trace_activations=False``
-    skips the activation trace (weights only is then seconds). ``attacks`` is any of
-    ``recovery``, ``quant4``, ``relearn``. ``all_jaccard`` measures Jaccard@k for every
-    down column too (:class:`.weights.TopKOverlap`), so a concept's token change gets a
-    percentile as well.
+    ``config`` is an :class:`EvalConfig` (or its dict); ``settings`` are its fields as
+    keywords, applied on top (``qa=False`` skips behaviour and the attacks, which need it;
+    ``trace_activations=False`` skips the activation trace: weights only is then seconds;
+    ``attacks`` names registered attacks, :data:`.attacks.ATTACKS`: ``recovery``,
+    ``quant4``, ``relearn`` and any added with :func:`.attacks.register_attack`;
+    ``all_jaccard`` measures Jaccard@k of every down column too, so a concept's token
+    change gets a percentile as well). The report records the whole config.
     """
-    thresholds = thresholds or TraceThresholds()
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown:
-        raise EvaluationError(f"unknown attack {unknown[0]!r}; use {', '.join(ATTACKS)}")
-    if attacks and not qa:
+    cfg = EvalConfig.build(config, **settings)
+    attacks = ATTACKS.check(cfg.attacks)
+    if attacks and not cfg.qa:
         raise EvaluationError("attacks are measured on the forget QA; drop qa=False / --no-qa")
-    if controls < 0 or max_new_tokens < 1 or relearn_steps < 0:
+    if cfg.controls < 0 or cfg.max_new_tokens < 1 or cfg.relearn_steps < 0:
         raise EvaluationError("controls, max_new_tokens and relearn steps must be >= 0 / 1 / 0")
     sources = list(unlearned) if isinstance(unlearned, (list, tuple)) else [unlearned]
     if not sources:
         raise EvaluationError("no unlearned checkpoint given; pass at least one")
+    items = eval_concepts(concepts, probes, cfg.names)
+    for name in attacks:  # each attack refuses what it cannot use before any model loads
+        check = ATTACKS[name].check
+        if check is not None:
+            for c in items:
+                check(c, (concepts, probes), cfg)
     b = _open(base, "base")
-    items = eval_concepts(concepts, probes, names)
     check_concepts(items, b.dims.n_layers, b.dims.d_mlp, b.name)
     models = [(_open(s, "unlearned checkpoint"), _record(s)) for s in sources]
     for u, _ in models:  # every pair and input checked before minutes of work
         check_pair(b, u)
-    if qa:
+    if cfg.qa:
         empty = [c.name for c in items if not c.qa]
         if empty:
             raise EvaluationError(
                 f"{empty[0]!r} has no QA to evaluate; pass a concepts file with QA (--probes) "
                 "or --no-qa"
             )
-    relearn_text = {}
-    if "relearn" in attacks:
-        for c in items:
-            relearn_text[c.name] = unrelated_texts(concepts, probes, c.name)
-            if not relearn_text[c.name]:
-                raise EvaluationError(
-                    f"relearn needs text unrelated to {c.name!r}: other concepts' "
-                    "wikipedia_content that never names it, in the concepts file or --probes"
-                )
     held_by = {c.name: _shared_heldout([r for _, r in models], c.name) for c in items}
     names = _run_names(sources, [m for m, _ in models])
-    base_target = resolve(b) if (qa or trace_activations) else None
-    shared: dict[str, tuple[ConceptProbes | None, Any]] = {}
+    live = cfg.qa or cfg.trace_activations
+    base_target = resolve(b) if live else None
+    shared: dict[str, Any] = {}
     runs = []
-    stages = progress_bar(
-        len(models) * len(items), "evaluating concepts", progress and (qa or trace_activations)
-    )
+    stages = progress_bar(len(models) * len(items), "evaluating concepts", progress and live)
     for (u, record), run_name in zip(models, names):
         comparison = compare_weights(
             b,
             u,
             items,
-            k=k,
-            recipe=recipe,
-            all_jaccard=all_jaccard,
-            device=device,
+            k=cfg.k,
+            recipe=cfg.recipe,
+            all_jaccard=cfg.all_jaccard,
+            device=cfg.device,
             progress=progress,
         )
         target = resolve(u) if base_target is not None else None
@@ -222,36 +197,25 @@ def intrinsic(
             held, source = held_by[c.name]
             questions = f"held-out by {source}" if held else "all"
             t = None
-            if trace_activations and c.text and base_target is not None and target is not None:
+            if cfg.trace_activations and c.text and base_target is not None and target is not None:
                 texts = concept_text(c.text)
                 key = f"trace:{c.name}:{c.neuron.layer}"
                 if key not in shared:
-                    shared[key] = (None, layer_activations(base_target, texts, c.neuron.layer))
-                t = trace(shared[key][1], target, texts, c.neuron)
-            lab, why = label(vec.cosine, vec.jaccard, t, thresholds)
-            if trace_activations and not c.text and t is None and lab == "intact":
+                    shared[key] = layer_activations(base_target, texts, c.neuron.layer)
+                t = trace(shared[key], target, texts, c.neuron)
+            lab, why = label(vec.cosine, vec.jaccard, t, cfg.thresholds)
+            if cfg.trace_activations and not c.text and t is None and lab == "intact":
                 why = "weights intact; no concept text, so no activation trace"
             ev = ConceptEval(c.name, str(c.neuron), vec, lab, why, t, questions=questions)
-            if qa and base_target is not None and target is not None:
-                p = _probes(shared, base_target, c, held, max_questions, max_new_tokens, chat, seed)
+            if cfg.qa and base_target is not None and target is not None:
+                p = _probes(shared, base_target, c, held, cfg)
                 ev.base_behaviour = p.base
-                ev.behaviour = probe_model(target, p, max_new_tokens=max_new_tokens)
-                ev.recovery = _attacks(
-                    attacks,
-                    shared,
-                    base_target,
-                    u,
-                    target,
-                    c,
-                    p,
-                    ev,
-                    relearn_text.get(c.name, []),
-                    controls=controls,
-                    seed=seed,
-                    max_new_tokens=max_new_tokens,
-                    relearn_steps=relearn_steps,
-                    relearn_lr=relearn_lr,
-                )
+                ev.behaviour = probe_model(target, p, max_new_tokens=cfg.max_new_tokens)
+                inp = AttackInput(
+                    base_target, target, u, c, p, ev.behaviour["forget"].logprob, cfg,
+                    (concepts, probes), shared,
+                )  # fmt: skip
+                ev.recovery = [r for a in attacks for r in run_attack(a, inp)]
             evals.append(ev)
             stages.update(1)
         runs.append(RunEval(run_name, comparison, evals, _summary(record)))
@@ -259,38 +223,36 @@ def intrinsic(
         if u._hf_loader is not None and u is not unlearned and u not in sources:
             u._hf = None  # a checkpoint we opened: its torch model is not needed again
     stages.close()
-    settings = {
-        "k": k,
-        "recipe": recipe,
-        "all_jaccard": all_jaccard,
+    report_settings = {
+        "k": cfg.k,
+        "recipe": cfg.recipe,
+        "all_jaccard": cfg.all_jaccard,
         "decoding_head": "base",
         "change_measure": "||u - b|| / ||b||, float64",
-        "qa": qa,
-        "trace": trace_activations,
+        "qa": cfg.qa,
+        "trace": cfg.trace_activations,
         "attacks": list(attacks),
-        "controls": controls,
-        "max_new_tokens": max_new_tokens,
+        "controls": cfg.controls,
+        "max_new_tokens": cfg.max_new_tokens,
         "references": "the base model's greedy answers",
-        "relearn": {"steps": relearn_steps, "lr": relearn_lr} if "relearn" in attacks else None,
-        "quant4": {"bits": 4, "group": 64, "scheme": "symmetric absmax, round to nearest"}
-        if "quant4" in attacks
-        else None,
-        "thresholds": thresholds.__dict__,
-        "seed": seed,
+        **{name: _attack_settings(name, cfg) for name in ATTACKS if ATTACKS[name].settings},
+        "thresholds": cfg.thresholds.__dict__,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
     }
-    return EvalReport(b.name, runs, settings)
+    return EvalReport(b.name, runs, report_settings)
+
+
+def _attack_settings(name: str, cfg: EvalConfig) -> dict[str, Any] | None:
+    """Return what the report records of attack ``name`` (None when it did not run)."""
+    make = ATTACKS[name].settings
+    return make(cfg) if make is not None and name in cfg.attacks else None
 
 
 def _probes(
-    shared: dict,
-    base: Target,
-    c: EvalConcept,
-    held: dict | None,
-    max_q: int | None,
-    max_new_tokens: int,
-    chat: bool | None,
-    seed: int,
+    shared: dict, base: Target, c: EvalConcept, held: dict | None, cfg: EvalConfig
 ) -> ConceptProbes:
+    max_q, seed = cfg.max_questions, cfg.seed
     questions = list(held["qa"]) if held else list(c.qa)
     unrelated = list(held["unrelated"]) if held and held["unrelated"] else list(c.unrelated_qa)
     if max_q is not None:
@@ -304,92 +266,11 @@ def _probes(
         )
     key = json.dumps([c.name, questions, unrelated, completions])
     if key not in shared:
-        shared[key] = (
-            base_probes(
-                base, questions, unrelated, completions, max_new_tokens=max_new_tokens, chat=chat
-            ),
-            None,
-        )
-    return shared[key][0]
-
-
-def _attacks(
-    attacks: Sequence[str],
-    shared: dict,
-    base: Target,
-    u: Model,
-    target: Target,
-    c: EvalConcept,
-    p: ConceptProbes,
-    ev: ConceptEval,
-    others: list[str],
-    *,
-    controls: int,
-    seed: int,
-    max_new_tokens: int,
-    relearn_steps: int,
-    relearn_lr: float,
-) -> list[Recovery]:
-    from conceptvec.qa import answer, answer_logprobs, text_scores
-
-    out: list[Recovery] = []
-    unl_lp = ev.behaviour["forget"].logprob
-    base_lp = p.base["forget"].logprob
-    chat = p.prompting == "chat"
-
-    def score(model: Any, attack: str, detail: str) -> Recovery:
-        lps = answer_logprobs(model, p.questions, p.references, chat=chat)
-        lp = sum(lps) / len(lps)
-        ans = answer(model, p.questions, chat=chat, max_new_tokens=max_new_tokens)
-        rouge = text_scores(ans, p.references)["rouge_l"]
-        return Recovery(
-            attack,
-            lp,
-            _recovered(lp, unl_lp, base_lp),
-            detail=detail,
-            rouge_l=sum(rouge) / len(rouge),
-        )
-
-    if "recovery" in attacks:
-        out += recovery(
-            base,
-            target,
-            c.neuron,
-            p,
-            unl_lp,
-            controls=controls,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-        )
-    if "quant4" in attacks:
-        with quantized(target.hf) as n:
-            q = score(target, "quant4", f"{n} decoder matrices round-tripped through int4")
-        key = "quant4:" + json.dumps([p.questions, p.references])
-        if key not in shared:  # what 4 bits cost the base itself, once per question set
-            with quantized(base.hf):
-                lps = answer_logprobs(base, p.questions, p.references, chat=chat)
-            shared[key] = (None, sum(lps) / len(lps))
-        q.base_logprob = shared[key][1]
-        lost = q.base_logprob - unl_lp
-        q.recovered_vs_attacked_base = (q.logprob - unl_lp) / lost if lost > 0.01 else None
-        q.detail += (
-            f"; the base loses {base_lp - q.base_logprob:+.3f} nats/token to the same round trip"
-        )
-        out.append(q)
-    if "relearn" in attacks:
-        trained = relearned(
-            target.hf, u.tokenizer, others, steps=relearn_steps, lr=relearn_lr, seed=seed
-        )
-        out.append(
-            score(
-                resolve(trained, u.tokenizer),
-                "relearn",
-                f"{relearn_steps} AdamW steps (lr {relearn_lr}) on {len(others)} other concepts' "
-                "articles that never name this one",
-            )
-        )
-        del trained
-    return out
+        shared[key] = base_probes(
+            base, questions, unrelated, completions, max_new_tokens=cfg.max_new_tokens,
+            chat=cfg.chat,
+        )  # fmt: skip
+    return shared[key]
 
 
 def score(

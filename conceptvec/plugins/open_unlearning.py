@@ -47,13 +47,13 @@ def options_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     harness's."""
     import inspect
 
-    from conceptvec.evaluate import intrinsic
+    from conceptvec.evaluate import EvalConfig, intrinsic
 
     accepted = {
         name
         for name, p in inspect.signature(intrinsic).parameters.items()
         if p.kind is p.KEYWORD_ONLY
-    }
+    } | set(EvalConfig.field_names())
     unknown = sorted(set(kwargs) - accepted - HARNESS_KEYS - {"base", "concepts"})
     if unknown:
         raise PluginError(

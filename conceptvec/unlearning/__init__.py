@@ -3,11 +3,21 @@
 - :func:`unlearn` trains (or edits) a model to forget a concept and writes an HF
   checkpoint with ``unlearning.json`` (an :class:`UnlearnResult`);
 - :data:`METHODS`: ``ga``, ``gd``, ``npo``, ``npo-gd``, ``npo-kl``, ``simnpo``, ``dpo``,
-  ``rmu``, ``needle``, ``edit``, each a loss in :mod:`.methods` citing its paper;
+  ``rmu``, ``needle``, ``edit``, each a loss in :mod:`.methods` citing its paper, and any
+  method added with :func:`register_method` (a loss over a :class:`Context`);
 - :class:`UnlearningError` is what a run that cannot start or finish raises.
 """
 
 from .api import UnlearnResult, unlearn
-from .methods import METHODS, Method, UnlearningError
+from .methods import METHODS, Context, Method, UnlearningError, mean_nll, register_method
 
-__all__ = ["METHODS", "Method", "UnlearnResult", "UnlearningError", "unlearn"]
+__all__ = [
+    "METHODS",
+    "Context",
+    "Method",
+    "UnlearnResult",
+    "UnlearningError",
+    "mean_nll",
+    "register_method",
+    "unlearn",
+]

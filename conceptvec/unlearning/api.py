@@ -234,7 +234,7 @@ def unlearn(
             sets = build_sets(
                 target, entry, others, forget_file=forget_file, retain_file=retain_file,
                 forget_qa=forget_qa, holdout=holdout, seed=seed, max_length=max_length,
-                rows=rows, dpo=loss_method.name == "dpo", chat=chat, max_new_tokens=max_new_tokens,
+                rows=rows, dpo=loss_method.idk, chat=chat, max_new_tokens=max_new_tokens,
             )  # fmt: skip
             if loss_method.needs_retain(h) and not sets.retain:
                 raise UnlearningError(

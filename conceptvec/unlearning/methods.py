@@ -6,9 +6,10 @@ and then across ranks therefore gives the same number as one process on the glob
 which is what makes a multi-process run match a single-process one.
 
 A batch is a dict with ``input_ids``, ``attention_mask`` and ``labels`` (``-100`` where no
-loss is taken). :data:`METHODS` maps each CLI name to a :class:`Method`: its paper, the
-hyperparameters it accepts with their defaults, and what it needs (retain data, a frozen
-reference model, the concept vector).
+loss is taken). :data:`METHODS` (a :class:`~conceptvec.registry.Registry`) maps each CLI
+name to a :class:`Method`: its paper, the hyperparameters it accepts with their defaults,
+and what it needs (retain data, a frozen reference model, the concept vector). The
+built-ins register themselves with :func:`register_method`, as your own methods do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptvec.errors import ConceptvecError
+from conceptvec.registry import Registry
 
 
 class UnlearningError(ConceptvecError, ValueError):
@@ -273,99 +275,152 @@ class Method:
     """The hyperparameter whose non-zero value means the method needs retain data."""
     vector: bool = False
     """Needs the concept vector (a ``down`` column)."""
+    idk: bool = False
+    """Trains on "I don't know" answers too (the ``idk`` batch; DPO's preferred answers)."""
+    check: Callable[[dict[str, Any]], None] | None = None
+    """Raises :class:`UnlearningError` on hyperparameters the method cannot run with."""
 
     def needs_retain(self, hparams: dict[str, Any]) -> bool:
         """Return whether, with these hyperparameters, the method uses retain data."""
         return self.retain_key is not None and hparams.get(self.retain_key, 0) != 0
 
 
+METHODS: Registry[Method] = Registry("method", UnlearningError)
+"""Every method by its CLI name: the built-ins below and whatever :func:`register_method`
+added (``conceptvec unlearn --plugin MODULE`` imports a module that registers more)."""
+
+
+def register_method(
+    method: Method | str,
+    *,
+    paper: str = "",
+    defaults: dict[str, Any] | None = None,
+    replace: bool = False,
+    **fields: Any,
+) -> Any:
+    """Register an unlearning method; ``conceptvec unlearn --method NAME`` then runs it.
+
+    Two forms: ``register_method(Method(...))`` registers and returns it, and::
+
+        @register_method("my-ga", paper="me 2026", defaults={"scale": 1.0})
+        def my_loss(ctx: Context, batches: dict) -> Losses:
+            return {"loss": -ctx.hparams["scale"] * mean_nll(ctx.model, batches["forget"]).mean()}
+
+    registers the decorated loss under that name (``fields`` are :class:`Method`'s others:
+    ``lr``, ``scope``, ``reference``, ``retain_key``, ``vector``, ``idk``, ``check``) and
+    returns the function unchanged. A loss gets a :class:`Context` and the step's batches
+    (``forget``; ``retain`` when the method uses retain data; ``idk`` when ``idk``) and
+    returns :data:`Losses`.
+    """
+    if isinstance(method, Method):
+        return METHODS.add(method.name, method, replace=replace)
+    name = method
+
+    def wrap(loss: Callable[[Context, dict], Losses]) -> Callable[[Context, dict], Losses]:
+        doc = (loss.__doc__ or "").strip().splitlines()
+        METHODS.add(
+            name,
+            Method(name, loss, paper or (doc[0] if doc else name), dict(defaults or {}), **fields),
+            replace=replace,
+        )
+        return loss
+
+    return wrap
+
+
+def _check_needle(h: dict[str, Any]) -> None:
+    if h["base_method"] not in ("ga", "gd", "npo", "npo-gd", "simnpo"):
+        raise UnlearningError("needle: base_method must be one of ga, gd, npo, npo-gd, simnpo")
+
+
+def _check_edit(h: dict[str, Any]) -> None:
+    if h["mode"] not in ("zero", "reverse"):
+        raise UnlearningError(f"edit: mode must be zero or reverse, not {h['mode']!r}")
+
+
 _NPO = {"beta": 0.1, "forget_weight": 1.0}
-METHODS: dict[str, Method] = {
-    m.name: m
-    for m in [
-        Method("ga", ga_loss, "Jang et al. 2023 (gradient ascent)", retain_key=None),
-        Method(
-            "gd", gd_loss, "Liu et al. 2022; TOFU", {"retain_weight": 1.5, "retain_loss": "nll"}
-        ),
-        Method(
-            "npo",
-            npo_loss,
-            "Zhang et al. 2024 (NPO)",
-            {**_NPO, "retain_weight": 0.0, "retain_loss": "none"},
-            reference=True,
-        ),
-        Method(
-            "npo-gd",
-            npo_loss,
-            "Zhang et al. 2024 (NPO + GD)",
-            {**_NPO, "retain_weight": 1.0, "retain_loss": "nll"},
-            reference=True,
-        ),
-        Method(
-            "npo-kl",
-            npo_loss,
-            "Zhang et al. 2024 (NPO + KL)",
-            {**_NPO, "retain_weight": 1.0, "retain_loss": "kl"},
-            reference=True,
-        ),
-        Method(
-            "simnpo",
-            simnpo_loss,
-            "Fan et al. 2024 (SimNPO)",
-            {
-                "beta": 0.75,
-                "delta": 3.0,
-                "forget_weight": 1.0,
-                "retain_weight": 0.1,
-                "retain_loss": "nll",
-            },
-        ),
-        Method(
-            "dpo",
-            dpo_loss,
-            "Rafailov et al. 2023 (DPO); TOFU",
-            {"beta": 0.1, "retain_weight": 1.0, "retain_loss": "nll"},
-            reference=True,
-        ),
-        Method(
-            "rmu",
-            rmu_loss,
-            "Li et al. 2024 (WMDP, RMU)",
-            {"layer": None, "steering_coeff": None, "steering_scale": 2.0, "alpha": 100.0},
-            lr=5e-3,
-            scope="rmu",
-            reference=True,
-            retain_key="alpha",
-        ),
-        Method(
-            "needle",
-            None,  # set below: the loss of ``base_method``
-            "Hong et al. 2024 (ConceptVectors, Needle)",
-            {"sigma": 0.1, "base_method": "ga"},
-            lr=1e-2,
-            scope="vector",
-            retain_key=None,
-            vector=True,
-        ),
-        Method(
-            "edit",
-            None,
-            "white-box upper bound (zero or reverse the concept vector; cf. TARS)",
-            {"mode": "zero"},
-            lr=0.0,
-            scope="vector",
-            retain_key=None,
-            vector=True,
-        ),
-    ]
-}
-"""Every method by its CLI name."""
+for _m in [
+    Method("ga", ga_loss, "Jang et al. 2023 (gradient ascent)", retain_key=None),
+    Method("gd", gd_loss, "Liu et al. 2022; TOFU", {"retain_weight": 1.5, "retain_loss": "nll"}),
+    Method(
+        "npo",
+        npo_loss,
+        "Zhang et al. 2024 (NPO)",
+        {**_NPO, "retain_weight": 0.0, "retain_loss": "none"},
+        reference=True,
+    ),
+    Method(
+        "npo-gd",
+        npo_loss,
+        "Zhang et al. 2024 (NPO + GD)",
+        {**_NPO, "retain_weight": 1.0, "retain_loss": "nll"},
+        reference=True,
+    ),
+    Method(
+        "npo-kl",
+        npo_loss,
+        "Zhang et al. 2024 (NPO + KL)",
+        {**_NPO, "retain_weight": 1.0, "retain_loss": "kl"},
+        reference=True,
+    ),
+    Method(
+        "simnpo",
+        simnpo_loss,
+        "Fan et al. 2024 (SimNPO)",
+        {
+            "beta": 0.75,
+            "delta": 3.0,
+            "forget_weight": 1.0,
+            "retain_weight": 0.1,
+            "retain_loss": "nll",
+        },
+    ),
+    Method(
+        "dpo",
+        dpo_loss,
+        "Rafailov et al. 2023 (DPO); TOFU",
+        {"beta": 0.1, "retain_weight": 1.0, "retain_loss": "nll"},
+        reference=True,
+        idk=True,
+    ),
+    Method(
+        "rmu",
+        rmu_loss,
+        "Li et al. 2024 (WMDP, RMU)",
+        {"layer": None, "steering_coeff": None, "steering_scale": 2.0, "alpha": 100.0},
+        lr=5e-3,
+        scope="rmu",
+        reference=True,
+        retain_key="alpha",
+    ),
+    Method(
+        "needle",
+        None,  # trains with the loss of ``base_method``
+        "Hong et al. 2024 (ConceptVectors, Needle)",
+        {"sigma": 0.1, "base_method": "ga"},
+        lr=1e-2,
+        scope="vector",
+        retain_key=None,
+        vector=True,
+        check=_check_needle,
+    ),
+    Method(
+        "edit",
+        None,
+        "white-box upper bound (zero or reverse the concept vector; cf. TARS)",
+        {"mode": "zero"},
+        lr=0.0,
+        scope="vector",
+        retain_key=None,
+        vector=True,
+        check=_check_edit,
+    ),
+]:
+    register_method(_m)
 
 
 def method(name: str) -> Method:
-    """Return the :class:`Method` called ``name``, or raise naming the known ones."""
-    if name not in METHODS:
-        raise UnlearningError(f"unknown method {name!r}; use one of {', '.join(METHODS)}")
+    """Return the :class:`Method` called ``name``, or raise naming the registered ones."""
     return METHODS[name]
 
 
@@ -388,8 +443,6 @@ def resolve_hparams(m: Method, given: dict[str, Any]) -> dict[str, Any]:
             raise UnlearningError(f"{m.name}: {key} must be a finite number >= 0, not {v!r}")
     if h.get("retain_loss", "none") not in ("nll", "kl", "none"):
         raise UnlearningError(f"{m.name}: retain_loss must be nll, kl or none")
-    if m.name == "needle" and h["base_method"] not in ("ga", "gd", "npo", "npo-gd", "simnpo"):
-        raise UnlearningError("needle: base_method must be one of ga, gd, npo, npo-gd, simnpo")
-    if m.name == "edit" and h["mode"] not in ("zero", "reverse"):
-        raise UnlearningError(f"edit: mode must be zero or reverse, not {h['mode']!r}")
+    if m.check is not None:
+        m.check(h)
     return h

@@ -1,0 +1,212 @@
+"""Attacks that try to bring an unlearned concept back, as a registry (``--attacks NAME``).
+
+An attack is a function of one :class:`AttackInput` (the base and unlearned models, the
+concept, its probes as the base answered them, the settings) that returns one
+:class:`~.behaviour.Recovery` or a list of them; the report shows each by its ``attack``
+name. The built-ins register themselves the way yours do::
+
+    from conceptvec.evaluate import register_attack
+
+    @register_attack("noise")
+    def noise(inp):
+        with my_noise(inp.unlearned.hf):
+            return inp.score(inp.unlearned, "noise", "Gaussian noise on every weight")
+
+``conceptvec eval --plugin MODULE --attacks noise`` then runs it. ``check`` runs for each
+concept before any model is touched and raises :class:`EvaluationError` on input the
+attack cannot use; ``settings`` returns what the report records of it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from conceptvec.errors import EvaluationError
+from conceptvec.interventions.targets import Target, resolve
+from conceptvec.models import Model
+from conceptvec.registry import Registry
+
+from .behaviour import ConceptProbes, Recovery, _recovered, quantized, recovery, relearned
+from .concepts import EvalConcept, unrelated_texts
+from .config import EvalConfig
+
+
+@dataclass
+class AttackInput:
+    """What an attack gets for one (checkpoint, concept vector)."""
+
+    base: Target
+    """The base model, live."""
+    unlearned: Target
+    """The unlearned model, live (an attack that edits it restores it before returning)."""
+    checkpoint: Model
+    """The unlearned checkpoint as loaded (its tokenizer, its weights on disk)."""
+    concept: EvalConcept
+    """The concept: name, vector, QA, text."""
+    probes: ConceptProbes
+    """The probes as the base answered them: ``questions`` and ``references``."""
+    unlearned_logprob: float
+    """The unlearned model's forget-QA log p per answer token (before any attack)."""
+    config: EvalConfig
+    sources: tuple[Any, Any] = (None, None)
+    """The ``concepts`` and ``probes`` the evaluation was given (files or records)."""
+    cache: dict[str, Any] = field(default_factory=dict)
+    """Shared by every run of this evaluation (e.g. a base-model control, computed once)."""
+
+    @property
+    def base_logprob(self) -> float:
+        """The base model's forget-QA log p per answer token."""
+        return self.probes.base["forget"].logprob
+
+    @property
+    def chat(self) -> bool:
+        """Whether the QA prompts use the chat template."""
+        return self.probes.prompting == "chat"
+
+    def forget_logprob(self, model: Target) -> float:
+        """Return ``model``'s mean forget-QA log p per token of the base's answers."""
+        from conceptvec.qa import answer_logprobs
+
+        lps = answer_logprobs(model, self.probes.questions, self.probes.references, chat=self.chat)
+        return sum(lps) / len(lps)
+
+    def recovered(self, logprob: float) -> float | None:
+        """Return the share of the lost forget-QA log p that ``logprob`` brings back."""
+        return _recovered(logprob, self.unlearned_logprob, self.base_logprob)
+
+    def score(self, model: Target, attack: str, detail: str) -> Recovery:
+        """Return the :class:`Recovery` of ``model`` (the attacked one) on the forget QA:
+        log p, recovered share and ROUGE-L of its greedy answers."""
+        from conceptvec.qa import answer, text_scores
+
+        lp = self.forget_logprob(model)
+        ans = answer(
+            model, self.probes.questions, chat=self.chat, max_new_tokens=self.config.max_new_tokens
+        )
+        rouge = text_scores(ans, self.probes.references)["rouge_l"]
+        return Recovery(
+            attack, lp, self.recovered(lp), detail=detail, rouge_l=sum(rouge) / len(rouge)
+        )
+
+
+Check = Callable[[EvalConcept, tuple[Any, Any], EvalConfig], None]
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack."""
+
+    name: str
+    run: Callable[[AttackInput], Recovery | list[Recovery]]
+    check: Check | None = None
+    """Raises :class:`EvaluationError` before any work when a concept cannot be attacked."""
+    settings: Callable[[EvalConfig], dict[str, Any]] | None = None
+    """What the report's settings record of this attack."""
+
+
+ATTACKS: Registry[Attack] = Registry("attack", EvaluationError)
+"""Every attack by its ``--attacks`` name."""
+
+
+def register_attack(
+    name: str,
+    *,
+    check: Check | None = None,
+    settings: Callable[[EvalConfig], dict[str, Any]] | None = None,
+    replace: bool = False,
+) -> Callable[[Callable[[AttackInput], Any]], Callable[[AttackInput], Any]]:
+    """Register the decorated function as the attack ``name`` and return it unchanged."""
+
+    def wrap(fn: Callable[[AttackInput], Any]) -> Callable[[AttackInput], Any]:
+        ATTACKS.add(name, Attack(name, fn, check, settings), replace=replace)
+        return fn
+
+    return wrap
+
+
+def run_attack(name: str, inp: AttackInput) -> list[Recovery]:
+    """Run the attack ``name`` on ``inp``; return its results as a list."""
+    out = ATTACKS[name].run(inp)
+    results = [out] if isinstance(out, Recovery) else list(out)
+    bad = [r for r in results if not isinstance(r, Recovery)]
+    if bad:
+        raise EvaluationError(
+            f"attack {name!r} returned a {type(bad[0]).__name__}; an attack returns a Recovery "
+            "or a list of them"
+        )
+    return results
+
+
+# ------------------------------------------------------------------------------ built-ins
+@register_attack("recovery")
+def _recovery(inp: AttackInput) -> list[Recovery]:
+    """Clamp the vector to its base activation, zero it, put its base vector back; against
+    random same-layer controls (:func:`.behaviour.recovery`)."""
+    return recovery(
+        inp.base,
+        inp.unlearned,
+        inp.concept.neuron,
+        inp.probes,
+        inp.unlearned_logprob,
+        controls=inp.config.controls,
+        seed=inp.config.seed,
+        max_new_tokens=inp.config.max_new_tokens,
+    )
+
+
+@register_attack(
+    "quant4",
+    settings=lambda _c: {"bits": 4, "group": 64, "scheme": "symmetric absmax, round to nearest"},
+)
+def _quant4(inp: AttackInput) -> Recovery:
+    """Round-trip the decoder matrices through 4 bits; the base under the same round trip is
+    the control."""
+    with quantized(inp.unlearned.hf) as n:
+        q = inp.score(inp.unlearned, "quant4", f"{n} decoder matrices round-tripped through int4")
+    key = "quant4:" + json.dumps([inp.probes.questions, inp.probes.references])
+    if key not in inp.cache:  # what 4 bits cost the base itself, once per question set
+        with quantized(inp.base.hf):
+            inp.cache[key] = inp.forget_logprob(inp.base)
+    q.base_logprob = inp.cache[key]
+    lost = q.base_logprob - inp.unlearned_logprob
+    q.recovered_vs_attacked_base = (
+        (q.logprob - inp.unlearned_logprob) / lost if lost > 0.01 else None
+    )
+    q.detail += (
+        f"; the base loses {inp.base_logprob - q.base_logprob:+.3f} nats/token to the same "
+        "round trip"
+    )
+    return q
+
+
+def _check_relearn(c: EvalConcept, sources: tuple[Any, Any], _config: EvalConfig) -> None:
+    if not unrelated_texts(sources[0], sources[1], c.name):
+        raise EvaluationError(
+            f"relearn needs text unrelated to {c.name!r}: other concepts' "
+            "wikipedia_content that never names it, in the concepts file or --probes"
+        )
+
+
+@register_attack(
+    "relearn",
+    check=_check_relearn,
+    settings=lambda c: {"steps": c.relearn_steps, "lr": c.relearn_lr},
+)
+def _relearn(inp: AttackInput) -> Recovery:
+    """A few AdamW steps on other concepts' articles that never name this one."""
+    others = unrelated_texts(inp.sources[0], inp.sources[1], inp.concept.name)
+    steps, lr = inp.config.relearn_steps, inp.config.relearn_lr
+    tok = inp.checkpoint.tokenizer
+    trained = relearned(inp.unlearned.hf, tok, others, steps=steps, lr=lr, seed=inp.config.seed)
+    try:
+        return inp.score(
+            resolve(trained, tok),
+            "relearn",
+            f"{steps} AdamW steps (lr {lr}) on {len(others)} other concepts' articles that "
+            "never name this one",
+        )
+    finally:
+        del trained
