@@ -11,13 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from conceptvec.data import concepts_file
 from conceptvec.errors import EvaluationError
 from conceptvec.evaluate import ATTACKS, register_attack
 from conceptvec.registry import PluginError, Registry, load_entry_points, load_plugins
 from conceptvec.unlearning import METHODS, UnlearningError
 from tests.conftest import run_cli
 
-SAMPLE = Path(__file__).parent / "data" / "conceptvectors_dev_sample.json"
+SAMPLE = concepts_file("conceptvectors-dev")
 FAST = ["--steps", "2", "--batch-size", "2", "--max-length", "32", "--no-eval"]
 
 PLUGIN = '''
