@@ -32,6 +32,7 @@ FAMILIES = {
     "olmo": ("olmo", dict(), "bytelevel"),
     "olmo2": ("olmo2", dict(), "bytelevel"),
     "gpt2": ("gpt2", dict(n_embd=32, n_layer=3, n_head=4, n_positions=64), "bytelevel"),
+    "gpt_neox": ("gpt_neox", dict(max_position_embeddings=64), "bytelevel"),
 }
 
 

@@ -38,6 +38,8 @@ def _down(hf, layer: int) -> torch.nn.Module:
     """The module whose input is the MLP hidden activation, named by hand per family."""
     if hf.config.model_type == "gpt2":
         return hf.transformer.h[layer].mlp.c_proj
+    if hf.config.model_type == "gpt_neox":
+        return hf.gpt_neox.layers[layer].mlp.dense_4h_to_h
     return hf.model.layers[layer].mlp.down_proj
 
 

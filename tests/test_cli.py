@@ -19,7 +19,8 @@ def test_info_every_family(family, tiny_dir, monkeypatch, capsys):
     assert info["family"] == EXPECTED_FAMILY.get(family, family)
     assert info["layers"] == 3 and info["d_model"] == 32
     assert info["norm_style"] in {"rmsnorm", "rmsnorm_1p", "layernorm", "layernorm_noparam"}
-    assert info["matrices"] == (["up", "down"] if family == "gpt2" else ["up", "gate", "down"])
+    ungated = family in ("gpt2", "gpt_neox")
+    assert info["matrices"] == (["up", "down"] if ungated else ["up", "gate", "down"])
     code, text, _ = run_cli(["info", str(tiny_dir(family))], monkeypatch, capsys)
     assert code == 0 and "d_mlp" in text and "tied_embeddings" in text
 

@@ -101,20 +101,57 @@ def test_probabilities_match_model_head(family, models):
         assert t.prob == pytest.approx(float(expected[t.id]), rel=1e-4, abs=1e-7)
 
 
+def _mlp_hidden(hf, spec, layer: int, x: torch.Tensor) -> torch.Tensor:
+    """The hidden activation the model's own MLP computes for inputs ``x``: the input of its
+    down projection."""
+    block = _layer(hf, spec, layer)
+    seen = {}
+    handle = _get(block, spec.down_module).register_forward_pre_hook(
+        lambda _m, args: seen.update(h=args[0].detach())
+    )
+    try:
+        with torch.no_grad():
+            block.mlp(x)
+    finally:
+        handle.remove()
+    return seen["h"]
+
+
+def _activation(hf):
+    from transformers.activations import ACT2FN
+
+    c = hf.config
+    name = getattr(c, "hidden_activation", None) or getattr(c, "hidden_act", None)
+    return ACT2FN[name or c.activation_function]
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_input_rows_reproduce_the_models_mlp_activation(family, models):
+    """The up (and gate) rows we read give the MLP activation the model computes:
+    ``act(gate x) * (up x)``, or ``act(up x + b)`` without a gate (whatever the family's
+    layout: Phi-3's fused gate_up_proj, GPT-2's Conv1D, GPT-NeoX's dense_h_to_4h)."""
+    hf, m = models(family)
+    x = torch.randn(5, m.dims.d_model)
+    act = _activation(hf)
+    for layer in range(m.dims.n_layers):
+        up = x @ m.neurons(layer, "up").float().T
+        if m.spec.gated:
+            ours = act(x @ m.neurons(layer, "gate").float().T) * up
+        else:
+            bias = hf.state_dict()[m.weight_key("up", layer).replace(".weight", ".bias")]
+            ours = act(up + bias)
+        torch.testing.assert_close(ours, _mlp_hidden(hf, m.spec, layer, x), rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 @pytest.mark.parametrize("matrix", ["up", "gate"])
-def test_input_side_rows_come_from_the_right_module(family, matrix, models):
+def test_input_side_rows_decode_through_the_head(family, matrix, models):
     hf, m = models(family)
     if not m.spec.gated and matrix == "gate":
         with pytest.raises(conceptvec.ConceptvecError, match="not gated"):
             conceptvec.decode(m, "L0.1", matrix="gate")
         return
-    block = _layer(hf, m.spec, 0)
-    if m.spec.family == "gpt2":
-        row = block.mlp.c_fc.weight[:, 5]  # Conv1D stores [in, out]
-    else:
-        row = getattr(block.mlp, f"{matrix}_proj").weight[5]  # Linear stores [out, in]
-    torch.testing.assert_close(m.neuron_vector("L0.5", matrix).float(), row.detach().float())
+    row = m.neuron_vector("L0.5", matrix).float()  # checked against the forward pass above
     ref = _head_logits(hf, m.spec, row.detach(), drop_bias=True)
     d = conceptvec.decode(m, "L0.5", matrix=matrix, k=8)
     assert [t.id for t in d.top] == ref.topk(8).indices.tolist()

@@ -76,6 +76,9 @@ class ArchSpec:
     post_norm: bool = False
     """True when the MLP's only norm is on its output (OLMo 2/3): ``mlp_out_norm`` is then
     what TransformerLens calls ``ln2``, and folding norms into weights is not valid."""
+    renamed: dict[str, str] = field(default_factory=dict)
+    """Checkpoint key -> the key a live transformers model gives the same tensor, where they
+    differ (transformers 5 loads GPT-NeoX's ``embed_out.weight`` as ``lm_head.weight``)."""
 
     @property
     def matrices(self) -> tuple[str, ...]:
@@ -225,7 +228,29 @@ GPT2 = ArchSpec(
     eps_key="layer_norm_epsilon",
 )
 
-SPECS: tuple[ArchSpec, ...] = (LLAMA, GEMMA, OLMO, OLMO2, GPT2)
+GPT_NEOX = ArchSpec(
+    family="gpt_neox",
+    model_types=("gpt_neox",),
+    gated=False,
+    mlp={
+        "up": ("layers.{layer}.mlp.dense_h_to_4h.weight", "out_in"),
+        "down": ("layers.{layer}.mlp.dense_4h_to_h.weight", "out_in"),
+    },
+    final_norm="final_layer_norm.weight",
+    norm_style="layernorm",
+    embed="embed_in.weight",
+    unembed="embed_out.weight",
+    renamed={"embed_out.weight": "lm_head.weight"},
+    prefixes=("gpt_neox.",),
+    layers_module="gpt_neox.layers",
+    down_module="mlp.dense_4h_to_h",
+    final_norm_module="gpt_neox.final_layer_norm",
+    activation="gelu",
+    hf_architectures={"GPTNeoXForCausalLM": "gpt_neox"},
+    eps_key="layer_norm_eps",
+)
+
+SPECS: tuple[ArchSpec, ...] = (LLAMA, GEMMA, OLMO, OLMO2, GPT2, GPT_NEOX)
 
 
 def supported_model_types() -> list[str]:

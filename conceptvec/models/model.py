@@ -85,7 +85,8 @@ class Model:
         if logical in self.spec.mlp:
             return self.prefix + self.spec.mlp[logical][0].format(layer=layer)
         if logical == "unembed":
-            return self.spec.unembed
+            key = self.spec.unembed
+            return key if self.reader.has(key) else self.spec.renamed.get(key, key)
         relative = {
             "final_norm": self.spec.final_norm,
             "embed": self.spec.embed,

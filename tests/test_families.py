@@ -1,0 +1,87 @@
+"""GPT-NeoX (Pythia) beyond decoding: an atlas of a saved checkpoint folder and activation
+edits against a hand-written hook on the down projection.
+
+Decoding and activation reading of the family run in the tests every family shares
+(``test_decode_families``, ``test_activations``, ``test_atlas_twopass``, ``test_cli``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import conceptvec as cv
+from conceptvec.atlas import Atlas
+from conceptvec.interventions import logits
+
+from .conftest import build_tiny, run_cli
+
+PROMPT = "The dog chased the cat across the garden"
+
+
+def _down(hf, layer: int) -> torch.nn.Module:
+    """The module whose input is the MLP activation, named by hand (not through the spec)."""
+    if hf.config.model_type == "gpt_neox":
+        return hf.gpt_neox.layers[layer].mlp.dense_4h_to_h
+    return hf.model.layers[layer].mlp.down_proj
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cache: dict[str, tuple] = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = build_tiny(family)
+        return cache[family]
+
+    return get
+
+
+@pytest.mark.parametrize("family", ["gpt_neox"])
+def test_map_of_a_saved_folder_holds_what_decode_gives(
+    family, tiny_dir, tmp_path, monkeypatch, capsys
+):
+    folder, out = tiny_dir(family), tmp_path / "atlas"
+    code, _, err = run_cli(
+        ["map", str(folder), "-o", str(out), "-q", "-k", "5"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    model = cv.load(folder, quiet=True)
+    atlas = Atlas(out)
+    assert atlas.matrices == list(model.spec.matrices)
+    for neuron in ("L0.3", "L2.60"):
+        for matrix in model.spec.matrices:
+            want = cv.decode(model, neuron, matrix=matrix, k=5)
+            got = atlas.neuron(neuron, matrix)
+            assert [t.id for t in got.top] == [t.id for t in want.top], (neuron, matrix)
+            assert [t.id for t in got.bottom] == [t.id for t in want.bottom], (neuron, matrix)
+
+
+@pytest.mark.parametrize("family", ["gpt_neox"])
+def test_clamp_and_zero_act_as_a_hook_on_the_down_projection(family, tiny):
+    hf, tok = tiny(family)
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    base = logits(hf, ids)
+    for edit, fn in [
+        (cv.clamp("L1.3", 4.0), lambda x: x[..., 3].fill_(4.0)),
+        (cv.zero("L1.3"), lambda x: x[..., 3].zero_()),
+        (cv.clamp("L2.9", -3.0, "last"), lambda x: x[..., -1, 9].fill_(-3.0)),
+    ]:
+        layer = cv.NeuronId.parse(edit.neuron).layer
+
+        def pre(_m, args, fn=fn):
+            x = args[0].clone()
+            fn(x)
+            return (x,)
+
+        handle = _down(hf, layer).register_forward_pre_hook(pre)
+        try:
+            with torch.no_grad():
+                want = hf(ids).logits.float()
+        finally:
+            handle.remove()
+        got = logits(hf, ids, edit)
+        assert torch.allclose(got, want, atol=1e-5), str(edit)
+        assert not torch.allclose(got, base, atol=1e-4), f"{edit} changed nothing"
+    assert torch.equal(logits(hf, ids), base)
