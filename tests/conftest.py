@@ -33,6 +33,7 @@ FAMILIES = {
     "olmo2": ("olmo2", dict(), "bytelevel"),
     "gpt2": ("gpt2", dict(n_embd=32, n_layer=3, n_head=4, n_positions=64), "bytelevel"),
     "gpt_neox": ("gpt_neox", dict(max_position_embeddings=64), "bytelevel"),
+    "phi3": ("phi3", dict(num_key_value_heads=2), "bytelevel"),
 }
 
 

@@ -33,9 +33,10 @@ def test_each_spec_covers_every_table(spec):
     assert spec.hf_architectures
     wanted = set(spec.matrices) | {"final_norm", "embed", "unembed"}
     wanted |= {"mlp_out_norm"} if spec.mlp_out_norm else set()
-    if spec.gguf_architectures or spec.gguf:  # GGUF support is optional (GPT-NeoX)
+    if spec.gguf_architectures or spec.gguf:  # GGUF support is optional (GPT-NeoX, Phi-3)
         assert wanted <= set(spec.gguf), f"{spec.family}: no GGUF for {wanted - set(spec.gguf)}"
     assert set(spec.mlp) == set(spec.matrices)
+    assert set(spec.fused) <= set(spec.matrices)
     assert spec.eps_key in ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps")
 
 

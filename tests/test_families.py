@@ -1,7 +1,8 @@
-"""GPT-NeoX (Pythia) beyond decoding: an atlas of a saved checkpoint folder and activation
-edits against a hand-written hook on the down projection.
+"""GPT-NeoX (Pythia) and Phi-3 beyond decoding: an atlas of a saved checkpoint folder,
+activation edits against a hand-written hook on the down projection, and weight edits
+against the model's own forward pass (Phi-3's gate and up are halves of one matrix).
 
-Decoding and activation reading of the family run in the tests every family shares
+Decoding and activation reading of both families run in the tests every family shares
 (``test_decode_families``, ``test_activations``, ``test_atlas_twopass``, ``test_cli``).
 """
 
@@ -38,7 +39,7 @@ def tiny():
     return get
 
 
-@pytest.mark.parametrize("family", ["gpt_neox"])
+@pytest.mark.parametrize("family", ["gpt_neox", "phi3"])
 def test_map_of_a_saved_folder_holds_what_decode_gives(
     family, tiny_dir, tmp_path, monkeypatch, capsys
 ):
@@ -58,7 +59,7 @@ def test_map_of_a_saved_folder_holds_what_decode_gives(
             assert [t.id for t in got.bottom] == [t.id for t in want.bottom], (neuron, matrix)
 
 
-@pytest.mark.parametrize("family", ["gpt_neox"])
+@pytest.mark.parametrize("family", ["gpt_neox", "phi3"])
 def test_clamp_and_zero_act_as_a_hook_on_the_down_projection(family, tiny):
     hf, tok = tiny(family)
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
@@ -85,3 +86,22 @@ def test_clamp_and_zero_act_as_a_hook_on_the_down_projection(family, tiny):
         assert torch.allclose(got, want, atol=1e-5), str(edit)
         assert not torch.allclose(got, base, atol=1e-4), f"{edit} changed nothing"
     assert torch.equal(logits(hf, ids), base)
+
+
+@pytest.mark.parametrize("matrix", ["gate", "up"])
+def test_phi3_zeroing_one_half_of_gate_up_silences_that_neuron(tiny, matrix):
+    """Zeroing neuron 7's gate row (silu(0) = 0) or up row (x * 0) in the fused gate_up_proj
+    must equal zeroing its activation: only true if the row is read from the right half."""
+    hf, tok = tiny("phi3")
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    fused = hf.model.layers[1].mlp.gate_up_proj.weight
+    before = fused.detach().clone()
+    d_mlp = hf.config.intermediate_size
+    want = logits(hf, ids, cv.zero("L1.7"))
+    with cv.intervene(hf, [cv.zero_weights("L1.7", matrix=matrix)]):
+        changed = (fused.detach() != before).any(dim=1).nonzero().flatten().tolist()
+        row = 7 if matrix == "gate" else d_mlp + 7
+        assert changed == [row] and not fused[row].any()
+        got = logits(hf, ids)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(fused.detach(), before)

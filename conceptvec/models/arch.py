@@ -76,6 +76,10 @@ class ArchSpec:
     post_norm: bool = False
     """True when the MLP's only norm is on its output (OLMo 2/3): ``mlp_out_norm`` is then
     what TransformerLens calls ``ln2``, and folding norms into weights is not valid."""
+    fused: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Matrix -> ``(block, blocks)`` when its tensor stacks ``blocks`` equal matrices along the
+    neuron axis and this one is block ``block`` (Phi-3's ``gate_up_proj``: gate (0, 2), up
+    (1, 2), as its MLP's ``chunk(2)`` splits them)."""
     renamed: dict[str, str] = field(default_factory=dict)
     """Checkpoint key -> the key a live transformers model gives the same tensor, where they
     differ (transformers 5 loads GPT-NeoX's ``embed_out.weight`` as ``lm_head.weight``)."""
@@ -250,7 +254,25 @@ GPT_NEOX = ArchSpec(
     eps_key="layer_norm_eps",
 )
 
-SPECS: tuple[ArchSpec, ...] = (LLAMA, GEMMA, OLMO, OLMO2, GPT2, GPT_NEOX)
+_GATE_UP = "layers.{layer}.mlp.gate_up_proj.weight"
+
+PHI3 = ArchSpec(
+    family="phi3",
+    model_types=("phi3",),
+    gated=True,
+    mlp={
+        "up": (_GATE_UP, "out_in"),
+        "gate": (_GATE_UP, "out_in"),
+        "down": ("layers.{layer}.mlp.down_proj.weight", "out_in"),
+    },
+    fused={"gate": (0, 2), "up": (1, 2)},
+    final_norm="norm.weight",
+    norm_style="rmsnorm",
+    embed="embed_tokens.weight",
+    hf_architectures={"Phi3ForCausalLM": "phi3"},
+)
+
+SPECS: tuple[ArchSpec, ...] = (LLAMA, GEMMA, OLMO, OLMO2, GPT2, GPT_NEOX, PHI3)
 
 
 def supported_model_types() -> list[str]:

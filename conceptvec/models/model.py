@@ -158,6 +158,10 @@ class Model:
         layout = self.spec.mlp[matrix][1]
         reads = matrix != "down"
         w = w if reads == (layout == "out_in") else w.T
+        if matrix in self.spec.fused:  # one block of a stacked tensor (a view, not a copy)
+            block, blocks = self.spec.fused[matrix]
+            size = w.shape[0] // blocks
+            w = w[block * size : (block + 1) * size]
         if tuple(w.shape) != (self.dims.d_mlp, self.dims.d_model):
             raise CorruptWeightsError(
                 f"{key} has shape {tuple(w.shape)}, expected neurons x d_model = "
