@@ -74,6 +74,8 @@ class BuildReport(Result):
     rescored in float32 and proved exact; the atlas is the same)."""
     two_pass: TwoPassStats = field(default_factory=TwoPassStats)
     """Neurons the two-pass selection proved exact, and how many it redid in float32."""
+    activations: Any = None
+    """The corpus pass's :class:`~conceptvec.atlas.corpus_pass.CorpusReport` (with ``corpus``)."""
 
     def __str__(self) -> str:
         s = self.seconds
@@ -110,6 +112,8 @@ def build_atlas(
     overwrite: bool = False,
     progress: bool = True,
     precision: str = "auto",
+    corpus: Any = None,
+    corpus_options: dict[str, Any] | None = None,
 ) -> BuildReport:
     """Map ``model``'s MLP neurons into an atlas folder ``out``; return a :class:`BuildReport`.
 
@@ -119,7 +123,10 @@ def build_atlas(
     by an interrupted run with the same model and recipe is resumed; one made from another
     model or recipe is refused unless ``overwrite``. ``precision``: ``auto`` (two-pass where it
     is exact and faster: float32 on CPU), ``float32`` or ``two-pass`` (see
-    :mod:`conceptvec.atlas.twopass`); either gives the same atlas.
+    :mod:`conceptvec.atlas.twopass`); either gives the same atlas. ``corpus`` (a path, or a
+    :class:`~conceptvec.atlas.corpus.Corpus`) adds the activation part: what each neuron
+    fires on over that corpus (:func:`~conceptvec.atlas.corpus_pass.corpus_pass`, which takes
+    ``corpus_options``).
     """
     t0 = time.perf_counter()
     bound_malloc()
@@ -182,6 +189,11 @@ def build_atlas(
         report.complete = _collective(rank, world, lambda: _finish(root, items))
         _leave(joined)
         report.seconds["finish"] = time.perf_counter() - t2
+        if corpus is not None and rank == 0:
+            from .corpus_pass import corpus_pass
+
+            opts = {"progress": progress, "overwrite": overwrite, **(corpus_options or {})}
+            report.activations = corpus_pass(root, corpus, model=model, layers=layers, **opts)
         report.seconds["total"] = time.perf_counter() - t0
         return report
 

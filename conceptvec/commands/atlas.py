@@ -120,12 +120,68 @@ def register(app: typer.Typer) -> None:
         ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
         json_out: Annotated[bool, typer.Option("--json", help="Print a JSON report.")] = False,
+        corpus: Annotated[
+            str | None,
+            typer.Option(
+                help="Also record what each neuron fires on over this corpus: a text, .jsonl or "
+                ".json file, a folder of them, or datasets:NAME[:SPLIT]. MODEL may then be an "
+                "existing atlas folder."
+            ),
+        ] = None,
+        text_field: Annotated[str, typer.Option(help="JSON field holding the text.")] = "text",
+        exemplars: Annotated[
+            int, typer.Option(min=1, help="Top and bottom contexts kept per neuron.")
+        ] = 20,
+        window: Annotated[int, typer.Option(min=0, help="Context tokens on each side.")] = 8,
+        threshold: Annotated[
+            float, typer.Option(min=0.0, help="Density: share of tokens beyond +/- this value.")
+        ] = 1.0,
+        seq_len: Annotated[
+            int, typer.Option(min=2, help="Tokens per sequence the model reads (BOS included).")
+        ] = 128,
+        max_texts: Annotated[
+            int | None, typer.Option(min=1, help="Read only the corpus's first N texts.")
+        ] = None,
     ) -> None:
-        """Decode every MLP neuron through the LM head into a resumable atlas folder."""
+        """Decode every MLP neuron through the LM head into a resumable atlas folder.
+
+        With --corpus, also stream a corpus through the model and keep, per neuron, its top
+        and bottom contexts, activation density, mean, std and quantiles.
+        """
         from conceptvec.atlas import build_atlas
 
         formats = _formats(_auto_export(export))
         target = out or default_out(model)
+        corpus_kw: dict[str, Any] = {}
+        if corpus is not None:
+            from conceptvec.atlas.corpus import Corpus
+            from conceptvec.atlas.exemplars import StatsConfig
+
+            stats = StatsConfig(k=exemplars, window=window, threshold=threshold)
+            corpus_kw = dict(
+                corpus=Corpus(corpus, text_field),
+                corpus_options={"stats": stats, "max_tokens": seq_len, "max_texts": max_texts},
+            )
+            if (Path(model) / "manifest.json").is_file():  # add to an existing atlas
+                from conceptvec.atlas.corpus_pass import add_activations
+
+                if out is not None and out.resolve() != Path(model).resolve():
+                    raise AtlasError(
+                        f"{model} is an atlas folder: its activation part goes into it; drop --out"
+                    )
+                done = add_activations(
+                    Path(model),
+                    corpus_kw["corpus"],
+                    layers=parse_layers(layers),
+                    overwrite=overwrite,
+                    progress=not quiet,
+                    **corpus_kw["corpus_options"],
+                )
+                exported = [str(p) for p in run_exports(Path(model), formats)]
+                typer.echo(str(done))
+                for p in exported:
+                    typer.echo(f"export: {p}")
+                return
         try:
             report = build_atlas(
                 model,
@@ -139,6 +195,7 @@ def register(app: typer.Typer) -> None:
                 overwrite=overwrite,
                 progress=not quiet,
                 precision=precision,
+                **corpus_kw,
             )
         except KeyboardInterrupt:
             typer.echo(
@@ -167,6 +224,8 @@ def register(app: typer.Typer) -> None:
                 f"two-pass: {tp.neurons - tp.fallback} of {tp.neurons} neurons proved exact "
                 f"from bf16 scores, {tp.fallback} redone in float32"
             )
+        if report.activations is not None:
+            typer.echo(str(report.activations))
         for p in exported:
             typer.echo(f"export: {p}")
         typer.echo(f"search it: conceptvec search {target} WORD")

@@ -1,0 +1,238 @@
+"""Running per-neuron statistics of one layer's MLP activations over a corpus, vectorised.
+
+For every neuron of a layer at once (never a Python loop over neurons), :class:`LayerStats`
+keeps, from the batches it is shown:
+
+- the ``k`` highest and ``k`` lowest activations with where they were (text, position) and
+  the context the model saw there: ``window`` token ids either side of the firing token and
+  the neuron's activation on each of them;
+- the count of tokens above ``+threshold`` and below ``-threshold`` (activation density);
+- the sum and sum of squares (mean and standard deviation, accumulated in float64);
+- a uniform sample of ``sample`` token positions (reservoir sampling, the same positions for
+  every neuron and layer), from which the quantiles are estimated at the end.
+
+Selection without sorting every activation: a batch's ``[tokens, d_mlp]`` activations are cut
+into blocks of ``block`` tokens; the top-k of a column lies in the k blocks with the largest
+maxima, so one ``amax`` over blocks, a small top-k over block maxima and a top-k over the
+``k * block`` gathered candidates replace a top-k over every token. Candidates merge with the
+running lists by one top-k over ``2k`` per neuron; only the entries that enter the lists have
+their context windows gathered. Memory is ``O(d_mlp * k * window)``, flat in corpus length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
+SIDES = ("top", "bottom")
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """How much of each neuron's activations the activation atlas keeps."""
+
+    k: int = 20
+    """Top and bottom exemplars kept per neuron."""
+    window: int = 8
+    """Tokens of context kept on each side of an exemplar's firing token."""
+    threshold: float = 1.0
+    """Density counts tokens with activation above ``+threshold`` (and below ``-threshold``)."""
+    sample: int = 1024
+    """Token positions in the reservoir sample the quantiles are estimated from."""
+    quantiles: tuple[float, ...] = QUANTILES
+    block: int = 32
+    """Tokens per block in the top-k selection (a speed setting; the result is the same)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the settings as recorded in the activation manifest."""
+        return {
+            "k": self.k,
+            "window": self.window,
+            "threshold": self.threshold,
+            "sample": self.sample,
+            "quantiles": list(self.quantiles),
+        }
+
+
+@dataclass
+class Batch:
+    """One forward pass's tokens, as the statistics need them.
+
+    ``mask`` ``[rows, cols]`` marks the text tokens (no BOS, no padding); the flat
+    ``[n]`` tensors follow ``mask``'s true entries in row-major order.
+    """
+
+    ids: torch.Tensor  # [rows, cols] int64 token ids
+    mask: torch.Tensor  # [rows, cols] bool
+    text: torch.Tensor  # [n] int64: corpus text index of each token
+    pos: torch.Tensor  # [n] int64: position of the token in its text
+    row: torch.Tensor  # [n] int64
+    col: torch.Tensor  # [n] int64
+    lo: torch.Tensor  # [rows] int64: first text column of each row
+    hi: torch.Tensor  # [rows] int64: one past the last text column
+    sample_rows: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    """Flat token indices that enter the reservoir sample, in the order they enter."""
+    sample_slots: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
+    """The reservoir slot each of ``sample_rows`` goes to."""
+
+    def to(self, device: torch.device) -> Batch:
+        """Return the batch with its tensors on ``device``."""
+        names = ("ids", "mask", "text", "pos", "row", "col", "lo", "hi")
+        moved = {n: getattr(self, n).to(device) for n in names}
+        return Batch(**moved, sample_rows=self.sample_rows, sample_slots=self.sample_slots)
+
+
+class LayerStats:
+    """The running statistics of one layer's ``d_mlp`` neurons (see the module docstring)."""
+
+    def __init__(self, d_mlp: int, cfg: StatsConfig, device: torch.device | str = "cpu"):
+        self.cfg, self.d = cfg, d_mlp
+        k, w = cfg.k, 2 * cfg.window + 1
+        dev = torch.device(device)
+        self.t: dict[str, torch.Tensor] = {"n": torch.zeros((), dtype=torch.int64, device=dev)}
+        for side in SIDES:
+            fill = float("-inf") if side == "top" else float("inf")
+            self.t[f"{side}_values"] = torch.full((d_mlp, k), fill, device=dev)
+            self.t[f"{side}_text"] = torch.full((d_mlp, k), -1, dtype=torch.int64, device=dev)
+            self.t[f"{side}_pos"] = torch.full((d_mlp, k), -1, dtype=torch.int64, device=dev)
+            self.t[f"{side}_window_ids"] = torch.full(
+                (d_mlp, k, w), -1, dtype=torch.int32, device=dev
+            )
+            self.t[f"{side}_window_values"] = torch.zeros((d_mlp, k, w), device=dev)
+        for name in ("above", "below"):
+            self.t[name] = torch.zeros(d_mlp, dtype=torch.int64, device=dev)
+        for name in ("sum", "sumsq"):
+            self.t[name] = torch.zeros(d_mlp, dtype=torch.float64, device=dev)
+        self.t["sample"] = torch.zeros((cfg.sample, d_mlp), device=dev)
+
+    # ------------------------------------------------------------------ update
+    def update(self, x: torch.Tensor, batch: Batch) -> None:
+        """Fold one batch's activations ``x`` ``[rows, cols, d_mlp]`` into the statistics."""
+        x = x.detach()
+        if x.dtype != torch.float32:
+            x = x.float()
+        flat = x[batch.mask]  # [n, d]
+        n = flat.shape[0]
+        if n == 0:
+            return
+        t, thr = self.t, self.cfg.threshold
+        t["n"] += n
+        t["above"] += flat.gt(thr).sum(0, dtype=torch.int32)
+        t["below"] += flat.lt(-thr).sum(0, dtype=torch.int32)
+        t["sum"] += flat.sum(0).double()
+        t["sumsq"] += flat.square().sum(0).double()
+        if len(batch.sample_rows):
+            t["sample"][batch.sample_slots.to(flat.device)] = flat[
+                batch.sample_rows.to(flat.device)
+            ]
+        for side in SIDES:
+            self._merge(side, x, flat, batch)
+
+    def _candidates(self, flat: torch.Tensor, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(values, rows)`` ``[k', d]``: each column's k' best entries of ``flat``."""
+        n, d = flat.shape
+        k, b = self.cfg.k, self.cfg.block
+        nb = n // b
+        if nb <= k:  # too few blocks to gain anything
+            kk = min(k, n)
+            v, r = flat.topk(kk, dim=0, largest=largest)
+            return v, r
+        main = flat[: nb * b].view(nb, b, d)
+        extreme = main.amax(1) if largest else main.amin(1)  # [nb, d]
+        blocks = extreme.topk(k, dim=0, largest=largest).indices  # [k, d]
+        offs = torch.arange(b, device=flat.device).view(1, b, 1)
+        rows = (blocks.unsqueeze(1) * b + offs).reshape(k * b, d)
+        if n > nb * b:  # the tail that fills no whole block: every row is a candidate
+            tail = torch.arange(nb * b, n, device=flat.device).view(-1, 1).expand(-1, d)
+            rows = torch.cat([rows, tail])
+        vals = flat.gather(0, rows)
+        v, pick = vals.topk(k, dim=0, largest=largest)
+        return v, rows.gather(0, pick)
+
+    def _merge(self, side: str, x: torch.Tensor, flat: torch.Tensor, batch: Batch) -> None:
+        t, k = self.t, self.cfg.k
+        largest = side == "top"
+        new_v, new_r = self._candidates(flat, largest)  # [k', d]
+        old_v = t[f"{side}_values"]
+        both = torch.cat([old_v, new_v.T], dim=1)  # [d, k + k']
+        v, idx = both.topk(k, dim=1, largest=largest)
+        entered = idx >= k
+        keep = idx.clamp(max=k - 1)
+        for name in ("text", "pos", "window_ids", "window_values"):
+            cur = t[f"{side}_{name}"]
+            ix = keep if cur.dim() == 2 else keep.unsqueeze(-1).expand(-1, -1, cur.shape[2])
+            t[f"{side}_{name}"] = cur.gather(1, ix)
+        t[f"{side}_values"] = v
+        neuron, slot = entered.nonzero(as_tuple=True)
+        if not len(neuron):
+            return
+        token = new_r.T[neuron, idx[neuron, slot] - k]  # flat token index of each new entry
+        t[f"{side}_text"][neuron, slot] = batch.text[token]
+        t[f"{side}_pos"][neuron, slot] = batch.pos[token]
+        r, c = batch.row[token], batch.col[token]
+        w = self.cfg.window
+        cols = c.unsqueeze(1) + torch.arange(-w, w + 1, device=c.device)  # [m, W]
+        ok = (cols >= batch.lo[r].unsqueeze(1)) & (cols < batch.hi[r].unsqueeze(1))
+        safe = cols.clamp(0, x.shape[1] - 1)
+        rr = r.unsqueeze(1).expand_as(safe)
+        ids = torch.where(ok, batch.ids[rr, safe], -1)
+        vals = torch.where(ok, x[rr, safe, neuron.unsqueeze(1)], 0.0)
+        t[f"{side}_window_ids"][neuron, slot] = ids.to(torch.int32)
+        t[f"{side}_window_values"][neuron, slot] = vals
+
+    # ------------------------------------------------------------------ results
+    def state(self) -> dict[str, torch.Tensor]:
+        """Return the running state (to checkpoint; :meth:`load` restores it exactly)."""
+        return dict(self.t)
+
+    def load(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a state written by :meth:`state` (shapes must match)."""
+        for name, cur in self.t.items():
+            got = state[name]
+            if got.shape != cur.shape or got.dtype != cur.dtype:
+                raise ValueError(f"{name} is {got.dtype} {tuple(got.shape)}")
+            self.t[name] = got.to(cur.device).clone()
+
+    def finish(self) -> dict[str, torch.Tensor]:
+        """Return the per-neuron results: exemplars, density, mean, std and quantiles."""
+        t = self.t
+        n = max(int(t["n"]), 1)
+        out = {name: t[name].cpu() for name in t if name.split("_")[0] in SIDES}
+        mean = t["sum"] / n
+        var = (t["sumsq"] / n - mean.square()).clamp(min=0)
+        out["mean"] = mean.float().cpu()
+        out["std"] = var.sqrt().float().cpu()
+        out["density_above"] = (t["above"].double() / n).float().cpu()
+        out["density_below"] = (t["below"].double() / n).float().cpu()
+        m = min(int(t["n"]), self.cfg.sample)
+        q = torch.tensor(self.cfg.quantiles, device=t["sample"].device)
+        if m:
+            out["quantiles"] = torch.quantile(t["sample"][:m], q, dim=0).T.contiguous().cpu()
+        else:
+            out["quantiles"] = torch.full((self.d, len(q)), float("nan"))
+        return out
+
+
+def reservoir(seen: int, n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return ``(rows, slots)``: which of ``n`` new tokens enter a reservoir of ``size`` that
+    has seen ``seen`` tokens, and where (Algorithm R; the generator is seeded by ``seed``, so
+    a resumed run draws what an uninterrupted one would). A later row overwrites an earlier
+    one in the same slot, as sequential sampling does."""
+    idx = torch.arange(n, dtype=torch.long)
+    g = seen + idx  # 0-based index of each token in the stream
+    gen = torch.Generator().manual_seed(seed)
+    draw = (torch.rand(n, generator=gen, dtype=torch.float64) * (g + 1).double()).long()
+    slot = torch.where(g < size, g, draw)
+    take = slot < size
+    rows, slots = idx[take], slot[take]
+    last: dict[int, int] = {}
+    for r, s in zip(rows.tolist(), slots.tolist()):
+        last[s] = r
+    keep = sorted(last.items(), key=lambda kv: kv[1])
+    return (
+        torch.tensor([r for _, r in keep], dtype=torch.long),
+        torch.tensor([s for s, _ in keep], dtype=torch.long),
+    )

@@ -1,0 +1,244 @@
+"""The activation atlas: streamed exemplars and statistics equal a brute-force reading,
+resume after an interruption gives the same bytes, corpus sources, refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import conceptvec
+from conceptvec.activations import read_activations
+from conceptvec.atlas import build_atlas
+from conceptvec.atlas import corpus_pass as cp
+from conceptvec.atlas.corpus import Corpus
+from conceptvec.atlas.exemplars import StatsConfig
+from conceptvec.errors import AtlasError, BadTextError
+
+WORDS = "dog cat garden bird Paris France Berlin capital Harry went with and the".split()
+
+
+def texts(n: int = 30, seed: int = 0) -> list[str]:
+    """Distinct generated texts (no two tokens share a context, so no ties)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        idx = torch.randint(
+            len(WORDS), (int(torch.randint(3, 25, (1,), generator=g)),), generator=g
+        )
+        out.append(f"{i} " + " ".join(WORDS[j] for j in idx.tolist()) + ".")
+    return out
+
+
+CFG = StatsConfig(k=4, window=3, threshold=0.05, sample=100_000, block=4)
+
+
+@pytest.fixture
+def atlas_dir(tiny_dir, tmp_path):
+    out = tmp_path / "atlas"
+    build_atlas(str(tiny_dir("llama")), out, k=5, progress=False)
+    return out
+
+
+def _corpus(tmp_path: Path, items: list[str]) -> Path:
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in items) + "\n")
+    return path
+
+
+def _run(atlas_dir, corpus, **kw):
+    kw.setdefault("stats", CFG)
+    kw.setdefault("max_tokens", 12)
+    kw.setdefault("batch_tokens", 48)
+    kw.setdefault("chunk_tokens", 40)
+    return cp.add_activations(atlas_dir, str(corpus), progress=False, **kw)
+
+
+def _layer(atlas_dir: Path, layer: int) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(atlas_dir / cp.ACT_DIR / cp.layer_file(layer)))
+
+
+def test_streamed_statistics_equal_brute_force(atlas_dir, tiny_dir, tmp_path):
+    items = texts()
+    report = _run(atlas_dir, _corpus(tmp_path, items))
+    model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
+    d_mlp = model.dims.d_mlp
+    neurons = [f"L1.{i}" for i in range(d_mlp)]
+    acts = read_activations(model, items, neurons, max_tokens=12)
+    assert report.tokens == acts.n_tokens and report.texts == len(items)
+    allv = torch.cat([w.values for w in acts.windows])  # [tokens, d_mlp]
+    where = [(w.text, w.start + p) for w in acts.windows for p in range(len(w.ids))]
+    got = _layer(atlas_dir, 1)
+    for side, largest in (("top", True), ("bottom", False)):
+        ref = allv.topk(CFG.k, dim=0, largest=largest)
+        assert torch.allclose(got[f"{side}_values"], ref.values.T, atol=1e-5)
+        for j in range(0, d_mlp, 7):
+            for s in range(CFG.k):
+                t, p = where[int(ref.indices[s, j])]
+                assert (int(got[f"{side}_text"][j, s]), int(got[f"{side}_pos"][j, s])) == (t, p)
+                ids = acts.windows[0].ids  # the window's centre token is the firing token
+                center = int(got[f"{side}_window_ids"][j, s, CFG.window])
+                text_ids = [i for w in acts.windows if w.text == t for i in w.ids]
+                assert center == text_ids[p] and ids is not None
+                vals = got[f"{side}_window_values"][j, s]
+                assert abs(float(vals[CFG.window]) - float(got[f"{side}_values"][j, s])) < 1e-5
+    assert torch.allclose(got["mean"], allv.double().mean(0).float(), atol=1e-5)
+    assert torch.allclose(got["std"], allv.double().std(0, unbiased=False).float(), atol=1e-4)
+    assert torch.allclose(got["density_above"], (allv > CFG.threshold).float().mean(0))
+    assert torch.allclose(got["density_below"], (allv < -CFG.threshold).float().mean(0))
+    q = torch.quantile(allv, torch.tensor(CFG.quantiles), dim=0).T
+    assert torch.allclose(got["quantiles"], q, atol=1e-5)  # the sample holds every token
+
+
+def test_windows_stay_inside_the_sequence(atlas_dir, tmp_path):
+    _run(atlas_dir, _corpus(tmp_path, texts()))
+    got = _layer(atlas_dir, 0)
+    ids, pos = got["top_window_ids"], got["top_pos"]
+    w = CFG.window
+    left_missing = (ids[:, :, :w] == -1).sum(-1)
+    # a token at text position p < window has at most p tokens of left context
+    assert bool((left_missing >= (w - pos).clamp(min=0)).all())
+
+
+def test_resume_after_interruption_gives_the_same_bytes(atlas_dir, tmp_path, monkeypatch):
+    corpus = _corpus(tmp_path, texts(40))
+    _run(atlas_dir, corpus)
+    want = {p.name: p.read_bytes() for p in (atlas_dir / cp.ACT_DIR).glob("L*.safetensors")}
+    cp._clear(atlas_dir / cp.ACT_DIR)
+    monkeypatch.setattr(cp, "CHECKPOINT_SECONDS", 0.0)
+    calls = {"n": 0}
+    real = cp._Pass.chunk
+
+    def stop_third(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(cp._Pass, "chunk", stop_third)
+    with pytest.raises(KeyboardInterrupt):
+        _run(atlas_dir, corpus)
+    manifest = json.loads((atlas_dir / cp.ACT_DIR / "manifest.json").read_text())
+    assert not manifest["complete"] and manifest["progress"]["tokens"] > 0
+    assert (atlas_dir / cp.ACT_DIR / cp.STATE).exists()
+    monkeypatch.setattr(cp._Pass, "chunk", real)
+    report = _run(atlas_dir, corpus)
+    assert report.resumed_from_tokens == manifest["progress"]["tokens"]
+    got = {p.name: p.read_bytes() for p in (atlas_dir / cp.ACT_DIR).glob("L*.safetensors")}
+    assert got == want
+    assert not (atlas_dir / cp.ACT_DIR / cp.STATE).exists()
+    again = _run(atlas_dir, corpus)  # finished: checked by hash, nothing run
+    assert again.reused and again.sha256 == report.sha256
+
+
+def test_a_changed_corpus_is_refused_on_resume_and_on_reuse(atlas_dir, tmp_path, monkeypatch):
+    corpus = _corpus(tmp_path, texts(40))
+    monkeypatch.setattr(cp, "CHECKPOINT_SECONDS", 0.0)
+    real = cp._Pass.chunk
+    calls = {"n": 0}
+
+    def stop_second(self, *a):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(cp._Pass, "chunk", stop_second)
+    with pytest.raises(KeyboardInterrupt):
+        _run(atlas_dir, corpus)
+    monkeypatch.setattr(cp._Pass, "chunk", real)
+    _corpus(tmp_path, ["changed " + t for t in texts(40)])
+    with pytest.raises(AtlasError, match="corpus changed"):
+        _run(atlas_dir, corpus)
+    _run(atlas_dir, corpus, overwrite=True)
+    _corpus(tmp_path, texts(40))
+    with pytest.raises(AtlasError, match="another corpus"):
+        _run(atlas_dir, corpus)
+    with pytest.raises(AtlasError, match="settings differs"):
+        _run(atlas_dir, corpus, max_tokens=10)
+
+
+def test_damaged_checkpoint_is_refused(atlas_dir, tmp_path, monkeypatch):
+    corpus = _corpus(tmp_path, texts(40))
+    monkeypatch.setattr(cp, "CHECKPOINT_SECONDS", 0.0)
+    real = cp._Pass.chunk
+
+    def stop(self, *a):
+        if self.stats[0].t["n"] > 0:
+            raise KeyboardInterrupt
+        return real(self, *a)
+
+    monkeypatch.setattr(cp._Pass, "chunk", stop)
+    with pytest.raises(KeyboardInterrupt):
+        _run(atlas_dir, corpus)
+    monkeypatch.setattr(cp._Pass, "chunk", real)
+    state = atlas_dir / cp.ACT_DIR / cp.STATE
+    state.write_bytes(state.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(AtlasError, match="damaged"):
+        _run(atlas_dir, corpus)
+
+
+def test_corpus_sources(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("First para.\n\nSecond para.\n")
+    (tmp_path / "d" / "b.jsonl").write_text('{"body": "third"}\n\n"fourth"\n')
+    (tmp_path / "d" / "c.json").write_text('[{"body": "fifth"}, "sixth"]')
+    (tmp_path / "d" / "skip.bin").write_bytes(b"\xff")
+    got = list(Corpus(str(tmp_path / "d"), text_field="body").texts())
+    assert got == ["First para.", "Second para.", "third", "fourth", "fifth", "sixth"]
+    with pytest.raises(BadTextError, match="--text-field"):
+        list(Corpus(str(tmp_path / "d" / "b.jsonl")).texts())
+    with pytest.raises(BadTextError, match="neither a file nor a folder"):
+        list(Corpus(str(tmp_path / "missing")).texts())
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(BadTextError, match="not valid JSON"):
+        list(Corpus(str(tmp_path / "bad.jsonl")).texts())
+
+
+def test_missing_datasets_package_is_one_line(monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_datasets(name, *a, **kw):
+        if name == "datasets":
+            raise ImportError(name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(BadTextError, match="needs the datasets package"):
+        list(Corpus("datasets:wikitext").texts())
+
+
+def test_cli_map_with_corpus_and_on_an_existing_atlas(tiny_dir, tmp_path, monkeypatch, capsys):
+    from .conftest import run_cli
+
+    corpus = _corpus(tmp_path, texts(12))
+    out = tmp_path / "a"
+    args = ["map", str(tiny_dir("llama")), "-o", str(out), "-k", "5", "-q", "--export", "none"]
+    code, stdout, err = run_cli(
+        [*args, "--corpus", str(corpus), "--seq-len", "12"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    assert "activations:" in stdout and (out / cp.ACT_DIR / "L002.safetensors").exists()
+    other = tmp_path / "b"
+    code, _, err = run_cli(
+        args[:3] + [str(other), "-k", "5", "-q", "--export", "none"], monkeypatch, capsys
+    )
+    assert code == 0 and not (other / cp.ACT_DIR).exists()
+    code, stdout, err = run_cli(
+        ["map", str(other), "--corpus", str(corpus), "--layers", "1", "-q", "--export", "none"],
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0, err
+    assert (other / cp.ACT_DIR / "L001.safetensors").exists()
+    assert not (other / cp.ACT_DIR / "L002.safetensors").exists()
+    code, _, err = run_cli(
+        ["map", str(other), "--corpus", str(tmp_path / "nope.txt")], monkeypatch, capsys
+    )
+    assert code == 2 and "neither a file nor a folder" in err and "Traceback" not in err
