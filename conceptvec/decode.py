@@ -116,12 +116,15 @@ class Decoding(Result):
         )
 
 
-def residual_vectors(model: Model, layer: int, matrix: str, fold_norm: bool = True) -> torch.Tensor:
-    """Return ``[d_mlp, d_model]`` float32: every neuron of a layer as a residual-space vector.
+def residual_vectors(
+    model: Model, layer: int, matrix: str, fold_norm: bool = True, expert: int | None = None
+) -> torch.Tensor:
+    """Return ``[d_mlp, d_model]`` float32: every neuron of a layer (of one ``expert`` in a
+    mixture-of-experts model) as a residual-space vector.
 
     For ``down`` with ``fold_norm``, the post-MLP norm gain (Gemma 2/3, OLMo 2) is applied.
     """
-    w = model.neurons(layer, matrix).float()
+    w = model.neurons(layer, matrix, expert=expert).float()
     if fold_norm and matrix == "down":
         g = model.mlp_out_gain(layer)
         if g is not None:
@@ -291,12 +294,12 @@ def decode(
         neurons = [NeuronId.parse(n) for n in what]
     matrix = check_matrix(matrix, m.spec.gated)
     for n in neurons:
-        n.check(m.dims.n_layers, m.dims.d_mlp)
+        m.dims.check(n)
     rows: dict[NeuronId, torch.Tensor] = {}
-    for layer in sorted({n.layer for n in neurons}):  # each layer's matrix is read once
-        layer_vectors = residual_vectors(m, layer, matrix, fold_norm)
+    for layer, expert in {(n.layer, n.expert) for n in neurons}:  # each matrix is read once
+        layer_vectors = residual_vectors(m, layer, matrix, fold_norm, expert)
         for n in neurons:
-            if n.layer == layer:
+            if (n.layer, n.expert) == (layer, expert):
                 rows[n] = layer_vectors[n.index]
     vectors = torch.stack([rows[n] for n in neurons])
     out = _decode_vectors(m, vectors, neurons, matrix, k, fold_norm, probs)

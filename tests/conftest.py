@@ -36,6 +36,12 @@ FAMILIES = {
     "phi3": ("phi3", dict(num_key_value_heads=2), "bytelevel"),
 }
 
+# Mixture-of-experts families: neuron ids name an expert (L1.E2.7), so the dense family
+# tests do not apply; tests/test_moe.py checks them against the model's own experts.
+MOE_FAMILIES = {
+    "olmoe": ("olmoe", dict(num_experts=4, num_experts_per_tok=2), "bytelevel"),
+}
+
 
 def make_tokenizer(kind: str, corpus: list[str] | None = None):
     """Return a PreTrainedTokenizerFast trained on ``corpus`` (default CORPUS; byte-level BPE
@@ -76,7 +82,7 @@ def build_tiny(family: str, seed: int = 0, corpus: list[str] | None = None):
     trained on ``corpus`` (default CORPUS)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_type, extra, tok_kind = FAMILIES[family]
+    model_type, extra, tok_kind = {**FAMILIES, **MOE_FAMILIES}[family]
     tok = make_tokenizer(tok_kind, corpus)
     kw = {**COMMON, **extra, "vocab_size": len(tok)}
     if model_type == "gpt2":

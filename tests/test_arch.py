@@ -20,7 +20,7 @@ import conceptvec
 from conceptvec.models import arch
 from conceptvec.models.readers import GGUFWeightReader
 
-from .conftest import FAMILIES, build_tiny
+from .conftest import FAMILIES, MOE_FAMILIES, build_tiny
 from .tiny_gguf import write_tiny_gguf
 
 
@@ -47,7 +47,8 @@ def test_no_name_means_two_families():
 
 
 def test_every_family_has_a_tiny_test_model_and_every_tiny_model_a_spec():
-    tested = {arch.spec_for_model_type(model_type).family for model_type, _, _ in FAMILIES.values()}
+    tiny = {**FAMILIES, **MOE_FAMILIES}.values()
+    tested = {arch.spec_for_model_type(model_type).family for model_type, _, _ in tiny}
     assert tested == {spec.family for spec in arch.SPECS}
 
 

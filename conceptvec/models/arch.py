@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from conceptvec.errors import CorruptWeightsError, UnsupportedArchitectureError
+from conceptvec.neurons import NeuronId
 
 NormStyle = Literal["rmsnorm", "rmsnorm_1p", "layernorm", "layernorm_noparam"]
 Layout = Literal["out_in", "in_out"]
@@ -54,7 +55,8 @@ class ArchSpec:
     """Attribute path of the decoder layer list in the loaded HF model."""
     down_module: str = "mlp.down_proj"
     """Attribute path (within one layer) of the module whose input is the MLP hidden
-    activation: where activation hooks go."""
+    activation: where activation hooks go (in a mixture-of-experts model, the experts module
+    whose output per-expert edits correct)."""
     final_norm_module: str = "model.norm"
     """Attribute path of the final norm module in the loaded HF model."""
     activation: str = "silu"
@@ -80,6 +82,15 @@ class ArchSpec:
     """Matrix -> ``(block, blocks)`` when its tensor stacks ``blocks`` equal matrices along the
     neuron axis and this one is block ``block`` (Phi-3's ``gate_up_proj``: gate (0, 2), up
     (1, 2), as its MLP's ``chunk(2)`` splits them)."""
+    experts_key: str | None = None
+    """Mixture-of-experts models: the config field holding the experts per layer (every layer
+    sparse); each expert has its own ``up, gate, down`` and ``mlp`` keys hold ``{expert}``.
+    None for a dense model."""
+    stacked: dict[str, tuple[str, int, int]] = field(default_factory=dict)
+    """Mixture-of-experts models: matrix -> ``(key, block, blocks)`` of the one parameter
+    ``[experts, out, in]`` where a live transformers 5 model keeps every expert's matrix
+    (``blocks`` stacked along ``out``, as in ``fused``), when the reader has no per-expert
+    key (transformers writes per-expert keys on save)."""
     renamed: dict[str, str] = field(default_factory=dict)
     """Checkpoint key -> the key a live transformers model gives the same tensor, where they
     differ (transformers 5 loads GPT-NeoX's ``embed_out.weight`` as ``lm_head.weight``)."""
@@ -88,6 +99,11 @@ class ArchSpec:
     def matrices(self) -> tuple[str, ...]:
         """The MLP matrices a neuron has in this family: ``up, gate, down`` or ``up, down``."""
         return ("up", "gate", "down") if self.gated else ("up", "down")
+
+    @property
+    def moe(self) -> bool:
+        """True for a mixture-of-experts family: neurons are per expert (``L3.E5.123``)."""
+        return self.experts_key is not None
 
     @property
     def gain_offset(self) -> float:
@@ -272,7 +288,32 @@ PHI3 = ArchSpec(
     hf_architectures={"Phi3ForCausalLM": "phi3"},
 )
 
-SPECS: tuple[ArchSpec, ...] = (LLAMA, GEMMA, OLMO, OLMO2, GPT2, GPT_NEOX, PHI3)
+_EXPERT = "layers.{layer}.mlp.experts.{expert}."
+_EXPERTS = "layers.{layer}.mlp.experts."
+
+OLMOE = ArchSpec(
+    family="olmoe",
+    model_types=("olmoe",),
+    gated=True,
+    mlp={
+        "up": (_EXPERT + "up_proj.weight", "out_in"),
+        "gate": (_EXPERT + "gate_proj.weight", "out_in"),
+        "down": (_EXPERT + "down_proj.weight", "out_in"),
+    },
+    experts_key="num_experts",
+    stacked={
+        "gate": (_EXPERTS + "gate_up_proj", 0, 2),
+        "up": (_EXPERTS + "gate_up_proj", 1, 2),
+        "down": (_EXPERTS + "down_proj", 0, 1),
+    },
+    down_module="mlp.experts",
+    final_norm="norm.weight",
+    norm_style="rmsnorm",
+    embed="embed_tokens.weight",
+    hf_architectures={"OlmoeForCausalLM": "olmoe"},
+)
+
+SPECS: tuple[ArchSpec, ...] = (LLAMA, GEMMA, OLMO, OLMO2, GPT2, GPT_NEOX, PHI3, OLMOE)
 
 
 def supported_model_types() -> list[str]:
@@ -325,10 +366,12 @@ class Dims:
     vocab: int
     tied: bool
     logit_softcap: float | None = None
+    n_experts: int = 0
+    """Experts per layer of a mixture-of-experts model (``d_mlp`` is per expert); 0 if dense."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the dims as a plain dict."""
-        return {
+        """Return the dims as a plain dict (``n_experts`` only for a mixture of experts)."""
+        out = {
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "d_mlp": self.d_mlp,
@@ -336,6 +379,11 @@ class Dims:
             "tied": self.tied,
             "logit_softcap": self.logit_softcap,
         }
+        return {**out, "n_experts": self.n_experts} if self.n_experts else out
+
+    def check(self, neuron: Any) -> NeuronId:
+        """Return ``neuron`` parsed, or raise naming the valid layers, indices and experts."""
+        return NeuronId.parse(neuron).check(self.n_layers, self.d_mlp, self.n_experts)
 
 
 def text_config(config: Any) -> Any:
@@ -371,8 +419,9 @@ def _size(c: Any, names: tuple[str, ...], default: int | None = None) -> int:
     return value
 
 
-def dims_from_config(config: Any) -> Dims:
-    """Return the Dims an HF config describes (GPT-2's ``n_inner`` defaults to 4 d_model).
+def dims_from_config(config: Any, experts_key: str | None = None) -> Dims:
+    """Return the Dims an HF config describes (GPT-2's ``n_inner`` defaults to 4 d_model;
+    ``experts_key``: the field holding a mixture of experts' experts per layer).
 
     Every size must be a positive whole number; anything else raises CorruptWeightsError.
     The sizes are checked against the weights by :class:`conceptvec.models.Model`.
@@ -401,4 +450,5 @@ def dims_from_config(config: Any) -> Dims:
         vocab=vocab,
         tied=bool(tied),
         logit_softcap=softcap,
+        n_experts=_size(c, (experts_key,)) if experts_key else 0,
     )

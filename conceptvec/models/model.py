@@ -69,9 +69,10 @@ class Model:
 
     # ------------------------------------------------------------------ layout
     def _find_prefix(self) -> str:
-        probe = self.spec.mlp["down"][0].format(layer=0)
+        probe = self.spec.mlp["down"][0].format(layer=0, expert=0)
+        stacked = self.spec.stacked.get("down", ("\0",))[0].format(layer=0)
         for prefix in self.spec.prefixes:
-            if self.reader.has(prefix + probe):
+            if self.reader.has(prefix + probe) or self.reader.has(prefix + stacked):
                 return prefix
         raise NoWeightsError(
             f"{self.location} has no MLP weights where a {self.spec.family} checkpoint keeps "
@@ -79,11 +80,11 @@ class Model:
             "is this a complete causal-LM checkpoint?"
         )
 
-    def weight_key(self, logical: str, layer: int | None = None) -> str:
+    def weight_key(self, logical: str, layer: int | None = None, expert: int | None = None) -> str:
         """Return the HF state-dict name of a logical weight (``up``, ``final_norm``, ...):
         what every reader presents it as ("" for a norm the family does not have)."""
         if logical in self.spec.mlp:
-            return self.prefix + self.spec.mlp[logical][0].format(layer=layer)
+            return self.prefix + self.spec.mlp[logical][0].format(layer=layer, expert=expert)
         if logical == "unembed":
             key = self.spec.unembed
             return key if self.reader.has(key) else self.spec.renamed.get(key, key)
@@ -101,8 +102,19 @@ class Model:
             return self.reader.tied
         return dims_from_config(self.config).tied
 
+    def _mlp_place(
+        self, matrix: str, layer: int, expert: int | None
+    ) -> tuple[str, int | None, str, tuple[int, int] | None]:
+        """Return ``(key, index into its experts axis or None, layout, (block, blocks) or None)``
+        of one matrix: its own key, or a live mixture-of-experts model's stacked parameter."""
+        key = self.weight_key(matrix, layer, expert)
+        if matrix in self.spec.stacked and not self.reader.has(key):
+            relative, block, blocks = self.spec.stacked[matrix]
+            return self.prefix + relative.format(layer=layer), expert, "out_in", (block, blocks)
+        return key, None, self.spec.mlp[matrix][1], self.spec.fused.get(matrix)
+
     def _read_dims(self) -> Dims:
-        dims = dims_from_config(self.config)
+        dims = dims_from_config(self.config, self.spec.experts_key)
         tied = self._is_tied()
         self._head_key = self.weight_key("embed") if tied else self.weight_key("unembed")
         if not self.reader.has(self._head_key):
@@ -118,20 +130,35 @@ class Model:
             )
         self._check_layers(dims)
         return Dims(
-            dims.n_layers, dims.d_model, dims.d_mlp, int(head_shape[0]), tied, dims.logit_softcap
+            dims.n_layers,
+            dims.d_model,
+            dims.d_mlp,
+            int(head_shape[0]),
+            tied,
+            dims.logit_softcap,
+            dims.n_experts,
         )
 
     def _check_layers(self, dims: Dims) -> None:
         """Raise unless the first and last layer the config declares hold MLP weights of the
         declared size (so a config that claims 10^8 layers or neurons allocates nothing)."""
+        last = dims.n_experts - 1 if dims.n_experts else None
         for layer in sorted({0, dims.n_layers - 1}):
-            key = self.weight_key("down", layer)
+            key, stack, _, _ = self._mlp_place("down", layer, last)
             if not self.reader.has(key):
                 raise CorruptWeightsError(
-                    f"{self.location}: the config says {dims.n_layers} layers but there is no "
-                    f"{key}; the config and weights do not belong together"
+                    f"{self.location}: the config says {dims.n_layers} layers"
+                    f"{f' of {dims.n_experts} experts' if dims.n_experts else ''} but there is "
+                    f"no {key}; the config and weights do not belong together"
                 )
             shape = tuple(self.reader.shape(key))
+            if stack is not None:  # [experts, d_model, d_mlp]
+                if len(shape) != 3 or shape[0] != dims.n_experts:
+                    raise CorruptWeightsError(
+                        f"{self.location}: {key} has shape {shape} but the config says "
+                        f"{dims.n_experts} experts; the config and weights disagree"
+                    )
+                shape = shape[1:]
             if sorted(shape) != sorted((dims.d_mlp, dims.d_model)):
                 raise CorruptWeightsError(
                     f"{self.location}: {key} has shape {shape} but the config says d_mlp="
@@ -139,8 +166,11 @@ class Model:
                 )
 
     # ----------------------------------------------------------------- weights
-    def neurons(self, layer: int, matrix: str, pin_memory: bool = False) -> torch.Tensor:
-        """Return ``[d_mlp, d_model]``: row i is neuron i's vector in ``matrix`` of ``layer``.
+    def neurons(
+        self, layer: int, matrix: str, pin_memory: bool = False, expert: int | None = None
+    ) -> torch.Tensor:
+        """Return ``[d_mlp, d_model]``: row i is neuron i's vector in ``matrix`` of ``layer``
+        (of ``expert`` in a mixture-of-experts model, which needs one).
 
         ``up``/``gate`` rows are what a neuron reads from the residual stream; ``down``
         columns (returned here as rows) are what it writes. Values are as stored (dtype);
@@ -148,18 +178,19 @@ class Model:
         to a GPU) where the reader can read straight into it.
         """
         matrix = check_matrix(matrix, self.spec.gated)
-        NeuronId(layer, 0).check(self.dims.n_layers, self.dims.d_mlp)
-        key = self.weight_key(matrix, layer)
+        self.dims.check(NeuronId(layer, 0, expert))
+        key, stack, layout, part = self._mlp_place(matrix, layer, expert)
         if not self.reader.has(key):
             raise NoWeightsError(
                 f"{self.location} has no tensor {key}; the checkpoint is incomplete"
             )
         w = self.reader.get(key, pin_memory=True) if pin_memory else self.reader.get(key)
-        layout = self.spec.mlp[matrix][1]
+        if stack is not None:
+            w = w[stack]
         reads = matrix != "down"
         w = w if reads == (layout == "out_in") else w.T
-        if matrix in self.spec.fused:  # one block of a stacked tensor (a view, not a copy)
-            block, blocks = self.spec.fused[matrix]
+        if part is not None:  # one block of a stacked tensor (a view, not a copy)
+            block, blocks = part
             size = w.shape[0] // blocks
             w = w[block * size : (block + 1) * size]
         if tuple(w.shape) != (self.dims.d_mlp, self.dims.d_model):
@@ -171,8 +202,8 @@ class Model:
 
     def neuron_vector(self, neuron: NeuronId | str, matrix: str = "down") -> torch.Tensor:
         """Return ``[d_model]``: one neuron's vector (a down column or an up/gate row)."""
-        n = NeuronId.parse(neuron).check(self.dims.n_layers, self.dims.d_mlp)
-        return self.neurons(n.layer, matrix)[n.index]
+        n = self.dims.check(neuron)
+        return self.neurons(n.layer, matrix, expert=n.expert)[n.index]
 
     def unembedding(self) -> torch.Tensor:
         """Return ``[vocab, d_model]``, the LM head (the embedding when tied). Cached.
@@ -340,7 +371,7 @@ class Model:
             "layers": self.dims.n_layers,
             "d_model": self.dims.d_model,
             "d_mlp": self.dims.d_mlp,
-            "neurons": self.dims.n_layers * self.dims.d_mlp,
+            "neurons": self.dims.n_layers * self.dims.d_mlp * max(1, self.dims.n_experts),
             "vocab": self.dims.vocab,
             "tied_embeddings": self.dims.tied,
             "norm_style": self.spec.norm_style,
@@ -348,7 +379,8 @@ class Model:
             "matrices": list(self.spec.matrices),
             "mlp_out_norm": self.has_mlp_out_norm,
             "logit_softcap": self.dims.logit_softcap,
-            "weights_dtype": self.reader.dtype(self.weight_key("down", 0)),
+            "weights_dtype": self.reader.dtype(self._mlp_place("down", 0, 0)[0]),
+            **({"experts": self.dims.n_experts} if self.dims.n_experts else {}),
         }
 
     def __repr__(self) -> str:
