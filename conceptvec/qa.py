@@ -33,7 +33,7 @@ from .errors import BadInterventionError
 from .interventions.apply import generate as generate_ids
 from .interventions.controls import percentile, random_controls
 from .interventions.edit_specs import Edits, check_against, flatten
-from .interventions.targets import Target, resolve
+from .models.backends import Target, resolve
 from .scoring import score_many
 from .tokens import show
 

@@ -8,7 +8,8 @@ recomputing them, since their inputs are the same). Logits are computed only whe
 answer token is predicted, not over the whole sequence. For a layer-29 neuron of a 30-layer
 model this makes each control an order of magnitude cheaper, with the same numbers.
 
-Other backends (TransformerLens, nnsight) score each variant with a full forward pass.
+Backends that do not run the ``transformers`` module with plain torch hooks
+(TransformerLens, nnsight) score each variant with a full forward pass.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ import torch
 
 from .interventions.apply import Intervention
 from .interventions.apply import logits as forward_logits
-from .interventions.backends.torch import layer_modules
 from .interventions.edit_specs import Edits, NeuronEdit, Steer, WeightEdit, flatten
+from .models.backends.hf import layer_modules
 
 
 def first_layer(edits: Edits) -> int:
@@ -59,7 +60,7 @@ def score_many(
     ``ids`` is a right-padded batch ``[rows, tokens]``; ``spans[r]`` is ``(position of the
     logits that predict the answer's first token, the answer's token ids)``.
     """
-    if target.backend != "hf" or not variants:
+    if not target.backend.torch_hooks or not variants:
         return [_gather(forward_logits(target, ids, v), spans) for v in variants]
     first = [first_layer(v) for v in variants]
     keep = max(first)
@@ -89,7 +90,7 @@ def _run(
 ) -> torch.Tensor:
     """Run the HF model with ``edits``; return the final hidden states that feed the LM
     head ``[rows, tokens, d_model]`` (the head itself is not applied)."""
-    layers = layer_modules(target)
+    layers = layer_modules(target.hf, target.model.spec)
     seen: dict[str, torch.Tensor] = {}
     head = target.hf.get_output_embeddings()
 
@@ -146,11 +147,7 @@ def _from_hidden(target: Any, hidden: torch.Tensor, spans: list[tuple[int, list[
     for r, (start, tail) in enumerate(spans):
         picked[r, : len(tail)] = hidden[r, start : start + len(tail)]
     logits = head(picked).float()
-    cap = getattr(_text_config(target.hf.config), "final_logit_softcapping", None)
+    cap = target.model.dims.logit_softcap
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return _gather(logits, [(0, tail) for _, tail in spans])
-
-
-def _text_config(config: Any) -> Any:
-    return getattr(config, "text_config", None) or config

@@ -177,7 +177,7 @@ def test_transformer_lens_and_nnsight_read_the_same_numbers(llama):
 
 def test_a_reader_that_never_fires_raises(llama, monkeypatch):
     hf, tok = llama
-    monkeypatch.setattr(read_module, "_forward", lambda *a: None)
+    monkeypatch.setattr(read_module, "forward_with", lambda *a: None)
     with pytest.raises(HookNeverFiredError, match=r"model.layers.1.mlp.down_proj never fired"):
         read_activations(hf, TEXTS, NEURONS, tokenizer=tok)
     assert all(not m._forward_pre_hooks for m in hf.modules())

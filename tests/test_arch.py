@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -163,15 +164,23 @@ def test_gemma_gain_gets_its_one_exactly_once_from_every_source(tmp_path):
         assert [d.top_tokens for d in got] == [d.top_tokens for d in want]
 
 
-def test_one_function_unwraps_live_objects():
-    """Only models/objects.py knows how TransformerLens and nnsight wrap a HF model."""
+def test_only_the_backends_know_the_live_libraries():
+    """Only models/backends/ knows how TransformerLens and nnsight wrap a HF model, and no
+    module elsewhere branches on a backend's name."""
     root = Path(conceptvec.__file__).parent
     knowing = sorted(
         str(p.relative_to(root))
         for p in root.rglob("*.py")
         if '"original_model"' in p.read_text() or '"_module"' in p.read_text()
     )
-    assert knowing == ["models/objects.py"]
+    assert knowing == ["models/backends/nnsight.py", "models/backends/transformer_lens.py"]
+    branch = re.compile(r"backend\s*(==|!=|in)\s*[(\"']")
+    outside = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if "models/backends" not in p.as_posix() and branch.search(p.read_text())
+    ]
+    assert outside == []
 
 
 def test_load_and_resolve_refuse_the_same_objects_with_the_same_words():

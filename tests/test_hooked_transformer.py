@@ -24,7 +24,7 @@ import torch
 import conceptvec
 from conceptvec.decode import final_logits, project, residual_vectors
 from conceptvec.errors import NoWeightsError, UnsupportedArchitectureError
-from conceptvec.models.objects import is_hooked_transformer
+from conceptvec.models.backends import is_hooked_transformer
 
 from .conftest import build_tiny
 

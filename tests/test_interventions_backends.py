@@ -18,6 +18,7 @@ import torch
 import conceptvec as cv
 from conceptvec.errors import HookNeverFiredError
 from conceptvec.interventions import generate, logits
+from conceptvec.models.backends import HFBackend, backends
 
 from .conftest import build_tiny
 
@@ -76,7 +77,7 @@ def test_backends_agree_on_tiny_llama(tiny_backends, name):
     ref = logits(models["hf"], ids, EDITS[name]())
     assert not torch.allclose(ref, logits(models["hf"], ids), atol=1e-4)
     for backend, m in models.items():
-        assert cv.interventions.resolve(m).backend == backend
+        assert cv.interventions.resolve(m).backend.name == backend
         got = logits(m, ids, EDITS[name]())
         assert torch.allclose(got, ref, atol=1e-5), (backend, (got - ref).abs().max())
         # ... and nothing is left behind: plain logits are the unedited ones.
@@ -156,3 +157,42 @@ def test_measure_effect_agrees_across_backends(tiny_backends):
         assert p.control_deltas == pytest.approx(ref.control_deltas, abs=1e-4), backend
         assert p.generation_after == ref.generation_after, backend
         assert [t.id for t in p.top_after] == [t.id for t in ref.top_after], backend
+
+
+class Boxed:
+    """A user's own wrapper around a ``transformers`` model, unknown to conceptvec."""
+
+    def __init__(self, hf, tokenizer):
+        self.inner = hf
+        self.tokenizer = tokenizer
+
+
+class BoxedBackend(HFBackend):
+    """Defined outside the package: found by subclass, with no registration call."""
+
+    name = "boxed"
+    priority = 10
+
+    @classmethod
+    def claims(cls, obj):
+        return isinstance(obj, Boxed)
+
+    @classmethod
+    def open(cls, obj):
+        return cls(obj, obj.inner, obj.tokenizer)
+
+
+def test_a_backend_defined_outside_the_package_is_found_and_used():
+    hf, tok = build_tiny("llama")
+    boxed = Boxed(hf, tok)
+    assert BoxedBackend in backends()
+    target = cv.interventions.resolve(boxed)
+    assert isinstance(target.backend, BoxedBackend) and target.tokenizer is tok
+    ids = tok("The dog chased the cat", return_tensors="pt")["input_ids"]
+    edit = cv.clamp("L1.3", 6.0)
+    assert torch.equal(logits(boxed, ids, edit), logits(hf, ids, edit))
+    assert not torch.allclose(logits(boxed, ids, edit), logits(boxed, ids), atol=1e-4)
+    got = cv.measure_effect(boxed, "The dog chased", edit, [" dog"], controls=3)
+    want = cv.measure_effect(hf, "The dog chased", edit, [" dog"], controls=3, tokenizer=tok)
+    assert got.prompts[0].logprob_after == want.prompts[0].logprob_after
+    assert got.prompts[0].control_deltas == want.prompts[0].control_deltas

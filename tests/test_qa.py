@@ -180,7 +180,7 @@ def test_shared_prefix_scoring_equals_full_forward_passes(tiny_dir, family):
     """Controls skip the layers below their edit and the head runs on answers only: the
     scores must equal plain full forward passes (Gemma 2's soft-capped logits included)."""
     from conceptvec.interventions import logits
-    from conceptvec.interventions.targets import resolve
+    from conceptvec.models.backends import resolve
     from conceptvec.scoring import first_layer, score_many
 
     target = resolve(cv.load(str(tiny_dir(family)), quiet=True))

@@ -43,7 +43,7 @@ def _forget_term(name, model, ref, tiny, entries, hparams, control=None):
     """The method's forget term on a fixed batch of Rome text (and idk answers for DPO)."""
     from transformers import AutoTokenizer
 
-    from conceptvec.interventions.targets import resolve
+    from conceptvec.models.backends import resolve
 
     tok = AutoTokenizer.from_pretrained(tiny)
     tk = Tokenising(resolve(model, tok), 48)

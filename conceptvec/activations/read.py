@@ -24,11 +24,8 @@ from typing import Any
 import torch
 
 from conceptvec.errors import BadTextError, HookNeverFiredError
-from conceptvec.interventions.apply import hooked, pad_id
-from conceptvec.interventions.backends.nnsight import _envoy
-from conceptvec.interventions.backends.torch import mlp_input_name
-from conceptvec.interventions.backends.transformer_lens import hidden_hook_name
-from conceptvec.interventions.targets import Target, resolve
+from conceptvec.interventions.apply import forward_with, pad_id
+from conceptvec.models.backends import resolve
 from conceptvec.neurons import NeuronId
 from conceptvec.results import Result
 from conceptvec.tokens import token_text
@@ -145,19 +142,6 @@ def bos_prefix(tokenizer: Any) -> list[int]:
     return []
 
 
-def context_limit(target: Target) -> int | None:
-    """Return the most positions the model accepts, if its config says."""
-    config = getattr(target.hf, "config", None)
-    config = getattr(config, "text_config", None) or config
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    cfg = getattr(target.obj, "cfg", None)  # classic HookedTransformer
-    value = getattr(cfg, "n_ctx", None)
-    return value if isinstance(value, int) and value > 0 else None
-
-
 def plan_windows(
     tokenizer: Any, texts: Sequence[str], max_tokens: int, prefix: Sequence[int] = ()
 ) -> tuple[list[tuple[int, int, list[int]]], list[int]]:
@@ -194,30 +178,6 @@ class _Readers:
             return x
 
         return read
-
-
-def _forward(target: Target, readers: _Readers, ids: torch.Tensor, mask: torch.Tensor) -> None:
-    """Run one padded batch so that every reader sees it."""
-    readers.seen.clear()
-    if target.backend == "nnsight":
-        spec = target.model.spec
-        saved = {}
-        with target.obj.trace(ids, attention_mask=mask):
-            for layer in sorted(readers.columns):  # nnsight wants forward order
-                down = _envoy(target.obj, f"{spec.layers_module}.{layer}.{spec.down_module}")
-                saved[layer] = down.input.save()
-        for layer, x in saved.items():
-            readers.keep(layer, x)
-    elif target.backend == "transformer_lens":
-        target.obj(ids, attention_mask=mask)
-    else:  # the base model: the LM head's logits are not needed
-        target.hf.base_model(input_ids=ids, attention_mask=mask)
-
-
-def _where(target: Target, layer: int) -> str:
-    if target.backend == "transformer_lens":
-        return hidden_hook_name(layer)
-    return mlp_input_name(target, layer)
 
 
 def read_activations(
@@ -259,7 +219,7 @@ def read_activations(
         raise BadTextError(f"batch_size must be at least 1, not {batch_size}")
 
     prefix = bos_prefix(tok)
-    limit = context_limit(target)
+    limit = target.model.context_length
     if limit is not None and max_tokens > limit:
         log.info(
             "max_tokens %d is above the model's context %d; using %d", max_tokens, limit, limit
@@ -283,9 +243,9 @@ def read_activations(
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     values: list[torch.Tensor | None] = [None] * len(plan)
     text = token_text(tok)
-    hooks = {} if target.backend == "nnsight" else {L: readers.fn(L) for L in columns}
+    hooks = {L: readers.fn(L) for L in columns}
     bar = _progress(batches, progress)
-    with torch.no_grad(), hooked(target, hooks, {}):
+    with torch.no_grad():
         for batch in bar:
             rows = [prefix + plan[k][2] for k in batch]
             width = max(len(r) for r in rows)
@@ -294,11 +254,12 @@ def read_activations(
             for r, row in enumerate(rows):
                 ids[r, : len(row)] = torch.tensor(row)
                 mask[r, : len(row)] = 1
-            _forward(target, readers, ids.to(target.device), mask.to(target.device))
+            readers.seen.clear()
+            forward_with(target, ids.to(target.device), mask.to(target.device), hooks)
             missing = [L for L in columns if L not in readers.seen]
             if missing:
                 raise HookNeverFiredError(
-                    f"the reader on {_where(target, missing[0])} never fired in a forward "
+                    f"the reader on {target.point(missing[0], 'mlp')} never fired in a forward "
                     f"pass of {target.model.name}; is the model's MLP where its spec says?"
                 )
             block = torch.stack([readers.seen[L][..., c] for c, L in where], dim=-1).cpu()

@@ -29,8 +29,8 @@ from conceptvec.atlas.search import WeightHit, search_weights
 from conceptvec.decode import decode
 from conceptvec.errors import ConceptvecError
 from conceptvec.interventions import REFERENCE_TEXTS
-from conceptvec.interventions.targets import resolve
 from conceptvec.models import Model, load
+from conceptvec.models.backends import resolve
 from conceptvec.neurons import NeuronId
 from conceptvec.qa import QAScores, answer, answer_logprobs
 from conceptvec.results import Result, SearchResult

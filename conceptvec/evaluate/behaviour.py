@@ -37,7 +37,8 @@ import torch
 from conceptvec.activations import read_activations
 from conceptvec.interventions.controls import percentile, random_controls
 from conceptvec.interventions.edit_specs import NeuronEdit, clamp, replace_weights
-from conceptvec.interventions.targets import Target
+from conceptvec.models.arch import spec_for_model_type, text_config
+from conceptvec.models.backends import Target
 from conceptvec.neurons import NeuronId
 from conceptvec.qa import (
     answer,
@@ -271,12 +272,14 @@ def quantized(model: torch.nn.Module, bits: int = 4, group: int = 64) -> Iterato
     """Round-trip every 2-D weight of the decoder blocks (not the embeddings or the head)
     through ``bits``-bit integers (symmetric absmax per ``group`` consecutive values of a
     row; for GPT-2's Conv1D that is per output) inside the block; restore it after, bit for
-    bit. Yields the number of matrices touched."""
-    skip = ("embed", "wte", "wpe", "lm_head", "norm")
+    bit. Yields the number of matrices touched. The embeddings and the unembedding are the
+    ones the model's :class:`ArchSpec` names."""
+    spec = spec_for_model_type(str(getattr(text_config(model.config), "model_type", None)))
+    skip = tuple(k for k in (spec.embed, spec.pos_embed, spec.unembed) if k)
     layers = [
         (name, p)
         for name, p in model.named_parameters()
-        if p.ndim == 2 and name.endswith("weight") and not any(k in name for k in skip)
+        if p.ndim == 2 and name.endswith("weight") and not name.endswith(skip)
     ]
     if not layers:
         raise ValueError(f"no decoder matrix found to quantize in {type(model).__name__}")

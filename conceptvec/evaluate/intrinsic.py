@@ -31,8 +31,8 @@ from typing import Any
 
 from conceptvec.errors import ConceptvecError, EvaluationError
 from conceptvec.interventions.effect import progress_bar
-from conceptvec.interventions.targets import Target, resolve
 from conceptvec.models import Model, load
+from conceptvec.models.backends import Target, resolve
 
 from .attacks import ATTACKS, AttackInput, run_attack
 from .behaviour import ConceptProbes, base_probes, probe_model

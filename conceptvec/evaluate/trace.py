@@ -29,7 +29,7 @@ import torch
 
 from conceptvec.activations import read_activations
 from conceptvec.activations.texts import split_paragraphs
-from conceptvec.interventions.targets import Target
+from conceptvec.models.backends import Target
 from conceptvec.neurons import NeuronId
 
 

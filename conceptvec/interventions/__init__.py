@@ -3,6 +3,8 @@
 The public names are re-exported by :mod:`conceptvec`; see ``docs/interventions.md``.
 """
 
+from conceptvec.models.backends import Target, resolve
+
 from .ablation import REFERENCE_TEXTS, mean_ablate, neuron_means
 from .apply import Intervention, generate, intervene, logits
 from .controls import random_controls
@@ -23,7 +25,6 @@ from .edit_specs import (
 )
 from .effect import EffectResult, PromptEffect, TokenProb, measure_effect
 from .sweep import DoseResponse, dose_response
-from .targets import Target, resolve
 
 __all__ = [
     "POSITIONS",

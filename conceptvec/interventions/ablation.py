@@ -13,11 +13,11 @@ from typing import Any
 import torch
 
 from conceptvec.errors import BadInterventionError
+from conceptvec.models.backends import resolve
 from conceptvec.neurons import NeuronId
 
-from .apply import hooked
+from .apply import forward_with
 from .edit_specs import NeuronEdit, Positions, check_against, check_positions
-from .targets import resolve
 
 REFERENCE_TEXTS: tuple[str, ...] = (
     "The weather was mild this morning, so we walked to the station.",
@@ -62,14 +62,12 @@ def neuron_means(
 
         return read
 
-    with torch.no_grad(), hooked(target, {layer: reader(layer) for layer in layers}, {}):
+    readers = {layer: reader(layer) for layer in layers}
+    with torch.no_grad():
         for text in texts:
             ids = target.tokenizer(text, return_tensors="pt")["input_ids"].to(target.device)
             seen.clear()
-            if target.hf is not None:
-                target.hf(input_ids=ids)
-            else:
-                target.obj(ids)
+            forward_with(target, ids, None, readers)
             for n in ns:
                 sums[n] += float(seen[n.layer][..., n.index].float().sum())
             count += ids.numel()

@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
 
 from conceptvec.errors import BadInterventionError, HookNeverFiredError, InterventionInUseError
+from conceptvec.models.backends import Fn, Point, Target, resolve
+from conceptvec.models.backends.hf import track_passes
 
 from . import guard
-from .backends import nnsight as nns
-from .backends import torch as torch_hooks
-from .backends import transformer_lens as tl
 from .edit_specs import Edits, NeuronEdit, Steer, WeightEdit, check_against, flatten
 from .edits import add_steering, edit_hidden
 from .positions import PassTracker
-from .targets import Target, resolve
 from .weight_edits import edited_weights
 
 
@@ -68,27 +66,25 @@ class Intervention:
         self._thread: int | None = None
 
     # ------------------------------------------------------------------ building
-    def _where(self, layer: int, kind: str) -> str:
-        if self.target.backend == "transformer_lens":
-            return tl.hidden_hook_name(layer) if kind == "hidden" else tl.resid_hook_name(layer)
-        if kind == "hidden":
-            return torch_hooks.mlp_input_name(self.target, layer)
-        return f"{self.target.model.spec.layers_module}.{layer}"
-
     def _hook_functions(self) -> tuple[dict[int, Any], dict[int, Any]]:
-        by_layer: dict[tuple[str, int], list] = {}
+        by_layer: dict[tuple[Point, int], list] = {}
         for e in self.edits:
             if isinstance(e, NeuronEdit):
-                by_layer.setdefault(("hidden", e.neuron.layer), []).append(e)
+                by_layer.setdefault(("mlp", e.neuron.layer), []).append(e)
             elif isinstance(e, Steer):
                 by_layer.setdefault(("resid", e.layer), []).append(e)
         hidden: dict[int, Any] = {}
         resid: dict[int, Any] = {}
         for (kind, layer), edits in sorted(by_layer.items(), key=lambda kv: kv[0][1]):
-            edit, into = (edit_hidden, hidden) if kind == "hidden" else (add_steering, resid)
-            where = self._where(layer, kind)
-            into[layer] = torch_hooks.counted(
-                edit, edits, self.tracker, self.fired, where, self.applied, self._rows
+            edit, into = (edit_hidden, hidden) if kind == "mlp" else (add_steering, resid)
+            into[layer] = counted(
+                edit,
+                edits,
+                self.tracker,
+                self.fired,
+                self.target.point(layer, kind),
+                self.applied,
+                self._rows,
             )
         return hidden, resid
 
@@ -105,7 +101,7 @@ class Intervention:
                 f"this Intervention is already active (entered in {where}); it cannot be "
                 "nested or shared between threads: make one intervene(...) per block"
             )
-        live = self.target.hf if self.target.hf is not None else self.target.obj
+        live = self.target.backend.weights_module
         try:
             guard.claim(live)
         except BaseException:
@@ -121,10 +117,9 @@ class Intervention:
             self._hidden, self._resid = self._hook_functions()
             stack.enter_context(edited_weights(self.target.model, self.weight_edits))
             if self._hidden or self._resid:
-                tracking = torch_hooks.track_passes(self.target.module, self.tracker)
+                tracking = track_passes(self.target.module, self.tracker.begin)
                 stack.callback(tracking.remove)
-                if self.target.backend != "nnsight":  # nnsight: apply() inside its trace
-                    stack.enter_context(hooked(self.target, self._hidden, self._resid))
+                stack.enter_context(hooked(self.target, self._hidden, self._resid))
         except BaseException:
             try:
                 stack.close()
@@ -159,8 +154,7 @@ class Intervention:
             raise HookNeverFiredError(
                 "apply() was called outside the `with intervene(...)` block; call it inside"
             )
-        if self.target.backend == "nnsight":
-            nns.apply(self.target, self._hidden, self._resid)
+        self.target.backend.place(self.target.model.spec, self._hidden, self._resid)
 
     # -------------------------------------------------------------------- checks
     def raise_if_never_fired(self) -> None:
@@ -170,14 +164,10 @@ class Intervention:
             if isinstance(e, WeightEdit) or self.applied[e] > 0:
                 continue
             layer = e.neuron.layer if isinstance(e, NeuronEdit) else e.layer
-            where = self._where(layer, "hidden" if isinstance(e, NeuronEdit) else "resid")
+            where = self.target.point(layer, "mlp" if isinstance(e, NeuronEdit) else "resid")
             n = self.fired[where]
             if n == 0:
-                how = (
-                    "call run.apply() inside model.trace(...)"
-                    if self.target.backend == "nnsight"
-                    else "run the model inside the `with` block"
-                )
+                how = self.target.backend.run_hint
                 problems.append(f"{e}: its hook on {where} never fired ({how})")
             else:
                 hint = (
@@ -197,10 +187,28 @@ class Intervention:
         return f"Intervention([{edits}], backend={self.target.backend})"
 
 
+def counted(
+    edit: Callable[..., torch.Tensor],
+    edits: list[NeuronEdit] | list[Steer],
+    tracker: PassTracker,
+    fired: Counter,
+    key: Any,
+    applied: Counter,
+    rows: dict[Any, int] | None = None,
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return ``t -> edit(t, edits, ...)`` that counts each call in ``fired[key]``
+    (``edit`` is :func:`edit_hidden` or :func:`add_steering`)."""
+
+    def run(t: torch.Tensor) -> torch.Tensor:
+        fired[key] += 1
+        return edit(t, edits, tracker, applied, rows)
+
+    return run
+
+
 def _check_fits(edits: list, target: Target) -> None:
     """Raise if a value cannot be held in the model's dtype (1e308 in a float32 model)."""
-    module = target.hf if target.hf is not None else target.obj
-    param = next(module.parameters(), None)
+    param = next(target.backend.weights_module.parameters(), None)
     if param is None or not param.dtype.is_floating_point:
         return
     biggest = torch.finfo(param.dtype).max
@@ -242,26 +250,26 @@ def intervene(model: Any, interventions: Edits, *, check: bool = True) -> Interv
 
 
 # ------------------------------------------------------------- running a model
-@contextmanager
-def hooked(target: Target, hidden: dict[int, Any], resid: dict[int, Any]) -> Iterator[None]:
-    """Run ``hidden[layer]`` on MLP activations and ``resid[layer]`` on layer outputs inside
-    the block: TransformerLens hook points for TransformerLens models, else torch hooks on
-    the ``transformers`` module (which nnsight runs too). Hooks are removed on exit."""
-    if target.backend == "transformer_lens":
-        with tl.hooks(target, hidden, resid):
-            yield
-        return
-    handles = torch_hooks.install(target, hidden, resid)
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+def hooked(target: Target, mlp: dict[int, Fn], resid: dict[int, Fn]) -> Any:
+    """Return a context manager inside which ``mlp[layer]`` runs on ``layer``'s MLP
+    activations and ``resid[layer]`` on its output, through the target's backend (a no-op
+    for trace-based backends: see :func:`forward_with`). Hooks are removed on exit."""
+    return target.backend.hooks(target.model.spec, mlp, resid)
+
+
+def forward_with(
+    target: Target, ids: torch.Tensor, mask: torch.Tensor | None, mlp: dict[int, Fn]
+) -> None:
+    """Run one forward pass of ``target`` with ``mlp[layer]`` on each listed layer's MLP
+    activation, on every backend (hooks, or functions placed inside a trace)."""
+    spec = target.model.spec
+    with hooked(target, mlp, {}):
+        target.backend.forward(ids, mask, lambda: target.backend.place(spec, mlp, {}))
 
 
 def pad_id(target: Target) -> int | None:
     """Return the id generation pads with: the model's pad token, else its end-of-sequence."""
-    config = getattr(target.hf, "generation_config", None) or getattr(target.hf, "config", None)
+    config = target.backend.generation_config
     for name in ("pad_token_id", "eos_token_id"):
         value = getattr(config, name, None) if config is not None else None
         if value is None and target.model._tokenizer is not None:
@@ -290,12 +298,7 @@ def logits(
             f"{limit}: shorten it"
         )
     with torch.no_grad(), iv:
-        if target.backend == "nnsight":
-            out = nns.logits(target, input_ids, iv.apply)
-        elif target.backend == "transformer_lens":
-            out = tl.logits(target, input_ids)
-        else:
-            out = target.hf(input_ids=input_ids).logits
+        out = target.backend.logits(input_ids, None, iv.apply)
     return out.float()
 
 
@@ -324,26 +327,8 @@ def generate(
             + (f" within the model's context of {limit} tokens" if limit else "")
             + ": shorten the prompt or ask for fewer (at least 1) new tokens"
         )
-    padded = bool((mask == 0).any())
     with torch.no_grad(), iv:
-        if target.backend == "nnsight":
-            return nns.generate(target, input_ids, max_new_tokens, iv.apply, pad_id(target), mask)
-        if target.backend == "transformer_lens":
-            if not padded:
-                return tl.generate(target, input_ids, max_new_tokens)
-            rows = [
-                tl.generate(target, ids[m.bool()][None], max_new_tokens)
-                for ids, m in zip(input_ids, mask)
-            ]
-            return torch.cat(rows, dim=0)
-        out = target.hf.generate(
-            input_ids=input_ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad_id(target),
-        )
-        return out[:, input_ids.shape[1] :]
+        return target.backend.generate(input_ids, max_new_tokens, mask, pad_id(target), iv.apply)
 
 
 def _check_mask(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

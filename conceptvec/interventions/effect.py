@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from conceptvec.errors import BadInterventionError
+from conceptvec.models.backends import Target, resolve
 from conceptvec.results import Result
 from conceptvec.tokens import show, token_text
 
@@ -25,7 +26,6 @@ from .apply import generate as generate_ids
 from .apply import logits as forward_logits
 from .controls import percentile, random_controls
 from .edit_specs import Edit, Edits, WeightEdit, check_against, flatten
-from .targets import Target, resolve
 
 
 def pretty_as_str(self: Any, printer: Any, _cycle: bool) -> None:

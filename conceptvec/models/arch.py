@@ -44,6 +44,9 @@ class ArchSpec:
     gain, bias) or ``layernorm_noparam`` (OLMo 1: centre only)."""
     embed: str
     """Key of the input embedding ``[vocab, d_model]``, relative to the prefix."""
+    pos_embed: str | None = None
+    """Key of a learned position embedding ``[positions, d_model]`` relative to the prefix
+    (GPT-2's ``wpe.weight``), or None for rotary families."""
     mlp_out_norm: str | None = None
     """Key of a norm applied to the MLP's output before the residual add (Gemma 2/3 and
     OLMo 2 post-feed-forward norms), or None. Its gain is folded into ``down`` columns."""
@@ -230,6 +233,7 @@ GPT2 = ArchSpec(
     final_norm="ln_f.weight",
     norm_style="layernorm",
     embed="wte.weight",
+    pos_embed="wpe.weight",
     prefixes=("transformer.", ""),
     layers_module="transformer.h",
     down_module="mlp.c_proj",

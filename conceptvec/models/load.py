@@ -25,11 +25,10 @@ from conceptvec.files import confine_folder, read_json
 
 from .aliases import ALIASES, find_alias
 from .arch import dims_from_config, spec_for_model_type, text_config
+from .backends import unwrap
 from .config import JsonConfig
 from .gguf_cache import gguf_config, gguf_hf_model, gguf_tokenizer
-from .hooked import from_hooked_transformer
 from .model import Model, known_tokenizer, local_tokenizer_loader
-from .objects import unwrap
 from .readers import (
     INDEX_FILE,
     SINGLE_FILE,
@@ -238,13 +237,14 @@ def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
     """Wrap a live HF, TransformerLens (bridge or HookedTransformer) or nnsight model without
     copying weights."""
     try:
-        parts = unwrap(obj)
+        backend = unwrap(obj)
     except UnsupportedModelError as e:
         raise ModelNotFoundError(str(e)) from None
-    if parts.hf is None:  # a classic HookedTransformer keeps its own weights
-        return from_hooked_transformer(obj, tokenizer=tokenizer)
-    hf = parts.hf
-    tokenizer = tokenizer or parts.tokenizer
+    own = backend.own_weights(tokenizer)  # a classic HookedTransformer keeps its own weights
+    if own is not None:
+        return own
+    hf = backend.hf
+    tokenizer = tokenizer or backend.tokenizer
     config = getattr(hf, "config", None)
     if config is None or not hasattr(hf, "state_dict"):
         raise ModelNotFoundError(

@@ -152,7 +152,7 @@ def export_lm_eval(
     ``Question: ...\\n Answer:``. ``out`` is written atomically; an existing folder is
     replaced only with ``overwrite`` and only if it is an earlier export.
     """
-    from conceptvec.interventions.targets import resolve
+    from conceptvec.models.backends import resolve
     from conceptvec.qa import use_chat
 
     out = Path(out).absolute()

@@ -143,7 +143,7 @@ def unlearn(
     writes ``out``, with the full weights gathered from all of them (FSDP, DeepSpeed). In a
     sharded run the returned model is this process's shard, and ``evaluate`` must be False.
     """
-    from conceptvec.interventions.targets import resolve
+    from conceptvec.models.backends import resolve
 
     m = get_method(method)
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -42,9 +42,8 @@ from typing import Any
 import torch
 
 from conceptvec.errors import NoWeightsError, UnsupportedArchitectureError
-
-from .arch import ArchSpec, hf_architectures, spec_for_model_type
-from .model import Model, local_tokenizer_loader
+from conceptvec.models.arch import ArchSpec, hf_architectures, spec_for_model_type
+from conceptvec.models.model import Model, local_tokenizer_loader
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +264,7 @@ def from_hooked_transformer(model: Any, *, tokenizer: Any = None) -> Model:
         vocab_size=int(getattr(cfg, "d_vocab_out", None) or cfg.d_vocab),
         tie_word_embeddings=False,  # W_U is its own parameter in TransformerLens
         final_logit_softcapping=float(cap) if cap and cap > 0 else None,
+        n_ctx=int(cfg.n_ctx) if getattr(cfg, "n_ctx", None) else None,
         _name_or_path=name,
         **{spec.eps_key: float(cfg.eps)},
     )

@@ -1,13 +1,10 @@
-"""Which backend runs an intervention: the model object the user already has decides.
+"""``resolve``: the model object the user already has, ready to run: its backend and weights.
 
 - a :class:`conceptvec.Model`, or a ``transformers`` causal LM: plain torch hooks;
 - a TransformerLens ``TransformerBridge`` (3.x/4.x) or ``HookedTransformer``: its hook points
   (``blocks.L.mlp.hook_post``, ``blocks.L.hook_resid_post``);
-- an nnsight ``LanguageModel`` / ``TransformersModel``: edits placed inside its traces.
-
-Objects are taken apart by :func:`conceptvec.models.objects.unwrap`, which recognises them by
-their class's module name, so neither TransformerLens nor nnsight is imported unless the
-user's model is one of theirs.
+- an nnsight ``LanguageModel`` / ``TransformersModel``: edits placed inside its traces;
+- anything a user's own :class:`~conceptvec.models.backends.Backend` subclass claims.
 """
 
 from __future__ import annotations
@@ -18,14 +15,16 @@ from typing import Any
 
 import torch
 
-from conceptvec.models import Model, load
-from conceptvec.models.objects import Backend, unwrap
+from conceptvec.models.model import Model
+
+from .base import Backend, unwrap
+from .hf import HFBackend
 
 
 @dataclass
 class Target:
-    """A model ready for interventions: the user's object, its backend, its torch module,
-    and a :class:`Model` over its live weights (spec, dims, tokenizer, weight views)."""
+    """A model ready to run: the user's object, its backend, its torch module, and a
+    :class:`Model` over its live weights (spec, dims, tokenizer, weight views)."""
 
     obj: Any
     backend: Backend
@@ -42,23 +41,25 @@ class Target:
     @property
     def device(self) -> torch.device:
         """The device of the model's first parameter (where input ids must go)."""
-        module = self.hf if self.hf is not None else self.obj
-        return next(module.parameters()).device
+        return self.backend.device
 
     @property
     def module(self) -> torch.nn.Module:
         """The module whose forward passes the position tracker watches."""
-        if self.hf is not None:
-            return self.hf
-        return self.obj.embed  # HookedTransformer: its embedding receives the token ids
+        return self.backend.module
+
+    def point(self, layer: int, kind: Any) -> str:
+        """Return the backend's name of ``layer``'s hook point ``kind`` (``mlp``/``resid``)."""
+        return self.backend.point(self.model.spec, layer, kind)
 
 
 def resolve(obj: Any, tokenizer: Any = None) -> Target:
     """Return the :class:`Target` for ``obj`` (a Model, alias or path, HF, TL or nnsight model).
 
-    Raises UnsupportedModelError for objects that are none of these
-    (:func:`conceptvec.models.objects.unwrap` takes them apart).
+    Raises UnsupportedModelError for objects no backend claims (:func:`unwrap`).
     """
+    from conceptvec.models.load import load
+
     if isinstance(obj, Target):
         return obj
     if isinstance(obj, (str, os.PathLike)):
@@ -66,6 +67,6 @@ def resolve(obj: Any, tokenizer: Any = None) -> Target:
     if isinstance(obj, Model):
         live = load(obj.hf, tokenizer=tokenizer or obj.tokenizer)
         live.name = obj.name
-        return Target(obj, "hf", obj.hf, live)
-    parts = unwrap(obj, action="intervene on {}")
-    return Target(obj, parts.backend, parts.hf, load(obj, tokenizer=tokenizer))
+        return Target(obj, HFBackend.open(obj.hf), obj.hf, live)
+    backend = unwrap(obj, action="intervene on {}")
+    return Target(obj, backend, backend.hf, load(obj, tokenizer=tokenizer))
