@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from conceptvec.errors import EvaluationError
-from conceptvec.interventions.targets import Target, resolve
 from conceptvec.models import Model
+from conceptvec.models.backends import Target, resolve
 from conceptvec.registry import Registry
 
 from .behaviour import ConceptProbes, Recovery, _recovered, quantized, recovery, relearned
