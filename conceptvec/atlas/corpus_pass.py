@@ -107,8 +107,8 @@ def corpus_pass(
     hold about ``batch_tokens`` tokens. A finished part for the same corpus and settings is
     kept as it is; one for another corpus or settings is refused unless ``overwrite``.
     """
-    from conceptvec.activations.read import bos_prefix, context_limit
-    from conceptvec.interventions.targets import resolve
+    from conceptvec.activations.read import bos_prefix
+    from conceptvec.models.backends import resolve
 
     t0 = time.perf_counter()
     root = Path(atlas_dir).expanduser()
@@ -129,7 +129,7 @@ def corpus_pass(
         raise AtlasError(f"layers must be within 0-{d.n_layers - 1}; give --layers")
     tok = target.tokenizer
     prefix = bos_prefix(tok)
-    limit = context_limit(target)
+    limit = target.model.context_length
     max_tokens = min(max_tokens, limit) if limit else max_tokens
     if max_tokens <= len(prefix) + 1:
         raise AtlasError(f"max_tokens must be above {len(prefix) + 1}, not {max_tokens}")
@@ -357,8 +357,7 @@ class _Pass:
     def chunk(self, ids: list[list[int]], first_text: int, seen: int) -> int:
         """Run one chunk (``first_text``: the corpus index of its first text; ``seen``: tokens
         read before it); return its token count."""
-        from conceptvec.activations.read import _forward
-        from conceptvec.interventions.apply import hooked
+        from conceptvec.interventions.apply import forward_with
 
         windows = [
             (first_text + i, s, row[s : s + self.step])
@@ -366,11 +365,9 @@ class _Pass:
             for s in range(0, len(row), self.step)
         ]
         windows.sort(key=lambda w: -len(w[2]))
-        hooks = (
-            {} if self.target.backend == "nnsight" else {L: self.readers.fn(L) for L in self.stats}
-        )
+        hooks = {L: self.readers.fn(L) for L in self.stats}
         n_all = 0
-        with torch.no_grad(), hooked(self.target, hooks, {}):
+        with torch.no_grad():
             start = 0
             while start < len(windows):
                 width = len(self.prefix) + len(windows[start][2])
@@ -380,7 +377,8 @@ class _Pass:
                 batch, ids_t, mask_t = self._batch(group, width, seen + n_all)
                 n_all += int(batch.mask.sum())
                 self.readers.batch = batch.to(self.target.device)
-                _forward(self.target, self.readers, ids_t, mask_t)
+                self.readers.seen.clear()
+                forward_with(self.target, ids_t, mask_t, hooks)
                 missing = [L for L in self.stats if L not in self.readers.seen]
                 if missing:
                     raise HookNeverFiredError(

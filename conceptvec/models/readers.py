@@ -10,7 +10,7 @@ for GPT-2's ``Conv1D``), read one at a time:
   naming it as transformers would (``blk.3.ffn_down.weight`` is
   ``model.layers.3.mlp.down_proj.weight``; the table is the family's :class:`ArchSpec`);
 - :class:`ModuleReader` over an already-loaded ``torch.nn.Module`` (no copy);
-- :class:`conceptvec.models.hooked.HookedTransformerReader` over a TransformerLens
+- :class:`conceptvec.models.backends.hooked.HookedTransformerReader` over a TransformerLens
   ``HookedTransformer``.
 
 Values are as stored (dtype). Norm gains are the one thing whose meaning differs between
