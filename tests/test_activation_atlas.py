@@ -242,3 +242,80 @@ def test_cli_map_with_corpus_and_on_an_existing_atlas(tiny_dir, tmp_path, monkey
         ["map", str(other), "--corpus", str(tmp_path / "nope.txt")], monkeypatch, capsys
     )
     assert code == 2 and "neither a file nor a folder" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ cards, agreement, contexts
+@pytest.fixture
+def act_atlas(atlas_dir, tmp_path):
+    _run(atlas_dir, _corpus(tmp_path, texts(30)), max_tokens=64, batch_tokens=256)
+    from conceptvec.atlas import Atlas
+
+    return Atlas(atlas_dir)
+
+
+def test_card_shows_both_views(act_atlas):
+    card = act_atlas.neuron("L1.5")
+    assert card.top_tokens == act_atlas._decoding("L1.5", "down").top_tokens
+    a = card.activity
+    assert a is not None and len(a.top) == CFG.k and len(a.bottom) == CFG.k
+    assert a.top[0].value >= a.top[-1].value and a.bottom[0].value <= a.bottom[-1].value
+    assert a.top[0].values[a.top[0].center] == pytest.approx(a.top[0].value)
+    text = str(card)
+    assert "fires on" in text and f"{a.bottom[0].value:+9.3f}" in text
+    assert a.bottom[0].snippet() in text and a.top[0].snippet() in text
+    assert "outline" in card._repr_html_()
+    assert card.to_dict()["activity"]["sign"] in (1, -1)
+    plain = act_atlas.neuron("L1.5", "up")
+    assert plain.activity is not None  # one neuron, every matrix: the same activations
+
+
+@pytest.mark.parametrize("matrix", ["down", "up", "gate"])
+def test_agreement_equals_a_hand_count(act_atlas, tiny_dir, matrix):
+    from conceptvec.activations import top_contexts
+    from conceptvec.atlas.agreement import layer_agreement, rank_agreement
+
+    model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
+    items = texts(30)
+    got = layer_agreement(act_atlas, 1, matrix)
+    for j in range(0, 64, 9):
+        hi = top_contexts(model, f"L1.{j}", items, top=CFG.k, window=1, max_tokens=64)
+        lo = top_contexts(model, f"L1.{j}", items, top=CFG.k, window=1, max_tokens=64, bottom=True)
+        positive = hi.contexts[0].value >= -lo.contexts[0].value
+        side = hi if positive else lo
+        d = act_atlas._decoding(f"L1.{j}", matrix)
+        decoded = set(d.top_tokens if (positive or matrix == "gate") else d.bottom_tokens)
+        matched = counted = 0
+        for c in side.contexts:
+            if (c.value > 0) != positive or c.value == 0:
+                continue
+            look = c.token if matrix != "down" else (c.right[0] if c.right else None)
+            if look is None:
+                continue
+            counted += 1
+            matched += look in decoded
+        assert (int(got["matched"][j]), int(got["counted"][j])) == (matched, counted), j
+        assert int(got["sign"][j]) == (1 if positive else -1)
+    ranked = rank_agreement(act_atlas, matrix=matrix, top=None)
+    scores = [h.score for h in ranked]
+    assert scores == sorted(scores, reverse=True) and ranked[0].score == max(scores)
+
+
+def test_search_contexts_finds_the_word(act_atlas):
+    from conceptvec.atlas.agreement import search_contexts
+
+    hits = search_contexts(act_atlas, "Berlin")
+    assert hits and all("berlin" in h.snippet.casefold() for h in hits)
+    assert [h.count for h in hits] == sorted((h.count for h in hits), reverse=True)
+    assert not search_contexts(act_atlas, "zebra")
+
+
+def test_cli_search_agreement_and_contexts(act_atlas, monkeypatch, capsys):
+    from .conftest import run_cli
+
+    path = str(act_atlas.path)
+    code, out, err = run_cli(["search", path, "--by", "agreement", "-n", "5"], monkeypatch, capsys)
+    assert code == 0 and "agreement" in out.splitlines()[0], err
+    code, out, err = run_cli(["search", path, "Paris", "--in", "contexts"], monkeypatch, capsys)
+    assert code == 0 and "Paris" in out, err
+    code, out, err = run_cli(["search", path, "--by", "agreement", "dog"], monkeypatch, capsys)
+    assert code == 2 and "drop WORD" in err

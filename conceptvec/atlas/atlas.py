@@ -203,8 +203,26 @@ class Atlas:
         return bad
 
     # ------------------------------------------------------------------- lookups
+    @cached_property
+    def activations(self) -> Any:
+        """The activation part (:class:`~conceptvec.atlas.cards.ActivationPart`), or None
+        when the atlas was mapped without ``--corpus``."""
+        from .cards import ActivationPart
+        from .corpus_pass import read_manifest
+
+        if read_manifest(self.path) is None:
+            return None
+        return ActivationPart(self.path, self.manifest, self.vocab)
+
     def neuron(self, neuron: str | NeuronId, matrix: str = "down") -> Decoding:
-        """Return the stored top and bottom tokens of one neuron as a :class:`Decoding`."""
+        """Return one neuron's card: its stored top and bottom tokens (a :class:`Decoding`)
+        and, with an activation part, its exemplars and statistics
+        (:class:`~conceptvec.atlas.cards.NeuronCard`)."""
+        from .cards import card
+
+        return card(self._decoding(neuron, matrix), self.activations)
+
+    def _decoding(self, neuron: str | NeuronId, matrix: str) -> Decoding:
         n = NeuronId.parse(neuron).check(self.dims["n_layers"], self.dims["d_mlp"])
         matrix = check_matrix(matrix)
         s = self.shard(n.layer, matrix)
@@ -293,7 +311,7 @@ class Atlas:
         """Return ``hits`` as a plain-text table (what ``conceptvec search --atlas`` prints)."""
         lines = [f"{'neuron':<10} {'matrix':<6} {'rank':>4} {'token':<16} {'score':>8}  top tokens"]
         for h in hits:
-            tops = self.neuron(h.neuron, h.matrix).top_tokens[:5]
+            tops = self._decoding(h.neuron, h.matrix).top_tokens[:5]
             lines.append(
                 f"{str(h.neuron):<10} {h.matrix:<6} {h.rank + 1:>4} {show(h.token):<16} "
                 f"{h.score:>8.3f}  {' '.join(show(t) for t in tops)}"

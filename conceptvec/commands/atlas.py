@@ -233,7 +233,10 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def search(
         model: Annotated[str, typer.Argument(help=MODEL_HELP + " Or an atlas folder.")],
-        word: Annotated[str, typer.Argument(help="The token to look for, e.g. dog.")],
+        word: Annotated[
+            str | None,
+            typer.Argument(help="The token to look for, e.g. dog (none with --by agreement)."),
+        ] = None,
         matrix: Annotated[
             str | None,
             typer.Option(
@@ -252,10 +255,19 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 help="Weight search ranking: zscore (standard deviations within each neuron's "
-                "projection; the default) or score. Not for atlases, which rank by the token's "
-                "place in each stored list.",
+                "projection; the default) or score. On an atlas with an activation part: "
+                "agreement (no WORD) ranks neurons by how often what they write (or read) is "
+                "what they fire on.",
             ),
         ] = None,
+        where: Annotated[
+            str,
+            typer.Option(
+                "--in",
+                help="On an atlas: tokens (its decoded tokens, the default) or contexts (the "
+                "exemplars' contexts from its activation part).",
+            ),
+        ] = "tokens",
         layers: Annotated[str | None, typer.Option(help="Only these layers, e.g. 20-29.")] = None,
         json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     ) -> None:
@@ -266,7 +278,17 @@ def register(app: typer.Typer) -> None:
         """
         from conceptvec.commands import print_json
 
-        if not word.strip() and not exact:
+        if (Path(model) / "manifest.json").exists() and (by == "agreement" or where != "tokens"):
+            from conceptvec.atlas import Atlas
+
+            _activation_search(Atlas(model), word, by, where, matrix, layers, top, json_out)
+            return
+        if where != "tokens" or by == "agreement":
+            raise AtlasError(
+                f"--in {where} and --by agreement search an atlas with an activation part; give "
+                "an atlas folder made with `conceptvec map MODEL --corpus SOURCE`"
+            )
+        if word is None or (not word.strip() and not exact):
             raise AtlasError("the search word is empty; give a word or word piece, e.g. dog")
         if (Path(model) / "manifest.json").exists():
             from conceptvec.atlas import Atlas
@@ -361,6 +383,29 @@ def register(app: typer.Typer) -> None:
             raise AtlasError("--out works with one --format at a time")
         for p in run_exports(atlas_dir, formats, out, overwrite):
             typer.echo(f"export: {p}")
+
+
+def _activation_search(atlas, word, by, where, matrix, layers, top, json_out) -> None:
+    """``conceptvec search ATLAS --by agreement`` and ``search ATLAS WORD --in contexts``."""
+    from conceptvec.atlas.agreement import rank_agreement, search_contexts
+    from conceptvec.commands import print_json
+
+    if where not in ("tokens", "contexts"):
+        raise AtlasError(f"--in takes tokens or contexts, not {where!r}")
+    if by == "agreement":
+        if word is not None or where != "tokens":
+            raise AtlasError("--by agreement ranks every neuron: drop WORD and --in")
+        hits = rank_agreement(atlas, matrix=matrix or "down", layers=layers, top=top)
+    else:
+        if by is not None:
+            raise AtlasError(f"--by {by} does not apply to --in contexts; drop it")
+        if word is None:
+            raise AtlasError("give the word to look for in the contexts, e.g. Caesar")
+        hits = search_contexts(atlas, word, layers=layers, top=top)
+    if json_out:
+        print_json(hits.to_dict()["hits"])
+    else:
+        typer.echo(str(hits))
 
 
 def _core_line(concept) -> str:
