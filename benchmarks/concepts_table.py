@@ -29,6 +29,10 @@ def main(path: str) -> None:
         if v is None:
             print(f"| {r['Concept']} | - | | | | | | | | | | none |")
             continue
+        if "weights" not in v:  # named by the category check; its evidence was not recorded
+            print(f"| {r['Concept']} | {v['neuron']} | {v['side']} | not recorded "
+                  f"| | | | | | | | {v['verdict']} |")  # fmt: skip
+            continue
         tokens = ", ".join(show(t) for t in v["weights"]["tokens"][:5]).replace("|", "\\|")
         a = v["activations"]
         act = "-" if a is None else f"{a['mean_concept']:+.2f}"
@@ -52,6 +56,22 @@ def main(path: str) -> None:
             f"**{v['verdict']}**" if v["verdict"] == "concept" else v["verdict"],
         ]
         print("| " + " | ".join(cells) + " |")
+
+    shared = {}
+    for r in records:
+        for o in r["conceptvec"].get("others") or []:
+            if o.get("shared_with") and o.get("evidence") and o["verdict"] == "category":
+                shared.setdefault(o["neuron"], (o, set()))[1].update(
+                    [r["Concept"], *o["shared_with"]]
+                )
+    if shared:
+        print()
+        print("| category neuron (validated) | side | top tokens | candidate of |")
+        print("|---|---|---|---|")
+        for neuron, (o, concepts) in sorted(shared.items(), key=lambda x: -len(x[1][1])):
+            tokens = ", ".join(show(t) for t in o["evidence"]["weights"]["tokens"][:5])
+            tokens = tokens.replace("|", "\\|")
+            print(f"| {neuron} | {o['side']} | `{tokens}` | {', '.join(sorted(concepts))} |")
 
 
 if __name__ == "__main__":

@@ -318,3 +318,68 @@ def test_groups_count_each_word_form_once(tiny):
         assert h.key == pytest.approx(want, abs=1e-3)
     with pytest.raises(cv.ConceptvecError, match="groups"):
         cv.search_weights(tiny, token_ids=ids, groups=groups[:-1] or [0, 0])
+
+
+# ------------------------------------------------------------------ category neurons (issue 24)
+def test_a_neuron_that_serves_other_concepts_is_a_category_neuron():
+    c = _vector()  # would be a concept vector on its own
+    c.weights.shared_with = ["Baseball"]
+    judge(c, Thresholds())
+    assert c.verdict == "category" and "Baseball" in c.reasons[0], c.reasons
+
+
+def test_find_checks_its_candidates_against_a_reference_list(tiny):
+    kw = dict(texts=TEXT, qa=QA, unrelated_qa=UNRELATED, candidates=3, validate=1, controls=2,
+              modes=["zero"], max_new_tokens=2, progress=False)  # fmt: skip
+    alone = cv.find_concept(tiny, "Harry Potter", **kw)
+    assert all(not c.weights.shared_with for c in alone.candidates)
+    # "Potter Harry" searches the same words: every name-search candidate serves it too
+    r = cv.find_concept(tiny, "Harry Potter", reference=["Harry Potter", "Potter Harry"], **kw)
+    by_name = [c for c in r.candidates if c.weights.search == "name"]
+    assert by_name and all(c.weights.shared_with == ["Potter Harry"] for c in by_name)
+    assert all(c.verdict in ("category", "unvalidated") for c in by_name)
+    assert r.settings["reference"] == ["Harry Potter", "Potter Harry"]
+
+
+def _row(concept, *cands):
+    """A built row: candidates (neuron, verdict), the first one its vector with evidence."""
+    (n0, v0), *rest = cands
+    vector = _vector().to_dict() | {"neuron": n0, "verdict": v0, "reasons": ["old"]}
+    layer, dim = n0[1:].split(".")
+    others = [{"neuron": n, "side": "top", "verdict": v} for n, v in rest]
+    extra = {"verdict": v0, "side": "top", "conceptvec": {"vector": vector, "others": others}}
+    return cv.concepts.ConceptEntry(concept, int(layer), int(dim), ["q?"], extra=extra)
+
+
+def test_build_check_names_no_neuron_twice_and_says_which_concepts_share_it():
+    from conceptvec.concepts.category import check_file
+
+    rows = [
+        _row("Baseball", ("L29.229", "not causal"), ("L29.991", "not causal")),
+        _row("TRPG", ("L29.229", "concept"), ("L27.1434", "category"), ("L29.849", "not causal")),
+        _row(
+            "Shakespeare",
+            ("L5.827", "not causal"),
+            ("L27.1434", "not causal"),
+            ("L29.229", "unvalidated"),
+        ),  # fmt: skip
+        _row("Lonely", ("L1.1", "concept"), ("L1.2", "unvalidated")),
+        _row("Crowded", ("L29.991", "concept"), ("L27.1434", "unvalidated")),
+    ]
+    out = {r.concept: r for r in check_file(rows)}
+    picks = [(r.layer, r.dim) for r in out.values() if r.layer is not None]
+    assert len(picks) == len(set(picks))  # no neuron is the vector of two rows
+    assert (out["Lonely"].layer, out["Lonely"].dim) == (1, 1)
+    assert out["Lonely"].extra == rows[3].extra  # nothing shared: untouched
+    trpg = out["TRPG"].extra["conceptvec"]
+    assert out["TRPG"].extra["verdict"] == "not causal" and trpg["vector"]["neuron"] == "L29.849"
+    assert "no evidence" in trpg["vector"]["reasons"][0]  # an old file recorded only the pick
+    old = next(o for o in trpg["others"] if o["neuron"] == "L29.229")
+    assert old["verdict"] == "category" and old["shared_with"] == ["Baseball", "Shakespeare"]
+    assert old["evidence"]["weights"]["shared_with"] == ["Baseball", "Shakespeare"]
+    assert "Baseball" in old["evidence"]["reasons"][0] and old["evidence"]["reasons"][1] == "old"
+    # every candidate of Crowded is another row's: it names no vector
+    assert out["Crowded"].layer is None and out["Crowded"].extra["verdict"] == "none"
+    assert out["Shakespeare"].extra["conceptvec"]["vector"]["neuron"] == "L5.827"
+    again = check_file(list(out.values()))
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in out.values()]  # idempotent

@@ -128,3 +128,27 @@ def test_a_wheel_runs_eval_with_a_packaged_concepts_file(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads(r.stdout)
     assert "L29.1518" in json.dumps(report)
+
+
+def test_no_neuron_is_the_vector_of_two_concepts_in_the_packaged_file():
+    rows = read_concepts("smollm2-dev")
+    picks = [(e.layer, e.dim) for e in rows if e.layer is not None]
+    assert len(picks) == len(set(picks)), picks
+    from conceptvec.concepts.category import check_file
+
+    assert [r.to_dict() for r in check_file(rows)] == [r.to_dict() for r in rows]  # checked
+
+
+def test_the_concepts_table_in_the_docs_is_the_packaged_files(capsys):
+    """docs/concepts.md holds exactly what benchmarks/concepts_table.py prints for the file."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import concepts_table
+    finally:
+        sys.path.pop(0)
+    concepts_table.main("smollm2-dev")
+    table = capsys.readouterr().out
+    doc = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
+    start = doc.index("<!-- concepts-table:")
+    inside = doc[doc.index("\n", start) + 1 : doc.index("<!-- /concepts-table -->")]
+    assert inside == table

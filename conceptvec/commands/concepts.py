@@ -58,6 +58,17 @@ def read_questions(path: str) -> list[str]:
     return lines
 
 
+def reference_names(text: str) -> list[str]:
+    """Return the concept names of a ConceptVectors file or packaged name, else of a comma
+    list."""
+    from conceptvec.concepts import read_concepts
+    from conceptvec.data import resolve_concepts
+
+    if text.lower().endswith(".json") or resolve_concepts(text).is_file():
+        return [e.concept for e in read_concepts(text)]
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 def _modes(text: str) -> list[str]:
     from conceptvec.concepts.find import MODES, ConceptSearchError
 
@@ -103,6 +114,15 @@ def find(
     modes: Modes = "zero,mean,noise",
     chat: Chat = None,
     max_new_tokens: MaxNew = 32,
+    reference: Annotated[
+        str | None,
+        typer.Option(
+            "--reference",
+            help="Other concepts to check candidates against: a ConceptVectors file or packaged "
+            "name (conceptvectors-dev), or names separated by commas. A candidate their own "
+            "weight searches rank as well is a category neuron.",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Find the neurons that hold a concept: weights, activations, knockouts, verdicts."""
@@ -115,9 +135,17 @@ def find(
     others = read_questions(unrelated_qa) if unrelated_qa else None
     texts = read_texts(text) if text else []
     settings = _settings(candidates, validate, controls, modes, chat, max_new_tokens)
+    names = reference_names(reference) if reference else []
     m = load(model, quiet=json_out)
     result = find_concept(
-        m, name, texts=texts, qa=questions, unrelated_qa=others, progress=not json_out, **settings
+        m,
+        name,
+        texts=texts,
+        qa=questions,
+        unrelated_qa=others,
+        progress=not json_out,
+        reference=names,
+        **settings,
     )
     if json_out:
         print_json(result.to_dict())

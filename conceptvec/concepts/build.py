@@ -2,7 +2,9 @@
 
 Each concept runs through :func:`find_concept` with its own Wikipedia text, QA and unrelated
 QA. The output file keeps the input's format and records: ``Layer``/``Dim`` now name this
-model's best vector (a ``concept`` verdict first, else the best validated candidate), the
+model's best vector (a ``concept`` verdict first, else the best validated candidate; after
+the run a neuron that is a candidate of two concepts is a ``category`` neuron of both and
+nobody's vector, see :mod:`.category`), the
 source model's pair moves to ``source_Layer``/``source_Dim``, and the evidence goes into
 extra keys (``verdict``, ``matrix``, ``side``, ``model``, ``conceptvec``).
 
@@ -26,6 +28,7 @@ from conceptvec.errors import ConceptvecError
 from conceptvec.neurons import NeuronId
 
 from .benchmark import ConceptEntry, read_concepts, write_concepts
+from .category import check_file
 from .find import ConceptSearch, find_concept
 from .record import ConceptVector
 
@@ -58,11 +61,7 @@ def entry_for(entry: ConceptEntry, search: ConceptSearch) -> ConceptEntry:
         side=chosen.weights.side,
         conceptvec={
             "vector": chosen.to_dict(),
-            "others": [
-                {"neuron": c.neuron, "side": c.weights.side, "verdict": c.verdict}
-                for c in search.candidates
-                if c is not chosen
-            ],
+            "others": [_other(c) for c in search.candidates if c is not chosen],
             "prompting": search.prompting,
             "settings": search.settings,
             "tokens": search.tokens.to_dict()["core"],
@@ -70,6 +69,15 @@ def entry_for(entry: ConceptEntry, search: ConceptSearch) -> ConceptEntry:
         },
     )
     return replace(entry, layer=n.layer, dim=n.index, extra=extra)
+
+
+def _other(c: ConceptVector) -> dict[str, Any]:
+    """A candidate beside the pick: neuron, side, verdict; the evidence when validated
+    (the file-wide category check may name it instead)."""
+    out: dict[str, Any] = {"neuron": c.neuron, "side": c.weights.side, "verdict": c.verdict}
+    if c.verdict != "unvalidated":
+        out["evidence"] = c.to_dict()
+    return out
 
 
 def build_concepts(
@@ -142,6 +150,9 @@ def build_concepts(
         built = {e.concept: e for e in rows}
         old = {e.concept for e in kept}
         rows = [built.get(e.concept, e) for e in kept] + [e for e in rows if e.concept not in old]
+    rows = check_file(rows)  # category neurons across the whole file; one row per neuron
+    checked = {e.concept: e for e in rows}
+    results = [(checked[e.concept], search) for e, search in results]
     write_concepts(rows, out, overwrite=overwrite or update)
     partial.unlink(missing_ok=True)  # ours: written by this job under this name
     return results

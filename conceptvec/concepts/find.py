@@ -36,6 +36,7 @@ from conceptvec.qa import QAScores, answer, answer_logprobs
 from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
 
+from .category import mark_shared, reference_pools
 from .record import VERDICTS, ActivationEvidence, ConceptVector, WeightEvidence
 from .tokens import ConceptTokens, concept_tokens
 from .validate import MODES, Thresholds, decisive, judge, knockout
@@ -288,13 +289,16 @@ def find_concept(
     seed: int = 0,
     tokenizer: Any = None,
     progress: bool = True,
+    reference: Sequence[str] = (),
 ) -> ConceptSearch:
     """Return a :class:`ConceptSearch`: the neurons of ``model`` that hold concept ``name``.
 
     ``texts`` (the concept's article, say) feed the token set and the activation stage;
     ``qa`` (questions about the concept) and ``unrelated_qa`` (others; everyday questions by
     default) feed the knockouts of the ``validate`` best of ``candidates``. Without ``qa``
-    no candidate is validated, and each says so.
+    no candidate is validated, and each says so. ``reference`` names other concepts: a
+    candidate that their own weight searches rank among their ``candidates`` serves them
+    as well, and is a ``category`` neuron (:mod:`conceptvec.concepts.category`).
     """
     # weights first: a name that matches nothing fails before the torch model is built
     if isinstance(model, (str, os.PathLike)):
@@ -328,6 +332,9 @@ def find_concept(
         ]
         for c, (_, source) in zip(found, merged):
             c.weights.search = ("name", "text")[source]
+        if reference:
+            pools = reference_pools(m, reference, exclude=name, matrix=matrix, top=candidates)
+            mark_shared(found, pools)
         bar.step("activations", seconds, "weights", t0)
         target = resolve(model, tokenizer)
         if texts:
@@ -412,6 +419,7 @@ def find_concept(
             max_new_tokens=max_new_tokens,
             seed=seed,
             noise_std=0.1,
+            reference=list(reference),
         ),
         seconds=seconds,
     )

@@ -23,8 +23,8 @@ from conceptvec.tokens import show
 
 VERDICTS = ("concept", "category", "unclear", "not causal", "unvalidated")
 """Best first: ``concept`` (names the concept, and its knockout hurts the concept's QA
-specifically); ``category`` (names other concepts of its kind, or its knockout hurts
-unrelated QA as well); ``unclear`` (its knockout hurts the concept's QA specifically, but
+specifically); ``category`` (names other concepts of its kind, serves other concepts
+of the file or reference list as well, or its knockout hurts unrelated QA as well); ``unclear`` (its knockout hurts the concept's QA specifically, but
 too few of its tokens are the concept's or its kind's to say which it holds); ``not
 causal`` (no knockout hurts the concept's QA beyond the controls); ``unvalidated`` (weights
 and activations only)."""
@@ -58,6 +58,10 @@ class WeightEvidence:
     search: str = "name"
     """Which weight search ranked it: ``name`` (the name's key words) or ``text`` (the
     text's distinctive words); the finder interleaves the two lists."""
+    shared_with: list[str] = field(default_factory=list)
+    """Other concepts whose own weight search ranks this neuron among their candidates (its
+    tokens serve them as well): the file's other concepts in ``concepts build``, a reference
+    list in ``find_concept(reference=...)``. Non-empty makes it a ``category`` neuron."""
 
 
 @dataclass

@@ -42,6 +42,15 @@ class Thresholds:
     ``concept`` or a ``category`` (a specific knockout is then ``unclear``)."""
 
 
+def shared_reason(others: list[str]) -> str:
+    """The reason a neuron that serves other concepts as well is a ``category`` neuron."""
+    names = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+    return (
+        f"its tokens serve other concepts as well: {names} rank it among their own candidates "
+        "by weights, so it holds what they share, not this concept"
+    )
+
+
 def decisive(c: ConceptVector) -> KnockoutEvidence | None:
     """The knockout that best shows the candidate's effect (largest concept drop)."""
     if not c.knockouts:
@@ -143,7 +152,10 @@ def judge(c: ConceptVector, t: Thresholds) -> None:
         f"only {named} of its {len(w.tokens)} tokens are the concept's ({w.n_concept}) or its "
         f"kind's ({w.n_kind}), under {t.min_named}: its weights name neither"
     )
-    if named >= t.min_named and w.breadth > t.max_breadth:
+    if w.shared_with:
+        c.verdict = "category"
+        c.reasons = [shared_reason(w.shared_with), shown]
+    elif named >= t.min_named and w.breadth > t.max_breadth:
         c.verdict = "category"
         c.reasons = [
             f"breadth {w.breadth:.2f} > {t.max_breadth} ({w.n_kind} kind, {w.n_concept} "
