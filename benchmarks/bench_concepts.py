@@ -30,7 +30,7 @@ from conceptvec import qa
 from conceptvec.concepts import concept_tokens, read_concepts
 from conceptvec.concepts.find import search_concept
 from conceptvec.concepts.tokens import name_words
-from conceptvec.decode import project, residual_vectors
+from conceptvec.decoding import project, residual_vectors
 from conceptvec.tokens import token_text
 
 SAMPLE = (

@@ -1,106 +1,84 @@
 """conceptvec: find where a language model keeps its knowledge in its MLP weights.
 
-The table of contents:
+The table of contents (``__all__``; everything else lives in its subpackage):
 
-- :func:`load` opens a model (alias, hub id, folder, GGUF file or a live model object);
+- :func:`load` opens a model (alias, hub id, folder, GGUF file or a live model object) as a
+  :class:`Model`; :class:`NeuronId` names a neuron; :class:`ConceptvecError` is what bad
+  input raises;
 - :func:`decode` turns a neuron (``"L12.345"``, matrix ``up``/``gate``/``down``) or any
-  residual vector into top and bottom tokens through the LM head;
+  residual vector into top and bottom tokens through the LM head (a :class:`Decoding`);
 - :func:`build_atlas` maps every neuron into an :class:`Atlas` folder (``conceptvec map``);
-  :func:`search_weights` ranks neurons by a token straight from the weights;
-  :func:`diff_atlases` compares two atlases (base vs. instruct or unlearned);
-- :class:`NeuronId` names a neuron; :class:`ConceptvecError` is what bad input raises;
+  :func:`search_weights` ranks neurons by a token straight from the weights
+  (:mod:`conceptvec.atlas` also diffs two atlases);
 - :func:`intervene` applies :func:`clamp`, :func:`scale`, :func:`zero`, :func:`add`,
-  :func:`mean_ablate`, :func:`noise`, :func:`zero_weights`, :func:`replace_weights` and
-  :func:`steer` to a HF, TransformerLens or nnsight model inside a ``with`` block;
-  :func:`measure_effect` and :func:`dose_response` measure what they do, against random
-  controls.
+  :func:`mean_ablate`, :func:`noise` and :func:`steer` to a HF, TransformerLens or nnsight
+  model inside a ``with`` block; :func:`measure_effect` measures what they do against random
+  controls (an :class:`EffectResult`; weight edits and dose-response curves are in
+  :mod:`conceptvec.interventions`);
 - :func:`read_activations` reads neurons' MLP activations on text (an :class:`Activations`);
-  :func:`top_contexts` shows a neuron's top activating tokens in context (:class:`TopContexts`).
+  :func:`top_contexts` shows a neuron's top activating tokens in context (:class:`TopContexts`);
 - :func:`find_concept` finds the neurons that hold a named concept and validates them
-  (a :class:`ConceptSearch` of :class:`ConceptVector` records); :func:`read_concepts` and
-  :func:`write_concepts` read and write the ConceptVectors benchmark format;
-- :func:`evaluate_qa` and :func:`evaluate_completion` score a model's answers with and
-  without an intervention, against random controls (a :class:`QAEvaluation`);
+  (a :class:`ConceptSearch` of :class:`ConceptVector` records; the ConceptVectors file
+  format is in :mod:`conceptvec.concepts`, answer scoring in :mod:`conceptvec.qa`);
 - :func:`unlearn` makes an unlearned checkpoint of a concept with a published method
   (an :class:`UnlearnResult`; ``conceptvec unlearn``);
 - :func:`evaluate.intrinsic` measures whether unlearning removed the concept vectors or
-  only hid them (an :class:`evaluate.EvalReport`; ``conceptvec eval``), and
+  only hid them (an :class:`EvalReport`; ``conceptvec eval``), and
   :func:`evaluate.score` gives the same as a plain dict for other harnesses.
+
+A few names used in the tutorials (``dose_response``, ``zero_weights``, ``evaluate_qa`` ...)
+also resolve here, from their subpackages.
 """
 
-import sys
-import types
 from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr__ below
     from . import evaluate
     from .activations import Activations, TopContexts, read_activations, top_contexts
-    from .atlas import Atlas, AtlasHit, build_atlas
-    from .atlas.build import BuildReport
-    from .atlas.diff import AtlasDiff, diff_atlases
-    from .atlas.search import WeightHit, search_weights
-    from .concepts import (
-        ConceptSearch,
-        ConceptVector,
-        concept_tokens,
-        find_concept,
-        read_concepts,
-        write_concepts,
-    )
-    from .decode import Decoding, TokenScore, decode, decode_many, project
+    from .atlas import Atlas, build_atlas, search_weights
+    from .concepts import ConceptSearch, ConceptVector, find_concept
+    from .decoding import Decoding, decode
     from .errors import ConceptvecError
-    from .evaluate import EvalReport, WeightComparison
+    from .evaluate import EvalReport
     from .interventions import (
-        DoseResponse,
         EffectResult,
-        Intervention,
         add,
         clamp,
-        dose_response,
         intervene,
         mean_ablate,
         measure_effect,
         noise,
-        replace_weights,
         scale,
         steer,
         zero,
-        zero_weights,
     )
-    from .models import ALIASES, DEFAULT_MODEL, ArchSpec, Model
-    from .models.load import load  # the function; mypy mistakes .models.load for the module
-    from .neurons import MATRICES, NeuronId
-    from .qa import QAEvaluation, evaluate_completion, evaluate_qa
-    from .results import Result, SearchResult
+    from .models import Model, load
+    from .neurons import NeuronId
     from .unlearning import UnlearnResult, unlearn
 
     __version__: str
 
+if TYPE_CHECKING:  # names the tutorials use: they resolve here but are listed by subpackages
+    from .concepts import concept_tokens  # noqa: F401
+    from .decoding import decode_many, project  # noqa: F401
+    from .interventions import dose_response, replace_weights, zero_weights  # noqa: F401
+    from .qa import QAEvaluation, evaluate_completion, evaluate_qa  # noqa: F401
+
 # Where each public name lives. ``import conceptvec`` imports none of these modules (torch
 # and transformers take seconds to import, and ``conceptvec --help`` needs neither); a name's
 # module is imported on its first use, as ``import conceptvec; conceptvec.load(...)`` or
-# ``from conceptvec import load``.
+# ``from conceptvec import load``. Everything else is imported from its subpackage
+# (``conceptvec.atlas``, ``conceptvec.interventions``, ``conceptvec.concepts`` ...).
 _HOMES = {
     ".activations": ("Activations", "TopContexts", "read_activations", "top_contexts"),
-    ".atlas": ("Atlas", "AtlasHit", "build_atlas"),
-    ".atlas.build": ("BuildReport",),
-    ".atlas.diff": ("AtlasDiff", "diff_atlases"),
-    ".atlas.search": ("WeightHit", "search_weights"),
-    ".concepts": (
-        "ConceptSearch",
-        "ConceptVector",
-        "concept_tokens",
-        "find_concept",
-        "read_concepts",
-        "write_concepts",
-    ),
-    ".decode": ("Decoding", "TokenScore", "decode", "decode_many", "project"),
+    ".atlas": ("Atlas", "build_atlas", "search_weights"),
+    ".concepts": ("ConceptSearch", "ConceptVector", "concept_tokens", "find_concept"),
+    ".decoding": ("Decoding", "decode", "decode_many", "project"),
     ".errors": ("ConceptvecError",),
+    ".evaluate": ("EvalReport",),
     ".interventions": (
-        "DoseResponse",
         "EffectResult",
-        "Intervention",
         "add",
         "clamp",
         "dose_response",
@@ -114,11 +92,9 @@ _HOMES = {
         "zero",
         "zero_weights",
     ),
-    ".models": ("ALIASES", "DEFAULT_MODEL", "ArchSpec", "Model", "load"),
-    ".neurons": ("MATRICES", "NeuronId"),
-    ".evaluate": ("EvalReport", "WeightComparison"),
+    ".models": ("Model", "load"),
+    ".neurons": ("NeuronId",),
     ".qa": ("QAEvaluation", "evaluate_completion", "evaluate_qa"),
-    ".results": ("Result", "SearchResult"),
     ".unlearning": ("UnlearnResult", "unlearn"),
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
@@ -147,74 +123,40 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__) | {"__version__"})
 
 
-class _Package(types.ModuleType):
-    """conceptvec's module type: a public function keeps its name when the module of the same
-    name is imported (``conceptvec.decode`` stays the function after ``conceptvec.decode``, the
-    module, is imported: Python binds a submodule on its package, over the function)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if isinstance(value, types.ModuleType) and name in _HOME:
-            return  # the name stays the function, found by __getattr__
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
 __all__ = [
-    "evaluate",
-    "ALIASES",
-    "DEFAULT_MODEL",
-    "MATRICES",
-    "Activations",
-    "ArchSpec",
-    "Atlas",
-    "AtlasDiff",
-    "AtlasHit",
-    "BuildReport",
-    "ConceptSearch",
-    "ConceptVector",
-    "ConceptvecError",
-    "Decoding",
-    "EvalReport",
-    "DoseResponse",
-    "EffectResult",
-    "Intervention",
+    # opening a model and naming a neuron
+    "load",
     "Model",
     "NeuronId",
-    "QAEvaluation",
-    "Result",
-    "SearchResult",
-    "TokenScore",
-    "TopContexts",
-    "UnlearnResult",
-    "WeightComparison",
-    "WeightHit",
-    "add",
-    "build_atlas",
-    "clamp",
-    "concept_tokens",
+    # weights: what a neuron says
     "decode",
-    "decode_many",
-    "diff_atlases",
-    "dose_response",
-    "evaluate_completion",
-    "evaluate_qa",
-    "find_concept",
-    "intervene",
-    "load",
-    "mean_ablate",
-    "measure_effect",
-    "noise",
-    "project",
-    "read_activations",
-    "read_concepts",
-    "replace_weights",
-    "scale",
+    "Decoding",
+    "build_atlas",
+    "Atlas",
     "search_weights",
-    "steer",
-    "top_contexts",
-    "unlearn",
-    "write_concepts",
+    # interventions: what a neuron does
+    "intervene",
+    "clamp",
+    "scale",
     "zero",
-    "zero_weights",
+    "add",
+    "mean_ablate",
+    "noise",
+    "steer",
+    "measure_effect",
+    "EffectResult",
+    # activations: when a neuron fires
+    "read_activations",
+    "Activations",
+    "top_contexts",
+    "TopContexts",
+    # concepts, unlearning and its evaluation
+    "find_concept",
+    "ConceptSearch",
+    "ConceptVector",
+    "unlearn",
+    "UnlearnResult",
+    "evaluate",
+    "EvalReport",
+    "ConceptvecError",
 ]

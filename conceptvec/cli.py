@@ -98,7 +98,7 @@ def neuron(
     if (Path(model) / "manifest.json").exists():
         results = _atlas_neurons(Path(model), neuron_ids, matrix, k, probs, no_fold)
     else:
-        from .decode import decode
+        from .decoding import decode
         from .models import load
 
         results = decode(

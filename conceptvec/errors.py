@@ -75,3 +75,28 @@ class InterventionInUseError(BadInterventionError, RuntimeError):
 
 class EvaluationError(ConceptvecError, ValueError):
     """Checkpoints or concepts that cannot be compared as asked (``conceptvec eval``)."""
+
+
+class BuildError(ConceptvecError, ValueError):
+    """A concepts build that cannot start or resume as asked."""
+
+
+class ConceptSearchError(ConceptvecError, ValueError):
+    """A concept search that cannot run as asked (no QA to validate with, bad settings)."""
+
+
+class ConceptTokensError(ConceptvecError, ValueError):
+    """A concept name that matches no token of the model's vocabulary."""
+
+
+class UnlearningError(ConceptvecError, ValueError):
+    """An unlearning run that cannot start or finish as asked (method, scope, data, model)."""
+
+
+class PluginError(ConceptvecError):
+    """A plugin asked to do something it cannot: a missing concept or harness checkout, an
+    output that is not ours to replace, or a harness config without a required key."""
+
+
+class PluginImportError(PluginError, ImportError):
+    """A plugin module (``--plugin`` or an entry point) that cannot be imported."""

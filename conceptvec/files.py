@@ -203,3 +203,16 @@ def swap_folder(tmp: Path, out: Path, check: Callable[[], None] | None = None) -
         shutil.rmtree(tmp, ignore_errors=True)  # our temporary folder
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)  # the earlier copy, replaced
+
+
+def file_mode() -> int:
+    """Return the mode a plain ``open()`` would give a new file (0o666 less the umask)."""
+    global _MODE
+    if _MODE is None:
+        mask = os.umask(0o22)
+        os.umask(mask)
+        _MODE = 0o666 & ~mask
+    return _MODE
+
+
+_MODE: int | None = None

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from conceptvec.errors import ConceptvecError
+from conceptvec.errors import ConceptvecError, PluginImportError
 
 T = TypeVar("T")
 
@@ -36,10 +36,6 @@ ENTRY_POINTS = "conceptvec.plugins"
 _loaded: set[str] = set()
 """The entry points loaded so far (their values)."""
 _scanned = False
-
-
-class PluginError(ConceptvecError, ImportError):
-    """A plugin module (``--plugin`` or an entry point) that cannot be imported."""
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -106,7 +102,7 @@ class Registry(Mapping[str, T], Generic[T]):
 def load_plugins(modules: Sequence[str] = ()) -> list[str]:
     """Import the plugin ``modules`` (dotted names, e.g. ``--plugin my_pkg.methods``) and the
     ``conceptvec.plugins`` entry points; return the names imported. A module that fails to
-    import raises :class:`PluginError` with its error in one line."""
+    import raises :class:`PluginImportError` with its error in one line."""
     done = load_entry_points()
     for name in modules:
         _import(name)
@@ -129,7 +125,7 @@ def load_entry_points(again: bool = False) -> list[str]:
         try:
             obj = ep.load()
         except Exception as e:  # a broken third-party package: say which, in one line
-            raise PluginError(
+            raise PluginImportError(
                 f"the {ENTRY_POINTS} entry point {ep.name!r} ({ep.value}) failed to load: "
                 f"{type(e).__name__}: {e}; fix or uninstall that package"
             ) from None
@@ -149,7 +145,7 @@ def _import(name: str) -> object:
         raise
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
-        raise PluginError(
+        raise PluginImportError(
             f"plugin {name!r} could not be imported ({type(e).__name__}: {first}); pass an "
             "importable module name (its folder on PYTHONPATH) or a .py file, e.g. "
             "--plugin my_package.methods"
@@ -158,14 +154,14 @@ def _import(name: str) -> object:
 
 def _import_file(path: Path) -> object:
     if not path.is_file():
-        raise PluginError(f"plugin file {path} does not exist; check --plugin")
+        raise PluginImportError(f"plugin file {path} does not exist; check --plugin")
     name = f"conceptvec_plugin_{path.stem}"
     old = sys.modules.get(name)
     if old is not None and getattr(old, "__file__", None) == str(path.resolve()):
         return old  # imported before in this process: its registrations stand
     spec = importlib.util.spec_from_file_location(name, path.resolve())
     if spec is None or spec.loader is None:
-        raise PluginError(f"plugin file {path} cannot be imported; pass a .py file")
+        raise PluginImportError(f"plugin file {path} cannot be imported; pass a .py file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     try:

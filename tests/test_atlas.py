@@ -262,7 +262,7 @@ def test_weight_search_ranks_like_full_projection(tiny_dir):
     hits = search_weights(model, word, matrix="down", top=8)
     # brute force: project every neuron fully, z-score the token inside each projection
     from conceptvec.atlas.search import matching_tokens
-    from conceptvec.decode import project, residual_vectors
+    from conceptvec.decoding import project, residual_vectors
 
     ids = matching_tokens(model, word)
     rows = []

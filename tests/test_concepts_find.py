@@ -12,16 +12,17 @@ from conceptvec.concepts import (
     VERDICTS,
     ActivationEvidence,
     ConceptVector,
+    FindThresholds,
     KnockoutEvidence,
-    Thresholds,
     WeightEvidence,
     judge,
     read_concepts,
     write_concepts,
 )
 from conceptvec.concepts.build import PARTIAL_SUFFIX, build_concepts
-from conceptvec.concepts.tokens import ConceptTokensError, concept_tokens, name_words, spellings
-from conceptvec.decode import project, residual_vectors
+from conceptvec.concepts.tokens import concept_tokens, name_words, spellings
+from conceptvec.decoding import project, residual_vectors
+from conceptvec.errors import ConceptTokensError
 
 from .conftest import run_cli
 
@@ -131,7 +132,7 @@ def _vector(n_concept=9, n_kind=1, dc=-0.2, du=0.0, pct=100.0, mean=-1.0, side="
 
 
 def test_verdict_rules():
-    t = Thresholds()
+    t = FindThresholds()
     cases = {
         "concept": _vector(),
         "category": _vector(n_concept=2, n_kind=8),
@@ -324,7 +325,7 @@ def test_groups_count_each_word_form_once(tiny):
 def test_a_neuron_that_serves_other_concepts_is_a_category_neuron():
     c = _vector()  # would be a concept vector on its own
     c.weights.shared_with = ["Baseball"]
-    judge(c, Thresholds())
+    judge(c, FindThresholds())
     assert c.verdict == "category" and "Baseball" in c.reasons[0], c.reasons
 
 

@@ -10,7 +10,7 @@ import pytest
 import conceptvec as cv
 from conceptvec.concepts.find import merge_hits, search_concept, search_text_words
 from conceptvec.concepts.tokens import _WORD, STOPWORDS, acronyms, concept_tokens
-from conceptvec.decode import project, residual_vectors
+from conceptvec.decoding import project, residual_vectors
 from conceptvec.tokens import token_text
 
 from .conftest import CORPUS, build_tiny

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import conceptvec
-from conceptvec.decode import final_logits, residual_vectors
+from conceptvec.decoding import final_logits, residual_vectors
 
 from .conftest import FAMILIES, build_tiny
 
@@ -227,7 +227,7 @@ def test_one_norm_fold_serves_vectors_and_head_rows(family, models):
     """``project`` folds the final norm into vectors, atlases into the head's rows: the same
     NormFold, so both give the same scores."""
     from conceptvec.atlas.head import folded_rows
-    from conceptvec.decode import NormFold, project
+    from conceptvec.decoding import NormFold, project
 
     _, m = models(family)
     v = torch.randn(4, m.dims.d_model)

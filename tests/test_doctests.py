@@ -19,7 +19,7 @@ PURE = [
     "conceptvec.unlearning.data",
 ]
 REAL = [
-    "conceptvec.decode",
+    "conceptvec.decoding",
     "conceptvec.activations.read",
     "conceptvec.activations.contexts",
     "conceptvec.atlas.atlas",

@@ -187,3 +187,25 @@ def test_config_transformers_cannot_read(tmp_path, tiny_dir, monkeypatch, capsys
     assert conceptvec.decode(model, "L0.1", k=2).top
     with pytest.raises(UnsupportedArchitectureError, match="transformers cannot read"):
         model.hf  # noqa: B018 - building the torch model is where transformers validates
+
+
+def test_every_user_facing_error_class_lives_in_errors_py():
+    """One home for what bad input raises: no ConceptvecError subclass is defined elsewhere.
+    (Internal signals, such as the GGUF parser's own error that loading turns into a
+    CorruptWeightsError, may stay beside their code.)"""
+    import ast
+
+    import conceptvec.errors
+
+    ours = {n for n, v in vars(conceptvec.errors).items() if isinstance(v, type)}
+    root = Path(conceptvec.__file__).parent
+    strays = []
+    for path in root.rglob("*.py"):
+        if path.name == "errors.py" and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and any(
+                getattr(b, "id", getattr(b, "attr", "")) in ours for b in node.bases
+            ):
+                strays.append(f"{path.relative_to(root)}:{node.name}")
+    assert not strays, strays

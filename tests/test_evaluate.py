@@ -154,7 +154,7 @@ def test_percentile_and_column_changes():
 
 
 def test_jaccard_reads_the_concepts_side(tiny):
-    from conceptvec.decode import decode
+    from conceptvec.decoding import decode
 
     m = load(tiny)
     top = eval_concepts(_records({"Ancient Rome": (2, 7)}))
@@ -264,7 +264,7 @@ def test_storage_dtype_is_not_unlearning(tiny, tmp_path):
 
 
 def test_folded_recipe_matches_decode_with_post_mlp_norm(tiny_dir):
-    from conceptvec.decode import decode
+    from conceptvec.decoding import decode
 
     m = load(tiny_dir("gemma2"))
     recs = [{**r, "wikipedia_content": ""} for r in _records({"Ancient Rome": (1, 5)})]

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import conceptvec
-from conceptvec.decode import final_logits, project, residual_vectors
+from conceptvec.decoding import final_logits, project, residual_vectors
 from conceptvec.errors import NoWeightsError, UnsupportedArchitectureError
 from conceptvec.models.backends import is_hooked_transformer
 

@@ -50,17 +50,35 @@ def test_every_public_name_still_imports():
     assert "load" in dir(conceptvec)
 
 
-def test_decode_stays_the_function_when_its_module_is_imported():
-    """``conceptvec.decode`` (function) and ``conceptvec/decode.py`` (module) share a name."""
+def test_no_module_shadows_a_public_name():
+    """A module named like a function its package exports (``decode.py`` beside ``decode``)
+    replaces the function on the package once imported; no package has one."""
+    import importlib
+
+    root = Path(conceptvec.__file__).parent
+    for init in [root / "__init__.py", *root.glob("*/__init__.py"), *root.glob("*/*/__init__.py")]:
+        package = ".".join(init.parent.relative_to(root.parent).parts)
+        module = importlib.import_module(package)
+        names = set(getattr(module, "__all__", ()))
+        children = {p.stem for p in init.parent.glob("*.py")} | {
+            p.parent.name for p in init.parent.glob("*/__init__.py")
+        }
+        functions = {n for n in names & children if callable(getattr(module, n))}
+        assert not functions, f"{package}: {functions} are both a module and a function"
     probe = """
         import conceptvec
-        from conceptvec.decode import project
-        import conceptvec.decode
-        from conceptvec import decode
-        assert callable(conceptvec.decode) and decode is conceptvec.decode, conceptvec.decode
-        assert conceptvec.decode.__module__ == "conceptvec.decode"
+        import conceptvec.decoding, conceptvec.models.loading
+        from conceptvec import decode, load
+        assert callable(conceptvec.decode) and decode is conceptvec.decode
+        assert callable(conceptvec.models.load) and load is conceptvec.load
     """
     heavy_imports(probe)
+
+
+def test_the_table_of_contents_is_short_and_old_names_still_resolve():
+    assert len(conceptvec.__all__) <= 35
+    for name in ("dose_response", "zero_weights", "evaluate_qa", "decode_many", "project"):
+        assert callable(getattr(conceptvec, name)) and name not in conceptvec.__all__
 
 
 def test_warm_gguf_search_and_decode_need_neither_transformers_nor_the_tokenizer(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import conceptvec
-from conceptvec.decode import residual_vectors
+from conceptvec.decoding import residual_vectors
 
 pytestmark = [
     pytest.mark.real_model,

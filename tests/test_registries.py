@@ -13,8 +13,9 @@ import pytest
 
 from conceptvec.data import concepts_file
 from conceptvec.errors import EvaluationError
+from conceptvec.errors import PluginImportError as PluginError
 from conceptvec.evaluate import ATTACKS, register_attack
-from conceptvec.registry import PluginError, Registry, load_entry_points, load_plugins
+from conceptvec.registry import Registry, load_entry_points, load_plugins
 from conceptvec.unlearning import METHODS, UnlearningError
 from tests.conftest import run_cli
 

@@ -10,31 +10,39 @@ import torch
 import conceptvec
 from conceptvec.results import Result, SearchResult
 
-RESULT_TYPES = [
-    "Decoding",
-    "TokenScore",
-    "AtlasHit",
-    "WeightHit",
-    "AtlasDiff",
-    "BuildReport",
-    "EffectResult",
-    "DoseResponse",
-    "ConceptSearch",
-    "ConceptVector",
-    "QAEvaluation",
-    "EvalReport",
-    "WeightComparison",
-    "TopContexts",
-    "Activations",
-    "UnlearnResult",
-    "SearchResult",
-]
+RESULT_TYPES = {
+    "Decoding": "conceptvec",
+    "TokenScore": "conceptvec.decoding",
+    "AtlasHit": "conceptvec.atlas",
+    "WeightHit": "conceptvec.atlas",
+    "AtlasDiff": "conceptvec.atlas",
+    "BuildReport": "conceptvec.atlas",
+    "EffectResult": "conceptvec",
+    "DoseResponse": "conceptvec.interventions",
+    "ConceptSearch": "conceptvec",
+    "ConceptVector": "conceptvec",
+    "QAEvaluation": "conceptvec.qa",
+    "EvalReport": "conceptvec",
+    "WeightComparison": "conceptvec.evaluate",
+    "TopContexts": "conceptvec",
+    "Activations": "conceptvec",
+    "UnlearnResult": "conceptvec",
+    "SearchResult": "conceptvec.results",
+}
+"""Each result type and where it is exported (the package root for the main ones)."""
+
+
+def result_type(name: str) -> type:
+    import importlib
+
+    home = importlib.import_module(RESULT_TYPES[name])
+    assert name in getattr(home, "__all__", [name]), f"{name} not in {home.__name__}.__all__"
+    return getattr(home, name)
 
 
 @pytest.mark.parametrize("name", RESULT_TYPES)
 def test_every_result_type_is_exported_and_has_the_interface(name):
-    cls = getattr(conceptvec, name)
-    assert name in conceptvec.__all__
+    cls = result_type(name)
     assert issubclass(cls, Result)
     for method in ("to_dict", "__str__", "_repr_html_", "plot"):
         assert getattr(cls, method) is not getattr(object, method, None), method
@@ -46,7 +54,7 @@ def test_every_figure_is_drawn_in_viz():
     import inspect
 
     for name in RESULT_TYPES:
-        plot = getattr(conceptvec, name).plot
+        plot = result_type(name).plot
         code = inspect.getsource(plot)
         assert "import plotly" not in code and "go.Figure" not in code, f"{name}.plot: not viz"
 

@@ -10,10 +10,10 @@ import torch
 
 from conceptvec.concepts import ConceptEntry, read_concepts
 from conceptvec.data import concepts_file
+from conceptvec.errors import UnlearningError as MethodsError
 from conceptvec.unlearning import METHODS, UnlearningError, unlearn
 from conceptvec.unlearning.data import IDK_ANSWERS, Example, Tokenising, _pad, chunk_text, halves
 from conceptvec.unlearning.methods import Context
-from conceptvec.unlearning.methods import UnlearningError as MethodsError
 
 SAMPLE = concepts_file("conceptvectors-dev")
 FAST = dict(max_length=48, max_new_tokens=6, batch_size=2, evaluate=False, progress=False)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from conceptvec import files
-from conceptvec.decode import Decoding, TokenScore
+from conceptvec.decoding import Decoding, TokenScore
 from conceptvec.errors import AtlasError
 from conceptvec.neurons import NeuronId, check_matrix, parse_layers
 from conceptvec.results import Result, SearchResult

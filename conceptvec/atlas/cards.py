@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from conceptvec import files
-from conceptvec.decode import Decoding
+from conceptvec.decoding import Decoding
 from conceptvec.errors import AtlasError, CorruptAtlasError
 from conceptvec.tokens import show
 

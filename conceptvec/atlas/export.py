@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from conceptvec import files
 from conceptvec.errors import AtlasError
 
 from . import store
@@ -109,7 +110,7 @@ def export_parquet(
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, store.file_mode())
+        os.fchmod(fd, files.file_mode())
         os.close(fd)
         with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             writer.write_table(first.replace_schema_metadata(schema.metadata))
@@ -204,7 +205,7 @@ def export_neuronpedia(
     _check_replaceable_folder(path, overwrite or out is None)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        tmp.chmod(store.file_mode() | 0o111)
+        tmp.chmod(files.file_mode() | 0o111)
     except OSError as e:
         raise AtlasError(store.write_problem(path, e)) from None
     old = None

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from conceptvec.decode import NormFold, residual_vectors
+from conceptvec.decoding import NormFold, residual_vectors
 from conceptvec.errors import AtlasError
 from conceptvec.models import Model
 from conceptvec.models.disk_cache import cached_tensors

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from conceptvec.errors import AtlasError
-from conceptvec.files import swap_folder
+from conceptvec.files import file_mode, swap_folder
 from conceptvec.tokens import show
 
 from . import store
@@ -83,7 +83,7 @@ def export_html(
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-        tmp.chmod(store.file_mode() | 0o111)  # mkdtemp makes 0700; a web server must read it
+        tmp.chmod(file_mode() | 0o111)  # mkdtemp makes 0700; a web server must read it
     except OSError as e:
         raise AtlasError(
             f"cannot write {out} ({e.strerror or e}); choose a writable folder"

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conceptvec.decode import _recipe
+from conceptvec.decoding import _recipe
 from conceptvec.models import Model
 from conceptvec.tokens import token_text
 from conceptvec.version import package_version

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from conceptvec.decode import project, residual_vectors
+from conceptvec.decoding import project, residual_vectors
 from conceptvec.errors import AtlasError
 from conceptvec.models import Model, load
 from conceptvec.models.disk_cache import cached_tensors

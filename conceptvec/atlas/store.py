@@ -84,7 +84,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     fd, tmp = None, None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.fchmod(fd, file_mode())
+        os.fchmod(fd, files.file_mode())
         with os.fdopen(fd, "wb") as f:
             fd = None
             f.write(data)
@@ -102,17 +102,6 @@ def atomic_write(path: Path, data: bytes) -> None:
                 os.unlink(tmp)
 
 
-def file_mode() -> int:
-    """Return the mode a plain ``open()`` would give a new file (0o666 less the umask)."""
-    global _MODE
-    if _MODE is None:
-        mask = os.umask(0o22)
-        os.umask(mask)
-        _MODE = 0o666 & ~mask
-    return _MODE
-
-
-_MODE: int | None = None
 _JOURNAL_LOCK = threading.Lock()  # shard writers of one process share its journal
 
 
@@ -236,7 +225,9 @@ def lock_folder(root: Path) -> Any:
     path = root / LOCK
     for _ in range(10):
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), file_mode())
+            fd = os.open(
+                path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), files.file_mode()
+            )
         except OSError as e:
             raise AtlasError(write_problem(path, e)) from None
         try:

@@ -70,7 +70,8 @@ def reference_names(text: str) -> list[str]:
 
 
 def _modes(text: str) -> list[str]:
-    from conceptvec.concepts.find import MODES, ConceptSearchError
+    from conceptvec.concepts.find import MODES
+    from conceptvec.errors import ConceptSearchError
 
     modes = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]

@@ -226,10 +226,11 @@ def ablate(
 ) -> None:
     """Ablate MLP neurons (zero, mean over reference texts, or noise on their weights)."""
     from conceptvec.errors import BadInterventionError
-    from conceptvec.interventions import REFERENCE_TEXTS, mean_ablate, noise, zero
+    from conceptvec.interventions import mean_ablate, noise, zero
     from conceptvec.interventions.edit_specs import Edit, check_positions
     from conceptvec.models import load
     from conceptvec.neurons import NeuronId
+    from conceptvec.reference_texts import REFERENCE_TEXTS
 
     if mode not in MODES:
         raise BadInterventionError(f"unknown --mode {mode!r}: use one of {', '.join(MODES)}")

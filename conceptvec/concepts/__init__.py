@@ -20,7 +20,7 @@ from .record import (
     WeightEvidence,
 )
 from .tokens import ConceptTokens, concept_tokens
-from .validate import MODES, Thresholds, judge
+from .validate import MODES, FindThresholds, judge
 
 __all__ = [
     "MODES",
@@ -33,7 +33,7 @@ __all__ = [
     "ConceptVector",
     "KnockoutEvidence",
     "TextCompletion",
-    "Thresholds",
+    "FindThresholds",
     "WeightEvidence",
     "concept_tokens",
     "find_concept",

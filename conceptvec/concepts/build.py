@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from conceptvec.errors import ConceptvecError
+from conceptvec.errors import BuildError
 from conceptvec.neurons import NeuronId
 
 from .benchmark import ConceptEntry, read_concepts, write_concepts
@@ -33,10 +33,6 @@ from .find import ConceptSearch, find_concept
 from .record import ConceptVector
 
 PARTIAL_SUFFIX = ".partial.json"
-
-
-class BuildError(ConceptvecError, ValueError):
-    """A concepts build that cannot start or resume as asked."""
 
 
 def pick(search: ConceptSearch) -> ConceptVector | None:

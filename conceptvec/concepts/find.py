@@ -26,20 +26,20 @@ from typing import Any
 
 from conceptvec.activations import read_activations, separation
 from conceptvec.atlas.search import WeightHit, search_weights
-from conceptvec.decode import decode
-from conceptvec.errors import ConceptvecError
-from conceptvec.interventions import REFERENCE_TEXTS
+from conceptvec.decoding import decode
+from conceptvec.errors import ConceptSearchError
 from conceptvec.models import Model, load
 from conceptvec.models.backends import resolve
 from conceptvec.neurons import NeuronId
 from conceptvec.qa import QAScores, answer, answer_logprobs
+from conceptvec.reference_texts import REFERENCE_TEXTS
 from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
 
 from .category import mark_shared, reference_pools
 from .record import VERDICTS, ActivationEvidence, ConceptVector, WeightEvidence
 from .tokens import ConceptTokens, concept_tokens
-from .validate import MODES, Thresholds, decisive, judge, knockout
+from .validate import MODES, FindThresholds, decisive, judge, knockout
 
 DEFAULT_UNRELATED_QA = (
     "How many days are there in a leap year?",
@@ -54,10 +54,6 @@ DEFAULT_UNRELATED_QA = (
     "What does a thermometer measure?",
 )
 """Everyday questions used as unrelated QA when none are given."""
-
-
-class ConceptSearchError(ConceptvecError, ValueError):
-    """A concept search that cannot run as asked (no QA to validate with, bad settings)."""
 
 
 @dataclass
@@ -75,7 +71,7 @@ class ConceptSearch(Result):
     unrelated_questions: list[str] = field(default_factory=list)
     references: list[str] = field(default_factory=list)
     """The unperturbed model's answers: concept questions, then unrelated ones."""
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    thresholds: FindThresholds = field(default_factory=FindThresholds)
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -285,7 +281,7 @@ def find_concept(
     max_text_tokens: int = 2048,
     max_new_tokens: int = 32,
     chat: bool | None = None,
-    thresholds: Thresholds | None = None,
+    thresholds: FindThresholds | None = None,
     seed: int = 0,
     tokenizer: Any = None,
     progress: bool = True,
@@ -310,7 +306,7 @@ def find_concept(
             f"bad settings: modes {list(modes)} (use {', '.join(MODES)}), candidates "
             f"{candidates} >= 1, 0 <= validate {validate} <= candidates, controls {controls} >= 0"
         )
-    thresholds = thresholds or Thresholds()
+    thresholds = thresholds or FindThresholds()
     qa = [q.strip() for q in qa if q.strip()]
     unrelated = [q.strip() for q in (unrelated_qa or DEFAULT_UNRELATED_QA) if q.strip()]
     seconds: dict[str, float] = {}

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from conceptvec.atlas.head import folded_rows
-from conceptvec.errors import ConceptvecError
+from conceptvec.errors import ConceptTokensError
 from conceptvec.models import Model
 from conceptvec.results import Result
 from conceptvec.tokens import show, token_text
@@ -51,10 +51,6 @@ STOPWORDS = frozenset(
 """Words never used as concept words."""
 
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")
-
-
-class ConceptTokensError(ConceptvecError, ValueError):
-    """A concept name that matches no token of the model's vocabulary."""
 
 
 @dataclass

@@ -25,7 +25,7 @@ ConceptVectors' N(0, 0.1) noise on the neuron's weights."""
 
 
 @dataclass
-class Thresholds:
+class FindThresholds:
     """What the verdict requires (each number is recorded in the result)."""
 
     percentile: float = 90.0
@@ -124,8 +124,8 @@ def knockout(
     )
 
 
-def judge(c: ConceptVector, t: Thresholds) -> None:
-    """Set ``c.verdict`` and ``c.reasons`` from its evidence (see :class:`Thresholds`)."""
+def judge(c: ConceptVector, t: FindThresholds) -> None:
+    """Set ``c.verdict`` and ``c.reasons`` from its evidence (see :class:`FindThresholds`)."""
     if not c.knockouts:
         c.verdict, c.reasons = "unvalidated", ["no knockout was run (weights and activations only)"]
         return

@@ -14,13 +14,10 @@ from .attacks import ATTACKS, AttackInput, register_attack
 from .behaviour import Recovery, quantized
 from .concepts import EvalConcept, eval_concepts
 from .config import EvalConfig
-from .intrinsic import intrinsic, score
 from .report import SCHEMA, ConceptEval, EvalReport, RunEval
+from .run import intrinsic, score
 from .trace import TraceThresholds
 from .weights import RECIPES, VectorChange, WeightComparison, compare_weights
-
-Thresholds = TraceThresholds
-"""The old name of :class:`TraceThresholds` (not :class:`conceptvec.concepts.Thresholds`)."""
 
 __all__ = [
     "ATTACKS",
@@ -33,7 +30,6 @@ __all__ = [
     "EvalReport",
     "Recovery",
     "RunEval",
-    "Thresholds",
     "TraceThresholds",
     "VectorChange",
     "WeightComparison",

@@ -2,13 +2,13 @@
 
 Accepted inputs, all turned into :class:`EvalConcept`:
 
-- a ConceptVectors-format file or list (:func:`conceptvec.read_concepts`) whose ``Layer`` and
+- a ConceptVectors-format file or list (:func:`conceptvec.concepts.read_concepts`) whose ``Layer`` and
   ``Dim`` name the vector in the evaluated model (``conceptvec concepts build`` writes such
   a file for your model: the released LLaMA/OLMo files name *their* models' vectors);
 - :class:`conceptvec.ConceptVector` records from :func:`conceptvec.find_concept` (the QA and
   text then come from ``probes``, a concepts file for the same names);
 - dicts in the ConceptVectors format (``Concept``, ``Layer``, ``Dim``, ``QA``, ...; see
-  :func:`conceptvec.read_concepts` for what it requires).
+  :func:`conceptvec.concepts.read_concepts` for what it requires).
 """
 
 from __future__ import annotations

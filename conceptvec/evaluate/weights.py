@@ -38,12 +38,12 @@ from typing import Any
 import torch
 
 from conceptvec.concepts.tokens import STOPWORDS
-from conceptvec.decode import project
+from conceptvec.decoding import project
 from conceptvec.errors import EvaluationError
-from conceptvec.interventions.effect import progress_bar
 from conceptvec.models import Model
 from conceptvec.models.arch import text_config
 from conceptvec.neurons import NeuronId
+from conceptvec.progress import progress_bar
 from conceptvec.results import Result
 from conceptvec.tokens import token_text
 

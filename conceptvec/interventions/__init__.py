@@ -5,7 +5,7 @@ The public names are re-exported by :mod:`conceptvec`; see ``docs/interventions.
 
 from conceptvec.models.backends import Target, resolve
 
-from .ablation import REFERENCE_TEXTS, mean_ablate, neuron_means
+from .ablation import mean_ablate, neuron_means
 from .apply import Intervention, generate, intervene, logits
 from .controls import random_controls
 from .edit_specs import (
@@ -28,7 +28,6 @@ from .sweep import DoseResponse, dose_response
 
 __all__ = [
     "POSITIONS",
-    "REFERENCE_TEXTS",
     "DoseResponse",
     "EffectResult",
     "Intervention",

@@ -19,6 +19,7 @@ import torch
 
 from conceptvec.errors import BadInterventionError
 from conceptvec.models.backends import Target, resolve
+from conceptvec.progress import progress_bar
 from conceptvec.results import Result
 from conceptvec.tokens import show, token_text
 
@@ -246,15 +247,6 @@ def _top(logp: torch.Tensor, k: int, text: Any) -> list[TokenProb]:
 
 
 # ---------------------------------------------------------------------- measuring
-def progress_bar(total: int, desc: str, on: bool) -> Any:
-    """Return a tqdm bar on stderr (a silent one when ``on`` is False); use it as a context."""
-    import sys
-
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="pass", disable=not on, file=sys.stderr, leave=False)
-
-
 def spaceless_twin(tokenizer: Any, target: str | int) -> str | None:
     """Return ``" " + target`` when ``target`` looks like a word that lost its leading space:
     a word of letters whose spaced form is another single token (" dog" vs "dog")."""

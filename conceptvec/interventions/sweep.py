@@ -14,10 +14,11 @@ from typing import Any
 from conceptvec.errors import BadInterventionError
 from conceptvec.models.backends import resolve
 from conceptvec.neurons import NeuronId
+from conceptvec.progress import progress_bar
 from conceptvec.results import Result
 
 from .edit_specs import Positions, clamp, finite
-from .effect import EffectResult, measure_effect, pretty_as_str, progress_bar
+from .effect import EffectResult, measure_effect, pretty_as_str
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from .aliases import ALIASES, DEFAULT_MODEL, Alias, find_alias
 from .arch import SPECS, ArchSpec, Dims, spec_for_model_type, supported_model_types
-from .load import load
+from .loading import load
 from .model import Model
 from .readers import GGUFWeightReader, ModuleReader, SafetensorsReader
 

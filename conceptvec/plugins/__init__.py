@@ -13,7 +13,8 @@ Importing this package imports neither lm-eval nor Hydra (the ``plugins`` extra)
 
 from __future__ import annotations
 
-from .errors import PluginError
+from conceptvec.errors import PluginError
+
 from .lm_eval_export import LmEvalExport, export_lm_eval
 
 __all__ = ["LmEvalExport", "PluginError", "export_lm_eval"]

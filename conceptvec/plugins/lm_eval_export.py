@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
+from conceptvec.errors import PluginError
 from conceptvec.files import lists_every_file, swap_folder
 from conceptvec.results import Result
 from conceptvec.version import package_version
-
-from .errors import PluginError
 
 SETS: tuple[str, ...] = ("forget_qa", "unrelated_qa", "completion")
 """The question sets: the concept's QA, the unrelated QA, and the text completions."""
@@ -345,7 +344,7 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
 def _write(out: Path, files: dict[str, str], export: LmEvalExport, overwrite: bool) -> None:
     """Write ``files`` and the manifest (last) into a hidden folder beside ``out``, then
     rename it to ``out``: a crash never leaves a folder that looks complete."""
-    from conceptvec.atlas.store import file_mode
+    from conceptvec.files import file_mode
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
     try:

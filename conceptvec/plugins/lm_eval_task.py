@@ -17,9 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from conceptvec.errors import PluginError
 from conceptvec.files import confined, read_bounded
-
-from .errors import PluginError
 
 DATA_LIMIT = 256 << 20
 """The largest task data file read (bytes)."""

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import PluginError
+from conceptvec.errors import PluginError
 
 METRIC = "conceptvec_intrinsic"
 """The metric's handler name in open-unlearning's registry and YAML."""

@@ -8,8 +8,10 @@
 - :class:`UnlearningError` is what a run that cannot start or finish raises.
 """
 
+from conceptvec.errors import UnlearningError
+
 from .api import UnlearnResult, unlearn
-from .methods import METHODS, Context, Method, UnlearningError, mean_nll, register_method
+from .methods import METHODS, Context, Method, mean_nll, register_method
 
 __all__ = [
     "METHODS",

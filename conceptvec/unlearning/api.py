@@ -21,12 +21,13 @@ from typing import Any
 import torch
 
 from conceptvec.distributed import is_main_process
+from conceptvec.errors import UnlearningError
 from conceptvec.neurons import NeuronId
 from conceptvec.results import Result
 
 from .data import StepDataset, collate
 from .inputs import build_sets, resolve_concept, resolve_neuron, trainable_module
-from .methods import METHODS, Context, UnlearningError, resolve_hparams
+from .methods import METHODS, Context, resolve_hparams
 from .methods import method as get_method
 from .output import (
     SCHEMA,

@@ -25,9 +25,8 @@ from typing import Any
 
 import torch
 
+from conceptvec.errors import UnlearningError
 from conceptvec.files import read_bounded
-
-from .methods import UnlearningError
 
 CHUNK_CHARS = 400
 """A chunk closes once it is longer than this many characters (ConceptVectors)."""

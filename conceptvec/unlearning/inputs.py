@@ -11,11 +11,11 @@ from typing import Any
 
 from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
 from conceptvec.concepts.record import ConceptVector
+from conceptvec.errors import UnlearningError
 from conceptvec.neurons import NeuronId
 
 from .data import IDK_ANSWERS, DataSpec, Example, Tokenising, chunk_text, halves, read_pairs
 from .data import split_questions as split_qa
-from .methods import UnlearningError
 
 
 # -------------------------------------------------------------------------------- model

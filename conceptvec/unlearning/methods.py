@@ -21,12 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from conceptvec.errors import ConceptvecError
+from conceptvec.errors import UnlearningError
 from conceptvec.registry import Registry
-
-
-class UnlearningError(ConceptvecError, ValueError):
-    """An unlearning run that cannot start or finish as asked (method, scope, data, model)."""
 
 
 # ----------------------------------------------------------------------------- pieces

@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
+from conceptvec.errors import UnlearningError
 from conceptvec.files import lists_every_file, swap_folder
-
-from .methods import UnlearningError
 
 RECORD_FILE = "unlearning.json"
 """The run's record, beside the weights."""

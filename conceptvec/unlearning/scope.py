@@ -19,9 +19,8 @@ from typing import Any
 
 import torch
 
+from conceptvec.errors import UnlearningError
 from conceptvec.neurons import NeuronId
-
-from .methods import UnlearningError
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 

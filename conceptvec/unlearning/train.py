@@ -25,7 +25,9 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .methods import Context, UnlearningError
+from conceptvec.errors import UnlearningError
+
+from .methods import Context
 
 HISTORY_FILE = "conceptvec_losses.json"
 """The loss history inside each Trainer checkpoint folder."""

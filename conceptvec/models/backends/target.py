@@ -58,7 +58,7 @@ def resolve(obj: Any, tokenizer: Any = None) -> Target:
 
     Raises UnsupportedModelError for objects no backend claims (:func:`unwrap`).
     """
-    from conceptvec.models.load import load
+    from conceptvec.models.loading import load
 
     if isinstance(obj, Target):
         return obj

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from conceptvec.errors import ConceptvecError, EvaluationError
-from conceptvec.interventions.effect import progress_bar
 from conceptvec.models import Model, load
 from conceptvec.models.backends import Target, resolve
+from conceptvec.progress import progress_bar
 
 from .attacks import ATTACKS, AttackInput, run_attack
 from .behaviour import ConceptProbes, base_probes, probe_model
