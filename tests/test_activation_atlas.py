@@ -4,6 +4,7 @@ resume after an interruption gives the same bytes, corpus sources, refusals."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from conceptvec.atlas import corpus_pass as cp
 from conceptvec.atlas.corpus import Corpus
 from conceptvec.atlas.exemplars import StatsConfig
 from conceptvec.errors import AtlasError, BadTextError
+from conceptvec.tokens import show
 
 WORDS = "dog cat garden bird Paris France Berlin capital Harry went with and the".split()
 
@@ -319,3 +321,83 @@ def test_cli_search_agreement_and_contexts(act_atlas, monkeypatch, capsys):
     assert code == 0 and "Paris" in out, err
     code, out, err = run_cli(["search", path, "--by", "agreement", "dog"], monkeypatch, capsys)
     assert code == 2 and "drop WORD" in err
+
+
+def test_html_export_writes_the_second_view(act_atlas, tmp_path):
+    from conceptvec.atlas.html import export_html
+
+    site = export_html(act_atlas, tmp_path / "html", page_size=16).parent
+    meta = (site / "data" / "meta.js").read_text()
+    assert '"activations":{"layers":[0,1,2]' in meta
+    page = (site / "data" / "acts" / "L001.p000.js").read_text()
+    body = json.loads(page[page.index(",") + 1 : page.rindex(")")])
+    card = act_atlas.neuron("L1.3")
+    first = body["bottom"][3][0]  # [value, text, position, centre, n, ids..., values...]
+    assert first[1:3] == [card.activity.bottom[0].text, card.activity.bottom[0].position]
+    assert first[0] / 10 ** body["decimals"] == pytest.approx(
+        card.activity.bottom[0].value, abs=1e-3
+    )
+
+
+@pytest.mark.slow
+def test_browser_shows_both_views(act_atlas, tmp_path):
+    import base64
+
+    from conceptvec.atlas.html import export_html
+
+    from .test_atlas_html import CHROMIUM, Browser
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not on PATH")
+    site = export_html(act_atlas, tmp_path / "html", page_size=16)
+    browser = Browser(CHROMIUM, tmp_path / "profile")
+    try:
+        page = browser.open(site.as_uri() + "#n=L1.3&m=down")
+        page.wait_for("document.querySelectorAll('.card .acts').length === 16")
+        card = act_atlas.neuron("L1.3")
+        sel = '[data-neuron="L1.3"]'
+        shown = page.eval(
+            f"[...document.querySelectorAll('{sel} .ex')].map(p => [p.className, "
+            "p.querySelector('.val').textContent, p.querySelector('.fire').textContent])"
+        )
+        want = [("ex highest", e) for e in card.activity.top[:5]]
+        want += [("ex lowest", e) for e in card.activity.bottom[:5]]
+        assert len(shown) == len(want)
+        for (cls, val, fire), (want_cls, e) in zip(shown, want):
+            sign = "\u2212" if e.value < 0 else "+"
+            assert cls == want_cls and val == f"{sign}{abs(e.value):.3f}"
+            assert fire == show(e.token)[1:-1]
+        tokens = page.card_tokens("L1.3")
+        assert tokens["top"] == [show(t) for t in card.top_tokens]
+        assert page.errors() == []
+        shot = browser.call("Page.captureScreenshot", page.session)["data"]
+        out = Path(os.environ.get("CONCEPTVEC_SCREENSHOTS", tmp_path)) / "activation_card.png"
+        out.write_bytes(base64.b64decode(shot))
+        assert out.stat().st_size > 1000
+    finally:
+        browser.close()
+
+
+def test_neuronpedia_export_holds_the_exemplars(act_atlas, tmp_path):
+    import gzip
+
+    from conceptvec.atlas.export import export_neuronpedia
+
+    out = export_neuronpedia(act_atlas, tmp_path / "np")
+    files = sorted(p.name for p in out.iterdir())
+    assert "batch-0.jsonl.gz" in files and "activations-batch-0.jsonl.gz" in files
+    rows = [
+        json.loads(line)
+        for name in files
+        if name.startswith("activations-")
+        for line in gzip.open(out / name, "rt")
+    ]
+    assert len(rows) == 3 * 64 * 2 * CFG.k
+    card = act_atlas.neuron("L2.7")
+    mine = [r for r in rows if r["layer"] == "2-mlp-down" and r["index"] == "7"]
+    low = [r for r in mine if r["sign"] == -1][0]
+    e = card.activity.bottom[0]
+    assert low["tokens"] == e.tokens and low["maxValueTokenIndex"] == e.center
+    assert low["values"][e.center] == pytest.approx(e.value, abs=1e-4)
+    assert low["minValue"] == pytest.approx(e.value, abs=1e-4) or min(e.values) < e.value
+    export_neuronpedia(act_atlas, tmp_path / "np", overwrite=True)  # our files: replaced

@@ -183,6 +183,39 @@ def neuronpedia_rows(atlas: Atlas | str | Path, model_id: str | None = None) -> 
             }
 
 
+def neuronpedia_activation_rows(atlas: Atlas, model_id: str | None = None) -> Iterator[dict]:
+    """Yield one record per exemplar of the activation part, in Neuronpedia's activation
+    format (``tokens``, ``values``, ``maxValue``, ``maxValueTokenIndex``, ``minValue``).
+
+    The hidden activation is the input of the down projection, so records name the neuron's
+    ``down`` source (``"12-mlp-down"``; another matrix if the atlas has no ``down``).
+    ``maxValueTokenIndex`` is the firing token's index: for a bottom exemplar (``"sign": -1``)
+    that is where the value is lowest. ``text`` and ``position`` say where in the corpus.
+    """
+    part = atlas.activations
+    if part is None:
+        return
+    model_id = model_id or atlas.model_name
+    matrix = "down" if "down" in atlas.matrices or not atlas.matrices else atlas.matrices[0]
+    for layer in part.layers:
+        for i in range(atlas.dims["d_mlp"]):
+            for sign, side in ((1, "top"), (-1, "bottom")):
+                for e in part.exemplars(layer, i, side):
+                    yield {
+                        "modelId": model_id,
+                        "layer": f"{layer}-mlp-{matrix}",
+                        "index": str(i),
+                        "tokens": e.tokens,
+                        "values": [round(v, 5) for v in e.values],
+                        "maxValue": round(max(e.values), 5),
+                        "maxValueTokenIndex": e.center,
+                        "minValue": round(min(e.values), 5),
+                        "sign": sign,
+                        "text": e.text,
+                        "position": e.position,
+                    }
+
+
 def export_neuronpedia(
     atlas: Atlas | str | Path,
     out: str | Path | None = None,
@@ -219,6 +252,14 @@ def export_neuronpedia(
                 batch, n = [], n + 1
         if batch:
             _write_batch(tmp / f"batch-{n}.jsonl.gz", batch)
+        batch, n = [], 0  # the activation part, if any: activations-batch-N.jsonl.gz
+        for row in neuronpedia_activation_rows(atlas, model_id):
+            batch.append(json.dumps(row, ensure_ascii=False))
+            if len(batch) == batch_size:
+                _write_batch(tmp / f"activations-batch-{n}.jsonl.gz", batch)
+                batch, n = [], n + 1
+        if batch:
+            _write_batch(tmp / f"activations-batch-{n}.jsonl.gz", batch)
         _check_replaceable_folder(path, overwrite or out is None)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -236,7 +277,7 @@ def export_neuronpedia(
     return path
 
 
-BATCH_FILE = re.compile(r"batch-[0-9]+\.jsonl\.gz")
+BATCH_FILE = re.compile(r"(activations-)?batch-[0-9]+\.jsonl\.gz")
 
 
 def _check_replaceable_folder(path: Path, replace: bool) -> None:

@@ -19,6 +19,8 @@ Layout::
       data/vocab/007.js                 display text (quoted, escaped) of 4096 token ids
       data/pages/L012.up.p003.js        top and bottom k ids and scores of page_size neurons
       data/search/0123.js               normalised token -> postings (neuron, rank, matches, score)
+      data/acts/L012.p003.js            exemplars and statistics of those neurons (with a corpus;
+                                        see :mod:`conceptvec.atlas.html_acts`)
 
 Scores are integers with the file's ``decimals``. Search postings cover each neuron's first
 ``search_depth`` top tokens and are ranked as ``Atlas.search(query, max_rank=search_depth)``
@@ -137,6 +139,13 @@ def _write_browser(atlas: Atlas, root: Path, depth: int, page_size: int, progres
             postings.append(_shard_postings(shard, depth, key_of, len(keys), base, order))
             bar.update(1)
     n_buckets = _write_search(data, keys, postings, progress)
+    activations = None
+    if atlas.activations is not None and atlas.activations.layers:  # the second view
+        from .html_acts import write_activation_pages
+
+        activations = write_activation_pages(
+            atlas.activations, data, page_size, _write_script, _as_ints
+        )
     strip, fold = _python_text_rules()
     meta = {
         "format": FORMAT,
@@ -156,6 +165,7 @@ def _write_browser(atlas: Atlas, root: Path, depth: int, page_size: int, progres
         "search_depth": depth,
         "strip": strip,
         "fold": fold,
+        "activations": activations,
     }
     _write_script(data / "meta.js", "meta", meta)
     marker = {"schema": "conceptvec.atlas.html", "format": FORMAT, "model": atlas.model_name}

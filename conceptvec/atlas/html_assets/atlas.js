@@ -63,7 +63,7 @@
   }
 
   function trimCache() {
-    const evictable = [...loaded.keys()].filter((n) => n.startsWith("pages/") || n.startsWith("search/"));
+    const evictable = [...loaded.keys()].filter((n) => n.startsWith("pages/") || n.startsWith("search/") || n.startsWith("acts/"));
     for (let i = 0; i < evictable.length - CACHE_LIMIT; i++) loaded.delete(evictable[i]);
   }
 
@@ -156,13 +156,54 @@
       return;
     }
     const page = await data(pageName(state.layer, state.matrix, state.page));
-    await loadTokens(page.top_ids.concat(page.bottom_ids));
+    const acts = meta.activations && meta.activations.layers.includes(state.layer) ? await data("acts/L" + pad(state.layer, 3) + ".p" + pad(state.page, 3)) : null;
+    await loadTokens(page.top_ids.concat(page.bottom_ids, acts ? exemplarIds(acts) : []));
     if (seq !== pageSeq) return;
     const cards = document.createDocumentFragment();
-    for (let i = page.start; i < page.start + page.count; i++) cards.append(card(page, i, state.focus));
+    for (let i = page.start; i < page.start + page.count; i++) {
+      const c = card(page, i, state.focus);
+      if (acts) c.append(firesOn(acts, i - acts.start));
+      cards.append(c);
+    }
     $("cards").replaceChildren(cards);
     const focused = state.focus === null ? null : $("n-" + state.focus);
     if (focused) focused.scrollIntoView({ block: "center" });
+  }
+
+  // ------------------------------------------------- what a neuron fires on (with a corpus)
+  const EXEMPLARS_SHOWN = 5; // per side; hover a token for its activation
+  // An exemplar is [value, text, position, centre, n, ids x n, values x n] (html_acts.py).
+  function exemplarIds(acts) {
+    const ids = [];
+    for (const side of [acts.top, acts.bottom]) for (const list of side) for (const e of list) for (let j = 0; j < e[4]; j++) ids.push(e[5 + j]);
+    return ids;
+  }
+
+  function firesOn(acts, row) {
+    const box = node("div", "acts");
+    const [mean, std, above, below] = acts.stats[row];
+    const t = state.meta.activations.threshold;
+    const pct = (x) => (100 * x).toFixed(2) + "%";
+    box.append(node("p", "stats", "fires on: mean " + mean.toFixed(3) + ", std " + std.toFixed(3) + ", " + pct(above) + " above +" + t + ", " + pct(below) + " below \u2212" + t));
+    const scale = Math.max(1e-9, ...[...acts.top[row], ...acts.bottom[row]].map((e) => Math.abs(e[0])));
+    for (const [label, list] of [["highest", acts.top[row]], ["lowest", acts.bottom[row]]]) {
+      for (const e of list.slice(0, EXEMPLARS_SHOWN)) {
+        const p = node("p", "ex " + label);
+        const v = e[0] / 10 ** acts.decimals;
+        p.append(node("span", "val " + (v < 0 ? "neg" : "pos"), (v < 0 ? "\u2212" : "+") + Math.abs(v).toFixed(3)));
+        const n = e[4];
+        for (let j = 0; j < n; j++) {
+          const a = e[5 + n + j];
+          const tok = node("span", "ctx" + (j === e[3] ? " fire" : ""), tokenText(e[5 + j]).replace(/^"|"$/g, ""));
+          const alpha = Math.min(1, Math.abs(a) / scale).toFixed(2);
+          tok.style.background = a < 0 ? "rgba(37,99,235," + alpha + ")" : "rgba(220,38,38," + alpha + ")";
+          tok.title = (a / 10 ** acts.decimals).toFixed(3) + "  (text " + e[1] + ", position " + (e[2] - e[3] + j) + ")";
+          p.append(tok);
+        }
+        box.append(p);
+      }
+    }
+    return box;
   }
 
   function updateNav() {
