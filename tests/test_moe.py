@@ -97,3 +97,46 @@ def test_decoding_one_experts_neuron_matches_the_models_head(olmoe):
     assert len({tuple(t) for t in tops}) > 1  # experts are different neurons
     both = cv.decode(m, ["L2.E1.7", "L0.E3.2"], matrix="gate", k=3)
     assert [str(d.neuron) for d in both] == ["L2.E1.7", "L0.E3.2"]
+
+
+def test_map_makes_a_shard_per_expert_that_decode_agrees_with(
+    tiny_dir, tmp_path, monkeypatch, capsys
+):
+    import json
+
+    from conceptvec.atlas import Atlas
+    from conceptvec.atlas.export import export_parquet
+
+    from .conftest import run_cli
+
+    folder, out = tiny_dir("olmoe"), tmp_path / "atlas"
+    code, _, err = run_cli(
+        ["map", str(folder), "-o", str(out), "-q", "-k", "5"], monkeypatch, capsys
+    )
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dims"]["n_experts"] == N_EXPERTS and manifest["complete"]
+    assert len(manifest["shards"]) == 3 * N_EXPERTS * 3
+    entry = manifest["shards"]["L001.E002.down"]
+    assert (entry["layer"], entry["expert"], entry["matrix"]) == (1, 2, "down")
+    model = cv.load(folder, quiet=True)
+    atlas = Atlas(out)
+    for neuron in ("L1.E2.7", "L0.E0.63", "L2.E3.0"):
+        for matrix in ("up", "gate", "down"):
+            want = cv.decode(model, neuron, matrix=matrix, k=5)
+            got = atlas.neuron(neuron, matrix)
+            assert [t.id for t in got.top] == [t.id for t in want.top], (neuron, matrix)
+            assert [t.id for t in got.bottom] == [t.id for t in want.bottom], (neuron, matrix)
+    token = atlas.neuron("L1.E2.7", "down").top[0].token
+    hits = atlas.search(token, exact=True, top=None)
+    assert "L1.E2.7" in str(hits)
+    assert any(str(h.neuron) == "L1.E2.7" and h.matrix == "down" for h in hits)
+    assert all(h.neuron.expert is not None for h in hits)
+    pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(export_parquet(atlas))
+    assert table.column_names[:3] == ["layer", "expert", "index"]
+    assert table.num_rows == 3 * N_EXPERTS * 3 * 64
+    code, _, err = run_cli(["map", str(folder), "-o", str(out), "-k", "5"], monkeypatch, capsys)
+    assert code == 0  # resumed: every shard reused

@@ -161,12 +161,13 @@ class Atlas:
         )
 
     # -------------------------------------------------------------------- shards
-    def shard(self, layer: int, matrix: str) -> dict[str, torch.Tensor]:
-        """Return one layer's ``top_ids, top_values, bottom_ids, bottom_values`` ``[d_mlp, k]``.
+    def shard(self, layer: int, matrix: str, expert: int | None = None) -> dict[str, torch.Tensor]:
+        """Return one layer's ``top_ids, top_values, bottom_ids, bottom_values`` ``[d_mlp, k]``
+        (of one ``expert`` in a mixture-of-experts model's atlas).
 
         The file's sha256 is checked against the manifest on first read.
         """
-        name = store.shard_name(layer, matrix)
+        name = store.shard_name(layer, matrix, expert)
         if name not in self._shards:
             entry = self.manifest["shards"].get(name)
             if entry is None:
@@ -174,8 +175,9 @@ class Atlas:
                 flag = f"--matrices {matrix}" if layer in self.layers else f"--layers {layer}"
                 if layer not in self.layers and matrix not in self.matrices:
                     flag += f" --matrices {matrix}"
+                of = "" if expert is None else f" expert {expert} of"
                 raise AtlasError(
-                    f"this atlas has no {matrix} shard for layer {layer} (layers "
+                    f"this atlas has no {matrix} shard for{of} layer {layer} (layers "
                     f"{_ranges(self.layers)}, matrices {have}); map it with `conceptvec map "
                     f"{flag}`"
                 )
@@ -188,10 +190,20 @@ class Atlas:
         return self._shards[name]
 
     def shards(self, matrix: str | None = None) -> Iterator[tuple[int, str, dict]]:
-        """Yield ``(layer, matrix, shard)`` for every shard, in layer order."""
+        """Yield ``(layer, matrix, shard)`` for every shard, in layer order (a mixture of
+        experts' atlas has a shard per expert: see :meth:`expert_shards`)."""
+        for layer, _, m, shard in self.expert_shards(matrix):
+            yield layer, m, shard
+
+    def expert_shards(
+        self, matrix: str | None = None
+    ) -> Iterator[tuple[int, int | None, str, dict]]:
+        """Yield ``(layer, expert, matrix, shard)`` for every shard, in layer order (expert
+        None in a dense model's atlas)."""
         for entry in sorted(self.manifest["shards"].values(), key=lambda e: e["layer"]):
             if matrix is None or entry["matrix"] == matrix:
-                yield entry["layer"], entry["matrix"], self.shard(entry["layer"], entry["matrix"])
+                layer, m, expert = entry["layer"], entry["matrix"], entry.get("expert")
+                yield layer, expert, m, self.shard(layer, m, expert)
 
     def verify(self) -> list[str]:
         """Return the names of shards whose files are missing or do not match their hash."""
@@ -223,9 +235,10 @@ class Atlas:
         return card(self._decoding(neuron, matrix), self.activations)
 
     def _decoding(self, neuron: str | NeuronId, matrix: str) -> Decoding:
-        n = NeuronId.parse(neuron).check(self.dims["n_layers"], self.dims["d_mlp"])
+        d = self.dims
+        n = NeuronId.parse(neuron).check(d["n_layers"], d["d_mlp"], d.get("n_experts", 0))
         matrix = check_matrix(matrix)
-        s = self.shard(n.layer, matrix)
+        s = self.shard(n.layer, matrix, n.expert)
         vocab = self.vocab
 
         def tokens(ids, values):
@@ -285,7 +298,7 @@ class Atlas:
                     f"{_ranges(self.layers)}); map it with `conceptvec map --layers "
                     f"{_ranges(missing)}`, or search layers it holds"
                 )
-        for layer, m, s in self.shards(check_matrix(matrix) if matrix else None):
+        for layer, expert, m, s in self.expert_shards(check_matrix(matrix) if matrix else None):
             if layers is not None and layer not in layers:
                 continue
             ids_k, vals_k = s[f"{side}_ids"], s[f"{side}_values"]
@@ -300,7 +313,9 @@ class Atlas:
             for r, f, c in zip(rows.tolist(), first.tolist(), count.tolist()):
                 tok = int(ids_k[r, f])
                 hits.append(
-                    AtlasHit(NeuronId(layer, r), m, f, self.vocab[tok], float(vals_k[r, f]), c)
+                    AtlasHit(
+                        NeuronId(layer, r, expert), m, f, self.vocab[tok], float(vals_k[r, f]), c
+                    )
                 )
         sign = 1.0 if bottom else -1.0
         hits.sort(key=lambda h: (h.rank, -h.matches, sign * h.score))

@@ -149,7 +149,9 @@ def build_atlas(
     t_head = time.perf_counter()
     manifest["compute"] = {"device": dev.type, "dtype": report.dtype, "world_size": world}
     manifest["compute"]["precision"] = report.precision
-    items = [store.shard_name(layer, m) for layer in layers for m in matrices]
+    # a mixture of experts gets a shard per expert
+    experts: list[int | None] = [*range(model.dims.n_experts)] or [None]
+    items = [store.shard_name(lay, m, e) for lay in layers for e in experts for m in matrices]
 
     held: dict[str, Any] = {}
 
@@ -167,8 +169,8 @@ def build_atlas(
         report.seconds["head"] = t_head - t_load
         report.seconds["setup"] = time.perf_counter() - t0
 
-        todo = [(layer, m) for layer in layers[rank::world] for m in matrices]
-        todo = [(layer, m) for layer, m in todo if store.shard_name(layer, m) not in done]
+        todo = [(lay, m, e) for lay in layers[rank::world] for e in experts for m in matrices]
+        todo = [unit for unit in todo if store.shard_name(*unit) not in done]
         t1 = time.perf_counter()
         work = (head, fast, report.two_pass)
         report.shards_written = _run(model, work, root, todo, k, fold_norm, rank, progress)
@@ -464,13 +466,13 @@ def _run(model, work, root, todo, k, fold_norm, rank, progress) -> list[str]:
         ahead: deque[Future] = deque()
         upcoming = iter(todo)
         try:
-            for layer, matrix in todo:
+            for layer, matrix, expert in todo:
                 while len(ahead) < depth:
                     nxt = next(upcoming, None)
                     if nxt is None:
                         break
                     ahead.append(
-                        reader.submit(layer_vectors, model, nxt[0], nxt[1], head, fold_norm)
+                        reader.submit(layer_vectors, model, nxt[0], nxt[1], head, fold_norm, nxt[2])
                     )
                 vectors = ahead.popleft().result()
                 if isinstance(vectors, Pending):
@@ -483,7 +485,9 @@ def _run(model, work, root, todo, k, fold_norm, rank, progress) -> list[str]:
                     stats.add(done)
                     extra["two_pass_fallback"] = done.fallback
                 del vectors
-                name = store.shard_name(layer, matrix)
+                name = store.shard_name(layer, matrix, expert)
+                if expert is not None:
+                    extra["expert"] = expert
                 args = (root, rank, name, layer, matrix, result, extra)
                 pending.append(writer.submit(_write_shard, *args))
                 pending = [f for f in pending if not _done(f)]
@@ -565,7 +569,10 @@ def _write_shard(
     root: Path, rank: int, name: str, layer: int, matrix: str, result, extra: dict[str, Any]
 ) -> None:
     result = {key: t.cpu() for key, t in result.items()}
-    data = store.encode_shard(result, {"layer": str(layer), "matrix": matrix})
+    meta = {"layer": str(layer), "matrix": matrix}
+    if "expert" in extra:
+        meta["expert"] = str(extra["expert"])
+    data = store.encode_shard(result, meta)
     path = store.shard_path(root, name)
     store.atomic_write(path, data)
     entry = {

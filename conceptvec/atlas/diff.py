@@ -33,11 +33,14 @@ class LayerDiff:
     """How many of the layer's ``neurons`` have the same top-1 token."""
     unchanged: int = 0
     """How many have the same top-1 token and the same set of top-k tokens."""
+    expert: int | None = None
+    """The expert, in a mixture-of-experts model's atlases (None when dense)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
         return {
             "layer": self.layer,
+            **({} if self.expert is None else {"expert": self.expert}),
             "matrix": self.matrix,
             "same_top1": self.same_top1,
             "same_top1_count": self.same_top1_count,
@@ -185,12 +188,12 @@ def diff_atlases(a: Atlas | str | Path, b: Atlas | str | Path, *, top: int = 20)
     if not common:
         raise AtlasError("the atlases have no layer and matrix in common; map the same ones")
     out = AtlasDiff(a=f"{a.model_name} ({a.path})", b=f"{b.model_name} ({b.path})", k=k)
-    worst: list[tuple[float, int, int, str]] = []
+    worst: list[tuple[float, int, int, str, int | None]] = []
     for name in common:
         entry = a.manifest["shards"][name]
-        layer, matrix = entry["layer"], entry["matrix"]
-        ia = a.shard(layer, matrix)["top_ids"][:, :k].long()
-        ib = b.shard(layer, matrix)["top_ids"][:, :k].long()
+        layer, matrix, expert = entry["layer"], entry["matrix"], entry.get("expert")
+        ia = a.shard(layer, matrix, expert)["top_ids"][:, :k].long()
+        ib = b.shard(layer, matrix, expert)["top_ids"][:, :k].long()
         same = (ia[:, 0] == ib[:, 0]).float()
         # |A ∩ B| per row: compare every pair of the two k-lists (ids within a list are unique).
         overlap = (ia[:, :, None] == ib[:, None, :]).any(-1).float().sum(-1) / k
@@ -204,16 +207,19 @@ def diff_atlases(a: Atlas | str | Path, b: Atlas | str | Path, *, top: int = 20)
                 len(same),
                 same_top1_count=n_same,
                 unchanged=int(((overlap == 1) & (same == 1)).sum()),
+                expert=expert,
             )
         )
         key = overlap + same * 1e-3  # among equal overlaps, a changed top-1 counts as more change
         idx = key.topk(min(top, len(key)), largest=False).indices
-        worst += [(float(overlap[i]), layer, i, matrix) for i in idx.tolist() if overlap[i] < 1]
+        worst += [
+            (float(overlap[i]), layer, i, matrix, expert) for i in idx.tolist() if overlap[i] < 1
+        ]
     order = {"up": 0, "gate": 1, "down": 2}
-    out.layers.sort(key=lambda r: (order[r.matrix], r.layer))
+    out.layers.sort(key=lambda r: (order[r.matrix], r.layer, r.expert or 0))
     worst.sort(key=lambda w: (w[0], -w[1]))
-    for ov, layer, i, matrix in worst[:top]:
-        n = NeuronId(layer, i)
+    for ov, layer, i, matrix, expert in worst[:top]:
+        n = NeuronId(layer, i, expert)
         out.changed.append(
             NeuronChange(
                 n,

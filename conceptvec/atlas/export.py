@@ -48,8 +48,9 @@ def _open(atlas: Atlas | str | Path) -> Atlas:
     return atlas if isinstance(atlas, Atlas) else Atlas(atlas)
 
 
-def _arrow_table(layer: int, matrix: str, shard: dict, vocab):
-    """Return one shard as a pyarrow table with Neuronpedia's columns (vectorised)."""
+def _arrow_table(layer: int, matrix: str, shard: dict, vocab, expert: int | None = None):
+    """Return one shard as a pyarrow table with Neuronpedia's columns (vectorised), and an
+    ``expert`` column after ``layer`` in a mixture-of-experts model's atlas."""
     import pyarrow as pa
 
     n, k = shard["top_ids"].shape
@@ -62,9 +63,12 @@ def _arrow_table(layer: int, matrix: str, shard: dict, vocab):
 
     pos_str, pos_values = lists(shard["top_ids"], shard["top_values"])
     neg_str, neg_values = lists(shard["bottom_ids"], shard["bottom_values"])
+    columns = {"layer": pa.array(np.full(n, layer, dtype=np.int32))}
+    if expert is not None:
+        columns["expert"] = pa.array(np.full(n, expert, dtype=np.int32))
     return pa.table(
         {
-            "layer": pa.array(np.full(n, layer, dtype=np.int32)),
+            **columns,
             "index": pa.array(np.arange(n, dtype=np.int32)),
             "matrix": pa.array([matrix] * n, type=pa.string()),
             "pos_str": pos_str,
@@ -79,8 +83,8 @@ def _tables(atlas: Atlas) -> Iterator:
     import pyarrow as pa
 
     vocab = pa.array(atlas.vocab, type=pa.string())
-    for layer, matrix, shard in atlas.shards():
-        yield _arrow_table(layer, matrix, shard, vocab)
+    for layer, expert, matrix, shard in atlas.expert_shards():
+        yield _arrow_table(layer, matrix, shard, vocab, expert)
 
 
 OWNER_KEY = b"conceptvec.atlas"
@@ -161,20 +165,23 @@ def neuronpedia_rows(atlas: Atlas | str | Path, model_id: str | None = None) -> 
     """Yield one Neuronpedia-style record per neuron and matrix.
 
     ``layer`` follows Neuronpedia's ``"<layer>-<source>"`` form, here ``"12-mlp-down"``; the
-    numeric layer and the matrix are given on their own too.
+    numeric layer and the matrix are given on their own too. In a mixture-of-experts model's
+    atlas the source names the expert (``"12-mlp-e5-down"``), also given as ``expert``.
     """
     atlas = _open(atlas)
     vocab = atlas.vocab
     model_id = model_id or atlas.model_name
-    for layer, matrix, shard in atlas.shards():
+    for layer, expert, matrix, shard in atlas.expert_shards():
         top_ids, top_v = shard["top_ids"].tolist(), shard["top_values"].tolist()
         bot_ids, bot_v = shard["bottom_ids"].tolist(), shard["bottom_values"].tolist()
+        source = f"mlp-{matrix}" if expert is None else f"mlp-e{expert}-{matrix}"
         for i in range(len(top_ids)):
             yield {
                 "modelId": model_id,
-                "layer": f"{layer}-mlp-{matrix}",
+                "layer": f"{layer}-{source}",
                 "index": str(i),
                 "layer_num": layer,
+                **({} if expert is None else {"expert": expert}),
                 "matrix": matrix,
                 "pos_str": [vocab[t] for t in top_ids[i]],
                 "pos_values": [round(v, 5) for v in top_v[i]],

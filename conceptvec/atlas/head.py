@@ -172,16 +172,24 @@ def neuron_spread(
     return out["mean"], out["sd"]
 
 
-def layer_vectors(model: Model, layer: int, matrix: str, head: FoldedHead, fold_norm: bool):
-    """Start reading one matrix's ``[d_mlp, d_model]`` neuron vectors for the head's device.
+def layer_vectors(
+    model: Model,
+    layer: int,
+    matrix: str,
+    head: FoldedHead,
+    fold_norm: bool,
+    expert: int | None = None,
+):
+    """Start reading one matrix's ``[d_mlp, d_model]`` neuron vectors (of one ``expert`` in a
+    mixture of experts) for the head's device.
 
     Runs in a reader thread. On CPU it returns the finished float vectors. On CUDA it reads
     into pinned memory and starts the copy on a side stream, returning a :class:`Pending`
     that :meth:`Pending.result` finishes on the compute stream.
     """
     if head.device.type == "cpu":
-        return residual_vectors(model, layer, matrix, fold_norm).to(head.dtype)
-    raw = model.neurons(layer, matrix, pin_memory=True)
+        return residual_vectors(model, layer, matrix, fold_norm, expert).to(head.dtype)
+    raw = model.neurons(layer, matrix, pin_memory=True, expert=expert)
     gain = model.mlp_out_gain(layer) if fold_norm and matrix == "down" else None
     stream = head.copy_stream
     with torch.cuda.stream(stream):

@@ -80,6 +80,11 @@ def export_html(
         )
     if not atlas.manifest["shards"]:
         raise AtlasError(f"{atlas.path} has no finished shards yet; run `conceptvec map` first")
+    if atlas.dims.get("n_experts"):
+        raise AtlasError(
+            "the HTML browser does not show a mixture-of-experts atlas yet; export it as "
+            "parquet or neuronpedia instead"
+        )
     out = Path(out).expanduser()
     _check_target(out)
     try:

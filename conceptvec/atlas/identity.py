@@ -51,7 +51,13 @@ def atlas_identity(model: Model, *, k: int, dtype: str, fold_norm: bool) -> dict
         },
         "source": model.source,
         "location": str(model.location),
-        "dims": {"n_layers": d.n_layers, "d_model": d.d_model, "d_mlp": d.d_mlp, "vocab": d.vocab},
+        "dims": {
+            "n_layers": d.n_layers,
+            "d_model": d.d_model,
+            "d_mlp": d.d_mlp,
+            "vocab": d.vocab,
+            **({"n_experts": d.n_experts} if d.n_experts else {}),  # d_mlp is per expert
+        },
         "k": k,
         "dtype": dtype,
         "recipe": {m: _recipe(model, m, fold_norm) for m in ("up", "down")},

@@ -51,8 +51,10 @@ IDENTITY_FIELDS = (
 )
 
 
-def shard_name(layer: int, matrix: str) -> str:
+def shard_name(layer: int, matrix: str, expert: int | None = None) -> str:
     """Return the shard key ``L007.up`` (also its file stem)."""
+    if expert is not None:  # one expert of a mixture of experts: L012.E005.down
+        return f"L{layer:03d}.E{expert:03d}.{matrix}"
     return f"L{layer:03d}.{matrix}"
 
 
@@ -189,7 +191,10 @@ def shard_entry_problem(name: Any, entry: Any, n_layers: int | None = None) -> s
         return f"has layer {layer!r}, outside the model's layers"
     if matrix not in ("up", "gate", "down"):
         return f"has matrix {matrix!r} (expected up, gate or down)"
-    if name != shard_name(layer, matrix):
+    expert = entry.get("expert")
+    if expert is not None and (type(expert) is not int or expert < 0):
+        return f"has expert {expert!r}, not a whole number"
+    if name != shard_name(layer, matrix, expert):
         return f"is recorded as layer {layer} {matrix}, which is not its name"
     if entry.get("file") != f"{SHARD_DIR}/{name}.safetensors":
         return f"points at {entry.get('file')!r}, not {SHARD_DIR}/{name}.safetensors"
