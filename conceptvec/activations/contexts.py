@@ -67,6 +67,8 @@ class TopContexts(Result):
     """Mean activation over every token read."""
     window: int
     """Tokens of context kept on each side."""
+    add_bos: bool | None = None
+    """Whether the texts were read with the model's BOS in front (see :class:`Activations`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the contexts as plain lists and numbers (JSON-ready)."""
@@ -193,6 +195,7 @@ def contexts_from(
         n_texts=acts.n_texts,
         mean=mean,
         window=window,
+        add_bos=acts.add_bos,
     )
 
 

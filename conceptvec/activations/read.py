@@ -7,8 +7,9 @@ unchanged, so a hooked forward pass is bit-identical to an unhooked one; they co
 firings and are removed on exit, exceptions included.
 
 Long texts are tokenized once and cut into windows of at most ``max_tokens`` tokens; each
-window gets the tokenizer's own prefix (its BOS, for tokenizers that add one), whose
-position is run but not reported, since it is the same in every window and not part of the
+window gets the model's own prefix (its BOS, when the model's own Hugging Face tokenizer
+adds one: the same rule on every backend, see :attr:`Target.prefix`), whose position is run
+but not reported, since it is the same in every window and not part of the
 text. Windows are batched with right padding and an attention mask; padded positions are
 dropped.
 """
@@ -61,6 +62,9 @@ class Activations(Result):
     """The window length used (BOS included)."""
     texts_without_tokens: list[int] = field(default_factory=list)
     """Indices of texts that tokenized to nothing (empty or blank)."""
+    add_bos: bool | None = None
+    """Whether each window was run with the model's BOS in front (the model's own Hugging
+    Face tokenizer rule, the same on every backend)."""
 
     def column(self, neuron: NeuronId | str) -> int:
         """Return the column of ``neuron`` in each window's ``values``."""
@@ -102,6 +106,7 @@ class Activations(Result):
             "n_texts": self.n_texts,
             "max_tokens": self.max_tokens,
             "texts_without_tokens": list(self.texts_without_tokens),
+            "add_bos": self.add_bos,
             "windows": [
                 {
                     "text": w.text,
@@ -131,17 +136,6 @@ class Activations(Result):
 
 
 # ---------------------------------------------------------------------- windows
-def bos_prefix(tokenizer: Any) -> list[int]:
-    """Return the ids the tokenizer puts before a text by default (its BOS, or nothing)."""
-    probe = "a"
-    with_special = list(tokenizer(probe)["input_ids"])
-    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
-    n = len(with_special) - len(plain)
-    if n > 0 and with_special[n:] == plain:
-        return with_special[:n]
-    return []
-
-
 def plan_windows(
     tokenizer: Any, texts: Sequence[str], max_tokens: int, prefix: Sequence[int] = ()
 ) -> tuple[list[tuple[int, int, list[int]]], list[int]]:
@@ -218,7 +212,7 @@ def read_activations(
     if batch_size < 1:
         raise BadTextError(f"batch_size must be at least 1, not {batch_size}")
 
-    prefix = bos_prefix(tok)
+    prefix = target.prefix
     limit = target.model.context_length
     if limit is not None and max_tokens > limit:
         log.info(
@@ -270,7 +264,9 @@ def read_activations(
         for k, (i, start, chunk) in enumerate(plan)
     ]
     log.debug("reader firings: %s", dict(readers.fired))
-    return Activations(target.model.name, ns, windows, len(texts), max_tokens, empty)
+    return Activations(
+        target.model.name, ns, windows, len(texts), max_tokens, empty, target.add_bos
+    )
 
 
 def _progress(batches: list, on: bool) -> Any:

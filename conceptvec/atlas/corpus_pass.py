@@ -107,7 +107,6 @@ def corpus_pass(
     hold about ``batch_tokens`` tokens. A finished part for the same corpus and settings is
     kept as it is; one for another corpus or settings is refused unless ``overwrite``.
     """
-    from conceptvec.activations.read import bos_prefix
     from conceptvec.models.backends import resolve
 
     t0 = time.perf_counter()
@@ -128,7 +127,7 @@ def corpus_pass(
     if not layers or not all(0 <= x < d.n_layers for x in layers):
         raise AtlasError(f"layers must be within 0-{d.n_layers - 1}; give --layers")
     tok = target.tokenizer
-    prefix = bos_prefix(tok)
+    prefix = target.prefix
     limit = target.model.context_length
     max_tokens = min(max_tokens, limit) if limit else max_tokens
     if max_tokens <= len(prefix) + 1:

@@ -50,7 +50,7 @@ def neuron_means(
     readers = {layer: reader(layer) for layer in layers}
     with torch.no_grad():
         for text in texts:
-            ids = target.tokenizer(text, return_tensors="pt")["input_ids"].to(target.device)
+            ids = torch.tensor([target.encode(text)], device=target.device)
             seen.clear()
             forward_with(target, ids, None, readers)
             for n in ns:

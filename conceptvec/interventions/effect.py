@@ -128,6 +128,9 @@ class EffectResult(Result):
     prompts: list[PromptEffect]
     controls: list[list[str]] = field(default_factory=list)
     """Each control intervention, described."""
+    add_bos: bool | None = None
+    """Whether prompts were run with the model's BOS in front: the model's own Hugging Face
+    tokenizer rule, the same on every backend (chat prompts follow their template)."""
 
     @property
     def mean_delta(self) -> float:
@@ -159,6 +162,7 @@ class EffectResult(Result):
             "percentile": self.percentile,
             "controls": self.controls,
             "control_mean_deltas": self.control_mean_deltas,
+            "add_bos": self.add_bos,
             "prompts": [p.to_dict() for p in self.prompts],
         }
 
@@ -194,7 +198,8 @@ def _fmt(t: TokenProb) -> str:
 
 # ------------------------------------------------------------------------ encoding
 def encode(target: Target, prompt: str, chat: bool = False) -> torch.Tensor:
-    """Return ``[1, tokens]`` ids of ``prompt`` (through the chat template if ``chat``)."""
+    """Return ``[1, tokens]`` ids of ``prompt`` (through the chat template if ``chat``;
+    otherwise as the model's own tokenizer makes them: :meth:`Target.encode`)."""
     tok = target.tokenizer
     if tok is None:
         raise BadInterventionError(
@@ -209,8 +214,8 @@ def encode(target: Target, prompt: str, chat: bool = False) -> torch.Tensor:
             [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
         )
         ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    else:
-        ids = tok(prompt, return_tensors="pt")["input_ids"]
+    else:  # the model's own rule (its BOS or none), whatever the wrapper's tokenizer adds
+        ids = torch.tensor([target.encode(prompt)], dtype=torch.long)
     if ids.shape[1] == 0:
         raise BadInterventionError("the prompt is empty; pass some text")
     return ids.to(target.device)
@@ -359,6 +364,7 @@ def measure_effect(
         targets=[text(i) for i in ids_t],
         prompts=results,
         controls=[[str(e) for e in c] for c in control_edits],
+        add_bos=target.add_bos,
     )
 
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +32,29 @@ class Target:
     """The ``transformers`` module underneath (None for a classic HookedTransformer)."""
     model: Model
     """Reads the live weights in place: weight edits write through its views."""
+    rule: Any = None
+    """The tokenizer whose defaults set the tokenization rule (None: :attr:`tokenizer`)."""
+    _prefix: list[int] | None = field(default=None, repr=False)
+
+    @property
+    def prefix(self) -> list[int]:
+        """The ids put before every text (the model's BOS, or nothing): what the model's own
+        Hugging Face tokenizer adds by default, whatever the wrapper's tokenizer does."""
+        if self._prefix is None:
+            tok = self.rule if self.rule is not None else self.tokenizer
+            self._prefix = bos_prefix(tok) if tok is not None else []
+        return self._prefix
+
+    @property
+    def add_bos(self) -> bool:
+        """True when texts are run with the model's BOS in front (see :attr:`prefix`)."""
+        return bool(self.prefix)
+
+    def encode(self, text: str) -> list[int]:
+        """Return the ids of ``text`` as the model's own tokenizer makes them by default:
+        :attr:`prefix`, then the text's tokens (never a trailing EOS)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.prefix + list(ids)
 
     @property
     def tokenizer(self) -> Any:
@@ -69,4 +92,16 @@ def resolve(obj: Any, tokenizer: Any = None) -> Target:
         live.name = obj.name
         return Target(obj, HFBackend.open(obj.hf), obj.hf, live)
     backend = unwrap(obj, action="intervene on {}")
-    return Target(obj, backend, backend.hf, load(obj, tokenizer=tokenizer))
+    rule = tokenizer if tokenizer is not None else backend.rule_tokenizer(backend.tokenizer)
+    return Target(obj, backend, backend.hf, load(obj, tokenizer=tokenizer), rule)
+
+
+def bos_prefix(tokenizer: Any) -> list[int]:
+    """Return the ids ``tokenizer`` puts before a text by default (its BOS, or nothing)."""
+    probe = "a"
+    with_special = list(tokenizer(probe)["input_ids"])
+    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
+    n = len(with_special) - len(plain)
+    if n > 0 and with_special[n:] == plain:
+        return with_special[:n]
+    return []

@@ -14,6 +14,8 @@ conceptvec reads directly.
 
 from __future__ import annotations
 
+import functools
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,6 +27,8 @@ from .base import Backend, Fn, Place, Point, _nothing, is_library_object
 if TYPE_CHECKING:
     from conceptvec.models.arch import ArchSpec
     from conceptvec.models.model import Model
+
+log = logging.getLogger(__name__)
 
 
 def is_hooked_transformer(obj: Any) -> bool:
@@ -144,6 +148,36 @@ class BridgeBackend(HookedTransformerBackend):
     def module(self) -> torch.nn.Module:
         """The ``transformers`` model inside, which receives every pass's token ids."""
         return self.hf
+
+    def rule_tokenizer(self, tokenizer: Any) -> Any:
+        """Return the model's own tokenizer, read again from the files the bridge's came from.
+
+        The bridge replaces the tokenizer it was given by a copy that adds BOS
+        (TransformerLens' ``get_tokenizer_with_bos``), which the model's own Hugging Face
+        settings may not do. The rule is the files' (local files only); when they cannot be
+        read, the bridge's tokenizer is kept, with a warning.
+        """
+        name = str(getattr(tokenizer, "name_or_path", "") or "")
+        if tokenizer is None or not name:
+            return tokenizer
+        own = _own_tokenizer(name)
+        return own if own is not None else tokenizer
+
+
+@functools.lru_cache(maxsize=8)
+def _own_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except Exception as e:  # transformers raises many types for files it cannot read
+        log.warning(
+            "cannot read the tokenizer files of %s (%s); using the TransformerBridge's "
+            "tokenizer, whose BOS rule may differ from the model's own",
+            name,
+            str(e).splitlines()[0][:120] if str(e) else type(e).__name__,
+        )
+        return None
 
 
 def _point_fn(fn: Fn) -> Any:
