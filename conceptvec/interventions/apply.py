@@ -54,6 +54,10 @@ class Intervention:
         d = self.target.model.dims
         check_against(self.edits, d.n_layers, d.d_mlp, d.d_model)
         _check_fits(self.edits, self.target)
+        changed = self.target.backend.weights_changed()
+        weights = [e for e in self.edits if isinstance(e, WeightEdit)]
+        if changed and weights:
+            raise BadInterventionError(f"{weights[0]} edits weights, but {changed}")
         self._rows = _row_map(self.edits, rows)
         self.check = check
         self.fired: Counter = Counter()

@@ -87,7 +87,7 @@ def load(
     if isinstance(source, Model):
         return source
     if not isinstance(source, (str, os.PathLike)):
-        return _from_object(source, tokenizer=tokenizer)
+        return from_object(source, tokenizer=tokenizer)
     text = os.fspath(source)
     alias = find_alias(text)
     if alias is not None:
@@ -233,13 +233,22 @@ def _from_gguf(path: Path, *, name: str, source: str, dtype: Any = None) -> Mode
     )
 
 
-def _from_object(obj: Any, *, tokenizer: Any = None) -> Model:
+def from_object(obj: Any, *, tokenizer: Any = None, changed_ok: bool = False) -> Model:
     """Wrap a live HF, TransformerLens (bridge or HookedTransformer) or nnsight model without
-    copying weights."""
+    copying weights.
+
+    Refuses an object whose library rewrote its weights in place (a TransformerBridge after
+    ``enable_compatibility_mode()``): they are no longer the checkpoint's, so decoding them
+    would give other tokens and scores. ``changed_ok`` lets interventions, which only run the
+    model, through.
+    """
     try:
         backend = unwrap(obj)
     except UnsupportedModelError as e:
         raise ModelNotFoundError(str(e)) from None
+    changed = backend.weights_changed()
+    if changed and not changed_ok:
+        raise UnsupportedArchitectureError(changed)
     own = backend.own_weights(tokenizer)  # a classic HookedTransformer keeps its own weights
     if own is not None:
         return own

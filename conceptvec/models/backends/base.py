@@ -88,6 +88,11 @@ class Backend(ABC):
         del tokenizer
         return None
 
+    def weights_changed(self) -> str | None:
+        """Return why the object's weights are no longer the checkpoint's (its library
+        rewrote them in place), as a one-line message saying what to do; None when they are."""
+        return None
+
     def rule_tokenizer(self, tokenizer: Any) -> Any:
         """Return the tokenizer whose defaults are the model's own tokenization rule (the
         BOS it puts before a text). The wrapper's tokenizer, unless the library changed it."""

@@ -81,7 +81,7 @@ def resolve(obj: Any, tokenizer: Any = None) -> Target:
 
     Raises UnsupportedModelError for objects no backend claims (:func:`unwrap`).
     """
-    from conceptvec.models.loading import load
+    from conceptvec.models.loading import from_object, load
 
     if isinstance(obj, Target):
         return obj
@@ -93,7 +93,8 @@ def resolve(obj: Any, tokenizer: Any = None) -> Target:
         return Target(obj, HFBackend.open(obj.hf), obj.hf, live)
     backend = unwrap(obj, action="intervene on {}")
     rule = tokenizer if tokenizer is not None else backend.rule_tokenizer(backend.tokenizer)
-    return Target(obj, backend, backend.hf, load(obj, tokenizer=tokenizer), rule)
+    model = from_object(obj, tokenizer=tokenizer, changed_ok=True)
+    return Target(obj, backend, backend.hf, model, rule)
 
 
 def bos_prefix(tokenizer: Any) -> list[int]:

@@ -149,6 +149,22 @@ class BridgeBackend(HookedTransformerBackend):
         """The ``transformers`` model inside, which receives every pass's token ids."""
         return self.hf
 
+    def weights_changed(self) -> str | None:
+        """Return a refusal when ``enable_compatibility_mode()`` processed the weights.
+
+        It folds each norm's gain into the next weights and sets the norm to ones, and centres
+        the writing weights and the unembedding, in place. TransformerLens keeps no record of
+        the gains or means it removed, so the original weights cannot be recovered.
+        """
+        if not self.obj.__dict__.get("_weights_processed"):
+            return None
+        return (
+            "this TransformerBridge's weights were rewritten by enable_compatibility_mode() "
+            "(norms folded into them, writing weights and unembedding centred), so they are no "
+            "longer the model's own; pass the HF model, or a bridge without compatibility "
+            "mode or with enable_compatibility_mode(no_processing=True)"
+        )
+
     def rule_tokenizer(self, tokenizer: Any) -> Any:
         """Return the model's own tokenizer, read again from the files the bridge's came from.
 
