@@ -140,3 +140,124 @@ def test_map_makes_a_shard_per_expert_that_decode_agrees_with(
     assert table.num_rows == 3 * N_EXPERTS * 3 * 64
     code, _, err = run_cli(["map", str(folder), "-o", str(out), "-k", "5"], monkeypatch, capsys)
     assert code == 0  # resumed: every shard reused
+
+
+# ------------------------------------------------------------------ interventions
+PROMPT = "The dog chased the cat across the garden while the bird sang"
+
+
+def _reference_experts(experts, layer_expert: int, fn):
+    """A hand-written copy of the experts' forward pass that edits one expert's activation
+    with ``fn`` (the reference the per-expert hook must match)."""
+
+    def forward(hidden, top_k_index, top_k_weights):
+        out = torch.zeros_like(hidden)
+        f = experts.intermediate_dim
+        for e in range(experts.num_experts):
+            token, slot = torch.where(top_k_index == e)
+            if not len(token):
+                continue
+            x = hidden[token]
+            gate_up = x @ experts.gate_up_proj[e].T
+            h = experts.act_fn(gate_up[:, :f]) * gate_up[:, f:]
+            if e == layer_expert:
+                h = fn(h)
+            y = (h @ experts.down_proj[e].T) * top_k_weights[token, slot, None]
+            out.index_add_(0, token, y)
+        return out
+
+    return forward
+
+
+def _block_outputs(hf, layer, ids, edits=()):
+    """Return the MoE block's output ``[tokens, d_model]`` of ``layer`` and the experts each
+    token was routed to ``[tokens, top_k]``, under ``edits``."""
+    block = hf.model.layers[layer].mlp
+    seen = {}
+
+    def grab(_m, args, output):
+        seen["out"] = output.reshape(-1, output.shape[-1]).detach().clone()
+        seen["routed"] = block.gate(args[0].reshape(-1, args[0].shape[-1]))[2]
+
+    handle = block.register_forward_hook(grab)
+    try:
+        with torch.no_grad(), cv.intervene(hf, list(edits)):
+            hf(ids)
+    finally:
+        handle.remove()
+    return seen["out"], seen["routed"]
+
+
+@pytest.mark.parametrize("op", ["clamp", "zero", "scale"])
+def test_an_expert_edit_equals_editing_inside_that_expert(olmoe, op, monkeypatch):
+    from conceptvec.interventions import logits
+
+    hf, tok, _ = olmoe
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    base = logits(hf, ids)
+    edit, fn = {
+        "clamp": (cv.clamp("L1.E2.7", 3.0), lambda h: h.index_fill(1, torch.tensor([7]), 3.0)),
+        "zero": (cv.zero("L1.E2.7"), lambda h: h.index_fill(1, torch.tensor([7]), 0.0)),
+        "scale": (cv.scale("L1.E2.7", -4.0), lambda h: h * _scale_column(h, 7, -4.0)),
+    }[op]
+    got = logits(hf, ids, edit)
+    experts = hf.model.layers[1].mlp.experts
+    with monkeypatch.context() as patch:
+        patch.setattr(experts, "forward", _reference_experts(experts, 2, fn))
+        want = logits(hf, ids)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert not torch.allclose(got, base, atol=1e-4)
+    assert torch.equal(logits(hf, ids), base)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in hf.modules())
+
+
+def _scale_column(h, index, factor):
+    s = torch.ones(h.shape[-1])
+    s[index] = factor
+    return s
+
+
+def test_an_expert_edit_touches_only_tokens_routed_to_that_expert(olmoe):
+    hf, tok, _ = olmoe
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    before, routed = _block_outputs(hf, 0, ids)
+    for expert in range(N_EXPERTS):
+        after, again = _block_outputs(hf, 0, ids, [cv.clamp(f"L0.E{expert}.5", 10.0)])
+        assert torch.equal(routed, again)  # layer 0's routing sees no edit
+        here = (routed == expert).any(-1)
+        changed = (after != before).any(-1)
+        assert here.any() and not here.all(), "the prompt must route some tokens elsewhere"
+        assert torch.equal(changed, here), expert
+
+
+def test_positions_and_weight_edits_per_expert(olmoe):
+    from conceptvec.interventions import logits
+
+    hf, tok, m = olmoe
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    base = logits(hf, ids)
+    last = logits(hf, ids, cv.clamp("L2.E1.3", 8.0, "last"))
+    assert torch.equal(last[:, :-1], base[:, :-1])
+    stacked = hf.model.layers[1].mlp.experts.gate_up_proj
+    before = stacked.detach().clone()
+    want = logits(hf, ids, cv.zero("L1.E3.9"))
+    with cv.intervene(hf, [cv.zero_weights("L1.E3.9", matrix="up")]):
+        changed = (stacked.detach() != before).nonzero()[:, :2].unique(dim=0).tolist()
+        assert changed == [[3, 64 + 9]]  # expert 3's up half, row 9
+        got = logits(hf, ids)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(stacked.detach(), before)
+    assert not torch.equal(m.neurons(1, "up", expert=3)[9], torch.zeros(32))
+
+
+def test_moe_edits_and_readings_without_an_expert_are_refused(olmoe):
+    from conceptvec.activations import read_activations
+    from conceptvec.errors import UnsupportedModelError
+    from conceptvec.interventions import logits
+
+    hf, tok, _ = olmoe
+    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    with pytest.raises(NeuronOutOfRangeError, match="names no expert"):
+        logits(hf, ids, cv.clamp("L1.7", 1.0))
+    with pytest.raises(UnsupportedModelError, match="mixture of experts"):
+        read_activations(hf, ["Harry"], ["L1.E0.3"], tokenizer=tok)

@@ -21,7 +21,12 @@ from typing import Any
 
 import torch
 
-from conceptvec.errors import BadInterventionError, HookNeverFiredError, InterventionInUseError
+from conceptvec.errors import (
+    BadInterventionError,
+    HookNeverFiredError,
+    InterventionInUseError,
+    UnsupportedModelError,
+)
 from conceptvec.models.backends import Fn, Point, Target, resolve
 from conceptvec.models.backends.hf import track_passes
 
@@ -52,7 +57,7 @@ class Intervention:
         self.target: Target = resolve(model)
         self.edits = flatten(interventions)
         d = self.target.model.dims
-        check_against(self.edits, d.n_layers, d.d_mlp, d.d_model)
+        check_against(self.edits, d.n_layers, d.d_mlp, d.d_model, d.n_experts)
         _check_fits(self.edits, self.target)
         changed = self.target.backend.weights_changed()
         weights = [e for e in self.edits if isinstance(e, WeightEdit)]
@@ -65,32 +70,45 @@ class Intervention:
         self.tracker = PassTracker()
         self._stack: ExitStack | None = None
         self._hidden: dict[int, Any] = {}
+        self._experts: dict[tuple[int, int], Any] = {}
         self._resid: dict[int, Any] = {}
         self._lock = threading.Lock()  # held while the block is open
         self._thread: int | None = None
 
     # ------------------------------------------------------------------ building
-    def _hook_functions(self) -> tuple[dict[int, Any], dict[int, Any]]:
-        by_layer: dict[tuple[Point, int], list] = {}
+    def _hook_functions(self) -> tuple[dict[int, Any], dict[int, Any], dict[Any, Any]]:
+        """Return the edit functions by layer: MLP activations, residual stream, and (in a
+        mixture of experts) one expert's MLP activations by ``(layer, expert)``."""
+        by_layer: dict[tuple[Point, int, int | None], list] = {}
         for e in self.edits:
             if isinstance(e, NeuronEdit):
-                by_layer.setdefault(("mlp", e.neuron.layer), []).append(e)
+                n = e.neuron
+                by_layer.setdefault(("mlp", n.layer, n.expert), []).append(e)
             elif isinstance(e, Steer):
-                by_layer.setdefault(("resid", e.layer), []).append(e)
+                by_layer.setdefault(("resid", e.layer, None), []).append(e)
         hidden: dict[int, Any] = {}
         resid: dict[int, Any] = {}
-        for (kind, layer), edits in sorted(by_layer.items(), key=lambda kv: kv[0][1]):
+        experts: dict[Any, Any] = {}
+        for (kind, layer, expert), edits in sorted(by_layer.items(), key=_unit_order):
             edit, into = (edit_hidden, hidden) if kind == "mlp" else (add_steering, resid)
-            into[layer] = counted(
+            key: Any = layer
+            if expert is not None:
+                into, key = experts, (layer, expert)
+            into[key] = counted(
                 edit,
                 edits,
                 self.tracker,
                 self.fired,
-                self.target.point(layer, kind),
+                self._point(layer, kind, expert),
                 self.applied,
                 self._rows,
             )
-        return hidden, resid
+        return hidden, resid, experts
+
+    def _point(self, layer: int, kind: Point, expert: int | None = None) -> str:
+        if expert is None:
+            return self.target.point(layer, kind)
+        return self.target.backend.expert_point(self.target.model.spec, layer, expert)
 
     @property
     def weight_edits(self) -> list[WeightEdit]:
@@ -118,12 +136,15 @@ class Intervention:
         stack = ExitStack()
         stack.callback(guard.release, live)
         try:
-            self._hidden, self._resid = self._hook_functions()
+            self._hidden, self._resid, self._experts = self._hook_functions()
             stack.enter_context(edited_weights(self.target.model, self.weight_edits))
-            if self._hidden or self._resid:
+            if self._hidden or self._resid or self._experts:
                 tracking = track_passes(self.target.module, self.tracker.begin)
                 stack.callback(tracking.remove)
                 stack.enter_context(hooked(self.target, self._hidden, self._resid))
+            if self._experts:
+                spec = self.target.model.spec
+                stack.enter_context(self.target.backend.expert_hooks(spec, self._experts))
         except BaseException:
             try:
                 stack.close()
@@ -167,8 +188,10 @@ class Intervention:
         for e in self.edits:
             if isinstance(e, WeightEdit) or self.applied[e] > 0:
                 continue
-            layer = e.neuron.layer if isinstance(e, NeuronEdit) else e.layer
-            where = self.target.point(layer, "mlp" if isinstance(e, NeuronEdit) else "resid")
+            if isinstance(e, NeuronEdit):
+                where = self._point(e.neuron.layer, "mlp", e.neuron.expert)
+            else:
+                where = self._point(e.layer, "resid")
             n = self.fired[where]
             if n == 0:
                 how = self.target.backend.run_hint
@@ -189,6 +212,12 @@ class Intervention:
     def __repr__(self) -> str:
         edits = ", ".join(str(e) for e in self.edits)
         return f"Intervention([{edits}], backend={self.target.backend})"
+
+
+def _unit_order(item: tuple) -> tuple:
+    """Sort key of ``((kind, layer, expert), edits)``: by layer, then expert."""
+    (kind, layer, expert), _ = item
+    return (layer, -1 if expert is None else expert, kind)
 
 
 def counted(
@@ -258,7 +287,13 @@ def hooked(target: Target, mlp: dict[int, Fn], resid: dict[int, Fn]) -> Any:
     """Return a context manager inside which ``mlp[layer]`` runs on ``layer``'s MLP
     activations and ``resid[layer]`` on its output, through the target's backend (a no-op
     for trace-based backends: see :func:`forward_with`). Hooks are removed on exit."""
-    return target.backend.hooks(target.model.spec, mlp, resid)
+    spec = target.model.spec
+    if mlp and spec.moe:
+        raise UnsupportedModelError(
+            f"{spec.family} is a mixture of experts: its MLP activations are per expert; name "
+            "the expert in an edit (L1.E2.7): reading activations per expert is not supported yet"
+        )
+    return target.backend.hooks(spec, mlp, resid)
 
 
 def forward_with(

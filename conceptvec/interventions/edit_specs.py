@@ -241,8 +241,11 @@ def flatten(interventions: Edits) -> list[Edit]:
     return out
 
 
-def check_against(edits: list[Edit], n_layers: int, d_mlp: int, d_model: int) -> None:
-    """Raise if an edit names a layer, neuron or vector size this model does not have."""
+def check_against(
+    edits: list[Edit], n_layers: int, d_mlp: int, d_model: int, n_experts: int | None = None
+) -> None:
+    """Raise if an edit names a layer, neuron, expert or vector size this model does not have
+    (``n_experts``: 0 for a dense model, None to leave experts unchecked)."""
     for e in edits:
         if isinstance(e, Steer):
             NeuronId(e.layer, 0).check(n_layers, d_mlp)
@@ -252,7 +255,7 @@ def check_against(edits: list[Edit], n_layers: int, d_mlp: int, d_model: int) ->
                     f"stream has d_model={d_model}"
                 )
             continue
-        e.neuron.check(n_layers, d_mlp)
+        e.neuron.check(n_layers, d_mlp, n_experts)
         if isinstance(e, WeightEdit) and e.vector is not None and e.vector.shape[0] != d_model:
             raise BadInterventionError(
                 f"replacement vector for {e.neuron} has {e.vector.shape[0]} entries; "

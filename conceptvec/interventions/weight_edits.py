@@ -23,9 +23,10 @@ from .edit_specs import WeightEdit
 
 def neuron_view(model: Model, edit: WeightEdit) -> torch.Tensor:
     """Return ``[d_model]``: a view of the edited neuron's vector inside the live weight."""
-    rows = model.neurons(edit.neuron.layer, edit.matrix)
-    vector = rows[edit.neuron.index]
-    param = model.reader.get(model.weight_key(edit.matrix, edit.neuron.layer))
+    n = edit.neuron
+    rows = model.neurons(n.layer, edit.matrix, expert=n.expert)
+    vector = rows[n.index]
+    param = model.reader.get(model.mlp_place(edit.matrix, n.layer, n.expert)[0])
     if vector.untyped_storage().data_ptr() != param.untyped_storage().data_ptr():
         raise UnsupportedModelError(
             f"the {edit.matrix} weights of layer {edit.neuron.layer} are not a plain tensor "

@@ -102,7 +102,7 @@ class Model:
             return self.reader.tied
         return dims_from_config(self.config).tied
 
-    def _mlp_place(
+    def mlp_place(
         self, matrix: str, layer: int, expert: int | None
     ) -> tuple[str, int | None, str, tuple[int, int] | None]:
         """Return ``(key, index into its experts axis or None, layout, (block, blocks) or None)``
@@ -144,7 +144,7 @@ class Model:
         declared size (so a config that claims 10^8 layers or neurons allocates nothing)."""
         last = dims.n_experts - 1 if dims.n_experts else None
         for layer in sorted({0, dims.n_layers - 1}):
-            key, stack, _, _ = self._mlp_place("down", layer, last)
+            key, stack, _, _ = self.mlp_place("down", layer, last)
             if not self.reader.has(key):
                 raise CorruptWeightsError(
                     f"{self.location}: the config says {dims.n_layers} layers"
@@ -179,7 +179,7 @@ class Model:
         """
         matrix = check_matrix(matrix, self.spec.gated)
         self.dims.check(NeuronId(layer, 0, expert))
-        key, stack, layout, part = self._mlp_place(matrix, layer, expert)
+        key, stack, layout, part = self.mlp_place(matrix, layer, expert)
         if not self.reader.has(key):
             raise NoWeightsError(
                 f"{self.location} has no tensor {key}; the checkpoint is incomplete"
@@ -379,7 +379,7 @@ class Model:
             "matrices": list(self.spec.matrices),
             "mlp_out_norm": self.has_mlp_out_norm,
             "logit_softcap": self.dims.logit_softcap,
-            "weights_dtype": self.reader.dtype(self._mlp_place("down", 0, 0)[0]),
+            "weights_dtype": self.reader.dtype(self.mlp_place("down", 0, 0)[0]),
             **({"experts": self.dims.n_experts} if self.dims.n_experts else {}),
         }
 

@@ -133,6 +133,22 @@ class Backend(ABC):
         of the object; every hook is removed on exit, exceptions included. A backend that
         places edits inside a trace returns a no-op here and acts in :meth:`place`."""
 
+    def expert_hooks(
+        self, spec: ArchSpec, mlp: dict[tuple[int, int], Fn]
+    ) -> AbstractContextManager[None]:
+        """Return a context manager inside which ``mlp[(layer, expert)]`` sees (and may
+        replace) one expert's MLP activations ``[batch, tokens, d_mlp]`` in a
+        mixture-of-experts model; only tokens routed to that expert feel the change."""
+        del spec, mlp
+        raise UnsupportedModelError(
+            f"per-expert edits are not supported on a {self.name} model; pass the "
+            "transformers model itself"
+        )
+
+    def expert_point(self, spec: ArchSpec, layer: int, expert: int) -> str:
+        """Return the name of one expert's hook point (for messages and counts)."""
+        return f"{self.point(spec, layer, 'mlp')}[{expert}]"
+
     def place(self, spec: ArchSpec, mlp: dict[int, Fn], resid: dict[int, Fn]) -> None:
         """Put the functions on their points inside the current trace (trace-based
         backends; a no-op for hook-based ones, whose :meth:`hooks` are live)."""

@@ -125,6 +125,12 @@ class HFBackend(Backend):
         """Return torch hooks on the ``transformers`` module (see :func:`torch_hooks`)."""
         return torch_hooks(self.hf, spec, mlp, resid)
 
+    def expert_hooks(self, spec: ArchSpec, mlp: dict[tuple[int, int], Fn]) -> Any:
+        """Return torch hooks on the layers' experts (see :mod:`.experts`)."""
+        from .experts import expert_hooks
+
+        return expert_hooks(self.hf, spec, mlp)
+
     def logits(self, ids: torch.Tensor, mask: Any = None, place: Place = _nothing) -> Any:
         """Return the module's logits (``place`` is not needed: hooks are live)."""
         del place
