@@ -261,3 +261,41 @@ def test_moe_edits_and_readings_without_an_expert_are_refused(olmoe):
         logits(hf, ids, cv.clamp("L1.7", 1.0))
     with pytest.raises(UnsupportedModelError, match="mixture of experts"):
         read_activations(hf, ["Harry"], ["L1.E0.3"], tokenizer=tok)
+
+
+# ------------------------------------------------------------------ evaluation
+def test_weight_comparison_works_per_expert(tiny_dir, tmp_path):
+    """One expert's column zeroed (in the live model's stacked parameter, then saved with
+    per-expert keys): the comparison finds it, names the expert and leaves the rest at 0."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conceptvec.evaluate import compare_weights
+    from conceptvec.evaluate.concepts import EvalConcept
+
+    folder = tiny_dir("olmoe")
+    hf = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        hf.model.layers[1].mlp.experts.down_proj[2, :, 7] = 0  # [experts, d_model, d_mlp]
+    hf.save_pretrained(tmp_path / "unlearned")
+    AutoTokenizer.from_pretrained(folder).save_pretrained(tmp_path / "unlearned")
+    base = cv.load(folder, quiet=True)
+    unlearned = cv.load(tmp_path / "unlearned", quiet=True)
+    concepts = [
+        EvalConcept("zeroed", cv.NeuronId(1, 7, 2)),
+        EvalConcept("other expert", cv.NeuronId(1, 7, 3)),
+    ]
+    w = compare_weights(base, unlearned, concepts, k=10, top_changed=3, all_jaccard=True)
+    zeroed, other = w.concepts
+    assert zeroed.neuron == "L1.E2.7" and zeroed.cosine == 0 and zeroed.rel_change == 1
+    assert zeroed.change_pct_model > 99 and zeroed.jaccard < 1
+    assert other.rel_change == 0 and other.jaccard == 1
+    assert len(w.matrices) == 3 * N_EXPERTS * 3
+    moved = [(m.layer, m.expert, m.matrix, m.changed) for m in w.matrices if m.changed]
+    assert moved == [(1, 2, "down", 1)]
+    assert w.most_changed[0].neuron == "L1.E2.7"
+    assert w.jaccard_all is not None and w.jaccard_all["top"].shape == (3 * N_EXPERTS, 64)
+    assert w.to_dict()["matrices"][0]["expert"] == 0
+    same = compare_weights(base, cv.load(hf), [], k=10)  # the live, stacked layout
+    assert [m.changed for m in same.matrices] == [m.changed for m in w.matrices]
+    with pytest.raises(NeuronOutOfRangeError, match="names no expert"):
+        compare_weights(base, unlearned, [EvalConcept("no expert", cv.NeuronId(1, 7))])

@@ -109,10 +109,15 @@ class MatrixChange:
     """Median relative change of the layer's vectors."""
     p99: float
     max: float
+    expert: int | None = None
+    """The expert, in a mixture-of-experts model (None when dense)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-ready dict."""
-        return asdict(self)
+        """Return a JSON-ready dict (``expert`` only in a mixture-of-experts model)."""
+        out = asdict(self)
+        if self.expert is None:
+            del out["expert"]
+        return out
 
 
 @dataclass
@@ -145,7 +150,7 @@ class WeightComparison(Result):
     """Per matrix, percentiles (p50, p90, p99, max) of every vector's relative change."""
     jaccard_all: dict[str, torch.Tensor] | None = None
     """Side (``top``/``bottom``) -> ``[n_layers, d_mlp]`` Jaccard@k of every down column
-    (``all_jaccard=True``)."""
+    (``all_jaccard=True``; a row per layer and expert in a mixture of experts)."""
     dtypes: tuple[str, str] = ("", "")
     """The stored dtypes of the base's and the unlearned checkpoint's down matrices."""
     jaccard_recomputed: int = 0
@@ -196,7 +201,7 @@ class WeightComparison(Result):
 def check_pair(base: Model, other: Model) -> None:
     """Raise :class:`EvaluationError` unless the two models can be compared vector by vector."""
     a, b = base.dims, other.dims
-    fields = ("n_layers", "d_model", "d_mlp", "vocab")
+    fields = ("n_layers", "d_model", "d_mlp", "vocab", "n_experts")
     diff = [
         f"{f} {getattr(a, f)} vs {getattr(b, f)}" for f in fields if getattr(a, f) != getattr(b, f)
     ]
@@ -221,6 +226,13 @@ def check_pair(base: Model, other: Model) -> None:
 def matrices_of(model: Model) -> tuple[str, ...]:
     """Return the MLP matrices of ``model`` (``up``, ``gate`` when gated, ``down``)."""
     return ("up", "gate", "down") if model.spec.gated else ("up", "down")
+
+
+def units_of(model: Model) -> list[tuple[int, int | None]]:
+    """Return every ``(layer, expert)`` with its own MLP matrices, in order (expert None in a
+    dense model; every expert of every layer in a mixture of experts)."""
+    experts: list[int | None] = [*range(model.dims.n_experts)] or [None]
+    return [(layer, e) for layer in range(model.dims.n_layers) for e in experts]
 
 
 def percentile_of(value: float, population: torch.Tensor) -> float:
@@ -311,14 +323,22 @@ def compare_weights(
     if k < 1:
         raise EvaluationError(f"k must be >= 1 (got {k})")
     check_pair(base, unlearned)
-    n_layers = base.dims.n_layers
-    stored = (base.neurons(0, "down").dtype, unlearned.neurons(0, "down").dtype)
+    for c in concepts:
+        base.dims.check(c.neuron)
+    units = units_of(base)  # one row of every per-vector tensor below per (layer, expert)
+    row_of = {unit: row for row, unit in enumerate(units)}
+    n_layers = len(units)
+    first = units[0][1]
+    stored = (
+        base.neurons(0, "down", expert=first).dtype,
+        unlearned.neurons(0, "down", expert=first).dtype,
+    )
     common = coarser(*stored)
     mats = matrices_of(base)
     rel: dict[str, torch.Tensor] = {}
     cos: dict[str, torch.Tensor] = {}
     maps: list[MatrixChange] = []
-    wanted = {(c.neuron.layer, c.neuron.index) for c in concepts}
+    wanted = {(row_of[c.neuron.layer, c.neuron.expert], c.neuron.index) for c in concepts}
     stats: dict[tuple[int, int], dict[str, float]] = {}
     vec_b: dict[tuple[int, int], torch.Tensor] = {}
     vec_u: dict[tuple[int, int], torch.Tensor] = {}
@@ -333,13 +353,13 @@ def compare_weights(
     for m in mats:
         rel[m] = torch.zeros(n_layers, base.dims.d_mlp, dtype=torch.float64)
         cos[m] = torch.ones(n_layers, base.dims.d_mlp, dtype=torch.float64)
-        for layer in range(n_layers):
-            b = base.neurons(layer, m).to(device)
-            u = unlearned.neurons(layer, m).to(device)
+        for row, (layer, expert) in enumerate(units):
+            b = base.neurons(layer, m, expert=expert).to(device)
+            u = unlearned.neurons(layer, m, expert=expert).to(device)
             if common is not None:  # compare at the coarser storage precision
                 b, u = b.to(common), u.to(common)
             ch = {key: v.cpu() for key, v in column_changes(b, u).items()}
-            rel[m][layer], cos[m][layer] = ch["rel"], ch["cosine"]
+            rel[m][row], cos[m][row] = ch["rel"], ch["cosine"]
             diff = (u.double() - b.double()).norm().cpu()
             maps.append(
                 MatrixChange(
@@ -351,29 +371,32 @@ def compare_weights(
                     float(ch["rel"].median()),
                     float(torch.quantile(ch["rel"], 0.99)),
                     float(ch["rel"].max()),
+                    expert,
                 )
             )
             if m == "down":
-                l2_down[layer] = ch["l2"]
+                l2_down[row] = ch["l2"]
             if m == "down" and overlap is not None and jac_all is not None:
                 rb = recipe_vectors(base, layer, b, recipe)
                 ru = recipe_vectors(base, layer, u, recipe)
                 d = ch["l2"] if rb is b else (ru.double() - rb.double()).norm(dim=1).cpu()
                 for side, j in overlap.layer(rb, ru, d.to(device)).items():
-                    jac_all[side][layer] = j.cpu()
+                    jac_all[side][row] = j.cpu()
             if m == "down":
-                for lay, idx in wanted:
-                    if lay == layer:
-                        stats[(lay, idx)] = {key: float(v[idx]) for key, v in ch.items()}
-                        vec_b[(lay, idx)] = recipe_vectors(base, lay, b[idx], recipe).float().cpu()
-                        vec_u[(lay, idx)] = recipe_vectors(base, lay, u[idx], recipe).float().cpu()
+                for r, idx in wanted:
+                    if r == row:
+                        stats[(r, idx)] = {key: float(v[idx]) for key, v in ch.items()}
+                        vec_b[(r, idx)] = recipe_vectors(base, layer, b[idx], recipe).float().cpu()
+                        vec_u[(r, idx)] = recipe_vectors(base, layer, u[idx], recipe).float().cpu()
             bar.update(1)
     bar.close()
     show = token_text(base.tokenizer) if base.tokenizer is not None else str
     changes: list[VectorChange] = []
     down = rel["down"]
     for c in concepts:
-        key = (c.neuron.layer, c.neuron.index)
+        row = row_of[c.neuron.layer, c.neuron.expert]
+        own_layer = [r for r, (layer, _) in enumerate(units) if layer == c.neuron.layer]
+        key = (row, c.neuron.index)
         s = stats[key]
         ids = decoded_ids(base, torch.stack([vec_b[key], vec_u[key]]), k, recipe, c.side)
         before, after = ids[0].tolist(), ids[1].tolist()
@@ -392,17 +415,17 @@ def compare_weights(
                 s["rel"],
                 s["norm"],
                 percentile_of(s["rel"], down),
-                percentile_of(s["rel"], down[c.neuron.layer]),
+                percentile_of(s["rel"], down[own_layer]),
                 jac,
                 len(left_a) / len(left_b) if left_b else None,
                 len(kept) / len(left_b) if left_b else None,
                 [show(i) for i in before[:show_tokens]],
                 [show(i) for i in after[:show_tokens]],
                 l2_pct_model=percentile_of(s["l2"], l2_down),
-                l2_pct_layer=percentile_of(s["l2"], l2_down[c.neuron.layer]),
+                l2_pct_layer=percentile_of(s["l2"], l2_down[own_layer]),
             )
         )
-    most = _most_changed(base, unlearned, rel, cos, top_changed, show)
+    most = _most_changed(base, unlearned, rel, cos, top_changed, show, units)
     dist = {
         m: {
             "p50": float(torch.quantile(r.flatten(), 0.5)),
@@ -416,7 +439,8 @@ def compare_weights(
         for change in changes:
             n = NeuronId.parse(change.neuron)
             moved = 1 - jac_all[change.side]
-            change.jaccard_pct_model = percentile_of(float(moved[n.layer, n.index]), moved)
+            row = row_of[n.layer, n.expert]
+            change.jaccard_pct_model = percentile_of(float(moved[row, n.index]), moved)
     return WeightComparison(
         k,
         recipe,
@@ -507,6 +531,7 @@ def _most_changed(
     cos: dict[str, torch.Tensor],
     n: int,
     show: Any,
+    units: list[tuple[int, int | None]],
 ) -> list[ChangedVector]:
     if n < 1:
         return []
@@ -519,16 +544,17 @@ def _most_changed(
     for value, m, flat in ranked:
         if value <= 0:
             break
-        layer, idx = divmod(flat, d_mlp)
-        vb = base.neurons(layer, m)[idx].float()
-        vu = unlearned.neurons(layer, m)[idx].float()
+        row, idx = divmod(flat, d_mlp)
+        layer, expert = units[row]
+        vb = base.neurons(layer, m, expert=expert)[idx].float()
+        vu = unlearned.neurons(layer, m, expert=expert)[idx].float()
         ids = project(base, torch.stack([vb, vu])).topk(5, dim=-1).indices
         out.append(
             ChangedVector(
-                f"L{layer}.{idx}",
+                str(NeuronId(layer, idx, expert)),
                 m,
                 value,
-                float(cos[m][layer, idx]),
+                float(cos[m][row, idx]),
                 percentile_of(value, rel[m]),
                 [show(i) for i in ids[0].tolist()],
                 [show(i) for i in ids[1].tolist()],
