@@ -100,3 +100,10 @@ class PluginError(ConceptvecError):
 
 class PluginImportError(PluginError, ImportError):
     """A plugin module (``--plugin`` or an entry point) that cannot be imported."""
+
+
+def listing(names: list[str], limit: int = 8) -> str:
+    """Return ``names`` comma-separated for an error message: the first ``limit``, then
+    ``... (N more)`` when some were left out."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown}, ... ({len(names) - limit} more)"

@@ -112,11 +112,13 @@ def answer(
     max_new_tokens: int = 32,
     batch_size: int = 16,
     tokenizer: Any = None,
+    strip: bool = True,
 ) -> list[str]:
     """Return the greedy answer to each prompt, generated in left-padded batches.
 
     Questions are wrapped in the chat template (or the paper's prompt, see :func:`use_chat`);
-    ``raw=True`` feeds the prompts as they are (text completion).
+    ``raw=True`` feeds the prompts as they are (text completion). ``strip=False`` returns
+    the decoded text exactly as generated (leading space or newline kept).
     """
     target = resolve(model, tokenizer)
     texts = list(prompts) if raw else prompt_texts(target, prompts, use_chat(target, chat))
@@ -129,7 +131,8 @@ def answer(
         new = generate_ids(
             target, ids.to(target.device), intervention, max_new_tokens, mask.to(target.device)
         )
-        out += [tok.decode(r, skip_special_tokens=True).strip() for r in new]
+        texts = [tok.decode(r, skip_special_tokens=True) for r in new]
+        out += [t.strip() for t in texts] if strip else texts
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import conceptvec as cv
 from conceptvec.concepts import read_concepts
 from conceptvec.data import concepts_file
 from conceptvec.plugins import PluginError, export_lm_eval
@@ -29,7 +30,7 @@ def exported(tiny_dir, tmp_path_factory):
     return export_lm_eval(tiny_dir("llama"), SAMPLE, "ancient rome", out, **FAST)
 
 
-def _run(folder: Path, model_dir: Path, tasks: list[str], limit: int) -> dict:
+def _run(folder: Path, model_dir: Path, tasks: list[str], limit: int, **kw) -> dict:
     """Run real lm_eval on ``tasks`` from ``folder`` (``--include_path``) with the HF model."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -42,7 +43,19 @@ def _run(folder: Path, model_dir: Path, tasks: list[str], limit: int) -> dict:
         limit=limit,
         log_samples=True,
         device="cpu",
+        **kw,
     )
+
+
+def _teacher_forced(m, prompt: str, continuation: str) -> float:
+    """Sum of log p of ``continuation``'s tokens after ``prompt`` (as lm-eval splits them)."""
+    import torch
+
+    ctx = m.tokenizer(prompt)["input_ids"]
+    whole = m.tokenizer(prompt + continuation)["input_ids"]
+    with torch.no_grad():
+        logp = m.hf(torch.tensor([whole])).logits[0].log_softmax(-1)
+    return float(sum(logp[i - 1, whole[i]] for i in range(len(ctx), len(whole))))
 
 
 def test_export_writes_tasks_data_and_manifest(exported, rome):
@@ -55,7 +68,9 @@ def test_export_writes_tasks_data_and_manifest(exported, rome):
     docs = [json.loads(x) for x in (folder / "forget_qa.jsonl").read_text().splitlines()]
     assert [d["question"] for d in docs] == [q.strip() for q in rome.qa]
     assert docs[0]["prompt"] == f"Question: {rome.qa[0].strip()}\n Answer:"
-    assert all(d["continuation"] == " " + d["reference"] for d in docs)
+    # the continuation is the answer exactly as generated; the reference is it stripped
+    assert all(d["continuation"].strip() == d["reference"] for d in docs)
+    assert "num_fewshot: 0" in (folder / "conceptvec_ancient_rome_forget_qa.yaml").read_text()
     record = json.loads((folder / MANIFEST).read_text())
     assert record["command"].endswith(f"--include_path {folder} --tasks conceptvec_ancient_rome")
     assert record["tasks"][0]["reference"] == "model" and record["schema"] == 1
@@ -68,12 +83,18 @@ def test_lm_eval_reproduces_conceptvec_qa(exported, tiny_dir):
     res = _run(exported.folder, tiny_dir("llama"), tasks, limit=3)
     gen, lp = (res["results"][t] for t in tasks)
     # the references are this model's own greedy answers: lm_eval must generate them again
-    assert gen["exact,none"] == 1.0 and gen["rouge_l,none"] == pytest.approx(1.0)
+    assert gen["exact_match,none"] == 1.0 and gen["rouge_l,none"] == pytest.approx(1.0)
+    assert set(gen) >= {"sentence_bleu,none", "exact_match,none"} and "bleu,none" not in gen
     docs = [json.loads(x) for x in (exported.folder / "forget_qa.jsonl").read_text().splitlines()]
-    ours = answer_logprobs(
-        tiny_dir("llama"), [d["question"] for d in docs[:3]], [d["reference"] for d in docs[:3]]
-    )
-    assert lp["logprob,none"] == pytest.approx(sum(ours) / 3, abs=1e-3)  # random junk answers
+    # the continuation scored is the answer exactly as generated; where that is " " + the
+    # stripped answer (the paper prompt's usual case), it is conceptvec's own number
+    m = cv.load(str(tiny_dir("llama")), quiet=True)
+    exact = [_teacher_forced(m, d["prompt"], d["continuation"]) / d["reference_tokens"]
+             for d in docs[:3]]  # fmt: skip
+    assert lp["logprob,none"] == pytest.approx(sum(exact) / 3, abs=1e-3)  # random junk answers
+    for d, e in zip(docs[:3], exact):
+        if d["continuation"] == " " + d["reference"]:
+            assert answer_logprobs(m, [d["question"]], [d["reference"]])[0] == pytest.approx(e)
     # may re-tokenize differently from how they were generated, so "greedy" is checked on
     # the real model (test_plugins_lm_eval_real.py)
     sample = res["samples"][tasks[0]][0]
@@ -154,3 +175,14 @@ def test_cli_exports_and_refuses_bad_input(tiny_dir, tmp_path, monkeypatch, caps
     code, _, err = run_cli([*base, "--concept", "Nowhere", "--out", str(tmp_path / "n")],
                            monkeypatch, capsys)  # fmt: skip
     assert code == 2 and "no concept 'Nowhere'" in err and not (tmp_path / "n").exists()
+
+
+def test_num_fewshot_is_refused_by_the_task_config(exported, tiny_dir):
+    """--num_fewshot would draw examples from the test questions and nest two chat turns:
+    the tasks set num_fewshot 0, which lm-eval keeps over the command line's value."""
+    task = "conceptvec_ancient_rome_forget_qa"
+    res = _run(exported.folder, tiny_dir("llama"), [task], limit=2, num_fewshot=1)
+    docs = [json.loads(x) for x in (exported.folder / "forget_qa.jsonl").read_text().splitlines()]
+    prompts = [s["arguments"][0][0] for s in res["samples"][task]]
+    assert prompts == [d["prompt"] for d in docs[:2]]  # no example put in front
+    assert res["n-shot"][task] == 0

@@ -34,7 +34,8 @@ LIMIT = 3
 
 def test_lm_eval_cli_on_smollm2_matches_conceptvec_qa(tmp_path):
     m = conceptvec.load("smollm2-135m", quiet=True)
-    export = export_lm_eval(m, SAMPLE, "Ancient Rome", tmp_path / "tasks", sets=["forget_qa"])
+    sets = ["forget_qa", "completion"]
+    export = export_lm_eval(m, SAMPLE, "Ancient Rome", tmp_path / "tasks", sets=sets)
     assert export.prompting == "chat" and export.dtype == "float32"
     hf_dir = tmp_path / "smollm2"  # lm_eval's `hf` model loads an HF folder
     m.hf.save_pretrained(hf_dir)
@@ -52,8 +53,12 @@ def test_lm_eval_cli_on_smollm2_matches_conceptvec_qa(tmp_path):
     (results_file,) = (tmp_path / "results").rglob("results_*.json")
     results = json.loads(results_file.read_text())["results"]
     gen, lp = results[tasks[0]], results[tasks[1]]
-    assert gen["rouge_l,none"] == pytest.approx(1.0) and gen["exact,none"] == 1.0
+    assert gen["rouge_l,none"] == pytest.approx(1.0) and gen["exact_match,none"] == 1.0
     assert lp["greedy,none"] == 1.0
+    # text completion: the continuation scored is exactly the text the model produced
+    done = results["conceptvec_ancient_rome_completion"]
+    assert done["exact_match,none"] == 1.0
+    assert results["conceptvec_ancient_rome_completion_logprob"]["greedy,none"] == 1.0
 
     docs = [json.loads(x) for x in (export.folder / "forget_qa.jsonl").read_text().splitlines()]
     ours = answer_logprobs(m, [d["question"] for d in docs[:LIMIT]], [d["reference"] for d in docs[:LIMIT]])  # fmt: skip

@@ -5,9 +5,15 @@ answers (:func:`conceptvec.qa.answer`, as conceptvec's QA evaluation uses them),
 answers the user gives. Each question set becomes two tasks:
 
 - ``conceptvec_<concept>_<set>`` (``generate_until``): the model's greedy answer, scored
-  with conceptvec's ROUGE-L and BLEU (:func:`conceptvec.qa.text_scores`) and exact match;
+  with conceptvec's ROUGE-L and sentence BLEU (:func:`conceptvec.qa.text_scores`) and exact
+  match (``rouge_l``, ``sentence_bleu``, ``exact_match``);
 - ``conceptvec_<concept>_<set>_logprob`` (``loglikelihood``): the reference's mean
-  log-probability per token and whether greedy decoding reproduces it.
+  log-probability per token and whether greedy decoding reproduces it. The continuation
+  scored is the reference exactly as the export model generated it (its leading space or
+  newline kept), so greedy is 1 on that model.
+
+Few-shot is refused in the task config (``num_fewshot: 0``): each prompt is a whole chat
+turn, and the only documents are the test questions.
 
 The prompts are stored as the model sees them (chat template applied), so run the tasks
 *without* ``--apply_chat_template``; on the export model ROUGE-L is then ~1 by
@@ -27,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
-from conceptvec.errors import PluginError
+from conceptvec.errors import PluginError, listing
 from conceptvec.files import lists_every_file, swap_folder
 from conceptvec.results import Result
 from conceptvec.version import package_version
@@ -57,9 +63,11 @@ score_logprob = _task.score_logprob
 '''
 
 _METRICS = {
-    "generate_until": ("rouge_l", "bleu", "exact"),
+    "generate_until": ("rouge_l", "sentence_bleu", "exact_match"),
     "loglikelihood": ("logprob", "greedy"),
 }
+"""Metric names: ``sentence_bleu`` is the mean sentence BLEU / 100 (not lm-eval's corpus
+``bleu``, 0-100); ``exact_match`` compares the stripped texts."""
 
 
 @dataclass
@@ -222,7 +230,7 @@ def _pick(entries: list[ConceptEntry], concept: str | None) -> ConceptEntry:
     for e in entries:
         if e.concept.strip().lower() == want:
             return e
-    names = ", ".join(e.concept for e in entries[:8]) + (", ..." if len(entries) > 8 else "")
+    names = listing([e.concept for e in entries])
     raise PluginError(f"no concept {concept!r} in the concepts; they have {names}")
 
 
@@ -256,10 +264,11 @@ def _docs(
     from conceptvec.qa import answer, prompt_texts
 
     kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    exact: list[str] | None = None  # the model's answers as generated, the continuations
     if name == "completion":
         questions = [tc.first_half for tc in entry.text_completion]
         prompts, sep, kind = questions, " ", "model"
-        refs = answer(target, questions, raw=True, **kw) if questions else []
+        exact = answer(target, questions, raw=True, strip=False, **kw) if questions else []
     else:
         raw = entry.qa if name == "forget_qa" else entry.unrelated_qa
         questions = [q.strip() for q in raw]
@@ -274,17 +283,21 @@ def _docs(
         if have:
             refs = [gold[q] for q in questions]
         else:
-            refs = answer(target, questions, chat=chat, **kw) if questions else []
+            exact = answer(target, questions, chat=chat, strip=False, **kw) if questions else []
+    if exact is not None:  # score exactly what the model produced, not sep + its strip
+        refs, continuations = [e.strip() for e in exact], exact
+    else:
+        continuations = [sep + r for r in refs]
     tok = target.tokenizer
     docs = [
         {
             "question": q,
             "prompt": p,
             "reference": r,
-            "continuation": sep + r,
-            "reference_tokens": len(tok(sep + r, add_special_tokens=False)["input_ids"]),
+            "continuation": c if r else "",
+            "reference_tokens": len(tok(c, add_special_tokens=False)["input_ids"]) if r else 0,
         }
-        for q, p, r in zip(questions, prompts, refs)
+        for q, p, r, c in zip(questions, prompts, refs, continuations)
     ]
     return docs, kind
 
@@ -301,6 +314,7 @@ def _task_yaml(task: LmEvalTask, tag: str, max_new_tokens: int) -> str:
         "dataset_kwargs:",
         f"  data_file: {task.data_file}",
         "test_split: test",
+        "num_fewshot: 0  # lm-eval ignores --num_fewshot: the prompts are whole chat turns",
         f"output_type: {task.output_type}",
         "doc_to_text: prompt",
         f"doc_to_target: {'reference' if generate else 'continuation'}",

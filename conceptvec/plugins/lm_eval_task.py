@@ -8,7 +8,8 @@ the task's JSONL file::
 
 ``prompt`` is the exact text conceptvec's QA feeds the model (the chat template already
 applied, or ConceptVectors' ``Question: ...\\n Answer:``, or a text-completion first half);
-``continuation`` is the reference with the separator conceptvec puts before it.
+``continuation`` is the reference as the export model generated it (gold answers: with the
+separator conceptvec puts before them); ``reference`` is it stripped.
 """
 
 from __future__ import annotations
@@ -54,16 +55,16 @@ def with_reference(docs: Any) -> Any:
 
 
 def score_generation(doc: dict[str, Any], results: list[str]) -> dict[str, float]:
-    """Return ROUGE-L, BLEU (conceptvec's :func:`~conceptvec.qa.text_scores`) and exact match
-    of the generated answer against the document's reference."""
+    """Return ROUGE-L, sentence BLEU / 100 (conceptvec's :func:`~conceptvec.qa.text_scores`)
+    and exact match of the generated answer (stripped) against the document's reference."""
     from conceptvec.qa import text_scores
 
     answer = results[0].strip()
     scores = text_scores([answer], [doc["reference"]])
     return {
         "rouge_l": scores["rouge_l"][0],
-        "bleu": scores["bleu"][0],
-        "exact": float(answer == doc["reference"]),
+        "sentence_bleu": scores["bleu"][0],  # mean sentence BLEU / 100, not corpus BLEU
+        "exact_match": float(answer == doc["reference"]),
     }
 
 
