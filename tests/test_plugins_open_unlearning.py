@@ -219,3 +219,17 @@ def test_metric_on_smollm2_finds_the_erased_rome_vector(their_configs, tmp_path)
     assert result["agg_value"] == pytest.approx(
         (by["Ancient Rome"]["change_pct_model"] + by["Poland"]["change_pct_model"]) / 2
     )
+
+
+def test_launch_names_what_their_eval_needs_in_one_line(tmp_path, monkeypatch):
+    import conceptvec.plugins.open_unlearning as ou
+
+    for need in ("src/evals/metrics", "configs"):
+        (tmp_path / need).mkdir(parents=True)
+    (tmp_path / "src" / "eval.py").write_text("raise SystemExit('must not run')\n")
+    (tmp_path / "configs" / "eval.yaml").write_text("")
+    monkeypatch.setattr(ou, "NEEDS", {**ou.NEEDS, "no_such_module_xyz": "no-such-dist"})
+    with pytest.raises(PluginError, match=r"needs .*no-such-dist.*pip install .*no-such-dist") as e:
+        ou.launch(tmp_path, ["eval=conceptvec"])
+    assert "\n" not in str(e.value)
+    assert "no-such-dist" in ou.missing_packages()  # pip names, not module names

@@ -37,7 +37,7 @@ def test_cli_run_writes_a_checkpoint_and_json(tiny_dir, tmp_path, monkeypatch, c
     "extra, message",
     [
         (["--method", "forget-all"], "unknown method"),
-        (["--method", "gd", "--scope", "layers:0-7"], "layers 0-7"),
+        (["--method", "gd", "--scope", "layers:0-7"], "layers 0..7"),
         (["--method", "gd", "--lr", "nan"], "lr must be"),
         (["--method", "gd", "--lr", "-0.1"], "lr must be"),
         (["--method", "needle"], "needs the concept vector"),
@@ -68,3 +68,12 @@ def test_cli_existing_output_and_empty_forget(tiny_dir, tmp_path, monkeypatch, c
             "--out", str(tmp_path / "p"), *FAST]  # fmt: skip
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 2 and "forget set" in err and not (tmp_path / "p").exists()
+
+
+def test_unknown_concept_lists_eight_names_then_how_many_more(
+    tiny_dir, tmp_path, monkeypatch, capsys
+):
+    args = ["unlearn", str(tiny_dir("llama")), "--concept", "Atlantis", "--concepts", SAMPLE,
+            "--out", str(tmp_path / "o"), "--method", "ga", *FAST]  # fmt: skip
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2 and "no concept 'Atlantis'" in err and err.rstrip().endswith("... (2 more)")

@@ -246,7 +246,7 @@ def _layers(layers, n_layers: int) -> list[int]:
         return list(range(n_layers))
     bad = [layer for layer in layers if not 0 <= int(layer) < n_layers]
     if bad:
-        raise AtlasError(f"layer {bad[0]} is out of range; this model has layers 0-{n_layers - 1}")
+        raise AtlasError(f"layer {bad[0]} is out of range; this model has layers 0..{n_layers - 1}")
     return sorted({int(layer) for layer in layers})
 
 

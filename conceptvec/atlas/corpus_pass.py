@@ -125,7 +125,7 @@ def corpus_pass(
         raise AtlasError(f"the model's MLP shape does not match the atlas in {root}")
     layers = sorted(set(layers if layers is not None else weights_layers(weights)))
     if not layers or not all(0 <= x < d.n_layers for x in layers):
-        raise AtlasError(f"layers must be within 0-{d.n_layers - 1}; give --layers")
+        raise AtlasError(f"layers must be within 0..{d.n_layers - 1}; give --layers")
     tok = target.tokenizer
     prefix = target.prefix
     limit = target.model.context_length

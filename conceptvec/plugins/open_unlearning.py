@@ -138,6 +138,34 @@ def register() -> None:
     _register_evaluator(ConceptvecEvaluator)
 
 
+NEEDS: dict[str, str] = {
+    "hydra": "hydra-core",
+    "hydra_plugins.hydra_colorlog": "hydra-colorlog",  # their configs/hydra/default.yaml uses it
+    "deepspeed": "deepspeed",  # src/trainer/unlearn/rmu.py imports it, and eval imports trainer
+    "lm_eval": "lm-eval",  # src/evals/lm_eval.py
+    "datasets": "datasets",
+    "scipy": "scipy",
+    "sklearn": "scikit-learn",
+    "rouge_score": "rouge-score",
+}
+"""Module -> pip name of what open-unlearning's ``src/eval.py`` imports (at commit d3d7cf9)
+beyond torch and transformers. Installed without its pins (``transformers==4.45.1``,
+``torch==2.4.1``), they run beside conceptvec; see docs/plugins.md."""
+
+
+def missing_packages() -> list[str]:
+    """Return the pip names of :data:`NEEDS` that this environment lacks."""
+    import importlib.util
+
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ModuleNotFoundError:  # its parent package (hydra_plugins) is absent
+            return True
+
+    return [pip for module, pip in NEEDS.items() if absent(module)]
+
+
 def checkout_script(checkout: str | os.PathLike[str]) -> Path:
     """Return the ``src/eval.py`` of an open-unlearning checkout, or raise naming what is
     missing."""
@@ -200,6 +228,13 @@ def launch(checkout: str | os.PathLike[str], overrides: Sequence[str] = ()) -> N
     eval.conceptvec.metrics.conceptvec_intrinsic.concepts=concepts.json task_name=cv``.
     """
     script = checkout_script(checkout)
+    missing = missing_packages()
+    if missing:
+        raise PluginError(
+            f"open-unlearning's eval needs {', '.join(missing)}, not installed here: pip "
+            f"install {' '.join(missing)} (not `pip install -e` of the checkout, whose pins "
+            "downgrade transformers and torch; see docs/plugins.md)"
+        )
     root = script.parent.parent
     args = hydra_args(root, overrides)
     src = str(script.parent)
@@ -209,5 +244,10 @@ def launch(checkout: str | os.PathLike[str], overrides: Sequence[str] = ()) -> N
         register()
         sys.argv = [str(script), *args]
         runpy.run_path(str(script), run_name="__main__")
+    except ModuleNotFoundError as e:  # something newer than NEEDS
+        raise PluginError(
+            f"open-unlearning's eval imports {e.name}, which is not installed here: pip "
+            f"install {e.name}"
+        ) from None
     finally:
         sys.argv, sys.path[:] = old_argv, old_path

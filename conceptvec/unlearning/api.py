@@ -192,7 +192,7 @@ def unlearn(
         if m.name == "rmu":
             h["layer"] = round(7 / 32 * n_layers) if h["layer"] is None else int(h["layer"])
             if not 0 <= h["layer"] < n_layers:
-                raise UnlearningError(f"rmu: layer {h['layer']} is outside 0-{n_layers - 1}")
+                raise UnlearningError(f"rmu: layer {h['layer']} is outside 0..{n_layers - 1}")
         scope_text = scope or m.scope
         if scope_text == "rmu":
             scope_text = f"down:{max(0, h['layer'] - 2)}-{h['layer']}"

@@ -11,7 +11,7 @@ from typing import Any
 
 from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
 from conceptvec.concepts.record import ConceptVector
-from conceptvec.errors import UnlearningError
+from conceptvec.errors import UnlearningError, listing
 from conceptvec.neurons import NeuronId
 
 from .data import IDK_ANSWERS, DataSpec, Example, Tokenising, chunk_text, halves, read_pairs
@@ -90,7 +90,7 @@ def resolve_concept(
         )
     match = [e for e in pool if e.concept.lower() == concept.strip().lower()]
     if pool and not match:
-        names = ", ".join(e.concept for e in pool[:8])
+        names = listing([e.concept for e in pool])
         raise UnlearningError(f"no concept {concept!r} in {source or 'concepts'}; it has {names}")
     if match:
         return match[0], [e for e in pool if e is not match[0]], source, neuron

@@ -72,8 +72,8 @@ def parse_scope(text: str, n_layers: int, neuron: NeuronId | None = None) -> Sco
         first, last = int(m.group(1)), int(m.group(2) or m.group(1))
         if not 0 <= first <= last < n_layers:
             raise UnlearningError(
-                f"scope {text!r} names layers {first}-{last}, but the model has layers "
-                f"0-{n_layers - 1}; pick a range within them"
+                f"scope {text!r} names layers {first}..{last}, but the model has layers "
+                f"0..{n_layers - 1}; pick a range within them"
             )
         return Scope(kind, first, last)
     raise UnlearningError(f"unknown scope {text!r}; use full, down, down:A-B, layers:A-B or vector")
