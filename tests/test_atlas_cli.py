@@ -32,7 +32,7 @@ def test_map_search_export_round_trip(tiny_dir, tmp_path, monkeypatch, capsys):
     token = atlas.neuron("L0.1", "down").top[0].token
     code, stdout, _ = run_cli(["search", str(out), token, "--exact", "--json"], monkeypatch, capsys)
     assert code == 0
-    hits = json.loads(stdout)
+    hits = json.loads(stdout)["hits"]
     assert {"neuron": "L0.1", "matrix": "down"}.items() <= next(
         h for h in hits if h["neuron"] == "L0.1" and h["matrix"] == "down"
     ).items()
@@ -161,7 +161,7 @@ def test_atlas_search_honours_layers_and_counts_ranks_from_1(small_atlas, monkey
     args = ["search", str(small_atlas), token, "--exact", "-n", "500", "--json"]
     code, stdout, err = run_cli([*args, "--layers", "1"], monkeypatch, capsys)
     assert code == 0, err
-    hits = json.loads(stdout)
+    hits = json.loads(stdout)["hits"]
     assert hits and {h["neuron"].split(".")[0] for h in hits} == {"L1"}
     mine = next(h for h in hits if h["neuron"] == "L1.2" and h["matrix"] == "down")
     assert mine["rank"] == 1  # the neuron's top token: rank 1, as the table shows it

@@ -94,6 +94,9 @@ def test_outside_method_and_attack_run_through_the_cli(
     record = json.loads(stdout)
     assert record["method"] == "half-ga" and record["paper"] == "a test plugin"
     assert record["hyperparameters"] == {"scale": 0.25} and record["steps_done"] == 2
+    assert record["config"]["method"] == "half-ga" and record["config"]["hparams"] == {
+        "scale": 0.25
+    }
     assert json.loads((out / "unlearning.json").read_text())["method"] == "half-ga"
 
     report = tmp_path / "r.json"

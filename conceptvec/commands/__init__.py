@@ -16,5 +16,44 @@ PLUGIN_OPTION = typer.Option(
 
 
 def print_json(data: Any) -> None:
-    """Write ``data`` to stdout as indented JSON (``--json`` output: stdout alone, pipeable)."""
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    """Write ``data`` to stdout as indented JSON (``--json`` output: stdout alone, pipeable).
+
+    A JSON object gains ``config``, the command line it answers (:func:`command_config`),
+    unless it records its own already."""
+    if isinstance(data, dict) and "config" not in data:
+        config = command_config()
+        if config is not None:
+            data = {**data, "config": config}
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def command_config() -> dict[str, Any] | None:
+    """Return the running CLI command and every option and argument it was given (defaults
+    filled in), JSON-ready: what its output records as ``config``. None outside the CLI."""
+    ctx = _current_context()
+    if ctx is None:
+        return None
+    params = {k: _plain(v) for k, v in ctx.params.items() if k not in ("json_out",)}
+    names: list[str] = []
+    while ctx.parent is not None:  # the root's name is the program's: left out
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    return {"command": " ".join(reversed(names)), **params}
+
+
+def _current_context() -> Any:
+    """Return the running command's click context (typer >= 0.25 vendors click as
+    ``typer._click``; older typer uses click itself), or None."""
+    try:
+        from typer._click import globals as found
+    except ImportError:  # pragma: no cover - an older typer on plain click
+        import click as found  # type: ignore[no-redef]
+    return found.get_current_context(silent=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

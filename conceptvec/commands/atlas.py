@@ -311,7 +311,7 @@ def register(app: typer.Typer) -> None:
                 layers=parse_layers(layers),
             )
             if json_out:
-                print_json([h.to_dict() for h in hits])
+                print_json({"hits": [h.to_dict() for h in hits]})
             else:
                 typer.echo(atlas.search_table(hits) if hits else f"no neuron lists {word!r}")
             return
@@ -338,7 +338,7 @@ def register(app: typer.Typer) -> None:
         else:
             found = search_weights(model, word, exact=exact, **kw)
         if json_out:
-            print_json([{"rank": n, **h.to_dict()} for n, h in enumerate(found, 1)])
+            print_json({"hits": [{"rank": n, **h.to_dict()} for n, h in enumerate(found, 1)]})
         else:
             typer.echo(hits_table(found))
 

@@ -4,15 +4,37 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from conceptvec.config import EvalConfig
+
 from . import PLUGIN_OPTION
+from .options import config_options, settings_of
 
 MODEL_HELP = "The base model: alias, hub id, local folder or .gguf file."
 
 
+@config_options(
+    EvalConfig,
+    {
+        "names": {"flag": "--concept"},
+        "qa": {},
+        "trace_activations": {"flag": "--trace"},
+        "k": {"min": 1},
+        "recipe": {},
+        "all_jaccard": {},
+        "device": {},
+        "controls": {"min": 0},
+        "max_questions": {"min": 1},
+        "max_new_tokens": {"min": 1},
+        "chat": {},
+        "relearn_steps": {"min": 1},
+        "relearn_lr": {},
+        "seed": {},
+    },
+)
 def evaluate(
     base: Annotated[str, typer.Argument(help=MODEL_HELP)],
     unlearned: Annotated[
@@ -26,9 +48,6 @@ def evaluate(
             "or a packaged name: smollm2-dev.",
         ),
     ],
-    concept: Annotated[
-        list[str] | None, typer.Option("--concept", help="Only this concept (repeatable).")
-    ] = None,
     probes: Annotated[
         Path | None,
         typer.Option(
@@ -43,31 +62,6 @@ def evaluate(
             "('' for none) [recovery; none with --no-qa].",
         ),
     ] = None,
-    no_qa: Annotated[
-        bool, typer.Option("--no-qa", help="Weights (and activations) only: no QA, no attacks.")
-    ] = False,
-    no_trace: Annotated[
-        bool, typer.Option("--no-trace", help="Skip the activation trace.")
-    ] = False,
-    k: Annotated[
-        int, typer.Option("--k", min=1, help="Top-k tokens for the Jaccard overlap.")
-    ] = 200,
-    recipe: Annotated[
-        str, typer.Option("--recipe", help="raw (W_U v, ConceptVectors) | folded (final norm).")
-    ] = "raw",
-    all_jaccard: Annotated[
-        bool, typer.Option("--all-jaccard", help="Jaccard@k of every down column too.")
-    ] = False,
-    controls: Annotated[
-        int, typer.Option("--controls", min=0, help="Random same-layer control neurons.")
-    ] = 5,
-    max_questions: Annotated[
-        int | None, typer.Option("--max-questions", min=1, help="At most N questions per probe.")
-    ] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 32,
-    relearn_steps: Annotated[int, typer.Option("--relearn-steps", min=1)] = 10,
-    relearn_lr: Annotated[float, typer.Option("--relearn-lr")] = 2e-5,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--out", "-o", help="Write the JSON report here.")
     ] = None,
@@ -77,12 +71,13 @@ def evaluate(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out / --html.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
     plugin: Annotated[list[str] | None, PLUGIN_OPTION] = None,
+    **settings: Any,
 ) -> None:
     """Did unlearning remove the concept from the weights, or hide it? Weights, activations,
     QA and recovery attacks, per concept vector, against random-neuron controls."""
     from conceptvec.commands import print_json
     from conceptvec.errors import EvaluationError
-    from conceptvec.evaluate import ATTACKS, EvalConfig, intrinsic
+    from conceptvec.evaluate import ATTACKS, intrinsic
     from conceptvec.files import check_new
     from conceptvec.registry import load_plugins
 
@@ -97,26 +92,13 @@ def evaluate(
     for path in (json_path, html_path):  # refuse before minutes of work, not after
         if path is not None:
             check_new(path, overwrite, EvaluationError)
+    no_qa = not settings["qa"]
     wanted = ATTACKS.check([a.strip() for a in (attacks or "").split(",") if a.strip()])
     if no_qa and wanted and attacks is not None:
         raise EvaluationError("attacks are measured on the forget QA; drop --attacks or --no-qa")
     if attacks is None and not no_qa:
         wanted = ["recovery"]
-    config = EvalConfig(
-        names=concept,
-        qa=not no_qa,
-        trace_activations=not no_trace,
-        attacks=wanted,
-        k=k,
-        recipe=recipe,
-        all_jaccard=all_jaccard,
-        controls=controls,
-        max_questions=max_questions,
-        max_new_tokens=max_new_tokens,
-        relearn_steps=relearn_steps,
-        relearn_lr=relearn_lr,
-        seed=seed,
-    )
+    config = EvalConfig(attacks=wanted, **settings_of(EvalConfig, settings))
     report = intrinsic(
         base, list(unlearned), concepts, config, probes=probes, progress=not json_out
     )

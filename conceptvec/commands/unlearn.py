@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from conceptvec.config import UnlearnConfig
+
 from . import PLUGIN_OPTION
+from .options import config_options, settings_of
 
 MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
 METHOD_NAMES = "ga|gd|npo|npo-gd|npo-kl|simnpo|dpo|rmu|needle|edit, or one a --plugin registers"
@@ -34,6 +37,31 @@ def _hparams(pairs: list[str] | None) -> dict:
     return out
 
 
+@config_options(
+    UnlearnConfig,
+    {
+        "scope": {},
+        "neuron": {},
+        "steps": {"min": 1},
+        "lr": {},
+        "batch_size": {"min": 1},
+        "seed": {},
+        "forget_file": {"flag": "--forget", "type": Path | None},
+        "retain_file": {"flag": "--retain", "type": Path | None},
+        "forget_qa": {},
+        "holdout": {"min": 0.0, "max": 1.0},
+        "max_length": {"min": 8},
+        "weight_decay": {"min": 0.0},
+        "save_every": {"min": 0},
+        "resume": {"flag": "--resume/--no-resume"},
+        "keep_checkpoints": {},
+        "stop_loss": {},
+        "evaluate": {"flag": "--eval"},
+        "chat": {},
+        "max_new_tokens": {"min": 1},
+        "threads": {"min": 1},
+    },
+)
 def unlearn(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     concept: Annotated[
@@ -48,48 +76,16 @@ def unlearn(
             "retain concepts.",
         ),
     ] = None,
-    scope: Annotated[
-        str | None,
-        typer.Option("--scope", help="full | down | down:A-B | layers:A-B | vector [method's]"),
-    ] = None,
-    neuron: Annotated[
-        str | None,
-        typer.Option("--neuron", help="The concept vector: L29.1518, 'file' or 'find'."),
-    ] = None,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 50,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate [method's].")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Global batch.")] = 4,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder [unlearned-CONCEPT-METHOD].")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
-    forget: Annotated[
-        Path | None, typer.Option("--forget", help="More forget data: text lines or JSONL Q/A.")
-    ] = None,
-    retain: Annotated[
-        Path | None, typer.Option("--retain", help="More retain data: text lines or JSONL Q/A.")
-    ] = None,
-    forget_qa: Annotated[
-        str, typer.Option("--forget-qa", help="Concept QA in training: heldout | all | none.")
-    ] = "heldout",
-    max_length: Annotated[int, typer.Option("--max-length", min=8, help="Tokens/example.")] = 512,
-    save_every: Annotated[
-        int, typer.Option("--save-every", min=0, help="Resumable checkpoint every N steps.")
-    ] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the last run.")] = False,
-    stop_loss: Annotated[
-        float | None, typer.Option("--stop-loss", help="Stop once the loss is <= this.")
-    ] = None,
-    no_eval: Annotated[
-        bool, typer.Option("--no-eval", help="Skip the held-out QA before/after.")
-    ] = False,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="Torch threads.")] = None,
     hparam: Annotated[
         list[str] | None, typer.Option("--set", help="Method hyperparameter KEY=VALUE.")
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
     plugin: Annotated[list[str] | None, PLUGIN_OPTION] = None,
+    **settings: Any,
 ) -> None:
     """Unlearn a concept with a published method; write an HF checkpoint + unlearning.json."""
     from conceptvec.commands import print_json
@@ -103,31 +99,13 @@ def unlearn(
     if out is None:
         slug = "".join(c if c.isalnum() else "-" for c in Path(concept).stem.lower()).strip("-")
         out = Path(f"unlearned-{slug}-{method}")
-    result = run(
-        model,
-        str(concept),
-        method,
-        concepts=concepts,
-        scope=scope,
-        neuron=neuron,
-        steps=steps,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        out=out,
-        overwrite=overwrite,
-        forget_file=forget,
-        retain_file=retain,
-        forget_qa=forget_qa,
-        max_length=max_length,
-        save_every=save_every,
-        resume=resume,
-        stop_loss=stop_loss,
-        evaluate=not no_eval,
-        threads=threads,
-        progress=not json_out,
-        **_hparams(hparam),
+    config = UnlearnConfig(
+        method=method, hparams=_hparams(hparam), **settings_of(UnlearnConfig, settings)
     )
+    result = run(
+        model, str(concept), config=config, concepts=concepts, out=out, overwrite=overwrite,
+        progress=not json_out,
+    )  # fmt: skip
     from conceptvec.distributed import is_main_process
 
     if not is_main_process():

@@ -10,6 +10,8 @@
 - :func:`build_concepts` maps every concept of such a file to this model's vectors.
 """
 
+from conceptvec.config import FindConfig
+
 from .benchmark import STYLES, ConceptEntry, TextCompletion, read_concepts, write_concepts
 from .find import ConceptSearch, find_concept, search_concept, search_text_words
 from .record import (
@@ -23,6 +25,7 @@ from .tokens import ConceptTokens, concept_tokens
 from .validate import MODES, FindThresholds, judge
 
 __all__ = [
+    "FindConfig",
     "MODES",
     "STYLES",
     "VERDICTS",

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from conceptvec.activations import read_activations, separation
 from conceptvec.atlas.search import WeightHit, search_weights
+from conceptvec.config import FindConfig
 from conceptvec.decoding import decode
 from conceptvec.errors import ConceptSearchError
 from conceptvec.models import Model, load
@@ -267,25 +268,16 @@ def _clip_texts(tokenizer: Any, texts: Sequence[str], budget: int) -> list[str]:
 def find_concept(
     model: Any,
     name: str,
+    config: FindConfig | Mapping[str, Any] | None = None,
     *,
     texts: Sequence[str] = (),
     qa: Sequence[str] = (),
     unrelated_qa: Sequence[str] | None = None,
     unrelated_texts: Sequence[str] | None = None,
-    matrix: str = "down",
-    candidates: int = 10,
-    validate: int = 3,
-    controls: int = 10,
-    modes: Sequence[str] = MODES,
-    k: int = 20,
-    max_text_tokens: int = 2048,
-    max_new_tokens: int = 32,
-    chat: bool | None = None,
-    thresholds: FindThresholds | None = None,
-    seed: int = 0,
     tokenizer: Any = None,
     progress: bool = True,
     reference: Sequence[str] = (),
+    **settings: Any,
 ) -> ConceptSearch:
     """Return a :class:`ConceptSearch`: the neurons of ``model`` that hold concept ``name``.
 
@@ -295,7 +287,20 @@ def find_concept(
     no candidate is validated, and each says so. ``reference`` names other concepts: a
     candidate that their own weight searches rank among their ``candidates`` serves them
     as well, and is a ``category`` neuron (:mod:`conceptvec.concepts.category`).
+    ``config`` is a :class:`FindConfig` (or its dict); ``settings`` are its fields as
+    keywords (``candidates=20``), applied on top; the result records the whole config in
+    ``settings["config"]``.
     """
+    cfg = FindConfig.build(config, **settings)
+    matrix, candidates, validate, controls = cfg.matrix, cfg.candidates, cfg.validate, cfg.controls
+    modes, k, max_text_tokens, chat, seed = (
+        cfg.modes,
+        cfg.k,
+        cfg.max_text_tokens,
+        cfg.chat,
+        cfg.seed,
+    )
+    max_new_tokens, thresholds = cfg.max_new_tokens, cfg.thresholds
     # weights first: a name that matches nothing fails before the torch model is built
     if isinstance(model, (str, os.PathLike)):
         model = load(model, quiet=True)
@@ -306,7 +311,6 @@ def find_concept(
             f"bad settings: modes {list(modes)} (use {', '.join(MODES)}), candidates "
             f"{candidates} >= 1, 0 <= validate {validate} <= candidates, controls {controls} >= 0"
         )
-    thresholds = thresholds or FindThresholds()
     qa = [q.strip() for q in qa if q.strip()]
     unrelated = [q.strip() for q in (unrelated_qa or DEFAULT_UNRELATED_QA) if q.strip()]
     seconds: dict[str, float] = {}
@@ -416,6 +420,7 @@ def find_concept(
             seed=seed,
             noise_std=0.1,
             reference=list(reference),
+            config=cfg.to_dict(),
         ),
         seconds=seconds,
     )

@@ -10,10 +10,11 @@
   (:data:`ATTACKS`) that ``conceptvec eval --attacks NAME`` runs.
 """
 
+from conceptvec.config import EvalConfig
+
 from .attacks import ATTACKS, AttackInput, register_attack
 from .behaviour import Recovery, quantized
 from .concepts import EvalConcept, eval_concepts
-from .config import EvalConfig
 from .report import SCHEMA, ConceptEval, EvalReport, RunEval
 from .run import intrinsic, score
 from .trace import TraceThresholds

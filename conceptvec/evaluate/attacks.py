@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from conceptvec.config import EvalConfig
 from conceptvec.errors import EvaluationError
 from conceptvec.models import Model
 from conceptvec.models.backends import Target, resolve
@@ -31,7 +32,6 @@ from conceptvec.registry import Registry
 
 from .behaviour import ConceptProbes, Recovery, _recovered, quantized, recovery, relearned
 from .concepts import EvalConcept, unrelated_texts
-from .config import EvalConfig
 
 
 @dataclass

@@ -29,6 +29,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from conceptvec.checkpoint_record import UnlearningRecord
+from conceptvec.config import EvalConfig
 from conceptvec.errors import ConceptvecError, EvaluationError
 from conceptvec.models import Model, load
 from conceptvec.models.backends import Target, resolve
@@ -37,12 +39,9 @@ from conceptvec.progress import progress_bar
 from .attacks import ATTACKS, AttackInput, run_attack
 from .behaviour import ConceptProbes, base_probes, probe_model
 from .concepts import EvalConcept, check_concepts, eval_concepts
-from .config import EvalConfig
 from .report import ConceptEval, EvalReport, RunEval
 from .trace import concept_text, label, layer_activations, trace
 from .weights import check_pair, compare_weights
-
-RECORD = "unlearning.json"
 
 
 def _open(source: Any, what: str) -> Model:
@@ -61,20 +60,11 @@ def _open(source: Any, what: str) -> Model:
         raise EvaluationError(f"{what} {source}: {e}") from None
 
 
-def _record(source: Any) -> dict[str, Any]:
-    """Return the ``unlearning.json`` beside a checkpoint folder ({} when none)."""
+def _record(source: Any) -> UnlearningRecord | None:
+    """Return the ``unlearning.json`` record beside a checkpoint folder (None when none)."""
     if not isinstance(source, (str, os.PathLike)):
-        return {}
-    p = Path(source) / RECORD
-    if not p.is_file():
-        return {}
-    from conceptvec.files import read_json
-
-    try:
-        data = read_json(p, EvaluationError, "the unlearning record")
-    except ConceptvecError:
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
+    return UnlearningRecord.read(source)
 
 
 def _run_names(sources: list[Any], models: list[Model]) -> list[str]:
@@ -86,42 +76,37 @@ def _run_names(sources: list[Any], models: list[Model]) -> list[str]:
     return short if len(set(short)) == len(short) else [m.name for m in models]
 
 
-def _summary(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("method", "steps_done", "lr", "scope", "neuron", "seed", "wall_seconds")
-    out = {k: record[k] for k in keys if k in record}
-    if record:
-        out["concept"] = _concept_name(record)
+def _summary(record: UnlearningRecord | None) -> dict[str, Any]:
+    """What a report shows of a checkpoint's record: method, steps, lr, scope, ..."""
+    if record is None:
+        return {}
+    out = {
+        "method": record.method,
+        "steps_done": record.steps_done,
+        "lr": record.lr,
+        "scope": record.scope,
+        "neuron": record.neuron,
+        "seed": record.seed,
+        "wall_seconds": record.wall_seconds,
+        "concept": record.concept_name,
+    }
+    if record.config:
+        out["config"] = record.config
     return out
 
 
-def _concept_name(record: dict[str, Any]) -> str:
-    c = record.get("concept")
-    return str(c.get("name", "")) if isinstance(c, dict) else str(c or "")
-
-
 def _shared_heldout(
-    records: list[dict[str, Any]], concept: str
+    records: list[UnlearningRecord | None], concept: str
 ) -> tuple[dict[str, list[str]] | None, str]:
     """Return the held-out questions of the first record that unlearned ``concept``, and its
     method: every run is then scored on the same questions, so rows compare."""
     for r in records:
-        held = _heldout(r, concept)
+        if r is None or r.concept_name.casefold() != concept.casefold():
+            continue
+        held, unrelated = r.heldout()
         if held:
-            return held, f"{r.get('method', 'a run')} (seed {r.get('seed', '?')})"
+            return {"qa": held, "unrelated": unrelated}, f"{r.method or 'a run'} (seed {r.seed})"
     return None, ""
-
-
-def _heldout(record: dict[str, Any], concept: str) -> dict[str, list[str]] | None:
-    """Return the held-out concept and unrelated questions of ``record`` for ``concept``."""
-    if not record or _concept_name(record).casefold() != concept.casefold():
-        return None
-    data = record.get("data") or {}
-    held = data.get("heldout_qa") if isinstance(data, dict) else None
-    held_u = data.get("heldout_unrelated_qa") if isinstance(data, dict) else None
-    if isinstance(held, list) and held and all(isinstance(q, str) for q in held):
-        unrelated = held_u if isinstance(held_u, list) else []
-        return {"qa": held, "unrelated": [q for q in unrelated if isinstance(q, str)]}
-    return None
 
 
 def intrinsic(

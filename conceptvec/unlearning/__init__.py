@@ -8,6 +8,8 @@
 - :class:`UnlearningError` is what a run that cannot start or finish raises.
 """
 
+from conceptvec.checkpoint_record import UnlearningRecord
+from conceptvec.config import UnlearnConfig
 from conceptvec.errors import UnlearningError
 
 from .api import UnlearnResult, unlearn
@@ -17,7 +19,9 @@ __all__ = [
     "METHODS",
     "Context",
     "Method",
+    "UnlearnConfig",
     "UnlearnResult",
+    "UnlearningRecord",
     "UnlearningError",
     "mean_nll",
     "register_method",

@@ -14,12 +14,15 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from conceptvec.checkpoint_record import UnlearningRecord
+from conceptvec.config import UnlearnConfig
 from conceptvec.distributed import is_main_process
 from conceptvec.errors import UnlearningError
 from conceptvec.neurons import NeuronId
@@ -56,6 +59,11 @@ class UnlearnResult(Result):
     """The checkpoint folder, or None when nothing was written."""
     record: dict[str, Any] = field(default_factory=dict)
     """Everything ``unlearning.json`` holds."""
+
+    @property
+    def run_record(self) -> UnlearningRecord:
+        """The record as the :class:`UnlearningRecord` that ``unlearning.json`` holds."""
+        return UnlearningRecord.from_dict(self.record)
 
     @property
     def losses(self) -> dict[str, float]:
@@ -98,35 +106,21 @@ def _check_numbers(lr: float, steps: int, batch_size: int, world: int) -> None:
 def unlearn(
     model: Any,
     concept: Any,
-    method: str = "gd",
+    method: str | None = None,
+    config: UnlearnConfig | Mapping[str, Any] | None = None,
     *,
     concepts: Any = None,
-    scope: str | None = None,
-    neuron: Any = None,
-    steps: int = 50,
-    lr: float | None = None,
-    batch_size: int = 4,
-    seed: int = 0,
     out: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
-    forget_file: Any = None,
-    retain_file: Any = None,
-    forget_qa: str = "heldout",
-    holdout: float = 0.5,
-    max_length: int = 512,
-    weight_decay: float = 0.0,
-    save_every: int = 0,
-    resume: bool = False,
-    keep_checkpoints: bool = False,
-    stop_loss: float | None = None,
-    evaluate: bool = True,
-    chat: bool | None = None,
-    max_new_tokens: int = 32,
-    threads: int | None = None,
     progress: bool = True,
-    **hparams: Any,
+    **settings: Any,
 ) -> UnlearnResult:
     """Return an :class:`UnlearnResult`: ``model`` unlearned of ``concept`` by ``method``.
+
+    ``config`` is an :class:`UnlearnConfig` (or its dict); ``settings`` are its fields as
+    keywords (``steps=20``), applied on top, and any other keyword is a hyperparameter of
+    the method (``beta=0.2``); ``method``, when given, overrides the config's. The record
+    (``unlearning.json``) holds the whole config as ``config``.
 
     ``concept`` is a name (looked up in ``concepts``, a ConceptVectors file or list of
     entries; the other concepts there become retain text), a one-concept ConceptVectors
@@ -144,6 +138,19 @@ def unlearn(
     writes ``out``, with the full weights gathered from all of them (FSDP, DeepSpeed). In a
     sharded run the returned model is this process's shard, and ``evaluate`` must be False.
     """
+    fields = set(UnlearnConfig.field_names())
+    hparams = {k: v for k, v in settings.items() if k not in fields}
+    cfg = UnlearnConfig.build(config, **{k: v for k, v in settings.items() if k in fields})
+    if method is not None:
+        cfg = cfg.replace(method=method)
+    if hparams:
+        cfg = cfg.replace(hparams={**cfg.hparams, **hparams})
+    method, scope, neuron, steps, lr = cfg.method, cfg.scope, cfg.neuron, cfg.steps, cfg.lr
+    batch_size, seed, forget_qa, holdout = cfg.batch_size, cfg.seed, cfg.forget_qa, cfg.holdout
+    forget_file, retain_file, max_length = cfg.forget_file, cfg.retain_file, cfg.max_length
+    weight_decay, save_every, resume = cfg.weight_decay, cfg.save_every, cfg.resume
+    keep_checkpoints, stop_loss, evaluate = cfg.keep_checkpoints, cfg.stop_loss, cfg.evaluate
+    chat, max_new_tokens, threads, hparams = cfg.chat, cfg.max_new_tokens, cfg.threads, cfg.hparams
     from conceptvec.models.backends import resolve
 
     m = get_method(method)
@@ -217,6 +224,7 @@ def unlearn(
             "base_model": {"name": base.name, "location": base.location, "fingerprint": base_print},
             "threads": torch.get_num_threads(),
             "versions": {"torch": torch.__version__, "transformers": _tf_version()},
+            "config": cfg.to_dict(),
         }
         if m.name == "edit":
             sets = state = None

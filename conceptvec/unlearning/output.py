@@ -19,14 +19,10 @@ from typing import Any
 
 import torch
 
+from conceptvec.checkpoint_record import RECORD_FILE, SCHEMA, WRITER, UnlearningRecord
 from conceptvec.errors import UnlearningError
 from conceptvec.files import lists_every_file, swap_folder
 
-RECORD_FILE = "unlearning.json"
-"""The run's record, beside the weights."""
-SCHEMA = 1
-WRITER = "conceptvec unlearn"
-"""``written_by`` in every record and work-folder mark: what makes a folder ours to replace."""
 WORK_MARK = "conceptvec-unlearn-run.json"
 """The mark inside the hidden ``.<out>.run/`` folder of resumable checkpoints."""
 
@@ -165,12 +161,9 @@ def save_model(
 
 
 def write_record(folder: Path, record: dict[str, Any]) -> None:
-    """Write ``unlearning.json`` (flushed to disk)."""
-    text = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False, default=str)
-    with open(folder / RECORD_FILE, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """Write ``unlearning.json`` (flushed to disk) through :class:`UnlearningRecord`, the
+    one format its readers share."""
+    UnlearningRecord.from_dict(record).write(folder)
 
 
 def fingerprint(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
