@@ -206,6 +206,10 @@ class EvalConfig(Config):
         default_factory=list,
         metadata={"help": "Registered attacks to run (conceptvec.evaluate.ATTACKS)."},
     )
+    metrics: list[str] = dataclasses.field(
+        default_factory=list,
+        metadata={"help": "Registered metrics to add per concept (conceptvec.evaluate.METRICS)."},
+    )
     k: int = dataclasses.field(
         default=200, metadata={"help": "Top-k tokens for the Jaccard overlap."}
     )
@@ -253,6 +257,9 @@ class EvalConfig(Config):
         if isinstance(self.attacks, str):
             self.attacks = [a.strip() for a in self.attacks.split(",") if a.strip()]
         self.attacks = list(self.attacks)
+        if isinstance(self.metrics, str):
+            self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
+        self.metrics = list(self.metrics)
         if self.names is not None:
             self.names = list(self.names)
 

@@ -14,7 +14,7 @@ import pytest
 from conceptvec.data import concepts_file
 from conceptvec.errors import EvaluationError
 from conceptvec.errors import PluginImportError as PluginError
-from conceptvec.evaluate import ATTACKS, register_attack
+from conceptvec.evaluate import ATTACKS, METRICS, register_attack
 from conceptvec.registry import Registry, load_entry_points, load_plugins
 from conceptvec.unlearning import METHODS, UnlearningError
 from tests.conftest import run_cli
@@ -25,7 +25,7 @@ FAST = ["--steps", "2", "--batch-size", "2", "--max-length", "32", "--no-eval"]
 PLUGIN = '''
 import torch
 
-from conceptvec.evaluate import register_attack
+from conceptvec.evaluate import register_attack, register_metric
 from conceptvec.unlearning import mean_nll, register_method
 
 
@@ -34,6 +34,12 @@ def half_ga(ctx, batches):
     """Gradient ascent at a fraction of its strength."""
     forget = -mean_nll(ctx.model, batches["forget"]).mean()
     return {"loss": ctx.hparams["scale"] * forget, "forget": forget.detach()}
+
+
+@register_metric("norm_ratio")
+def norm_ratio(inp):
+    """The vector's change relative to its base norm, from the report's own numbers."""
+    return inp.result.vector.l2 / inp.result.vector.base_norm
 
 
 @register_attack("noise", settings=lambda config: {"sigma": 1e-3})
@@ -62,7 +68,7 @@ def plugin(tmp_path, monkeypatch):
     (folder / "cv_test_plugin.py").write_text(PLUGIN)
     monkeypatch.syspath_prepend(str(folder))
     yield "cv_test_plugin"
-    for registry, name in ((METHODS, "half-ga"), (ATTACKS, "noise")):
+    for registry, name in ((METHODS, "half-ga"), (ATTACKS, "noise"), (METRICS, "norm_ratio")):
         if name in registry:
             registry.remove(name)
     sys.modules.pop("cv_test_plugin", None)
@@ -102,6 +108,7 @@ def test_outside_method_and_attack_run_through_the_cli(
     report = tmp_path / "r.json"
     args = ["eval", str(tiny), str(out), "--concepts", str(_concepts(tmp_path)), "--no-trace",
             "--attacks", "noise,quant4", "--max-questions", "2", "--max-new-tokens", "2",
+            "--metrics", "norm_ratio,cosine",
             "--plugin", plugin, "--out", str(report)]  # fmt: skip
     code, stdout, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
@@ -115,6 +122,11 @@ def test_outside_method_and_attack_run_through_the_cli(
     assert data["settings"]["noise"] == {"sigma": 1e-3}
     assert data["settings"]["config"]["attacks"] == ["noise", "quant4"]
     assert "recovered noise" in stdout
+    metrics = run["concepts"][0]["metrics"]
+    vector = run["concepts"][0]["vector"]
+    assert metrics["norm_ratio"] == pytest.approx(vector["l2"] / vector["base_norm"])
+    assert metrics["cosine"] == vector["cosine"]
+    assert data["settings"]["config"]["metrics"] == ["norm_ratio", "cosine"]
 
 
 def test_unknown_attack_fails_before_any_work(tiny_dir, tmp_path, monkeypatch, capsys):
@@ -126,6 +138,8 @@ def test_unknown_attack_fails_before_any_work(tiny_dir, tmp_path, monkeypatch, c
         assert "unknown attack 'quant8'; use one of recovery, quant4, relearn" in err
     code, _, err = run_cli([*base, "--attacks", "quant4", "--no-qa"], monkeypatch, capsys)
     assert code == 2 and "drop --attacks or --no-qa" in err
+    code, _, err = run_cli([*base, "--no-qa", "--metrics", "nope"], monkeypatch, capsys)
+    assert code == 2 and err.count("\n") == 1 and "unknown metric 'nope'; use one of cosine" in err
     code, _, err = run_cli([*base, "--plugin", "no_such_cv_module"], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1 and "no_such_cv_module" in err
 

@@ -403,7 +403,7 @@ def _activation_search(atlas, word, by, where, matrix, layers, top, json_out) ->
             raise AtlasError("give the word to look for in the contexts, e.g. Caesar")
         hits = search_contexts(atlas, word, layers=layers, top=top)
     if json_out:
-        print_json(hits.to_dict()["hits"])
+        print_json(hits.to_dict())
     else:
         typer.echo(str(hits))
 

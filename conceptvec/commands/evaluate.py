@@ -20,6 +20,7 @@ MODEL_HELP = "The base model: alias, hub id, local folder or .gguf file."
     EvalConfig,
     {
         "names": {"flag": "--concept"},
+        "metrics": {"type": str, "default": ""},
         "qa": {},
         "trace_activations": {"flag": "--trace"},
         "k": {"min": 1},
@@ -77,7 +78,7 @@ def evaluate(
     QA and recovery attacks, per concept vector, against random-neuron controls."""
     from conceptvec.commands import print_json
     from conceptvec.errors import EvaluationError
-    from conceptvec.evaluate import ATTACKS, intrinsic
+    from conceptvec.evaluate import ATTACKS, METRICS, intrinsic
     from conceptvec.files import check_new
     from conceptvec.registry import load_plugins
 
@@ -99,6 +100,7 @@ def evaluate(
     if attacks is None and not no_qa:
         wanted = ["recovery"]
     config = EvalConfig(attacks=wanted, **settings_of(EvalConfig, settings))
+    METRICS.check(config.metrics)
     report = intrinsic(
         base, list(unlearned), concepts, config, probes=probes, progress=not json_out
     )

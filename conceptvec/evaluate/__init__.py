@@ -7,7 +7,8 @@
 - :func:`score`: the same as a plain dict for other harnesses;
 - :func:`compare_weights`: the weight-level part alone, streamed from disk;
 - :class:`EvalConfig`: every setting in one object; :func:`register_attack` adds an attack
-  (:data:`ATTACKS`) that ``conceptvec eval --attacks NAME`` runs.
+  (:data:`ATTACKS`) that ``conceptvec eval --attacks NAME`` runs, :func:`register_metric`
+  a metric (:data:`METRICS`) that ``--metrics NAME`` reports.
 """
 
 from conceptvec.config import EvalConfig
@@ -15,6 +16,7 @@ from conceptvec.config import EvalConfig
 from .attacks import ATTACKS, AttackInput, register_attack
 from .behaviour import Recovery, quantized
 from .concepts import EvalConcept, eval_concepts
+from .metrics import METRICS, MetricInput, register_metric
 from .report import SCHEMA, ConceptEval, EvalReport, RunEval
 from .run import intrinsic, score
 from .trace import TraceThresholds
@@ -22,12 +24,14 @@ from .weights import RECIPES, VectorChange, WeightComparison, compare_weights
 
 __all__ = [
     "ATTACKS",
+    "METRICS",
     "RECIPES",
     "AttackInput",
     "SCHEMA",
     "ConceptEval",
     "EvalConcept",
     "EvalConfig",
+    "MetricInput",
     "EvalReport",
     "Recovery",
     "RunEval",
@@ -39,5 +43,6 @@ __all__ = [
     "intrinsic",
     "quantized",
     "register_attack",
+    "register_metric",
     "score",
 ]

@@ -43,6 +43,8 @@ class ConceptEval:
     recovery: list[Recovery] = field(default_factory=list)
     questions: str = ""
     """Which questions the QA used (``held-out`` from the unlearning record, or ``all``)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The registered metrics asked for (``--metrics``), by name."""
 
     def drop(self, probe: str) -> float | None:
         """Base minus unlearned log p per token on ``probe`` (positive: unlearning hurt it)."""
@@ -74,6 +76,7 @@ class ConceptEval:
                 for k, v in self.behaviour.items()
             },
             "recovery": [r.to_dict() for r in self.recovery],
+            "metrics": self.metrics,
         }
 
 
@@ -165,6 +168,7 @@ class EvalReport(Result):
                     if "retain" in c.behaviour
                     else None,
                 }
+                row.update({k: v for k, v in c.metrics.items() if k not in row})
                 for r in c.recovery:
                     row[f"recovered[{r.attack}]"] = r.recovered
                     if r.percentile is not None:

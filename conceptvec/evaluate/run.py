@@ -39,6 +39,8 @@ from conceptvec.progress import progress_bar
 from .attacks import ATTACKS, AttackInput, run_attack
 from .behaviour import ConceptProbes, base_probes, probe_model
 from .concepts import EvalConcept, check_concepts, eval_concepts
+from .metrics import DEFAULT as DEFAULT_METRICS
+from .metrics import METRICS, MetricInput, compute
 from .report import ConceptEval, EvalReport, RunEval
 from .trace import concept_text, label, layer_activations, trace
 from .weights import check_pair, compare_weights
@@ -132,6 +134,7 @@ def intrinsic(
     """
     cfg = EvalConfig.build(config, **settings)
     attacks = ATTACKS.check(cfg.attacks)
+    METRICS.check(cfg.metrics)
     if attacks and not cfg.qa:
         raise EvaluationError("attacks are measured on the forget QA; drop qa=False / --no-qa")
     if cfg.controls < 0 or cfg.max_new_tokens < 1 or cfg.relearn_steps < 0:
@@ -201,6 +204,9 @@ def intrinsic(
                     (concepts, probes), shared,
                 )  # fmt: skip
                 ev.recovery = [r for a in attacks for r in run_attack(a, inp)]
+            ev.metrics = compute(
+                cfg.metrics, MetricInput(b, u, c, ev, cfg, base_target, target, shared)
+            )
             evals.append(ev)
             stages.update(1)
         runs.append(RunEval(run_name, comparison, evals, _summary(record)))
@@ -265,36 +271,32 @@ def score(
     *,
     qa: bool = False,
     trace_activations: bool = False,
+    probes: Any = None,
+    progress: bool = False,
     **options: Any,
 ) -> dict[str, Any]:
     """Return a plain dict for any harness (TOFU, MUSE, RWKU loops, open-unlearning).
 
     ``agg_value``: the mean over concepts of the concept vector's change percentile among
     all down columns (0-100; ~50 means moved like a typical column, i.e. not targeted);
-    ``value_by_concept``: per concept, the vector's numbers and label; ``report``: the full
+    ``value_by_concept``: per concept, every metric of :data:`.metrics.DEFAULT` (the vector's
+    numbers, label, QA drops), those of ``metrics=[...]`` and each attack's recovered share;
+    ``report``: the full
     :meth:`EvalReport.to_dict`. Weights only by default (seconds); ``qa=True`` and
     ``trace_activations=True`` add behaviour and the activation trace.
     """
-    report = intrinsic(
-        base, unlearned, concepts, qa=qa, trace_activations=trace_activations, **options
+    cfg = EvalConfig.build(options.pop("config", None), **options)
+    extra = [m for m in cfg.metrics if m not in DEFAULT_METRICS]
+    cfg = cfg.replace(
+        qa=qa, trace_activations=trace_activations, metrics=[*DEFAULT_METRICS, *extra]
     )
+    report = intrinsic(base, unlearned, concepts, cfg, probes=probes, progress=progress)
     run = report.runs[0]
     by: dict[str, dict[str, Any]] = {}
     for c in run.concepts:
-        v = c.vector
         by[c.concept] = {
             "neuron": c.neuron,
-            "cosine": v.cosine,
-            "l2": v.l2,
-            "rel_change": v.rel_change,
-            "jaccard": v.jaccard,
-            "preciser_jaccard": v.preciser_jaccard,
-            "related_rate": v.related_rate,
-            "change_pct_model": v.change_pct_model,
-            "change_pct_layer": v.change_pct_layer,
-            "label": c.label,
-            "forget_drop": c.drop("forget"),
-            "retain_drop": c.drop("retain"),
+            **c.metrics,
             **{f"recovered[{r.attack}]": r.recovered for r in c.recovery},
         }
     agg = sum(v["change_pct_model"] for v in by.values()) / len(by)
