@@ -11,7 +11,8 @@ The table of contents (``__all__``; everything else lives in its subpackage):
   :func:`search_weights` ranks neurons by a token straight from the weights
   (:mod:`conceptvec.atlas` also diffs two atlases);
 - :func:`intervene` applies :func:`clamp`, :func:`scale`, :func:`zero`, :func:`add`,
-  :func:`mean_ablate`, :func:`noise` and :func:`steer` to a HF, TransformerLens or nnsight
+  :func:`mean_ablate`, :func:`noise`, :func:`steer` and :func:`patch` (activation patching
+  from a tensor; whole layers in :mod:`conceptvec.interventions`) to a HF, TransformerLens or nnsight
   model inside a ``with`` block; :func:`measure_effect` measures what they do against random
   controls (an :class:`EffectResult`; weight edits and dose-response curves are in
   :mod:`conceptvec.interventions`);
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time, __getattr_
         mean_ablate,
         measure_effect,
         noise,
+        patch,
         scale,
         steer,
         zero,
@@ -86,6 +88,7 @@ _HOMES = {
         "mean_ablate",
         "measure_effect",
         "noise",
+        "patch",
         "replace_weights",
         "scale",
         "steer",
@@ -143,6 +146,7 @@ __all__ = [
     "mean_ablate",
     "noise",
     "steer",
+    "patch",
     "measure_effect",
     "EffectResult",
     # activations: when a neuron fires

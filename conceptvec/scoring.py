@@ -22,7 +22,7 @@ import torch
 
 from .interventions.apply import Intervention
 from .interventions.apply import logits as forward_logits
-from .interventions.edit_specs import Edits, NeuronEdit, Steer, WeightEdit, flatten
+from .interventions.edit_specs import Edits, NeuronEdit, Patch, Steer, WeightEdit, flatten
 from .models.backends.hf import layer_modules
 
 
@@ -34,6 +34,8 @@ def first_layer(edits: Edits) -> int:
             layers.append(e.neuron.layer)
         elif isinstance(e, Steer):
             layers.append(e.layer + 1)  # added to the output of its layer
+        elif isinstance(e, Patch):
+            layers.append(e.layer + (1 if e.point == "resid" else 0))
         else:
             return 0
     return min(layers) if layers else 0

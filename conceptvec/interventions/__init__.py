@@ -1,4 +1,4 @@
-"""Interventions: clamp, scale, zero, mean-ablate, add, noise, replace and steer, on any backend.
+"""Interventions: clamp, scale, zero, mean-ablate, add, noise, replace, steer and patch, on any backend.
 
 The public names are re-exported by :mod:`conceptvec`; see ``docs/interventions.md``.
 """
@@ -11,12 +11,16 @@ from .controls import random_controls
 from .edit_specs import (
     POSITIONS,
     NeuronEdit,
+    Patch,
     Steer,
     WeightEdit,
     add,
     clamp,
     noise,
     parse_assignment,
+    patch,
+    patch_mlp,
+    patch_resid,
     replace_weights,
     scale,
     steer,
@@ -34,6 +38,7 @@ __all__ = [
     "PromptEffect",
     "TokenProb",
     "NeuronEdit",
+    "Patch",
     "Steer",
     "Target",
     "WeightEdit",
@@ -48,6 +53,9 @@ __all__ = [
     "neuron_means",
     "noise",
     "parse_assignment",
+    "patch",
+    "patch_mlp",
+    "patch_resid",
     "random_controls",
     "replace_weights",
     "resolve",

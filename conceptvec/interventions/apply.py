@@ -31,8 +31,8 @@ from conceptvec.models.backends import Fn, Point, Target, resolve
 from conceptvec.models.backends.hf import track_passes
 
 from . import guard
-from .edit_specs import Edits, NeuronEdit, Steer, WeightEdit, check_against, flatten
-from .edits import add_steering, edit_hidden
+from .edit_specs import Edit, Edits, NeuronEdit, Patch, Steer, WeightEdit, check_against, flatten
+from .edits import edit_point
 from .positions import PassTracker
 from .weight_edits import edited_weights
 
@@ -81,21 +81,18 @@ class Intervention:
         mixture of experts) one expert's MLP activations by ``(layer, expert)``."""
         by_layer: dict[tuple[Point, int, int | None], list] = {}
         for e in self.edits:
-            if isinstance(e, NeuronEdit):
-                n = e.neuron
-                by_layer.setdefault(("mlp", n.layer, n.expert), []).append(e)
-            elif isinstance(e, Steer):
-                by_layer.setdefault(("resid", e.layer, None), []).append(e)
+            if not isinstance(e, WeightEdit):
+                by_layer.setdefault(_point_of(e), []).append(e)
         hidden: dict[int, Any] = {}
         resid: dict[int, Any] = {}
         experts: dict[Any, Any] = {}
         for (kind, layer, expert), edits in sorted(by_layer.items(), key=_unit_order):
-            edit, into = (edit_hidden, hidden) if kind == "mlp" else (add_steering, resid)
+            into = hidden if kind == "mlp" else resid
             key: Any = layer
             if expert is not None:
                 into, key = experts, (layer, expert)
             into[key] = counted(
-                edit,
+                edit_point,
                 edits,
                 self.tracker,
                 self.fired,
@@ -188,14 +185,17 @@ class Intervention:
         for e in self.edits:
             if isinstance(e, WeightEdit) or self.applied[e] > 0:
                 continue
-            if isinstance(e, NeuronEdit):
-                where = self._point(e.neuron.layer, "mlp", e.neuron.expert)
-            else:
-                where = self._point(e.layer, "resid")
+            kind, layer, expert = _point_of(e)
+            where = self._point(layer, kind, expert)
             n = self.fired[where]
             if n == 0:
                 how = self.target.backend.run_hint
                 problems.append(f"{e}: its hook on {where} never fired ({how})")
+            elif isinstance(e, Patch):
+                problems.append(
+                    f"{e}: its hook on {where} fired {n} time(s) but every pass ran past "
+                    f"the {e.n_positions} positions its values cover"
+                )
             else:
                 hint = (
                     " ('generated' needs generate(); a single forward pass is all prompt)"
@@ -220,9 +220,20 @@ def _unit_order(item: tuple) -> tuple:
     return (layer, -1 if expert is None else expert, kind)
 
 
+def _point_of(e: Edit) -> tuple[Point, int, int | None]:
+    """Return the hook point (kind, layer, expert or None) an activation edit acts on."""
+    if isinstance(e, NeuronEdit):
+        return "mlp", e.neuron.layer, e.neuron.expert
+    if isinstance(e, Steer):
+        return "resid", e.layer, None
+    if isinstance(e, Patch):
+        return e.point, e.layer, None
+    raise BadInterventionError(f"{e} is not an activation edit")
+
+
 def counted(
     edit: Callable[..., torch.Tensor],
-    edits: list[NeuronEdit] | list[Steer],
+    edits: list[NeuronEdit | Steer | Patch],
     tracker: PassTracker,
     fired: Counter,
     key: Any,
@@ -230,7 +241,7 @@ def counted(
     rows: dict[Any, int] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return ``t -> edit(t, edits, ...)`` that counts each call in ``fired[key]``
-    (``edit`` is :func:`edit_hidden` or :func:`add_steering`)."""
+    (``edit`` is :func:`edit_point`)."""
 
     def run(t: torch.Tensor) -> torch.Tensor:
         fired[key] += 1
@@ -250,6 +261,8 @@ def _check_fits(edits: list, target: Target) -> None:
             size = abs(e.value)
         elif isinstance(e, Steer):
             size = float(e.vector.double().abs().max()) * abs(e.scale) if e.vector.numel() else 0
+        elif isinstance(e, Patch):
+            size = float(e.values.double().abs().max())
         else:
             continue
         if size > biggest:

@@ -16,7 +16,7 @@ import torch
 from conceptvec.errors import BadInterventionError
 from conceptvec.neurons import NeuronId
 
-from .edit_specs import Edit, NeuronEdit, Steer, WeightEdit
+from .edit_specs import Edit, NeuronEdit, Patch, Steer, WeightEdit
 
 
 def random_controls(edits: list[Edit], d_mlp: int, n: int, seed: int = 0) -> list[list[Edit]]:
@@ -31,6 +31,12 @@ def random_controls(edits: list[Edit], d_mlp: int, n: int, seed: int = 0) -> lis
         raise BadInterventionError(
             f"{n} controls asked for, but a layer has only {d_mlp} neurons to draw them from; "
             f"use at most {d_mlp}"
+        )
+    patches = [e for e in edits if isinstance(e, Patch)]
+    if n and patches:
+        raise BadInterventionError(
+            f"{patches[0]} carries its own values, so it has no random control; patch each "
+            "control neuron with its own values instead (controls=0)"
         )
     rng = random.Random(seed)
     taken: dict[int, set[int]] = {}
@@ -51,6 +57,7 @@ def random_controls(edits: list[Edit], d_mlp: int, n: int, seed: int = 0) -> lis
                 v = direction * (e.vector.float().norm() / direction.norm())
                 control.append(Steer(e.layer, v.to(e.vector.dtype), e.scale, e.positions))
                 continue
+            assert not isinstance(e, Patch)  # refused above
             pool = pools[e.neuron.layer]
             if not pool:
                 raise BadInterventionError(

@@ -7,7 +7,10 @@ Three places can be edited:
   ablation are clamps to 0 and to a mean);
 - the neuron's weights: :class:`WeightEdit` (Gaussian noise, zeroing, replacement) on a
   ``down`` column or an ``up`` / ``gate`` row;
-- the residual stream after a decoder layer: :class:`Steer` adds a vector.
+- the residual stream after a decoder layer: :class:`Steer` adds a vector;
+- activations per position, from a tensor (activation patching): :class:`Patch` sets one
+  neuron's MLP activation, a whole layer's MLP activations, or the residual stream after a
+  layer, at each position the tensor covers.
 
 Specs hold no model. They are checked against a model's dimensions when applied
 (:func:`conceptvec.intervene`), and can be listed, nested and reused: ``[clamp("L29.808",
@@ -138,7 +141,41 @@ class Steer:
         return f"steer L{self.layer} (|v|={norm:.3g}){where}"
 
 
-Edit = NeuronEdit | WeightEdit | Steer
+@dataclass(frozen=True, eq=False)
+class Patch:
+    """Set activations at each position from ``values`` (activation patching).
+
+    ``point`` is ``mlp`` (the MLP hidden activation, the input of ``down_proj``) or ``resid``
+    (the residual stream after decoder ``layer``). With ``index`` set, one neuron of the MLP
+    activation is patched and ``values`` is ``[tokens]`` or ``[batch, tokens]``; without, the
+    whole point is and ``values`` is ``[tokens, width]`` or ``[batch, tokens, width]``.
+
+    Values are indexed by absolute position in the sequence as run (padding included): a
+    forward pass over positions ``offset .. offset + n`` (after ``offset`` cached tokens)
+    takes those columns, and positions past the end of ``values`` keep their own values.
+    """
+
+    layer: int
+    point: Literal["mlp", "resid"]
+    values: torch.Tensor
+    index: int | None = None
+
+    @property
+    def neuron(self) -> NeuronId | None:
+        """The patched neuron, or None for a whole-layer patch."""
+        return None if self.index is None else NeuronId(self.layer, self.index)
+
+    @property
+    def n_positions(self) -> int:
+        """How many positions ``values`` covers."""
+        return int(self.values.shape[-1 if self.index is not None else -2])
+
+    def __str__(self) -> str:
+        what = str(self.neuron) if self.index is not None else f"L{self.layer} {self.point}"
+        return f"patch {what} ({self.n_positions} positions)"
+
+
+Edit = NeuronEdit | WeightEdit | Steer | Patch
 """One edit of any kind."""
 Edits = Edit | Iterable[Any]
 """One edit, or a (nested) list of edits."""
@@ -213,6 +250,38 @@ def steer(layer: int, vector: Any, scale: float = 1.0, positions: Positions = "a
     )
 
 
+def _patch_values(values: Any, dims: tuple[int, ...], what: str) -> torch.Tensor:
+    v = torch.as_tensor(values).detach()
+    if v.ndim not in dims or not v.dtype.is_floating_point or v.shape[-1] == 0:
+        shapes = " or ".join(f"{n}-D" for n in dims)
+        raise BadInterventionError(
+            f"{what} must be a {shapes} float tensor with at least one position, got shape "
+            f"{tuple(v.shape)} and dtype {v.dtype}"
+        )
+    if not bool(torch.isfinite(v).all()):
+        raise BadInterventionError(f"{what} has NaN or infinite entries; pass finite values")
+    return v
+
+
+def patch(neuron: NeuronId | str, values: Any) -> Patch:
+    """Return an edit setting ``neuron``'s MLP activation at each position to ``values``
+    (``[tokens]``, or ``[batch, tokens]`` for one row of values per batch row)."""
+    n = NeuronId.parse(neuron)
+    return Patch(n.layer, "mlp", _patch_values(values, (1, 2), f"patch values of {n}"), n.index)
+
+
+def patch_mlp(layer: int, values: Any) -> Patch:
+    """Return an edit setting ``layer``'s whole MLP activation at each position to ``values``
+    (``[tokens, d_mlp]`` or ``[batch, tokens, d_mlp]``)."""
+    return Patch(int(layer), "mlp", _patch_values(values, (2, 3), f"MLP patch of L{layer}"))
+
+
+def patch_resid(layer: int, values: Any) -> Patch:
+    """Return an edit setting the residual stream after ``layer`` at each position to
+    ``values`` (``[tokens, d_model]`` or ``[batch, tokens, d_model]``)."""
+    return Patch(int(layer), "resid", _patch_values(values, (2, 3), f"residual patch of L{layer}"))
+
+
 _ASSIGNMENT = re.compile(r"^\s*([^=\s]+)\s*=\s*(\S+)\s*$")
 
 
@@ -228,7 +297,7 @@ def parse_assignment(text: str) -> tuple[NeuronId, float]:
 
 def flatten(interventions: Edits) -> list[Edit]:
     """Return the edits in ``interventions`` (one edit or nested lists) as a flat list."""
-    if isinstance(interventions, (NeuronEdit, WeightEdit, Steer)):
+    if isinstance(interventions, (NeuronEdit, WeightEdit, Steer, Patch)):
         return [interventions]
     if isinstance(interventions, (str, bytes)) or not isinstance(interventions, Iterable):
         raise BadInterventionError(
@@ -247,6 +316,15 @@ def check_against(
     """Raise if an edit names a layer, neuron, expert or vector size this model does not have
     (``n_experts``: 0 for a dense model, None to leave experts unchecked)."""
     for e in edits:
+        if isinstance(e, Patch):
+            NeuronId(e.layer, e.index or 0).check(n_layers, d_mlp)
+            width = d_mlp if e.point == "mlp" else d_model
+            if e.index is None and e.values.shape[-1] != width:
+                raise BadInterventionError(
+                    f"{e}: its values have {e.values.shape[-1]} entries per position; this "
+                    f"model's {'MLP' if e.point == 'mlp' else 'residual stream'} has {width}"
+                )
+            continue
         if isinstance(e, Steer):
             NeuronId(e.layer, 0).check(n_layers, d_mlp)
             if e.vector.shape[0] != d_model:

@@ -1,4 +1,5 @@
-"""The tensor arithmetic every backend shares: edit MLP activations, add steering vectors.
+"""The tensor arithmetic every backend shares: edit MLP activations, add steering vectors,
+patch activations from a tensor.
 
 Each backend (torch hooks, TransformerLens hook points, nnsight traces) hands these
 functions the tensor it intercepted and puts back what they return, so the three backends
@@ -8,65 +9,65 @@ compute the same thing by construction.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from .edit_specs import NeuronEdit, Steer
+from conceptvec.errors import BadInterventionError
+
+from .edit_specs import NeuronEdit, Patch, Steer
 from .positions import PassTracker
 
 
-def _spans(
-    edits: Sequence[Any],
-    tracker: PassTracker,
-    length: int,
-    applied: Counter,
-    rows: dict[Any, int] | None,
-) -> Iterator[tuple[Any, tuple]]:
-    """Yield (edit, index of its rows and tokens) for each edit that covers some of this
-    pass's tokens, counting it in ``applied``. An edit in ``rows`` touches only that batch
-    row (random controls run side by side in one batch); others touch every row."""
-    for e in edits:
-        span = tracker.select(e.positions, length)
-        if span is not None:
-            applied[e] += 1
-            row = rows.get(e) if rows else None
-            yield e, (Ellipsis if row is None else row, span)
-
-
-def edit_hidden(
+def edit_point(
     x: torch.Tensor,
-    edits: list[NeuronEdit],
+    edits: Sequence[NeuronEdit | Steer | Patch],
     tracker: PassTracker,
     applied: Counter,
     rows: dict[Any, int] | None = None,
 ) -> torch.Tensor:
-    """Return a copy of the MLP hidden activation ``x`` ``[batch, tokens, d_mlp]`` with
-    ``edits`` applied at their positions; count in ``applied`` each edit that touched a token."""
+    """Return a copy of the tensor ``x`` ``[batch, tokens, width]`` at one hook point (an MLP
+    hidden activation or a residual stream) with ``edits`` applied in order, each at its
+    positions; count in ``applied`` each edit that touched a token. An edit in ``rows``
+    touches only that batch row (random controls run side by side in one batch)."""
     out = x.clone()
-    for e, where in _spans(edits, tracker, x.shape[-2], applied, rows):
-        at = (*where, e.neuron.index)
-        if e.op == "clamp":
-            out[at] = e.value
+    length = x.shape[-2]
+    for e in edits:
+        row = rows.get(e) if rows else None
+        first = Ellipsis if row is None else row
+        if isinstance(e, Patch):
+            _set_patch(out, e, tracker.offset, first, applied)
+            continue
+        span = tracker.select(e.positions, length)
+        if span is None:
+            continue
+        applied[e] += 1
+        if isinstance(e, Steer):
+            out[first, span, :] += e.scale * e.vector.to(device=x.device, dtype=x.dtype)
+        elif e.op == "clamp":
+            out[first, span, e.neuron.index] = e.value
         elif e.op == "scale":
-            out[at] = out[at] * e.value
+            out[first, span, e.neuron.index] *= e.value
         else:
-            out[at] = out[at] + e.value
+            out[first, span, e.neuron.index] += e.value
     return out
 
 
-def add_steering(
-    h: torch.Tensor,
-    steers: list[Steer],
-    tracker: PassTracker,
-    applied: Counter,
-    rows: dict[Any, int] | None = None,
-) -> torch.Tensor:
-    """Return the residual stream ``h`` ``[batch, tokens, d_model]`` plus each steering vector
-    at its positions; count in ``applied`` each one that touched a token."""
-    out = h.clone()
-    for s, where in _spans(steers, tracker, h.shape[-2], applied, rows):
-        index = (*where, slice(None))
-        out[index] += s.scale * s.vector.to(device=h.device, dtype=h.dtype)
-    return out
+def _set_patch(out: torch.Tensor, p: Patch, offset: int, first: Any, applied: Counter) -> None:
+    """Write ``p``'s values for this pass's positions (``offset`` onwards) into ``out``."""
+    n = min(out.shape[-2], p.n_positions - offset)
+    if n <= 0:
+        return
+    v = p.values.to(device=out.device, dtype=out.dtype)
+    piece = v[..., offset : offset + n] if p.index is not None else v[..., offset : offset + n, :]
+    where = (first, slice(0, n), p.index if p.index is not None else slice(None))
+    batched = piece.ndim == (2 if p.index is not None else 3)
+    rows = out.shape[0] if first is Ellipsis else 1
+    if batched and (first is not Ellipsis or piece.shape[0] != rows):
+        raise BadInterventionError(
+            f"{p}: its values have {piece.shape[0]} rows but the batch it ran on has {rows}; "
+            "pass one row of values per batch row, or values without a batch dimension"
+        )
+    out[where] = piece
+    applied[p] += 1
