@@ -312,12 +312,6 @@ class QAEvaluation(Result):
         )
         return out
 
-    def plot(self) -> Any:
-        """Return a plotly figure: the change in answer log-probability against the controls."""
-        from .viz import qa_figure
-
-        return qa_figure(self)
-
     def __str__(self) -> str:
         pct = "" if self.percentile is None else f", percentile {self.percentile:.0f}"
         lines = [
@@ -342,10 +336,27 @@ class QAEvaluation(Result):
     def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
 
-    def _repr_html_(self) -> str:
-        import html
-
-        return f"<pre>{html.escape(str(self))}</pre>"
+    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
+        rows = []
+        for i, q in enumerate(self.questions):
+            after = self.after.answers[i] if self.after.answers is not None else None
+            rows.append(
+                {
+                    "question": q.strip(),
+                    "reference": self.references[i],
+                    "log p before": self.base.logprob[i],
+                    "log p after": self.after.logprob[i],
+                    "answer after": after,
+                    "ROUGE-L": None if self.after.rouge_l is None else self.after.rouge_l[i],
+                }
+            )
+        pct = "" if self.percentile is None else f", percentile {self.percentile:.0f}"
+        title = (
+            f"{self.model}: {', '.join(self.intervention) or 'no intervention'}: log p per "
+            f"answer token {self.base.mean_logprob:.4f} -> {self.after.mean_logprob:.4f} "
+            f"({self.delta_logprob:+.4f}{pct} among {len(self.controls)} controls)"
+        )
+        return title, rows
 
 
 # ---------------------------------------------------------------------- evaluation

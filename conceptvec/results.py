@@ -7,8 +7,10 @@ effect, a concept search...) answers four calls:
   (:func:`dataclasses.asdict`, with neuron ids, paths and tensors made plain); results that
   are written to disk carry a ``schema_version``;
 - ``str(result)``: a readable table;
-- ``_repr_html_()``: the same, in a Jupyter cell;
-- ``plot()``: a plotly figure, built in :mod:`conceptvec.viz` (plotly is imported then).
+- ``_repr_html_()``: an HTML table in a Jupyter cell, of the rows ``_html_rows()`` gives
+  (field and value by default; a type with a natural table gives its own rows);
+- ``plot()``: a plotly figure, ``conceptvec.viz.figure(result)``, which dispatches on the
+  result's type (plotly is imported then).
 
 :class:`Result` gives the defaults; a type overrides what it can say better.
 """
@@ -63,15 +65,60 @@ class Result:
         width = max([len(k) for k, _ in rows] + [1])
         return "\n".join([type(self).__name__] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
+    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
+        """Return ``(title, rows)``: what the HTML table shows (a row is column -> value)."""
+        return type(self).__name__, [{"field": k, "value": v} for k, v in self.to_dict().items()]
+
     def _repr_html_(self) -> str:
-        """Return the readable table for Jupyter."""
-        return f"<pre>{html.escape(str(self))}</pre>"
+        """Return the result as an HTML table for Jupyter."""
+        title, rows = self._html_rows()
+        return html_table(rows, title)
 
     def plot(self) -> Any:
         """Return a plotly figure of the result (see :func:`conceptvec.viz.figure`)."""
         from conceptvec.viz import figure
 
         return figure(self)
+
+
+def cell(value: Any, limit: int = 120) -> str:
+    """Return ``value`` as the text of a table cell: floats to 4 significant digits, lists
+    joined by commas (strings quoted, as tokens are), None as ``-``."""
+    from conceptvec.tokens import show
+
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        text = ", ".join(show(v) if isinstance(v, str) else cell(v, limit) for v in value)
+    elif isinstance(value, dict):
+        text = ", ".join(f"{k}: {cell(v, limit)}" for k, v in value.items())
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def html_table(rows: list[dict[str, Any]], title: str = "") -> str:
+    """Return ``rows`` (dicts sharing their keys) as an HTML ``<table>`` under a bold title;
+    numbers align right, every value is escaped."""
+    head = f"<p><b>{html.escape(title)}</b></p>" if title else ""
+    if not rows:
+        return head + "<p>(nothing)</p>"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    th = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = []
+    for r in rows:
+        tds = []
+        for c in cols:
+            v = r.get(c)
+            num = isinstance(v, (int, float)) and not isinstance(v, bool)
+            style = " style='text-align:right'" if num else ""
+            tds.append(f"<td{style}>{html.escape(cell(v))}</td>")
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    return f"{head}<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def _short(value: Any, limit: int = 100) -> str:
@@ -111,3 +158,7 @@ class SearchResult(list, Result):
 
     def __repr__(self) -> str:
         return f"SearchResult({list.__repr__(self)}, query={self.query!r})"
+
+    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
+        title = f"hits for {self.query!r}" if self.query else "hits"
+        return title, self.to_dict()["hits"]

@@ -351,7 +351,7 @@ def test_cli(tiny, zeroed, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "Ancient Rome" in out and "erased" in out
     labels = {c["concept"]: c["label"] for c in json.loads(js.read_text())["runs"][0]["concepts"]}
-    assert labels == {"Ancient Rome": "erased", "Italy": "intact"}
+    assert labels == {"Ancient Rome": "erased", "Italy": "not measured"}  # --no-trace
     before = js.read_text()
     code, out, err = run_cli([*args, "--out", str(js)], monkeypatch, capsys)
     assert code == 2 and err.count("\n") == 1 and "exists" in err

@@ -74,12 +74,6 @@ class TopContexts(Result):
         """Return the contexts as plain lists and numbers (JSON-ready)."""
         return asdict(self)
 
-    def plot(self) -> Any:
-        """Return a plotly bar figure of the activations (see :mod:`conceptvec.viz`)."""
-        from conceptvec.viz import top_contexts_figure
-
-        return top_contexts_figure(self)
-
     def _title(self) -> str:
         which = "lowest" if self.bottom else "highest"
         return (

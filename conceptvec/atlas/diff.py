@@ -142,12 +142,6 @@ class AtlasDiff(Result):
                 )
         return "\n".join(lines)
 
-    def plot(self) -> Any:
-        """Return a plotly figure: share of neurons with the same top-1 token, per layer."""
-        from conceptvec.viz import atlas_diff_figure
-
-        return atlas_diff_figure(self)
-
 
 def _percent(part: int, whole: int) -> str:
     """Return ``part/whole`` as a percentage that reads 100% or 0% only when it is exactly so."""

@@ -170,12 +170,6 @@ class ConceptSearch(Result):
         title = html.escape(str(self).splitlines()[0])
         return f"<p><b>{title}</b></p><table><tr>{head}</tr>{body}</table>"
 
-    def plot(self) -> Any:
-        """Return a plotly figure: concept vs unrelated QA change per validated candidate."""
-        from conceptvec.viz import concept_figure
-
-        return concept_figure(self)
-
 
 def _cell(v: Any) -> str:
     return "-" if v is None else str(v)

@@ -20,15 +20,18 @@ Recovery (the built-in attacks, registered in :mod:`.attacks`):
   2024 relearn on related data; unrelated text is the harder test for the method).
 
 The recovered share is ``(after attack - unlearned) / (base - unlearned)`` on the forget QA's
-log-probability: 0 nothing came back, 1 everything did. It is None when unlearning lost
-nothing (base - unlearned <= 0.01 nats/token).
+log-probability: 0 nothing came back, 1 everything did. It is None ("too little forgetting to
+measure") when the loss ``base - unlearned`` is within the measurement's noise: at most
+twice the spread (standard deviation) of what the random same-layer controls' edits do to
+the unlearned model's forget log p, and never below 0.01 nats/token. Below that a ratio
+would only divide noise by a number near zero.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -50,7 +53,7 @@ from conceptvec.qa import (
 )
 
 LOST_FLOOR = 0.01
-"""Nats per token: a smaller forget-QA loss counts as nothing lost (no recovered share)."""
+"""Nats per token: the least forget-QA loss that ever counts as measurable forgetting."""
 
 
 @dataclass
@@ -103,6 +106,9 @@ class Recovery:
     recovered_vs_attacked_base: float | None = None
     """``(after attack - unlearned) / (base after the same attack - unlearned)``: the share
     recovered relative to what the attack leaves of the base itself."""
+    floor: float = LOST_FLOOR
+    """The least forget-QA loss (nats/token) for which ``recovered`` is given: twice the
+    controls' spread, at least :data:`LOST_FLOOR` (see :func:`noise_floor`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -190,9 +196,34 @@ def base_means(
     return {str(n): float(acts.values(n).mean()) for n in neurons}
 
 
-def _recovered(after: float, unlearned: float, base: float) -> float | None:
+def _recovered(
+    after: float, unlearned: float, base: float, floor: float = LOST_FLOOR
+) -> float | None:
     lost = base - unlearned
-    return None if lost <= LOST_FLOOR else (after - unlearned) / lost
+    return None if lost <= floor else (after - unlearned) / lost
+
+
+def noise_floor(control_moves: Sequence[float]) -> float:
+    """Return the least forget-QA loss that a recovered share can measure: twice the standard
+    deviation of ``control_moves`` (what random controls' edits did to the forget log p),
+    at least :data:`LOST_FLOOR`."""
+    if len(control_moves) < 2:
+        return LOST_FLOOR
+    mean = _mean(control_moves)
+    var = sum((m - mean) ** 2 for m in control_moves) / (len(control_moves) - 1)
+    return max(LOST_FLOOR, 2 * var**0.5)
+
+
+def apply_floor(recoveries: Sequence[Recovery], unlearned: float, base: float) -> None:
+    """Give every attack on one concept the largest floor any of them measured, and drop the
+    recovered shares that fall below it (an attack without controls has no floor of its own)."""
+    floor = max([r.floor for r in recoveries], default=LOST_FLOOR)
+    for r in recoveries:
+        r.floor = floor
+        if base - unlearned <= floor:
+            r.recovered = None
+            r.control_recovered = []
+            r.percentile = None
 
 
 def recovery(
@@ -229,15 +260,24 @@ def recovery(
     untouched = all(
         torch.equal(base.model.neuron_vector(n), unlearned.model.neuron_vector(n)) for n in ctrl
     )
-    for attack, make in (
-        ("clamp", lambda n: [clamp(n, mean[str(n)])]),
-        ("zero", lambda n: [clamp(n, 0.0)]),
-        ("restore", lambda n: [replace_weights(n, base.model.neuron_vector(n).clone())]),
-    ):
-        edits = [make(neuron)] + [make(n) for n in ctrl]
-        lps = answer_logprobs_many(unlearned, probes.questions, probes.references, edits, chat=chat)
-        scores = [_mean(lp) for lp in lps]
-        rec = [_recovered(s, unlearned_logprob, base_lp) for s in scores]
+    kinds: dict[str, Callable[[NeuronId], list[Any]]] = {
+        "clamp": lambda n: [clamp(n, mean[str(n)])],
+        "zero": lambda n: [clamp(n, 0.0)],
+        "restore": lambda n: [replace_weights(n, base.model.neuron_vector(n).clone())],
+    }
+    edits_of: dict[str, list[Any]] = {}
+    scores_of: dict[str, list[float]] = {}
+    for attack, make in kinds.items():
+        edits_of[attack] = [make(neuron)] + [make(n) for n in ctrl]
+        lps = answer_logprobs_many(
+            unlearned, probes.questions, probes.references, edits_of[attack], chat=chat
+        )
+        scores_of[attack] = [_mean(lp) for lp in lps]
+    moved = [k for k in kinds if not (k == "restore" and untouched)]  # restore: all 0 then
+    floor = noise_floor([s - unlearned_logprob for k in moved for s in scores_of[k][1:]])
+    for attack in kinds:
+        edits, scores = edits_of[attack], scores_of[attack]
+        rec = [_recovered(s, unlearned_logprob, base_lp, floor) for s in scores]
         real, others = rec[0], [r for r in rec[1:] if r is not None]
         ans = answer(
             unlearned, probes.questions, edits[0], chat=chat, max_new_tokens=max_new_tokens
@@ -262,6 +302,7 @@ def recovery(
                 pct,
                 detail + f"; {len(ctrl)} random {neuron.layer}-layer controls",
                 rouge,
+                floor=floor,
             )
         )
     return out

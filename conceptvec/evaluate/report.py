@@ -8,7 +8,6 @@ a self-contained page.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ class ConceptEval:
         return self.base_behaviour[probe].logprob - self.behaviour[probe].logprob
 
     def recovered(self, attack: str) -> float | None:
-        """The share of forget QA ``attack`` brought back (None: not run or nothing lost)."""
+        """The share of forget QA ``attack`` brought back (None: not run, or too little forgetting to measure)."""
         r = next((r for r in self.recovery if r.attack == attack), None)
         return None if r is None else r.recovered
 
@@ -109,6 +108,10 @@ def _finite(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_finite(v) for v in x]
     return x
+
+
+TOO_LITTLE = "too little forgetting to measure"
+"""What the table says where the forget QA lost less than the measurement's noise."""
 
 
 def cosine_text(c: float) -> str:
@@ -176,8 +179,8 @@ class EvalReport(Result):
                 out.append(row)
         return out
 
-    def table(self, markdown: bool = False) -> str:
-        """Return the report as a table (``markdown=True`` for docs)."""
+    def cells(self) -> list[list[str]]:
+        """Return the table as text cells: the header, then one row per (checkpoint, concept)."""
         attacks = sorted({r.attack for run in self.runs for c in run.concepts for r in c.recovery})
         head = [
             "checkpoint",
@@ -192,17 +195,21 @@ class EvalReport(Result):
             "retain drop",
             "forget ROUGE-L",
         ] + [f"recovered {a.split(':')[-1]}" for a in attacks]
-        lines = []
+        lines = [head]
         for run in self.runs:
             for c in run.concepts:
                 v, t = c.vector, c.trace
-                act = "-" if t is None else f"{t.mean_base:+.2f} -> {t.mean_unlearned:+.2f}"
+                act = (
+                    "not measured"
+                    if t is None
+                    else f"{t.mean_base:+.2f} -> {t.mean_unlearned:+.2f}"
+                )
                 rouge = c.behaviour["forget"].rouge_l if "forget" in c.behaviour else None
                 rec = []
                 for a in attacks:
                     r = next((r for r in c.recovery if r.attack == a), None)
                     if r is None or r.recovered is None:
-                        rec.append("-" if r is None else "nothing lost")
+                        rec.append("-" if r is None else TOO_LITTLE)
                     else:
                         pct = "" if r.percentile is None else f" (pct {r.percentile:.0f})"
                         rec.append(f"{r.recovered:.2f}{pct}")
@@ -222,6 +229,11 @@ class EvalReport(Result):
                         *rec,
                     ]
                 )
+        return lines
+
+    def table(self, markdown: bool = False) -> str:
+        """Return the report as a table (``markdown=True`` for docs)."""
+        head, *lines = self.cells()
         if markdown:
             out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             out += ["| " + " | ".join(row) + " |" for row in lines]
@@ -255,15 +267,9 @@ class EvalReport(Result):
     def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
         printer.text(str(self))
 
-    def _repr_html_(self) -> str:
-        return f"<pre>{html.escape(str(self))}</pre>"
-
-    def plot(self) -> Any:
-        """Return a plotly figure: change percentile per concept and checkpoint, the layer
-        change map of the down matrices, and the recovered share per attack."""
-        from conceptvec.viz import eval_report_figure
-
-        return eval_report_figure(self)
+    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
+        head, *rows = self.cells()
+        return f"unlearning vs. {self.base}", [dict(zip(head, r)) for r in rows]
 
     def write_json(self, path: str | Path, overwrite: bool = False) -> Path:
         """Write :meth:`to_dict` to ``path`` atomically."""
@@ -271,14 +277,8 @@ class EvalReport(Result):
         return write_new(path, data.encode(), overwrite, EvaluationError)
 
     def write_html(self, path: str | Path, overwrite: bool = False) -> Path:
-        """Write a self-contained HTML page (table, notes, figure with plotly inlined)."""
-        fig = self.plot().to_html(full_html=False, include_plotlyjs=True)
-        page = (
-            "<!doctype html><html><head><meta charset='utf-8'><title>conceptvec eval</title>"
-            "<style>body{font-family:sans-serif;margin:2em}pre{font-size:12px}</style></head>"
-            f"<body><h1>Intrinsic evaluation against {html.escape(self.base)}</h1>"
-            f"<pre>{html.escape(str(self))}</pre>{fig}"
-            f"<h2>Settings</h2><pre>{html.escape(json.dumps(self.settings, indent=1))}</pre>"
-            "</body></html>\n"
-        )
-        return write_new(path, page.encode(), overwrite, EvaluationError)
+        """Write a self-contained HTML page: the verdict table, labelled figures, a card per
+        concept vector and the settings folded away (:func:`conceptvec.viz.eval_page`)."""
+        from conceptvec.viz import eval_page
+
+        return write_new(path, eval_page(self).encode(), overwrite, EvaluationError)

@@ -37,12 +37,12 @@ from conceptvec.models.backends import Target, resolve
 from conceptvec.progress import progress_bar
 
 from .attacks import ATTACKS, AttackInput, run_attack
-from .behaviour import ConceptProbes, base_probes, probe_model
+from .behaviour import ConceptProbes, apply_floor, base_probes, probe_model
 from .concepts import EvalConcept, check_concepts, eval_concepts
 from .metrics import DEFAULT as DEFAULT_METRICS
 from .metrics import METRICS, MetricInput, compute
 from .report import ConceptEval, EvalReport, RunEval
-from .trace import concept_text, label, layer_activations, trace
+from .trace import NOT_MEASURED, concept_text, label, layer_activations, trace
 from .weights import check_pair, compare_weights
 
 
@@ -192,7 +192,7 @@ def intrinsic(
                     shared[key] = layer_activations(base_target, texts, c.neuron.layer)
                 t = trace(shared[key], target, texts, c.neuron)
             lab, why = label(vec.cosine, vec.jaccard, t, cfg.thresholds)
-            if cfg.trace_activations and not c.text and t is None and lab == "intact":
+            if cfg.trace_activations and not c.text and lab == NOT_MEASURED:
                 why = "weights intact; no concept text, so no activation trace"
             ev = ConceptEval(c.name, str(c.neuron), vec, lab, why, t, questions=questions)
             if cfg.qa and base_target is not None and target is not None:
@@ -204,6 +204,7 @@ def intrinsic(
                     (concepts, probes), shared,
                 )  # fmt: skip
                 ev.recovery = [r for a in attacks for r in run_attack(a, inp)]
+                apply_floor(ev.recovery, inp.unlearned_logprob, inp.base_logprob)
             ev.metrics = compute(
                 cfg.metrics, MetricInput(b, u, c, ev, cfg, base_target, target, shared)
             )

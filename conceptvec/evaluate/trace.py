@@ -32,6 +32,9 @@ from conceptvec.activations.texts import split_paragraphs
 from conceptvec.models.backends import Target
 from conceptvec.neurons import NeuronId
 
+NOT_MEASURED = "not measured"
+"""The label of a vector whose weights are intact but whose activations were not traced."""
+
 
 @dataclass(frozen=True)
 class TraceThresholds:
@@ -106,8 +109,8 @@ def label(cosine: float, jaccard: float, t: Trace | None, th: TraceThresholds) -
             "erased",
             f"Jaccard {jaccard:.2f} / cosine {cosine:.4f} below {th.jaccard_min} / {th.cosine_min}",
         )
-    if t is None:
-        return "intact", "weights intact (activation trace not run)"
+    if t is None:  # intact or disconnected: only the trace can tell
+        return NOT_MEASURED, "weights intact; the activation trace was not run"
     changed = []
     if t.fire_kept is not None and t.fire_kept < th.fire_min:
         changed.append(

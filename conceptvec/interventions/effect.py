@@ -166,11 +166,32 @@ class EffectResult(Result):
             "prompts": [p.to_dict() for p in self.prompts],
         }
 
-    def plot(self) -> Any:
-        """Return a plotly figure: change in log p(target) per prompt, with the controls."""
-        from conceptvec.viz import effect_figure
-
-        return effect_figure(self)
+    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
+        rows = []
+        for p in self.prompts:
+            for t, b, a in zip(p.targets, p.prob_before, p.prob_after):
+                rows.append(
+                    {
+                        "prompt": show(p.prompt),
+                        "target": show(t),
+                        "p before": b,
+                        "p after": a,
+                        "mean change in log p": p.delta,
+                        "percentile among controls": p.percentile,
+                        "top before": ", ".join(_fmt(x) for x in p.top_before[:5]),
+                        "top after": ", ".join(_fmt(x) for x in p.top_after[:5]),
+                    }
+                )
+            if not p.targets:
+                rows.append(
+                    {
+                        "prompt": show(p.prompt),
+                        "top before": ", ".join(_fmt(x) for x in p.top_before[:5]),
+                        "top after": ", ".join(_fmt(x) for x in p.top_after[:5]),
+                    }
+                )
+        controls = f", {len(self.controls)} random controls" if self.controls else ""
+        return f"{self.model}: {', '.join(self.intervention)}{controls}", rows
 
     _repr_pretty_ = pretty_as_str
 

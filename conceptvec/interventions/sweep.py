@@ -16,6 +16,7 @@ from conceptvec.models.backends import resolve
 from conceptvec.neurons import NeuronId
 from conceptvec.progress import progress_bar
 from conceptvec.results import Result
+from conceptvec.tokens import show
 
 from .edit_specs import Positions, clamp, finite
 from .effect import EffectResult, measure_effect, pretty_as_str
@@ -77,13 +78,22 @@ class DoseResponse(Result):
             "effects": [e.to_dict() for e in self.effects],
         }
 
-    def plot(self) -> Any:
-        """Return a plotly figure of p(target) against the clamp value, controls shaded."""
-        from conceptvec.viz import dose_figure
-
-        return dose_figure(self)
-
     _repr_pretty_ = pretty_as_str
+
+    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
+        rows: list[dict[str, Any]] = [{"clamp value": "(none)", "p(target)": self.base_prob}]
+        for v, p, e, c in zip(self.values, self.probs, self.effects, self.control_probs):
+            rows.append(
+                {
+                    "clamp value": v,
+                    "p(target)": p,
+                    "mean change in log p": e.mean_delta,
+                    "controls' max p": max(c) if c else None,
+                    "percentile among controls": e.percentile,
+                }
+            )
+        targets = ", ".join(show(t) for t in self.targets)
+        return f"{self.model}: clamp {', '.join(self.neurons)}, targets {targets}", rows
 
     def __str__(self) -> str:
         head = f"{self.model}  clamp {', '.join(self.neurons)}  targets {self.targets}"

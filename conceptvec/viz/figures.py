@@ -1,20 +1,33 @@
-"""Plotly figures built from result objects. Nothing here calls ``.show()``.
+"""The figure of each result type, registered on :func:`conceptvec.viz.figure`.
 
-plotly is imported inside each function, so importing conceptvec stays light.
+plotly is imported inside each function. Labels quote tokens (``p(" dog")``) so a leading
+space shows.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from conceptvec.activations import TopContexts
+from conceptvec.atlas import AtlasDiff, BuildReport
+from conceptvec.concepts import ConceptSearch
+from conceptvec.decoding import Decoding
+from conceptvec.interventions import DoseResponse, EffectResult
+from conceptvec.qa import QAEvaluation
+from conceptvec.results import SearchResult
+from conceptvec.unlearning import UnlearnResult
 
+from .base import figure, quoted, short
+
+
+@figure.register(EffectResult)
 def effect_figure(result: Any) -> Any:
     """Return a figure of an :class:`EffectResult`: per prompt, the change in log p(target)
     of the intervention (a marker) over the spread of its random controls (a box)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    labels = [p.prompt if len(p.prompt) <= 40 else p.prompt[:37] + "..." for p in result.prompts]
+    labels = [short(p.prompt) for p in result.prompts]
     for label, p in zip(labels, result.prompts):
         if p.control_deltas:
             fig.add_trace(
@@ -37,13 +50,15 @@ def effect_figure(result: Any) -> Any:
         )
     )
     fig.update_layout(
-        title=f"{result.model}: effect on log p({', '.join(result.targets)})",
-        yaxis_title="change in log p(target)",
+        title=f"{result.model}: effect of {', '.join(result.intervention)} on "
+        f"log p({quoted(result.targets)})",
+        yaxis_title=f"change in log p({quoted(result.targets)})",
         xaxis_title="prompt",
     )
     return fig
 
 
+@figure.register(DoseResponse)
 def dose_figure(dose: Any) -> Any:
     """Return a figure of a :class:`DoseResponse`: mean p(target) against the clamp value
     for the chosen neurons, with the controls' range shaded."""
@@ -66,17 +81,23 @@ def dose_figure(dose: Any) -> Any:
             )
         )
     fig.add_trace(
-        go.Scatter(x=dose.values, y=dose.probs, mode="lines+markers", name=", ".join(dose.neurons))
+        go.Scatter(
+            x=dose.values,
+            y=dose.probs,
+            mode="lines+markers",
+            name="clamp " + ", ".join(dose.neurons),
+        )
     )
     fig.add_hline(y=base, line_dash="dot", annotation_text="no intervention")
     fig.update_layout(
-        title=f"{dose.model}: p({', '.join(dose.targets)}) vs clamp value",
+        title=f"{dose.model}: p({quoted(dose.targets)}) against the clamp value",
         xaxis_title="clamp value",
-        yaxis_title="mean p(target)",
+        yaxis_title=f"mean p({quoted(dose.targets)})",
     )
     return fig
 
 
+@figure.register(QAEvaluation)
 def qa_figure(result: Any) -> Any:
     """Return a figure of a :class:`QAEvaluation`: the change in the reference answers'
     log-probability per token under the intervention (a marker) and each control (a box)."""
@@ -103,11 +124,13 @@ def qa_figure(result: Any) -> Any:
     )
     fig.update_layout(
         title=f"{result.model}: answers' log p per token ({result.prompting} prompts)",
+        xaxis_title="condition",
         yaxis_title="change in mean log p per answer token",
     )
     return fig
 
 
+@figure.register(TopContexts)
 def top_contexts_figure(result: Any) -> Any:
     """Return a horizontal bar figure of a :class:`TopContexts`: one bar per context, its
     activation, labelled ``…left [token] right…`` (strongest at the top)."""
@@ -131,12 +154,17 @@ def top_contexts_figure(result: Any) -> Any:
     fig.update_layout(
         title=f"{result.model} {result.neuron}: {which} activations",
         xaxis_title="MLP activation",
-        yaxis=dict(autorange="reversed", tickfont=dict(family="monospace")),
+        yaxis=dict(
+            autorange="reversed",
+            tickfont=dict(family="monospace"),
+            title="context (…left [token] right…)",
+        ),
         height=max(300, 24 * len(contexts) + 120),
     )
     return fig
 
 
+@figure.register(ConceptSearch)
 def concept_figure(search: Any) -> Any:
     """Return a figure of a :class:`ConceptSearch`: per validated candidate and knockout
     mode, the change of concept QA (x) against unrelated QA (y), controls in grey."""
@@ -172,6 +200,7 @@ def concept_figure(search: Any) -> Any:
     return fig
 
 
+@figure.register(AtlasDiff)
 def atlas_diff_figure(diff: Any) -> Any:
     """Return a plotly figure: share of neurons with the same top-1 token, per layer."""
     import plotly.graph_objects as go
@@ -189,66 +218,16 @@ def atlas_diff_figure(diff: Any) -> Any:
     return fig
 
 
-def eval_report_figure(report: Any) -> Any:
-    """Return a plotly figure: change percentile per concept and checkpoint, the layer
-    change map of the down matrices, and the recovered share per attack."""
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
-
-    fig = make_subplots(
-        rows=1,
-        cols=3,
-        subplot_titles=(
-            "concept vector: change percentile (whole model)",
-            "relative change of down_proj per layer",
-            "forget QA recovered",
-        ),
-    )
-    for run in report.runs:
-        names = [c.concept for c in run.concepts]
-        fig.add_trace(
-            go.Bar(name=run.name, x=names, y=[c.vector.change_pct_model for c in run.concepts]),
-            row=1,
-            col=1,
-        )
-        down = [m for m in run.weights.matrices if m.matrix == "down"]
-        fig.add_trace(
-            go.Scatter(
-                name=f"{run.name} down",
-                x=[m.layer for m in down],
-                y=[m.rel_frobenius for m in down],
-                mode="lines+markers",
-            ),
-            row=1,
-            col=2,
-        )
-        recs = [(f"{c.concept} {r.attack}", r.recovered) for c in run.concepts for r in c.recovery]
-        if recs:
-            fig.add_trace(
-                go.Bar(
-                    name=f"{run.name} recovered", x=[a for a, _ in recs], y=[v for _, v in recs]
-                ),
-                row=1,
-                col=3,
-            )
-    fig.update_yaxes(type="log", row=1, col=2)
-    fig.update_layout(
-        height=450, width=1400, barmode="group", title=f"unlearning vs. {report.base}"
-    )
-    return fig
-
-
+@figure.register(Decoding)
 def decoding_figure(decoding: Any) -> Any:
     """Return a figure of a :class:`Decoding`: its top and bottom tokens' scores as bars."""
     import plotly.graph_objects as go
-
-    from conceptvec.tokens import show
 
     tokens = decoding.top + decoding.bottom[::-1]
     fig = go.Figure(
         go.Bar(
             x=[t.score for t in tokens],
-            y=[f"{show(t.token)} ({t.id})" for t in tokens],
+            y=[f"{quoted(t.token)} ({t.id})" for t in tokens],
             orientation="h",
             marker_color=["steelblue"] * len(decoding.top) + ["indianred"] * len(decoding.bottom),
         )
@@ -257,29 +236,33 @@ def decoding_figure(decoding: Any) -> Any:
     fig.update_layout(
         title=f"{decoding.model} {what}: top and bottom tokens",
         xaxis_title="score (logit units)",
-        yaxis=dict(autorange="reversed", tickfont=dict(family="monospace")),
+        yaxis=dict(autorange="reversed", tickfont=dict(family="monospace"), title="token (id)"),
         height=max(300, 18 * len(tokens) + 120),
     )
     return fig
 
 
+@figure.register(SearchResult)
 def search_figure(hits: Any) -> Any:
     """Return a figure of a :class:`SearchResult`: each hit's score, best first."""
     import plotly.graph_objects as go
 
     labels = [f"{h.neuron} {h.matrix}" for h in hits]
     values = [getattr(h, "zscore", None) or h.score for h in hits]
-    fig = go.Figure(go.Bar(x=values, y=labels, orientation="h", text=[h.token for h in hits]))
+    fig = go.Figure(
+        go.Bar(x=values, y=labels, orientation="h", text=[quoted(h.token) for h in hits])
+    )
     measure = "z-score" if hits and hasattr(hits[0], "zscore") else "score"
     fig.update_layout(
         title=f"neurons for {hits.query!r}" if getattr(hits, "query", "") else "search hits",
         xaxis_title=measure,
-        yaxis=dict(autorange="reversed", tickfont=dict(family="monospace")),
+        yaxis=dict(autorange="reversed", tickfont=dict(family="monospace"), title="neuron"),
         height=max(300, 22 * len(hits) + 120),
     )
     return fig
 
 
+@figure.register(BuildReport)
 def build_figure(report: Any) -> Any:
     """Return a figure of a :class:`BuildReport`: where the seconds went."""
     import plotly.graph_objects as go
@@ -289,11 +272,13 @@ def build_figure(report: Any) -> Any:
     fig.update_layout(
         title=f"atlas {report.out}: {report.seconds.get('total', sum(parts.values())):.1f} s "
         f"on {report.device} ({report.dtype})",
+        xaxis_title="stage",
         yaxis_title="seconds",
     )
     return fig
 
 
+@figure.register(UnlearnResult)
 def unlearn_figure(result: Any) -> Any:
     """Return a figure of an :class:`UnlearnResult`: its final losses."""
     import plotly.graph_objects as go
@@ -301,48 +286,5 @@ def unlearn_figure(result: Any) -> Any:
     losses = result.losses
     losses = losses() if callable(losses) else losses
     fig = go.Figure(go.Bar(x=list(losses), y=list(losses.values())))
-    fig.update_layout(title="unlearning: final losses", yaxis_title="loss")
+    fig.update_layout(title="unlearning: final losses", xaxis_title="loss term", yaxis_title="loss")
     return fig
-
-
-def table_figure(result: Any) -> Any:
-    """Return a plotly table of a result's fields (for results without a natural chart)."""
-    import plotly.graph_objects as go
-
-    data = result.to_dict()
-    keys = list(data)
-    values = [json_cell(data[k]) for k in keys]
-    fig = go.Figure(
-        go.Table(header=dict(values=["field", "value"]), cells=dict(values=[keys, values]))
-    )
-    fig.update_layout(title=type(result).__name__)
-    return fig
-
-
-def json_cell(value: Any, limit: int = 200) -> str:
-    """Return ``value`` as a short JSON string for a table cell."""
-    import json
-
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-FIGURES = {
-    "AtlasDiff": atlas_diff_figure,
-    "BuildReport": build_figure,
-    "ConceptSearch": concept_figure,
-    "Decoding": decoding_figure,
-    "DoseResponse": dose_figure,
-    "EffectResult": effect_figure,
-    "EvalReport": eval_report_figure,
-    "QAEvaluation": qa_figure,
-    "SearchResult": search_figure,
-    "TopContexts": top_contexts_figure,
-    "UnlearnResult": unlearn_figure,
-}
-"""Result class name -> the function that draws it; other results get :func:`table_figure`."""
-
-
-def figure(result: Any) -> Any:
-    """Return the plotly figure for any conceptvec result (what ``result.plot()`` returns)."""
-    return FIGURES.get(type(result).__name__, table_figure)(result)
