@@ -172,8 +172,10 @@ def main() -> None:
     """Run the CLI, turning user-fixable errors into one line and exit code 2."""
     import warnings
 
+    from .commands.help_style import plain_help
     from .errors import ConceptvecError
 
+    plain_help()
     logger, handler, level = _show_library_log()
     try:
         with warnings.catch_warnings():

@@ -129,14 +129,14 @@ class UnlearnConfig(Config):
     )
     scope: str | None = dataclasses.field(
         default=None,
-        metadata={"help": "full | down | down:A-B | layers:A-B | vector [method's]"},
+        metadata={"help": "full | down | down:A-B | layers:A-B | vector (default: the method's)"},
     )
     neuron: str | None = dataclasses.field(
         default=None, metadata={"help": "The concept vector: L29.1518, 'file' or 'find'."}
     )
     steps: int = dataclasses.field(default=50, metadata={"help": "Training steps."})
     lr: float | None = dataclasses.field(
-        default=None, metadata={"help": "Learning rate [method's]."}
+        default=None, metadata={"help": "Learning rate (default: the method's)."}
     )
     batch_size: int = dataclasses.field(default=4, metadata={"help": "The global batch."})
     seed: int = dataclasses.field(

@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 help="Also write: parquet, neuronpedia, html (comma list) or none; auto: "
-                "parquet when pyarrow (conceptvec[parquet]) is installed."
+                "parquet when pyarrow (the parquet extra) is installed."
             ),
         ] = "auto",
         no_fold: Annotated[

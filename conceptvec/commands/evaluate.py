@@ -60,7 +60,7 @@ def evaluate(
         typer.Option(
             "--attacks",
             help="Comma list of registered attacks: recovery, quant4, relearn, or a plugin's "
-            "('' for none) [recovery; none with --no-qa].",
+            "('' for none; default: recovery, none with --no-qa).",
         ),
     ] = None,
     json_path: Annotated[

@@ -33,7 +33,8 @@ def lm_eval(
         Path, typer.Option("--out", "-o", help="Folder for the tasks (lm_eval --include_path).")
     ],
     concept: Annotated[
-        str | None, typer.Option("--concept", help="The concept's name [the file's only one].")
+        str | None,
+        typer.Option("--concept", help="The concept's name (default: the file's only one)."),
     ] = None,
     gold: Annotated[
         Path | None,

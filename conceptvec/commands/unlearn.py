@@ -77,7 +77,8 @@ def unlearn(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output folder [unlearned-CONCEPT-METHOD].")
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder (default: unlearned-CONCEPT-METHOD)."),
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace --out.")] = False,
     hparam: Annotated[
