@@ -299,3 +299,37 @@ def test_weight_comparison_works_per_expert(tiny_dir, tmp_path):
     assert [m.changed for m in same.matrices] == [m.changed for m in w.matrices]
     with pytest.raises(NeuronOutOfRangeError, match="names no expert"):
         compare_weights(base, unlearned, [EvalConcept("no expert", cv.NeuronId(1, 7))])
+
+
+def test_weight_search_ranks_every_experts_neurons(olmoe):
+    """Searching a token finds the expert neuron that writes it most, as a brute-force
+    scoring of every expert's decoded columns does."""
+    from conceptvec.atlas.search import search_weights
+
+    _, _, m = olmoe
+    target = cv.decode(m, "L2.E3.11", k=1).top[0]
+    hits = search_weights(m, token_ids=[target.id], by="score", top=5)
+    best = (-float("inf"), 0, 0, 0)
+    for layer in range(3):
+        for e in range(N_EXPERTS):
+            scores = cv.project(m, m.neurons(layer, "down", expert=e).float())[:, target.id]
+            i = int(scores.argmax())
+            best = max(best, (float(scores[i]), layer, e, i))
+    assert hits[0].neuron == cv.NeuronId(best[1], best[3], best[2])
+    assert hits[0].score == pytest.approx(best[0], rel=1e-4)
+    assert all(h.neuron.expert is not None for h in hits)
+
+
+def test_the_quantization_attack_reaches_the_stacked_experts(olmoe):
+    from conceptvec.evaluate import quantized
+
+    hf, _, _ = olmoe
+    experts = hf.model.layers[1].mlp.experts
+    before = {n: p.detach().clone() for n, p in experts.named_parameters()}
+    with quantized(hf, bits=4) as touched:
+        for name, p in experts.named_parameters():
+            assert not torch.equal(p, before[name]), name
+            levels = (p[2, 5, :64] / p[2, 5, :64].abs().max() * 7).round()  # one group: 15 levels
+            assert torch.allclose(p[2, 5, :64] / p[2, 5, :64].abs().max() * 7, levels, atol=1e-4)
+        assert touched == 3 * (2 + 4 + 1)  # per layer: 2 stacked, q k v o, the router
+    assert all(torch.equal(p, before[n]) for n, p in experts.named_parameters())

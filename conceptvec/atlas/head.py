@@ -150,26 +150,37 @@ def neuron_spread(
     matrix: str,
     fold_norm: bool = True,
     vectors: torch.Tensor | None = None,
+    expert: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(mean [d_mlp], sd [d_mlp])`` of each neuron's scores over the vocabulary.
 
     A neuron ``v`` scores token ``t`` as ``v . w_t``; over the folded unembedding rows, with
     mean ``mu`` and covariance ``C`` (:func:`head_moments`), its scores have mean ``v . mu``
     and standard deviation ``sqrt(v' C v)`` (floored at 1e-15). Computed once per layer and
-    kept. ``vectors``: the layer's :func:`residual_vectors`, when the caller has read them.
+    kept. ``vectors``: the layer's :func:`residual_vectors`, when the caller has read them;
+    ``expert``: one expert's neurons in a mixture of experts.
     """
     mu, cov = head_moments(model, fold_norm)
 
     def compute() -> dict[str, torch.Tensor]:
-        v = residual_vectors(model, layer, matrix, fold_norm) if vectors is None else vectors
+        v = (
+            residual_vectors(model, layer, matrix, fold_norm, expert)
+            if vectors is None
+            else vectors
+        )
         sd = ((v @ cov) * v).sum(1).clamp_min(1e-30).sqrt()
         return {"mean": v @ mu, "sd": sd}
 
     shape = ((model.dims.d_mlp,), torch.float32)
-    name = f"spread-{matrix}-L{layer:03d}" + ("-folded" if fold_norm else "")
+    name = f"spread-{matrix}-L{layer:03d}" + expert_tag(expert) + ("-folded" if fold_norm else "")
     depends = (__name__, residual_vectors.__module__)
     out = cached_tensors(model, name, compute, {"mean": shape, "sd": shape}, depends)
     return out["mean"], out["sd"]
+
+
+def expert_tag(expert: int | None) -> str:
+    """Return the part of a cache name naming one expert (empty in a dense model)."""
+    return "" if expert is None else f"-E{expert:03d}"
 
 
 def layer_vectors(

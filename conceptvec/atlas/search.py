@@ -34,7 +34,7 @@ from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
 
 from .atlas import match_ids
-from .head import folded_rows, neuron_spread
+from .head import expert_tag, folded_rows, neuron_spread
 
 
 @dataclass(frozen=True)
@@ -160,18 +160,21 @@ def search_weights(
         n_best = min(best_of, len(labels))
     folded = folded_rows(m, ids, fold_norm).T  # [d_model, t]
     signs = {"top": (1.0,), "bottom": (-1.0,), "both": (1.0, -1.0)}[side]
-    # (ranking key, sign, layer, index, the neuron's vector) per candidate
-    found: list[tuple[float, float, int, int, torch.Tensor]] = []
-    todo: Iterable[int] = list(layers) if layers is not None else range(n_layers)
+    # (ranking key, sign, (layer, expert), index, the neuron's vector) per candidate
+    found: list[tuple[float, float, tuple[int, int | None], int, torch.Tensor]] = []
+    experts: list[int | None] = [*range(m.dims.n_experts)] or [None]  # MoE: every expert
+    chosen = list(layers) if layers is not None else range(n_layers)
+    todo: Iterable[tuple[int, int | None]] = [(lay, e) for lay in chosen for e in experts]
     if progress:
         from tqdm.auto import tqdm
 
-        todo = tqdm(todo, desc=f"searching {matrix} weights", unit="layer", leave=False)
-    for layer in todo:
-        v = _neuron_vectors(m, layer, matrix, fold_norm)
+        unit = "expert" if m.dims.n_experts else "layer"
+        todo = tqdm(todo, desc=f"searching {matrix} weights", unit=unit, leave=False)
+    for layer, expert in todo:
+        v = _neuron_vectors(m, layer, matrix, fold_norm, expert)
         raw = v @ folded  # [d_mlp, t]: one product per layer
         if by == "zscore":  # each neuron's mean and sd over the vocabulary, computed once
-            mean, sd = neuron_spread(m, layer, matrix, fold_norm, vectors=v)
+            mean, sd = neuron_spread(m, layer, matrix, fold_norm, vectors=v, expert=expert)
             raw = (raw - mean[:, None]) / sd[:, None]
         for sign in signs:
             signed = sign * raw
@@ -181,9 +184,9 @@ def search_weights(
                 signed = empty.scatter_reduce(1, index, signed, "amax")
             key = signed.topk(n_best, dim=1).values.mean(1)
             for i in key.topk(min(top, len(key))).indices.tolist():
-                found.append((float(key[i]), sign, layer, i, v[i].clone()))
+                found.append((float(key[i]), sign, (layer, expert), i, v[i].clone()))
     found.sort(key=lambda x: -x[0])
-    best: dict[tuple[int, int], tuple] = {}
+    best: dict[tuple[tuple[int, int | None], int], tuple] = {}
     for f in found:  # with side="both", a neuron keeps its better side
         best.setdefault((f[2], f[3]), f)
     found = list(best.values())[:top]
@@ -197,14 +200,14 @@ def search_weights(
     full_z = (full - full.mean(1, keepdim=True)) / full.std(1, correction=0, keepdim=True)
     id_t = torch.tensor(ids)
     hits = []
-    for row, (k, sign, layer, i, _) in enumerate(found):
+    for row, (k, sign, (layer, expert), i, _) in enumerate(found):
         mine = full[row, id_t]
         order = mine.argsort(descending=True)
         t = ids[int(order[0])]
         ranks = [int((full[row] > full[row, ids[int(j)]]).sum()) + 1 for j in order[:n_best]]
         hits.append(
             WeightHit(
-                neuron=NeuronId(layer, i),
+                neuron=NeuronId(layer, i, expert),
                 matrix=matrix,
                 token=texts[t],
                 token_id=t,
@@ -220,22 +223,25 @@ def search_weights(
     return SearchResult(hits, query=query, table=hits_table)
 
 
-def _neuron_vectors(m: Model, layer: int, matrix: str, fold_norm: bool) -> torch.Tensor:
-    """Return :func:`residual_vectors`, kept for a small model's next search (see KEEP_BYTES).
+def _neuron_vectors(
+    m: Model, layer: int, matrix: str, fold_norm: bool, expert: int | None = None
+) -> torch.Tensor:
+    """Return :func:`residual_vectors` (of one ``expert`` in a mixture of experts), kept for
+    a small model's next search (see KEEP_BYTES).
 
     Contiguous whether computed or read back, so that products round the same either way.
     """
     d = m.dims
-    if d.n_layers * d.d_mlp * d.d_model * 4 > KEEP_BYTES:
-        return residual_vectors(m, layer, matrix, fold_norm)
-    name = f"vectors-{matrix}-L{layer:03d}" + ("-folded" if fold_norm else "")
+    if d.n_layers * max(1, d.n_experts) * d.d_mlp * d.d_model * 4 > KEEP_BYTES:
+        return residual_vectors(m, layer, matrix, fold_norm, expert)
+    name = f"vectors-{matrix}-L{layer:03d}{expert_tag(expert)}" + ("-folded" if fold_norm else "")
     return cached_tensors(
         m,
         name,
-        lambda: {"v": residual_vectors(m, layer, matrix, fold_norm).contiguous()},
+        lambda: {"v": residual_vectors(m, layer, matrix, fold_norm, expert).contiguous()},
         {"v": ((d.d_mlp, d.d_model), torch.float32)},
         depends=(residual_vectors.__module__, "conceptvec.models.gguf_file", "gguf.quants"),
-        disk=m.reader.is_quantized(m.weight_key(matrix, layer)),  # dequantizing is slow
+        disk=m.reader.is_quantized(m.mlp_place(matrix, layer, expert)[0]),  # dequantizing: slow
     )["v"]
 
 

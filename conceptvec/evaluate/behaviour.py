@@ -314,13 +314,16 @@ def quantized(model: torch.nn.Module, bits: int = 4, group: int = 64) -> Iterato
     through ``bits``-bit integers (symmetric absmax per ``group`` consecutive values of a
     row; for GPT-2's Conv1D that is per output) inside the block; restore it after, bit for
     bit. Yields the number of matrices touched. The embeddings and the unembedding are the
-    ones the model's :class:`ArchSpec` names."""
+    ones the model's :class:`ArchSpec` names; a mixture of experts' stacked expert weights
+    ``[experts, out, in]`` are quantized row by row like the same matrices kept apart."""
     spec = spec_for_model_type(str(getattr(text_config(model.config), "model_type", None)))
     skip = tuple(k for k in (spec.embed, spec.pos_embed, spec.unembed) if k)
+    stacked = tuple({key.rpartition(".")[2] for key, _, _ in spec.stacked.values()})
     layers = [
         (name, p)
         for name, p in model.named_parameters()
-        if p.ndim == 2 and name.endswith("weight") and not name.endswith(skip)
+        if (p.ndim == 2 and name.endswith("weight") or p.ndim == 3 and name.endswith(stacked))
+        and not name.endswith(skip)
     ]
     if not layers:
         raise ValueError(f"no decoder matrix found to quantize in {type(model).__name__}")
@@ -329,13 +332,13 @@ def quantized(model: torch.nn.Module, bits: int = 4, group: int = 64) -> Iterato
     try:
         with torch.no_grad():
             for _, p in layers:
-                w = p.float()
+                w = p.float().reshape(-1, p.shape[-1])
                 rows, cols = w.shape
                 pad = (-cols) % group
                 g = torch.nn.functional.pad(w, (0, pad)).view(rows, -1, group)
                 scale = g.abs().amax(-1, keepdim=True).clamp_min(1e-12) / levels
                 q = (g / scale).round().clamp(-levels - 1, levels) * scale
-                p.copy_(q.view(rows, -1)[:, :cols].to(p.dtype))
+                p.copy_(q.view(rows, -1)[:, :cols].reshape(p.shape).to(p.dtype))
         yield len(layers)
     finally:
         with torch.no_grad():
