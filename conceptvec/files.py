@@ -216,3 +216,17 @@ def file_mode() -> int:
 
 
 _MODE: int | None = None
+
+
+def follow_umask(folder: str | os.PathLike[str]) -> None:
+    """Give ``folder`` and everything in it the modes ``mkdir`` and ``open`` would (0o755 and
+    0o644 under umask 022): ``mkdtemp`` makes 0o700 folders and some writers 0o600 files.
+    Links are left alone."""
+    files = file_mode()
+    dirs = files | (files & 0o444) >> 2  # x wherever r
+    for root, _dirs, names in os.walk(folder):
+        os.chmod(root, dirs)
+        for name in names:
+            path = os.path.join(root, name)
+            if not os.path.islink(path):
+                os.chmod(path, files)

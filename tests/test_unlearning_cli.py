@@ -77,3 +77,19 @@ def test_unknown_concept_lists_eight_names_then_how_many_more(
             "--out", str(tmp_path / "o"), "--method", "ga", *FAST]  # fmt: skip
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 2 and "no concept 'Atlantis'" in err and err.rstrip().endswith("... (2 more)")
+
+
+def test_checkpoint_modes_follow_the_umask(tiny_dir, tmp_path, monkeypatch, capsys):
+    """Not mkdtemp's drwx------ / -rw-------: the modes mkdir and open give (0755/0644)."""
+    import os
+    import stat
+
+    from conceptvec.files import file_mode
+
+    out = tmp_path / "rome"
+    code, _, err = run_cli(_args(tiny_dir("llama"), out, "--method", "ga"), monkeypatch, capsys)
+    assert code == 0, err
+    files = file_mode()
+    assert stat.S_IMODE(os.stat(out).st_mode) == files | (files & 0o444) >> 2
+    for f in out.iterdir():
+        assert stat.S_IMODE(os.stat(f).st_mode) == files, f

@@ -21,7 +21,7 @@ import torch
 
 from conceptvec.checkpoint_record import RECORD_FILE, SCHEMA, WRITER, UnlearningRecord
 from conceptvec.errors import UnlearningError
-from conceptvec.files import lists_every_file, swap_folder
+from conceptvec.files import follow_umask, lists_every_file, swap_folder
 
 WORK_MARK = "conceptvec-unlearn-run.json"
 """The mark inside the hidden ``.<out>.run/`` folder of resumable checkpoints."""
@@ -71,6 +71,7 @@ def write_atomically(out: Path, write: Callable[[Path], None], overwrite: bool) 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
     try:
         write(tmp)
+        follow_umask(tmp)  # as the atlas folders: not mkdtemp's drwx------
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
