@@ -168,6 +168,16 @@ def _show_library_log() -> tuple[logging.Logger, logging.Handler, int]:
     return logger, handler, level
 
 
+def _end_progress_bars() -> None:
+    """Close every live tqdm bar (it clears or ends its line), so an error that stopped a
+    loop is printed on a line of its own, not after the bar's text."""
+    std = sys.modules.get("tqdm.std")
+    if std is None:
+        return
+    for bar in list(getattr(std.tqdm, "_instances", ())):
+        bar.close()
+
+
 def main() -> None:
     """Run the CLI, turning user-fixable errors into one line and exit code 2."""
     import warnings
@@ -182,6 +192,7 @@ def main() -> None:
             warnings.showwarning = _warning_line
             app()  # click's standalone mode handles usage errors (exit 2) and Ctrl-C (exit 1)
     except ConceptvecError as e:
+        _end_progress_bars()
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     finally:

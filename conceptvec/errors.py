@@ -102,6 +102,10 @@ class PluginImportError(PluginError, ImportError):
     """A plugin module (``--plugin`` or an entry point) that cannot be imported."""
 
 
+class BadChatTemplateError(ConceptvecError, ValueError):
+    """A model's chat template that fails, or breaks the size or time limit, when rendered."""
+
+
 def listing(names: list[str], limit: int = 8) -> str:
     """Return ``names`` comma-separated for an error message: the first ``limit``, then
     ``... (N more)`` when some were left out."""

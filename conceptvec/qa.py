@@ -59,12 +59,9 @@ def prompt_texts(target: Target, questions: Sequence[str], chat: bool) -> list[s
     """Return each question as the text the model sees (chat template or the paper's prompt)."""
     tok = target.tokenizer
     if chat:
-        return [
-            tok.apply_chat_template(
-                [{"role": "user", "content": q.strip()}], add_generation_prompt=True, tokenize=False
-            )
-            for q in questions
-        ]
+        from .chat import render_chat
+
+        return [render_chat(tok, [{"role": "user", "content": q.strip()}]) for q in questions]
     return [PAPER_PROMPT.format(question=q.strip()) for q in questions]
 
 

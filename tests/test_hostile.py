@@ -497,8 +497,37 @@ SAMPLE = concepts_file("conceptvectors-dev")
 
 
 def _one_line_exit_2(code: int, err: str) -> None:
+    """Exit 2 and one ``error:`` line, last, on a line of its own (progress bars before it
+    are cleared or ended with their own line break)."""
     assert code == 2, err
-    assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error:") and err.endswith("\n"), err
+    assert "Traceback" not in err and sum("error" in line for line in lines) == 1, err
+
+
+CAPPED = """
+import resource, sys
+import torch, transformers, conceptvec.cli
+with open("/proc/self/status") as f:
+    vm = next(int(x.split()[1]) * 1024 for x in f if x.startswith("VmSize:"))
+cap = vm + (int(sys.argv[1]) << 20)
+resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+sys.argv = ["conceptvec", *sys.argv[2:]]
+conceptvec.cli.main()
+"""
+
+
+def _cli_capped(args: list[str], mib: int = 1024, seconds: int = 90) -> tuple[int, str, str]:
+    """Run ``conceptvec ARGS`` in a subprocess whose address space may grow by ``mib`` MiB
+    beyond its size after imports, killed after ``seconds``; return (code, stdout, stderr)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    cmd = ["timeout", "-s", "KILL", str(seconds), sys.executable, "-c", CAPPED, str(mib), *args]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=root)
+    return done.returncode, done.stdout, done.stderr
 
 
 def _user_folder(tmp_path: Path, names: list[str]) -> tuple[Path, dict[str, bytes]]:
@@ -584,3 +613,92 @@ def test_model_folder_files_symlinked_outside_refused(name, tiny_dir, tmp_path):
     with pytest.raises(CorruptWeightsError, match="outside the folder"):
         model = conceptvec.load(folder)
         assert model.tokenizer is not None and model.hf is not None
+
+
+# ------------------------------------------------------------ 3. memory and time caps
+NESTED_LOOPS = (
+    "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+    "{{ messages[0]['content'] }}"
+)
+DOUBLING = "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"
+
+
+@pytest.mark.parametrize(
+    "template",
+    [NESTED_LOOPS, DOUBLING, "{{ raise_exception('no') }}", "{{ ''.__class__.__mro__ }}{% if %}"],
+    ids=["nested-range", "doubling", "template-error", "syntax-error"],
+)
+def test_chat_template_rendered_under_limits(template, tiny_dir, tmp_path, monkeypatch, capsys):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+    (folder / "chat_template.jinja").write_text(template)
+    args = ["clamp", str(folder), "L1.3=2", "-p", "hi", "--chat", "-n", "1"]
+    if template in (NESTED_LOOPS, DOUBLING):  # under a memory cap: the old code used 5 GB
+        code, out, err = _cli_capped(args)
+    else:
+        code, out, err = run_cli(args, monkeypatch, capsys)
+    _one_line_exit_2(code, err)
+    assert "chat template" in err
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"num_beams": 10**6}, {"num_return_sequences": 10**6, "do_sample": True}],
+    ids=["beams", "sequences"],
+)
+def test_generation_config_is_data(settings, tiny_dir, tmp_path):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+    config = json.loads((folder / "generation_config.json").read_text())
+    (folder / "generation_config.json").write_text(json.dumps({**config, **settings}))
+    code, out, err = _cli_capped(["clamp", str(folder), "L1.3=2", "-p", "hi", "-n", "2", "--json"])
+    assert code == 0, err
+    assert json.loads(out)
+
+
+def _concept(**fields) -> dict:
+    return {"Concept": "Rome", "QA": ["Who founded Rome?"], **fields}
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"QA": repr(["q" * (1 << 20)])},
+        {"wikipedia_content": "w" * ((4 << 20) + 1)},
+        {"QA": ["q"] * 10_001},
+        {"QA": ["q" * ((4 << 20) + 1)]},
+        {"text_completion": [{"First_half": "a" * ((4 << 20) + 1), "Second_half": "b"}]},
+    ],
+    ids=["string-list", "wikipedia", "question-count", "question", "completion"],
+)
+def test_concepts_file_field_caps(fields):
+    from conceptvec.concepts import read_concepts
+    from conceptvec.errors import BadConceptFileError
+
+    with pytest.raises(BadConceptFileError, match="allowed; (shorten|split)"):
+        read_concepts([_concept(**fields)])
+
+
+def test_concepts_file_record_count_capped():
+    from conceptvec.concepts import read_concepts
+    from conceptvec.errors import BadConceptFileError
+
+    with pytest.raises(BadConceptFileError, match="100,000 allowed"):
+        read_concepts([_concept()] * 100_001)
+
+
+@pytest.mark.parametrize(
+    "name, body",
+    [
+        ("f.jsonl", json.dumps({"question": "q" * ((4 << 20) + 1), "answer": "a"})),
+        ("f.json", json.dumps(["t" * ((4 << 20) + 1)])),
+        ("f.txt", "t" * ((4 << 20) + 1)),
+        ("f.json", "[" * 100_000 + "]" * 100_000),
+    ],
+    ids=["jsonl-question", "json-text", "txt-paragraph", "deep-json"],
+)
+def test_unlearn_data_field_caps(name, body, tmp_path):
+    from conceptvec.unlearning.data import read_pairs
+    from conceptvec.unlearning.methods import UnlearningError
+
+    (tmp_path / name).write_text(body)
+    with pytest.raises(UnlearningError, match="allowed; shorten|nested too deeply"):
+        read_pairs(tmp_path / name)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from conceptvec import limits
 from conceptvec.data import packaged_names, resolve_concepts
 from conceptvec.errors import BadConceptFileError
 from conceptvec.files import write_new
@@ -222,6 +223,7 @@ def read_concepts(source: str | os.PathLike[str] | list[dict[str, Any]]) -> list
         )
     if not data:
         raise BadConceptFileError(f"{where}: holds an empty list; it needs at least one concept")
+    limits.check_count(data, BadConceptFileError, f"{where}: the list of records", limits.RECORDS)
     return [_parse(rec, where, i) for i, rec in enumerate(data)]
 
 
@@ -333,7 +335,9 @@ def _parse(rec: Any, where: str, i: int) -> ConceptEntry:
         fields[role] = _number(rec, _key(role, keys), role, at, strung, raw)
     for role in ("qa", "unrelated_qa", "text_completion"):
         fields[role] = _list(rec, _key(role, keys), role, at, strung, raw)
-    wiki = rec.get("wikipedia_content", "")
+    wiki = limits.check_text(
+        rec.get("wikipedia_content", ""), BadConceptFileError, f"{at}: key 'wikipedia_content'"
+    )
     if not isinstance(wiki, str):
         raise BadConceptFileError(
             f"{at}: key 'wikipedia_content' is {_short(wiki)}; expected a string"
@@ -368,12 +372,18 @@ def _list(rec, key, role, at, strung, raw) -> list:
     v = rec.get(key, [])
     text = None
     if isinstance(v, str):
-        text = v
+        text = limits.check_text(
+            v, BadConceptFileError, f"{at}: key {key!r}", limits.LIST_STRING_CHARS
+        )
         try:
             v = ast.literal_eval(v)  # literals only: a call or a name is a ValueError
         except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
             v = None
     what = "objects with First_half/Second_half" if role == "text_completion" else "strings"
+    limits.check_count(v, BadConceptFileError, f"{at}: key {key!r}", limits.LIST_ITEMS)
+    for j, x in enumerate(v if isinstance(v, list) else []):
+        for part in x.values() if isinstance(x, dict) else [x]:
+            limits.check_text(part, BadConceptFileError, f"{at}: key {key!r} item {j}")
     if not isinstance(v, list):
         found = f"the string {_short(text)}" if text is not None else _short(v)
         raise BadConceptFileError(

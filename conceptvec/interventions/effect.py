@@ -231,9 +231,9 @@ def encode(target: Target, prompt: str, chat: bool = False) -> torch.Tensor:
             raise BadInterventionError(
                 f"the tokenizer of {target.model.name} has no chat template; drop chat/--chat"
             )
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
+        from conceptvec.chat import render_chat
+
+        text = render_chat(tok, [{"role": "user", "content": prompt}])
         ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     else:  # the model's own rule (its BOS or none), whatever the wrapper's tokenizer adds
         ids = torch.tensor([target.encode(prompt)], dtype=torch.long)

@@ -342,8 +342,11 @@ class Model:
         if self._hf is None:
             if self._hf_loader is None:
                 raise NoWeightsError(f"{self.name} cannot be built as a torch model")
+            from .generation import plain_generation_config
+
             self._hf = self._hf_loader()
             self._hf.eval()
+            plain_generation_config(self._hf)
             self._share_tokenizer()
         return self._hf
 

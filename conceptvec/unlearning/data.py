@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from conceptvec import limits
 from conceptvec.errors import UnlearningError
 from conceptvec.files import read_bounded
 
@@ -132,9 +133,13 @@ def read_pairs(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str,
             )
         except json.JSONDecodeError as e:
             raise UnlearningError(f"{p} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        except RecursionError:
+            raise UnlearningError(f"{p} is not valid JSON (nested too deeply)") from None
         if not isinstance(items, list):
             raise UnlearningError(f"{p} must hold a list of strings or question/answer objects")
         for i, item in enumerate(items):
+            for part in item.values() if isinstance(item, dict) else [item]:
+                limits.check_text(part, UnlearningError, f"{p}: item {i}")
             if isinstance(item, str) and item.strip():
                 texts.append(item.strip())
             elif isinstance(item, dict) and isinstance(item.get("question"), str):
@@ -152,6 +157,8 @@ def read_pairs(path: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str,
             re.split(r"\n[ \t]*\n", text) if re.search(r"\n[ \t]*\n", text) else text.split("\n")
         )
         texts = [t.strip() for t in parts if t.strip()]
+        for i, t in enumerate(texts):
+            limits.check_text(t, UnlearningError, f"{p}: paragraph {i + 1}")
     return texts, pairs
 
 

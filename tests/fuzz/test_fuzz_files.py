@@ -43,6 +43,7 @@ JSON_VALUES = st.recursive(
         st.sampled_from([1e308, -1.0, 0.5, 32.0]),
         st.text(max_size=12),
         st.sampled_from(["../../../etc/passwd", "/dev/zero", "/etc/passwd", "shards/x"]),
+        st.sampled_from(["['a', 'b']", "[[[[1]]]]", "(1,) * 9", "x" * ((4 << 20) + 1)]),
     ),
     lambda inner: st.one_of(
         st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
@@ -204,5 +205,44 @@ def test_fuzz_atlas_shard(seeds, worker, tmp_path_factory):
             entry["sha256"] = hashlib.sha256(mutated).hexdigest()
             (folder / "manifest.json").write_text(json.dumps(manifest))
         assert_clean(worker.run("atlas", folder), "mutated shard")
+
+    run()
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "conceptvectors_dev_sample.json"
+
+
+def test_fuzz_concepts_file(worker, tmp_path_factory):
+    records = json.loads(SAMPLE.read_text())[:2]
+    for rec in records:  # small seeds: the mutations, not the sample, should be large
+        rec["wikipedia_content"] = rec.get("wikipedia_content", "")[:300]
+    records[1]["QA"] = repr(records[1]["QA"])  # the string form some files use
+    work = tmp_path_factory.mktemp("fuzz-concepts")
+
+    @FUZZ
+    @given(json_mutation(records))
+    def run(doc):
+        path = work / "concepts.json"
+        path.write_text(json.dumps(doc))
+        assert_clean(worker.run("concepts", path), f"concepts {json.dumps(doc)[:300]}")
+
+    run()
+
+
+def test_fuzz_unlearn_data(worker, tmp_path_factory):
+    base = [{"question": "Who founded Rome?", "answer": "Romulus"}, {"text": "Rome. It is old."}]
+    work = tmp_path_factory.mktemp("fuzz-unlearn")
+
+    @FUZZ
+    @given(json_mutation(base), st.sampled_from(["f.json", "f.jsonl", "f.txt"]))
+    def run(doc, name):
+        path = work / name
+        if name == "f.jsonl" and isinstance(doc, list):
+            path.write_text("".join(json.dumps(item) + "\n" for item in doc))
+        elif name == "f.txt":
+            path.write_text("\n\n".join(map(str, doc if isinstance(doc, list) else [doc])))
+        else:
+            path.write_text(json.dumps(doc))
+        assert_clean(worker.run("unlearn_data", path), f"{name} {json.dumps(doc)[:300]}")
 
     run()

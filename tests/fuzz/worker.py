@@ -62,7 +62,34 @@ def act_atlas(path: str) -> str:
     return repr(atlas)
 
 
-ACTIONS = {"model": act_model, "atlas": act_atlas}
+def act_concepts(path: str) -> str:
+    """Read a concepts file, show every entry and chunk its text as unlearning would."""
+    from conceptvec.concepts import read_concepts
+    from conceptvec.unlearning.data import chunk_text
+
+    entries = read_concepts(path)
+    for entry in entries:
+        str(entry)
+        chunk_text(entry.wikipedia_content)
+    return f"{len(entries)} concepts"
+
+
+def act_unlearn_data(path: str) -> str:
+    """Read a user forget/retain file (text, JSON or JSONL) and chunk its texts."""
+    from conceptvec.unlearning.data import chunk_text, read_pairs
+
+    texts, pairs = read_pairs(path)
+    for text in texts:
+        chunk_text(text)
+    return f"{len(texts)} texts, {len(pairs)} pairs"
+
+
+ACTIONS = {
+    "model": act_model,
+    "atlas": act_atlas,
+    "concepts": act_concepts,
+    "unlearn_data": act_unlearn_data,
+}
 
 
 def main() -> None:
@@ -73,6 +100,8 @@ def main() -> None:
 
     import conceptvec  # noqa: F401 - import everything heavy before the cap
     import conceptvec.atlas.export  # noqa: F401
+    import conceptvec.concepts  # noqa: F401
+    import conceptvec.unlearning.data  # noqa: F401
     from conceptvec.errors import ConceptvecError
 
     cap = _vm_bytes() + (cap_mib << 20)
