@@ -209,11 +209,14 @@ def test_fuzz_atlas_shard(seeds, worker, tmp_path_factory):
     run()
 
 
-SAMPLE = Path(__file__).resolve().parents[1] / "data" / "conceptvectors_dev_sample.json"
+def _sample() -> Path:
+    from conceptvec.data import concepts_file
+
+    return concepts_file("conceptvectors-dev")
 
 
 def test_fuzz_concepts_file(worker, tmp_path_factory):
-    records = json.loads(SAMPLE.read_text())[:2]
+    records = json.loads(_sample().read_text())[:2]
     for rec in records:  # small seeds: the mutations, not the sample, should be large
         rec["wikipedia_content"] = rec.get("wikipedia_content", "")[:300]
     records[1]["QA"] = repr(records[1]["QA"])  # the string form some files use
