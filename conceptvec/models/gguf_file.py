@@ -165,7 +165,7 @@ class GGUFFile:
             try:
                 for _ in range(count):
                     pos += 8 + length(buffer, pos)[0]
-            except struct.error:
+            except (struct.error, OverflowError):  # past the end, or past any offset
                 raise GGUFFormatError("the header ends early (truncated)") from None
             if pos > len(buffer):
                 raise GGUFFormatError("the header ends early (truncated)")
