@@ -333,3 +333,19 @@ def test_the_quantization_attack_reaches_the_stacked_experts(olmoe):
             assert torch.allclose(p[2, 5, :64] / p[2, 5, :64].abs().max() * 7, levels, atol=1e-4)
         assert touched == 3 * (2 + 4 + 1)  # per layer: 2 stacked, q k v o, the router
     assert all(torch.equal(p, before[n]) for n, p in experts.named_parameters())
+
+
+def test_expert_ids_parse_in_every_form_and_dense_ids_are_unchanged():
+    from conceptvec.errors import BadNeuronIdError
+
+    for text in ("L3.E5.123", "l3e5n123", "L3E5.123", "3:5:123", " L3.E5.123 ", (3, 123, 5)):
+        assert cv.NeuronId.parse(text) == cv.NeuronId(3, 123, 5), text
+    for text in ("L29.808", "L29N808", "29:808", "29.808", (29, 808)):
+        n = cv.NeuronId.parse(text)
+        assert (n.layer, n.index, n.expert, str(n)) == (29, 808, None, "L29.808"), text
+    for bad in ("L3.E.123", "L3.E5", "E5.123", "3:5:", "L3.E5.1.2"):
+        with pytest.raises(BadNeuronIdError, match="L3.E5.123"):
+            cv.NeuronId.parse(bad)
+    ids = [cv.NeuronId(1, 0, 2), cv.NeuronId(1, 9, 0), cv.NeuronId(0, 5, 3)]
+    assert [str(n) for n in sorted(ids)] == ["L0.E3.5", "L1.E0.9", "L1.E2.0"]
+    assert sorted([cv.NeuronId(2, 1), cv.NeuronId(1, 7)]) == [cv.NeuronId(1, 7), cv.NeuronId(2, 1)]
