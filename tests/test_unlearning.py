@@ -216,7 +216,7 @@ def test_unlearning_error_is_one_class():
     "kwargs, message",
     [
         (dict(method="forget-everything"), "unknown method"),
-        (dict(method="gd", scope="layers:2-9"), "layers 2-9"),
+        (dict(method="gd", scope="layers:2-9"), "layers 2..9"),
         (dict(method="gd", scope="wide"), "unknown scope"),
         (dict(method="gd", lr=float("nan")), "lr must be"),
         (dict(method="gd", lr=float("inf")), "lr must be"),
@@ -237,7 +237,7 @@ def test_bad_settings(kwargs, message, tiny, entries, tmp_path):
 
 
 def test_empty_forget_set_and_missing_retain(tiny, tmp_path):
-    with pytest.raises(UnlearningError, match="forget set .* is empty"):
+    with pytest.raises(UnlearningError, match="no questions or text to unlearn"):
         unlearn(tiny, "Nothing", "ga", steps=1, out=tmp_path / "o", **FAST)
     lone = ConceptEntry(concept="Lone", wikipedia_content="A lone fact. " * 40)
     with pytest.raises(UnlearningError, match="needs a retain set"):

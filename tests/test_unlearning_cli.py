@@ -67,7 +67,7 @@ def test_cli_existing_output_and_empty_forget(tiny_dir, tmp_path, monkeypatch, c
     args = ["unlearn", str(tiny_dir("llama")), "--concept", "Nowhere", "--method", "ga",
             "--out", str(tmp_path / "p"), *FAST]  # fmt: skip
     code, _, err = run_cli(args, monkeypatch, capsys)
-    assert code == 2 and "forget set" in err and not (tmp_path / "p").exists()
+    assert code == 2 and "--concepts" in err and not (tmp_path / "p").exists()
 
 
 def test_unknown_concept_lists_eight_names_then_how_many_more(
@@ -93,3 +93,20 @@ def test_checkpoint_modes_follow_the_umask(tiny_dir, tmp_path, monkeypatch, caps
     assert stat.S_IMODE(os.stat(out).st_mode) == files | (files & 0o444) >> 2
     for f in out.iterdir():
         assert stat.S_IMODE(os.stat(f).st_mode) == files, f
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--concepts", SAMPLE, "--method", "needle"], "needs the concept vector"),
+        (["--method", "ga"], "--concepts"),  # a bare name has nothing to unlearn from
+        (["--concepts", SAMPLE, "--method", "edit", "--neuron", "L29"], "L29"),
+    ],
+)
+def test_inputs_are_checked_before_the_model_loads(extra, message, tmp_path, monkeypatch, capsys):
+    """The model named does not exist: the input error must come first (it used to come
+    after 70-90 s of loading)."""
+    args = ["unlearn", str(tmp_path / "no-such-model"), "--concept", "Ancient Rome",
+            "--out", str(tmp_path / "o"), *extra]  # fmt: skip
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 2 and message in err and "no-such-model" not in err, err

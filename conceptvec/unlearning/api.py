@@ -29,7 +29,13 @@ from conceptvec.neurons import NeuronId
 from conceptvec.results import Result
 
 from .data import StepDataset, collate
-from .inputs import build_sets, resolve_concept, resolve_neuron, trainable_module
+from .inputs import (
+    build_sets,
+    check_inputs,
+    resolve_concept,
+    resolve_neuron,
+    trainable_module,
+)
 from .methods import METHODS, Context, resolve_hparams
 from .methods import method as get_method
 from .output import (
@@ -173,6 +179,7 @@ def unlearn(
         if m.name != "edit" and is_main_process():
             check_work(work_dir(out), resume=resume, overwrite=overwrite)
     entry, others, source, found = resolve_concept(concept, concepts)
+    check_inputs(m, neuron, entry, found, forget_file)  # before the model loads
     base, hf, tok = trainable_module(model)
     n_layers = base.dims.n_layers
     old_threads = torch.get_num_threads()

@@ -97,6 +97,28 @@ def resolve_concept(
     return ConceptEntry(concept=concept.strip()), [], None, neuron
 
 
+def check_inputs(
+    method: Any, neuron: Any, entry: ConceptEntry, found: NeuronId | None, forget_file: Any
+) -> None:
+    """Raise what :func:`resolve_neuron` and the data would raise after the model loads,
+    before it does: a vector method without a vector, ``"file"`` without Layer/Dim, a
+    malformed id, a concept with nothing to unlearn from."""
+    if method.vector and neuron is None and found is None:
+        raise UnlearningError(
+            f"method {method.name} needs the concept vector: pass neuron='L29.1518' (--neuron), "
+            "'find' to run the finder, or 'file' for the record's Layer/Dim"
+        )
+    if isinstance(neuron, str) and neuron != "find":
+        resolve_neuron(neuron, entry, found, None)
+    has_data = entry.qa or entry.wikipedia_content or entry.text_completion or forget_file
+    if method.name != "edit" and not has_data:
+        raise UnlearningError(
+            f"concept {entry.concept!r} has no questions or text to unlearn: pass the concepts "
+            "file that holds it (--concepts FILE, or a packaged name: conceptvectors-dev) or "
+            "forget data (--forget FILE)"
+        )
+
+
 def resolve_neuron(neuron: Any, entry: ConceptEntry, found: NeuronId | None, find):
     """Return the concept vector's :class:`NeuronId` (``neuron``: an id, ``"file"`` for the
     record's Layer/Dim, ``"find"`` to run ``find()``), or None when none was asked for."""
