@@ -384,3 +384,15 @@ def test_build_check_names_no_neuron_twice_and_says_which_concepts_share_it():
     assert out["Shakespeare"].extra["conceptvec"]["vector"]["neuron"] == "L5.827"
     again = check_file(list(out.values()))
     assert [r.to_dict() for r in again] == [r.to_dict() for r in out.values()]  # idempotent
+
+
+def test_cli_find_takes_qa_and_text_from_a_concepts_file(tiny_dir, tmp_path, monkeypatch, capsys):
+    from conceptvec.commands.concepts import concept_record
+
+    rome = concept_record("conceptvectors-dev", "ancient rome")  # packaged, any case
+    assert rome.concept == "Ancient Rome" and rome.qa and rome.wikipedia_content
+    code, _, err = run_cli(
+        ["concepts", "find", str(tmp_path / "no-model"), "Atlantis", "--concepts",
+         "conceptvectors-dev"], monkeypatch, capsys,
+    )  # fmt: skip
+    assert code == 2 and "no concept 'Atlantis'" in err and "(2 more)" in err, err

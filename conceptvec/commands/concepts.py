@@ -58,6 +58,20 @@ def read_questions(path: str) -> list[str]:
     return lines
 
 
+def concept_record(source: str, name: str):
+    """Return the record of concept ``name`` (any case) in a ConceptVectors file or packaged
+    name; a one-line error lists the file's concepts when it is not there."""
+    from conceptvec.concepts import read_concepts
+    from conceptvec.errors import ConceptSearchError, listing
+
+    entries = read_concepts(source)
+    found = [e for e in entries if e.concept.lower() == name.strip().lower()]
+    if not found:
+        names = listing([e.concept for e in entries])
+        raise ConceptSearchError(f"no concept {name!r} in {source}; it has {names}")
+    return found[0]
+
+
 def reference_names(text: str) -> list[str]:
     """Return the concept names of a ConceptVectors file or packaged name, else of a comma
     list."""
@@ -115,6 +129,15 @@ def find(
     modes: Modes = "zero,mean,noise",
     chat: Chat = None,
     max_new_tokens: MaxNew = 32,
+    concepts: Annotated[
+        str | None,
+        typer.Option(
+            "--concepts",
+            help="A ConceptVectors file or packaged name (conceptvectors-dev) holding the "
+            "concept: its QA, article and first 10 unrelated questions, where --qa, --text and "
+            "--unrelated-qa are not given.",
+        ),
+    ] = None,
     reference: Annotated[
         str | None,
         typer.Option(
@@ -135,6 +158,11 @@ def find(
     questions = read_questions(qa) if qa else []
     others = read_questions(unrelated_qa) if unrelated_qa else None
     texts = read_texts(text) if text else []
+    if concepts is not None:  # the record's QA, article and unrelated QA fill what is not given
+        record = concept_record(concepts, name)
+        questions = questions or record.qa
+        texts = texts or ([record.wikipedia_content] if record.wikipedia_content else [])
+        others = others or record.unrelated_qa[:10] or None
     settings = _settings(candidates, validate, controls, modes, chat, max_new_tokens)
     names = reference_names(reference) if reference else []
     m = load(model, quiet=json_out)
