@@ -333,10 +333,32 @@ def _as_list(out: Decoding | list[Decoding]) -> list[Decoding]:
     return out if isinstance(out, list) else [out]
 
 
+DECODE_BATCH = 256
+"""Vectors projected through the LM head at once: ``[256, vocab]`` float32 scores (50 MB
+for a 49k vocabulary), however many neurons one call decodes."""
+
+
 def _decode_vectors(
     m: Model,
     vectors: torch.Tensor,
     neurons: Iterable[NeuronId | None],
+    matrix: str | None,
+    k: int,
+    fold_norm: bool,
+    probs: bool,
+) -> list[Decoding]:
+    rows = list(neurons)
+    out: list[Decoding] = []
+    for at in range(0, len(rows), DECODE_BATCH):
+        part = slice(at, at + DECODE_BATCH)
+        out += _decode_batch(m, vectors[part], rows[part], matrix, k, fold_norm, probs)
+    return out
+
+
+def _decode_batch(
+    m: Model,
+    vectors: torch.Tensor,
+    neurons: list[NeuronId | None],
     matrix: str | None,
     k: int,
     fold_norm: bool,

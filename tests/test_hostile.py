@@ -702,3 +702,97 @@ def test_unlearn_data_field_caps(name, body, tmp_path):
     (tmp_path / name).write_text(body)
     with pytest.raises(UnlearningError, match="allowed; shorten|nested too deeply"):
         read_pairs(tmp_path / name)
+
+
+# ------------------------------------------------------------------ 4. kill during save
+UNLEARN_FAST = dict(max_length=48, max_new_tokens=6, batch_size=2, evaluate=False, progress=False)
+
+
+def test_resume_skips_a_half_written_checkpoint(tmp_path):
+    from conceptvec.unlearning.train import COMPLETE_FILE, last_checkpoint
+
+    for step, complete in ((2, True), (4, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"")
+        if complete:
+            (folder / COMPLETE_FILE).write_text("{}")
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    (tmp_path / "checkpoint-2" / COMPLETE_FILE).unlink()
+    assert last_checkpoint(tmp_path) is None
+
+
+def test_checkpoints_marked_complete_and_leftovers_removed(tiny_dir, tmp_path):
+    from conceptvec.unlearning import unlearn
+    from conceptvec.unlearning.output import WRITING_MARK
+    from conceptvec.unlearning.train import COMPLETE_FILE
+
+    ours = tmp_path / ".fin.writing-dead1"  # a run killed while writing its output
+    ours.mkdir()
+    (ours / WRITING_MARK).write_text(json.dumps({"written_by": "conceptvec unlearn"}))
+    theirs = tmp_path / ".fin.writing-user"
+    theirs.mkdir()
+    kw = dict(concepts=SAMPLE, steps=2, lr=1e-3, save_every=1, keep_checkpoints=True)
+    unlearn(tiny_dir("llama"), "Ancient Rome", "ga", out=tmp_path / "fin", **kw, **UNLEARN_FAST)
+    assert not ours.exists() and theirs.is_dir()
+    work = tmp_path / ".fin.run"
+    assert all((p / COMPLETE_FILE).is_file() for p in work.glob("checkpoint-*"))
+    assert not (tmp_path / "fin" / WRITING_MARK).exists()
+
+
+def test_nan_stop_without_checkpoint_does_not_block_retry(tiny_dir, tmp_path):
+    from conceptvec.unlearning import unlearn
+    from conceptvec.unlearning.methods import UnlearningError
+
+    kw = dict(concepts=SAMPLE, steps=4, save_every=0, out=tmp_path / "u", **UNLEARN_FAST)
+    with pytest.raises(UnlearningError, match="loss became"):
+        unlearn(tiny_dir("llama"), "Ancient Rome", "ga", lr=1e30, **kw)
+    assert not (tmp_path / ".u.run").exists()
+    unlearn(tiny_dir("llama"), "Ancient Rome", "ga", lr=1e-3, **{**kw, "steps": 1})
+
+
+def _edit_weights(folder: Path, edit) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(folder / "model.safetensors")
+    edit(weights)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    return folder
+
+
+def test_ten_thousand_neurons_decoded_in_batches(tiny_dir, monkeypatch):
+    from conceptvec import decoding
+
+    seen: list[int] = []
+    project = decoding.project
+
+    def spy(m, vectors, fold_norm):
+        seen.append(len(vectors))
+        return project(m, vectors, fold_norm)
+
+    monkeypatch.setattr(decoding, "project", spy)
+    model = conceptvec.load(tiny_dir("llama"))
+    ids = [f"L{i % 3}.{i % 64}" for i in range(10_000)]
+    out = decoding.decode(model, ids, k=2)
+    assert len(out) == 10_000 and max(seen) <= decoding.DECODE_BATCH
+
+
+# ---------------------------------------------------------------- 7. non-finite numbers
+def _strict_json(text: str):
+    def refuse(name):
+        raise AssertionError(f"bare {name} in --json output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_json_output_has_no_bare_nan(bad, tiny_dir, tmp_path, monkeypatch, capsys):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+
+    def poison(w):
+        w["model.layers.1.mlp.down_proj.weight"][:, 3] = bad
+
+    _edit_weights(folder, poison)
+    code, out, err = run_cli(["neuron", str(folder), "L1.3", "--json"], monkeypatch, capsys)
+    assert code == 0, err
+    _strict_json(out)

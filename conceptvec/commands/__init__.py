@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -24,7 +25,23 @@ def print_json(data: Any) -> None:
         config = command_config()
         if config is not None:
             data = {**data, "config": config}
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+    text = json.dumps(finite(data), ensure_ascii=False, indent=2, default=str, allow_nan=False)
+    sys.stdout.write(text + "\n")
+
+
+def finite(data: Any) -> Any:
+    """Return ``data`` with every NaN or infinite float (also numpy or 0-d torch scalars)
+    replaced by ``None``: the one JSON rule of every ``--json`` output, so none prints a
+    bare ``NaN``/``Infinity`` that strict JSON readers refuse."""
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    if getattr(data, "ndim", None) == 0 and hasattr(data, "item"):  # numpy or torch scalar
+        data = data.item()
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    return data
 
 
 def command_config() -> dict[str, Any] | None:

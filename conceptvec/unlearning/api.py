@@ -390,6 +390,8 @@ def _train(
         trainer.train(resume_from_checkpoint=resumed)
     except NonFiniteLoss as e:
         good = last_checkpoint(work)
+        if good is None and main:
+            remove_work(work)  # nothing to resume: an empty work folder would block a retry
         kept = (
             f"the last good checkpoint is {good}"
             if good

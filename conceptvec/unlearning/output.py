@@ -8,6 +8,7 @@ complete. ``unlearning.json`` is the last file written inside it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ from conceptvec.files import follow_umask, lists_every_file, swap_folder
 
 WORK_MARK = "conceptvec-unlearn-run.json"
 """The mark inside the hidden ``.<out>.run/`` folder of resumable checkpoints."""
+WRITING_MARK = "conceptvec-unlearn-writing.json"
+"""The mark inside a ``.<out>.writing-*`` folder while the output is written into it."""
 
 
 def _read_json(path: Path) -> Any:
@@ -68,9 +71,12 @@ def write_atomically(out: Path, write: Callable[[Path], None], overwrite: bool) 
     """Run ``write(tmp)`` in a temporary folder beside ``out``, then rename it to ``out``
     (replacing only what :func:`check_out` allows, checked again just before the rename)."""
     check_out(out, overwrite)
+    remove_leftovers(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
     try:
+        mark_work(tmp, WRITING_MARK)  # so a run killed while writing can tell it is ours
         write(tmp)
+        (tmp / WRITING_MARK).unlink()
         follow_umask(tmp)  # as the atlas folders: not mkdtemp's drwx------
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -122,9 +128,20 @@ def claim_work(work: Path, *, resume: bool, overwrite: bool) -> None:
     mark_work(work)
 
 
-def mark_work(work: Path) -> None:
-    """Write our mark into ``work``, a folder we have just created."""
-    (work / WORK_MARK).write_text(json.dumps({"written_by": WRITER, "schema": SCHEMA}) + "\n")
+def mark_work(work: Path, name: str = WORK_MARK) -> None:
+    """Write our mark ``name`` into ``work``, a folder we have just created."""
+    (work / name).write_text(json.dumps({"written_by": WRITER, "schema": SCHEMA}) + "\n")
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Delete the ``.<out>.writing-*`` folders a killed run left beside ``out``: only those
+    that carry our :data:`WRITING_MARK` (a folder of that name without it is not ours)."""
+    removed = []
+    for tmp in out.parent.glob(f".{glob.escape(out.name)}.writing-*"):
+        if _is_work(tmp, WRITING_MARK):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
 
 
 def remove_work(work: Path) -> None:
@@ -133,8 +150,8 @@ def remove_work(work: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _is_work(work: Path) -> bool:
-    mark = _read_json(work / WORK_MARK)
+def _is_work(work: Path, name: str = WORK_MARK) -> bool:
+    mark = _read_json(work / name)
     return (
         work.is_dir()
         and not work.is_symlink()
@@ -157,7 +174,7 @@ def save_model(
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     record["written_by"] = WRITER
-    record["files"] = sorted({p.name for p in folder.iterdir()} | {RECORD_FILE})
+    record["files"] = sorted({p.name for p in folder.iterdir()} - {WRITING_MARK} | {RECORD_FILE})
     write_record(folder, record)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sized
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from .methods import Context
 
 HISTORY_FILE = "conceptvec_losses.json"
 """The loss history inside each Trainer checkpoint folder."""
+COMPLETE_FILE = "conceptvec-complete.json"
+"""Written last into a checkpoint folder: only a folder holding it is resumed from."""
 
 
 class NonFiniteLoss(RuntimeError):
@@ -125,6 +128,7 @@ class Progress(TrainerCallback):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 (folder / HISTORY_FILE).write_text(json.dumps(self.history))
+                mark_complete(folder)
 
     def on_train_end(self, args, state, control, **kwargs):  # noqa: ARG002
         if self.bar is not None:
@@ -179,10 +183,23 @@ def arguments(
     )
 
 
-def last_checkpoint(work_dir: Path) -> str | None:
-    """Return the newest ``checkpoint-N`` folder in ``work_dir``, or None."""
-    from transformers.trainer_utils import get_last_checkpoint
+def mark_complete(folder: Path) -> None:
+    """Write :data:`COMPLETE_FILE` into a checkpoint folder, synced, after everything else:
+    a run killed while saving leaves a folder without it, which is never resumed from."""
+    with open(folder / COMPLETE_FILE, "w") as f:
+        f.write(json.dumps({"written_by": "conceptvec unlearn"}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
+
+def last_checkpoint(work_dir: Path) -> str | None:
+    """Return the newest complete ``checkpoint-N`` folder in ``work_dir`` (one that holds
+    :data:`COMPLETE_FILE`), or None."""
     if not work_dir.is_dir():
         return None
-    return get_last_checkpoint(str(work_dir))
+    steps = {
+        int(p.name.removeprefix("checkpoint-")): p
+        for p in work_dir.glob("checkpoint-*")
+        if p.name.removeprefix("checkpoint-").isdigit() and (p / COMPLETE_FILE).is_file()
+    }
+    return str(steps[max(steps)]) if steps else None
