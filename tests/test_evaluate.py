@@ -4,6 +4,7 @@ percentiles, side-aware Jaccard, labels, recovery attacks, reports and bad input
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -363,3 +364,11 @@ def test_cli(tiny, zeroed, tmp_path, monkeypatch, capsys):
         monkeypatch, capsys,
     )  # fmt: skip
     assert code == 2 and err.startswith("error:") and err.count("\n") == 1
+
+
+def test_the_same_checkpoint_given_twice_is_measured_once(tiny, zeroed):
+    recs = _records({"Ancient Rome": (2, 7)})
+    again = os.path.relpath(zeroed)  # the same folder by another path
+    r = intrinsic(tiny, [zeroed, again, str(zeroed) + "/"], recs, qa=False,
+                  trace_activations=False)  # fmt: skip
+    assert len(r.runs) == 1

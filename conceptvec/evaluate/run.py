@@ -23,6 +23,7 @@ uses the questions held out of training, for the concept it unlearned.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 from collections.abc import Mapping
@@ -44,6 +45,26 @@ from .metrics import METRICS, MetricInput, compute
 from .report import ConceptEval, EvalReport, RunEval
 from .trace import NOT_MEASURED, concept_text, label, layer_activations, trace
 from .weights import check_pair, compare_weights
+
+logger = logging.getLogger(__name__)
+
+
+def _once(sources: list[Any]) -> list[Any]:
+    """Return ``sources`` with each checkpoint once (the same folder by any path, the same
+    hub id or object), in order: a checkpoint given twice is measured once."""
+    seen: set[Any] = set()
+    out = []
+    for s in sources:
+        if isinstance(s, (str, os.PathLike)):
+            key: Any = os.path.realpath(s) if os.path.exists(s) else os.fspath(s)
+        else:
+            key = id(s)
+        if key in seen:
+            logger.info("%s is given twice; it is measured once", s)
+            continue
+        seen.add(key)
+        out.append(s)
+    return out
 
 
 def _open(source: Any, what: str) -> Model:
@@ -139,7 +160,7 @@ def intrinsic(
         raise EvaluationError("attacks are measured on the forget QA; drop qa=False / --no-qa")
     if cfg.controls < 0 or cfg.max_new_tokens < 1 or cfg.relearn_steps < 0:
         raise EvaluationError("controls, max_new_tokens and relearn steps must be >= 0 / 1 / 0")
-    sources = list(unlearned) if isinstance(unlearned, (list, tuple)) else [unlearned]
+    sources = _once(list(unlearned) if isinstance(unlearned, (list, tuple)) else [unlearned])
     if not sources:
         raise EvaluationError("no unlearned checkpoint given; pass at least one")
     items = eval_concepts(concepts, probes, cfg.names)
