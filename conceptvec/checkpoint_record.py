@@ -34,7 +34,7 @@ class UnlearningRecord:
     schema: int = SCHEMA
     method: str = ""
     paper: str = ""
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, object] = field(default_factory=dict)
     """The method's hyperparameters as the run used them (defaults filled in)."""
     lr: float | None = None
     optimizer: str = ""
@@ -47,36 +47,36 @@ class UnlearningRecord:
     seed: int = 0
     scope: str = ""
     """Which parameters trained: ``full``, ``down:A-B``, ``vector``, ..."""
-    concept: dict[str, Any] = field(default_factory=dict)
+    concept: dict[str, object] = field(default_factory=dict)
     """``{"name", "source"}``: the concept unlearned and where its entry came from."""
     neuron: str | None = None
     """The concept vector (``L29.1518``) when the method or scope used one."""
-    base_model: dict[str, Any] = field(default_factory=dict)
+    base_model: dict[str, object] = field(default_factory=dict)
     """``{"name", "location", "fingerprint"}`` of the model before unlearning."""
     threads: int | None = None
     versions: dict[str, str] = field(default_factory=dict)
     trainable: list[str] = field(default_factory=list)
     trainable_parameters: int | None = None
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, object] = field(default_factory=dict)
     """What was trained on and held out (``heldout_qa``, ``heldout_unrelated_qa``, ...)."""
     steps_done: int = 0
     stopped_early: bool = False
     resumed_from: str | None = None
     final_losses: dict[str, float] = field(default_factory=dict)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, object]] = field(default_factory=list)
     wall_seconds: float = 0.0
     fingerprint: str | None = None
     """Of the weights written (see :func:`conceptvec.unlearning.output.fingerprint`)."""
     dtype: str = ""
-    evaluation: dict[str, Any] | None = None
+    evaluation: dict[str, object] | None = None
     """Held-out forget and unrelated QA before and after, when the run scored them."""
     peak_gpu_bytes: int | None = None
-    config: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, object] = field(default_factory=dict)
     """The run's full settings (``UnlearnConfig.to_dict()``)."""
     written_by: str | None = None
     files: list[str] | None = None
     """Every file of the output folder (what ``--overwrite`` may replace)."""
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
     """Keys this version does not know (written back as they were)."""
 
     @property
@@ -91,9 +91,9 @@ class UnlearningRecord:
         keep = lambda xs: [q for q in xs if isinstance(q, str)] if isinstance(xs, list) else []  # noqa: E731
         return keep(held), keep(unrelated)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the JSON object of ``unlearning.json`` (unset optional keys left out)."""
-        out: dict[str, Any] = {}
+        out: dict[str, object] = {}
         for f in dataclasses.fields(self):
             if f.name == "extra":
                 continue

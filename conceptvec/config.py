@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 C = TypeVar("C", bound="Config")
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     """Return ``value`` as JSON-ready data (paths as strings, tuples as lists)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -56,7 +56,7 @@ class Config:
     error = ConceptvecError
     """The error raised on an unknown setting (a subclass names its own)."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return every field as JSON-ready data (what outputs record as ``config``)."""
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
@@ -246,7 +246,7 @@ class EvalConfig(Config):
     seed: int = dataclasses.field(
         default=0, metadata={"help": "Seed of controls, sampling and relearning."}
     )
-    options: dict[str, Any] = dataclasses.field(
+    options: dict[str, object] = dataclasses.field(
         default_factory=dict,
         metadata={"help": "Settings of registered attacks and metrics, by their name."},
     )
@@ -282,7 +282,9 @@ class FindConfig(Config):
     )
     modes: list[str] = dataclasses.field(
         default_factory=lambda: ["zero", "mean", "noise"],  # concepts.validate.MODES
-        metadata={"help": "Knockout modes: zero, mean (over unrelated text), noise."},
+        metadata={
+            "help": "Knockout modes, comma-separated: zero, mean (over unrelated text), noise."
+        },
     )
     k: int = dataclasses.field(
         default=20, metadata={"help": "Tokens kept per candidate's decoding."}
@@ -294,7 +296,11 @@ class FindConfig(Config):
         default=32, metadata={"help": "Tokens per generated answer."}
     )
     chat: bool | None = dataclasses.field(
-        default=None, metadata={"help": "Chat template for QA (None: when the model has one)."}
+        default=None,
+        metadata={
+            "help": "Ask through the chat template (default: when the model has one) or the "
+            "paper's 'Question: ...\\n Answer:' prompt."
+        },
     )
     thresholds: FindThresholds = dataclasses.field(
         default_factory=_find_thresholds, metadata={"help": "What the verdict requires."}
@@ -306,6 +312,8 @@ class FindConfig(Config):
     def __post_init__(self) -> None:
         if isinstance(self.thresholds, Mapping):
             self.thresholds = _find_thresholds(**self.thresholds)
+        if isinstance(self.modes, str):
+            self.modes = [m.strip() for m in self.modes.split(",") if m.strip()]
         self.modes = list(self.modes)
 
 

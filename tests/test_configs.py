@@ -79,3 +79,18 @@ def test_cli_json_outputs_record_their_config(tiny_dir, tmp_path, monkeypatch, c
     code, out, err = run_cli(args, monkeypatch, capsys)
     assert code == 0, err
     assert json.loads(out)["config"]["command"] == "clamp"
+
+
+def test_concepts_find_cli_builds_a_find_config(tiny_dir, monkeypatch, capsys):
+    args = ["concepts", "find", str(tiny_dir("llama")), "Harry Potter", "--candidates", "2",
+            "--modes", "zero", "--k", "4", "--json"]  # fmt: skip
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    data = json.loads(out)
+    assert (
+        data["settings"]["config"]
+        == FindConfig(candidates=2, validate=2, modes=["zero"], k=4).to_dict()
+    )
+    assert data["config"]["command"] == "concepts find" and data["config"]["modes"] == "zero"
+    code, _, err = run_cli([*args[:-1], "--modes", "zap"], monkeypatch, capsys)
+    assert code == 2 and "unknown knockout mode" in err

@@ -44,7 +44,7 @@ def finite(data: Any) -> Any:
     return data
 
 
-def command_config() -> dict[str, Any] | None:
+def command_config() -> dict[str, object] | None:
     """Return the running CLI command and every option and argument it was given (defaults
     filled in), JSON-ready: what its output records as ``config``. None outside the CLI."""
     ctx = _current_context()
@@ -68,7 +68,7 @@ def _current_context() -> Any:
     return found.get_current_context(silent=True)
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if value is None or isinstance(value, (str, int, float, bool)):

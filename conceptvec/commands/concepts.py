@@ -7,9 +7,13 @@ Both call the functions a notebook calls (:func:`conceptvec.concepts.find_concep
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from conceptvec.config import FindConfig
+
+from .options import config_options, settings_of
 
 MODEL_HELP = "Alias (see `conceptvec aliases`), hub id, local folder or .gguf file."
 
@@ -18,19 +22,20 @@ app = typer.Typer(
     help="Concept vectors: find the neurons that hold a concept, and prove it causally.",
 )
 
-Candidates = Annotated[
-    int, typer.Option("--candidates", min=1, help="Neurons ranked from the weights.")
-]
-Validate = Annotated[
-    int, typer.Option("--validate", min=0, help="Best candidates put through the knockouts.")
-]
-Controls = Annotated[
-    int,
-    typer.Option("--controls", min=0, max=1000, help="Random same-layer controls per knockout."),
-]
-Modes = Annotated[
-    str, typer.Option("--modes", help="Knockout modes, comma-separated: zero,mean,noise.")
-]
+FIND_OPTIONS: dict[str, dict[str, Any]] = {
+    "candidates": {"min": 1},
+    "validate": {"min": 0},
+    "controls": {"min": 0, "max": 1000},
+    "modes": {"type": str, "default": "zero,mean,noise"},
+    "chat": {"show_default": False},
+    "max_new_tokens": {"min": 1, "max": 512},
+    "matrix": {},
+    "k": {"min": 1},
+    "max_text_tokens": {"min": 1},
+    "seed": {},
+}
+"""The finder's settings as options of ``find`` and ``build`` (names, help and defaults
+come from :class:`conceptvec.config.FindConfig`)."""
 Chat = Annotated[
     bool | None,
     typer.Option(
@@ -94,21 +99,16 @@ def _modes(text: str) -> list[str]:
     return modes
 
 
-def _settings(
-    candidates: int, validate: int, controls: int, modes: str, chat: bool | None, max_new: int
-) -> dict:
+def _settings(settings: dict[str, Any]) -> dict[str, Any]:
     """The finder's settings as both commands pass them (modes checked first)."""
-    return dict(
-        candidates=candidates,
-        validate=min(validate, candidates),
-        controls=controls,
-        modes=_modes(modes),
-        chat=chat,
-        max_new_tokens=max_new,
-    )
+    out = settings_of(FindConfig, settings)
+    out["modes"] = _modes(out["modes"])
+    out["validate"] = min(out["validate"], out["candidates"])
+    return out
 
 
 @app.command()
+@config_options(FindConfig, FIND_OPTIONS)
 def find(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     name: Annotated[str, typer.Argument(help='The concept, e.g. "Ancient Rome".')],
@@ -123,12 +123,6 @@ def find(
         str | None,
         typer.Option("--text", help="Text about the concept (paragraphs, or a .json list)."),
     ] = None,
-    candidates: Candidates = 10,
-    validate: Validate = 3,
-    controls: Controls = 10,
-    modes: Modes = "zero,mean,noise",
-    chat: Chat = None,
-    max_new_tokens: MaxNew = 32,
     concepts: Annotated[
         str | None,
         typer.Option(
@@ -148,6 +142,7 @@ def find(
         ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    **find_settings: Any,
 ) -> None:
     """Find the neurons that hold a concept: weights, activations, knockouts, verdicts."""
     from conceptvec.activations.texts import read_texts
@@ -163,7 +158,7 @@ def find(
         questions = questions or record.qa
         texts = texts or ([record.wikipedia_content] if record.wikipedia_content else [])
         others = others or record.unrelated_qa[:10] or None
-    settings = _settings(candidates, validate, controls, modes, chat, max_new_tokens)
+    settings = _settings(find_settings)
     names = reference_names(reference) if reference else []
     m = load(model, quiet=json_out)
     result = find_concept(
@@ -183,6 +178,7 @@ def find(
 
 
 @app.command()
+@config_options(FindConfig, FIND_OPTIONS)
 def build(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     source: Annotated[
@@ -206,17 +202,12 @@ def build(
     unrelated: Annotated[
         int, typer.Option("--unrelated", min=1, help="Unrelated questions used per concept.")
     ] = 10,
-    candidates: Candidates = 10,
-    validate: Validate = 3,
-    controls: Controls = 10,
-    modes: Modes = "zero,mean,noise",
-    chat: Chat = None,
-    max_new_tokens: MaxNew = 32,
+    **find_settings: Any,
 ) -> None:
     """Map each concept of a ConceptVectors file to this model's best validated vector."""
     from conceptvec.concepts.build import build_concepts
 
-    settings = _settings(candidates, validate, controls, modes, chat, max_new_tokens)
+    settings = _settings(find_settings)
     results = build_concepts(
         model,
         source,

@@ -93,6 +93,8 @@ class AttackInput:
 
 
 Check = Callable[[EvalConcept, tuple[Any, Any], EvalConfig], None]
+AttackFn = Callable[[AttackInput], Recovery | list[Recovery]]
+"""An attack: one input, one result or a list of them."""
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,10 @@ class Attack:
     """A registered attack."""
 
     name: str
-    run: Callable[[AttackInput], Recovery | list[Recovery]]
+    run: AttackFn
     check: Check | None = None
     """Raises :class:`EvaluationError` before any work when a concept cannot be attacked."""
-    settings: Callable[[EvalConfig], dict[str, Any]] | None = None
+    settings: Callable[[EvalConfig], dict[str, object]] | None = None
     """What the report's settings record of this attack."""
 
 
@@ -115,12 +117,12 @@ def register_attack(
     name: str,
     *,
     check: Check | None = None,
-    settings: Callable[[EvalConfig], dict[str, Any]] | None = None,
+    settings: Callable[[EvalConfig], dict[str, object]] | None = None,
     replace: bool = False,
-) -> Callable[[Callable[[AttackInput], Any]], Callable[[AttackInput], Any]]:
+) -> Callable[[AttackFn], AttackFn]:
     """Register the decorated function as the attack ``name`` and return it unchanged."""
 
-    def wrap(fn: Callable[[AttackInput], Any]) -> Callable[[AttackInput], Any]:
+    def wrap(fn: AttackFn) -> AttackFn:
         ATTACKS.add(name, Attack(name, fn, check, settings), replace=replace)
         return fn
 
