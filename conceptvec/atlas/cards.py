@@ -1,9 +1,10 @@
 """One card, two views: what a neuron writes (its decoded tokens) beside what it fires on
 (its exemplars over a corpus), read from an atlas folder's activation part.
 
->>> card = Atlas("atlas-smollm2-135m").neuron("L29.1518")   # doctest: +SKIP
->>> card.activity.bottom[0].snippet()                        # doctest: +SKIP
-'…the city of[ Rome]…'
+For example, in a notebook (an atlas mapped with ``--corpus``)::
+
+    card = Atlas("atlas-smollm2-135m").neuron("L29.1518")
+    card.activity.bottom[0].snippet()   # the firing token in brackets, with its context
 """
 
 from __future__ import annotations
