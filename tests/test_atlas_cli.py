@@ -206,3 +206,17 @@ def test_missing_layer_suggests_layers_flag(small_atlas, tiny_dir, tmp_path):
     build_atlas(tiny_dir("llama"), tmp_path / "down", k=3, matrices="down", progress=False)
     with pytest.raises(AtlasError, match=r"map --matrices up`"):
         Atlas(tmp_path / "down").neuron("L2.0", "up")
+
+
+def test_map_on_a_finished_atlas_leaves_its_exports_alone(
+    small_atlas, tiny_dir, monkeypatch, capsys
+):
+    args = ["map", str(tiny_dir("llama")), "-o", str(small_atlas), "-k", "5", "--layers", "0-1"]
+    code, stdout, err = run_cli([*args, "--export", "parquet"], monkeypatch, capsys)
+    assert code == 0 and "export:" in stdout, err
+    parquet = small_atlas / "atlas.parquet"
+    before = parquet.stat().st_mtime_ns
+    code, stdout, err = run_cli([*args, "--export", "parquet"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "0 shards written" in stdout and "nothing to project" in stdout
+    assert "export:" not in stdout and parquet.stat().st_mtime_ns == before  # not rewritten

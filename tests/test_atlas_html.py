@@ -84,7 +84,7 @@ def _read_script(path: Path) -> tuple[str, object]:
 
 def _expected_hits(atlas: Atlas, query: str, depth: int = DEPTH) -> list[tuple[str, str, int, int]]:
     hits = atlas.search(query, max_rank=depth, top=None)
-    return [(str(h.neuron), h.matrix, h.rank, h.matches) for h in hits]
+    return [(str(h.neuron), h.matrix, h.rank - 1, h.matches) for h in hits]  # postings: from 0
 
 
 # --------------------------------------------------------------------------- the files
@@ -150,7 +150,7 @@ def test_search_buckets_equal_atlas_search(atlas, site):
             layer, matrix = divmod(code // d_mlp, len(order))
             got.append((f"L{layer}.{code % d_mlp}", order[matrix], rank, matches, score))
         assert [g[:4] for g in got] == [
-            (str(h.neuron), h.matrix, h.rank, h.matches) for h in expected
+            (str(h.neuron), h.matrix, h.rank - 1, h.matches) for h in expected
         ]
         for g, h in zip(got, expected):
             assert abs(g[4] * 10.0**-decimals - h.score) <= 10.0**-decimals

@@ -45,7 +45,7 @@ def test_smollm2_atlas_agrees_with_decode(smol, smol_atlas):
 
 def test_smollm2_atlas_search_finds_the_dog_neuron(smol_atlas):
     hits = smol_atlas.search("dog", matrix="down")
-    assert (str(hits[0].neuron), hits[0].rank) == ("L29.808", 0)
+    assert (str(hits[0].neuron), hits[0].rank) == ("L29.808", 1)
     assert str(smol_atlas.search("light")[0].neuron) == "L29.883"
 
 

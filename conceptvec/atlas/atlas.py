@@ -36,8 +36,8 @@ class AtlasHit(Result):
     neuron: NeuronId
     matrix: str
     rank: int
-    """Position of the best matching token in the neuron's list (0 = its top token;
-    :meth:`to_dict` and the printed table count from 1, as the weight search does)."""
+    """Place of the best matching token in the neuron's list, counted from 1 (1 = its top
+    token), as the CLI, :meth:`to_dict` and the weight search count."""
     token: str
     score: float
     matches: int = 1
@@ -45,7 +45,7 @@ class AtlasHit(Result):
 
     def __str__(self) -> str:
         return (
-            f"{self.neuron} {self.matrix}: {show(self.token)} at rank {self.rank + 1} "
+            f"{self.neuron} {self.matrix}: {show(self.token)} at rank {self.rank} "
             f"(score {self.score:.3f}, {self.matches} matching)"
         )
 
@@ -54,7 +54,7 @@ class AtlasHit(Result):
         return {
             "neuron": str(self.neuron),
             "matrix": self.matrix,
-            "rank": self.rank + 1,
+            "rank": self.rank,
             "token": self.token,
             "score": self.score,
             "matches": self.matches,
@@ -314,7 +314,12 @@ class Atlas:
                 tok = int(ids_k[r, f])
                 hits.append(
                     AtlasHit(
-                        NeuronId(layer, r, expert), m, f, self.vocab[tok], float(vals_k[r, f]), c
+                        NeuronId(layer, r, expert),
+                        m,
+                        f + 1,
+                        self.vocab[tok],
+                        float(vals_k[r, f]),
+                        c,
                     )
                 )
         sign = 1.0 if bottom else -1.0
@@ -328,7 +333,7 @@ class Atlas:
         for h in hits:
             tops = self._decoding(h.neuron, h.matrix).top_tokens[:5]
             lines.append(
-                f"{str(h.neuron):<10} {h.matrix:<6} {h.rank + 1:>4} {show(h.token):<16} "
+                f"{str(h.neuron):<10} {h.matrix:<6} {h.rank:>4} {show(h.token):<16} "
                 f"{h.score:>8.3f}  {' '.join(show(t) for t in tops)}"
             )
         return "\n".join(lines)

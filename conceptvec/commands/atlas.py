@@ -28,6 +28,20 @@ def _formats(text: str) -> list[str]:
     return formats
 
 
+EXPORT_PATHS = {"parquet": "atlas.parquet", "neuronpedia": "neuronpedia", "html": "html"}
+"""Where each export goes inside the atlas folder (``map`` leaves an existing one alone when
+it wrote no shard)."""
+
+
+def _precision(report: Any) -> str:
+    """What the projection ran in: the two-pass bf16 path or the compute dtype."""
+    if not report.shards_written:
+        return "nothing to project"
+    if report.precision == "two-pass":
+        return "two-pass bf16 with float32 proof"
+    return report.dtype
+
+
 def _auto_export(text: str) -> str:
     """Return ``text``, with ``auto`` made ``parquet`` when pyarrow is installed, else ``none``."""
     if text.strip() != "auto":
@@ -206,6 +220,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(130) from None
         if not is_main_process():
             return
+        if not report.shards_written and not report.shards_remade:  # nothing new to export
+            formats = [f for f in formats if not (target / EXPORT_PATHS[f]).exists()]
         exported = [str(p) for p in run_exports(target, formats)] if report.complete else []
         if json_out:
             from conceptvec.commands import print_json
@@ -216,7 +232,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(
             f"atlas: {target}  ({len(report.shards_written)} shards written, "
             f"{len(report.shards_reused)} reused; {s['total']:.1f} s, of which projecting "
-            f"{s['project']:.1f} s on {report.device} in {report.dtype})"
+            f"{s['project']:.1f} s on {report.device} in {_precision(report)})"
         )
         if report.precision == "two-pass":
             tp = report.two_pass
