@@ -130,6 +130,7 @@ def test_vector_scope_and_needle_change_one_column(method, tiny, entries):
     keep[5] = False
     assert torch.equal(base[key][:, keep], after[key][:, keep])
     assert not torch.equal(base[key][:, 5], after[key][:, 5])
+    assert r.record["trainable_parameters"] == base[key].shape[0]  # one column, not the matrix
 
 
 @pytest.mark.parametrize("mode", ["zero", "reverse"])

@@ -48,7 +48,7 @@ from .output import (
     work_dir,
     write_atomically,
 )
-from .scope import Scope, apply_scope, column_weight, parse_scope
+from .scope import Scope, apply_scope, column_weight, parse_scope, trainable_values
 
 DEFAULT_THREADS = 1
 """Torch threads for training when ``threads`` is not given: on this project's loaded
@@ -338,7 +338,7 @@ def _train(
     spec = base.spec
     names = apply_scope(hf, sc, spec)
     record["trainable"] = names if len(names) <= 12 else names[:6] + ["…"] + names[-6:]
-    record["trainable_parameters"] = sum(p.numel() for p in hf.parameters() if p.requires_grad)
+    record["trainable_parameters"] = trainable_values(hf, sc, spec)
     ref = None
     if loss_method.reference or m.name == "rmu":
         ref = copy.deepcopy(hf).eval()

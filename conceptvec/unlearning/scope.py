@@ -120,6 +120,15 @@ def apply_scope(model: Any, scope: Scope, spec: Any) -> list[str]:
     return names
 
 
+def trainable_values(model: Any, scope: Scope, spec: Any) -> int:
+    """Return how many weight values training may change: every value of the unfrozen
+    parameters, but only the neuron's column (``d_model`` values) under the ``vector`` scope,
+    whose gradient mask freezes the rest of its matrix."""
+    if scope.neuron is not None:
+        return int(column_weight(model, spec, scope.neuron).shape[0])
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def column_weight(model: Any, spec: Any, neuron: NeuronId) -> torch.Tensor:
     """Return the down_proj weight ``[d_model, d_mlp]`` holding ``neuron``'s column."""
     module = model
