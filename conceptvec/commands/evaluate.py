@@ -59,7 +59,7 @@ def evaluate(
         str | None,
         typer.Option(
             "--attacks",
-            help="Comma list of registered attacks: recovery, quant4, relearn, or a plugin's "
+            help="Comma list of registered attacks: recovery, patch, quant4, relearn, or a plugin's "
             "('' for none; default: recovery, none with --no-qa).",
         ),
     ] = None,

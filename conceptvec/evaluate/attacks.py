@@ -143,6 +143,10 @@ def run_attack(name: str, inp: AttackInput) -> list[Recovery]:
 
 
 # ------------------------------------------------------------------------------ built-ins
+PATCH_CONTROLS = 10
+"""The fewest random same-layer controls the ``patch`` attack compares with."""
+
+
 @register_attack("recovery")
 def _recovery(inp: AttackInput) -> list[Recovery]:
     """Clamp the vector to its base activation, zero it, put its base vector back; against
@@ -156,6 +160,29 @@ def _recovery(inp: AttackInput) -> list[Recovery]:
         controls=inp.config.controls,
         seed=inp.config.seed,
         max_new_tokens=inp.config.max_new_tokens,
+    )
+
+
+@register_attack(
+    "patch",
+    settings=lambda c: {
+        "controls": max(PATCH_CONTROLS, c.controls),
+        "layers": c.options.get("patch", {}).get("layers", "all"),
+    },
+)
+def _patch(inp: AttackInput) -> Recovery:
+    """Patch the base's activations in, per position: the vector against same-layer controls,
+    and per layer the whole MLP and the residual stream (:mod:`.patching`)."""
+    from .patching import patch_recovery
+
+    return patch_recovery(
+        inp.base,
+        inp.unlearned,
+        inp.concept.neuron,
+        inp.probes,
+        controls=max(PATCH_CONTROLS, inp.config.controls),
+        seed=inp.config.seed,
+        layers=inp.config.options.get("patch", {}).get("layers"),
     )
 
 

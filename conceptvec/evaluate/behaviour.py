@@ -109,6 +109,9 @@ class Recovery:
     floor: float = LOST_FLOOR
     """The least forget-QA loss (nats/token) for which ``recovered`` is given: twice the
     controls' spread, at least :data:`LOST_FLOOR` (see :func:`noise_floor`)."""
+    profile: dict[str, Any] | None = None
+    """``patch``: the depth profile, per layer the share recovered by patching the whole
+    MLP activation (``mlp``) or the residual stream after the layer (``resid``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""

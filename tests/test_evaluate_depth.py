@@ -1,0 +1,87 @@
+"""The ``patch`` attack and the depth profile on tiny random Llamas: the base's activations
+patched back per position recover what a disconnected vector lost, and the profile says
+at which layer the path to the answer was cut."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conceptvec.evaluate import intrinsic
+
+from .test_evaluate import _records, _variant
+
+UP = "model.layers.{}.mlp.up_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return tiny_dir("llama")
+
+
+@pytest.fixture(scope="module")
+def disconnected(tiny, tmp_path_factory):
+    """L1.7 fires 400 times as hard (its up row scaled): its down column is untouched."""
+
+    def edit(sd):
+        sd[UP.format(1)][7] *= 400
+
+    return _variant(tiny, tmp_path_factory.mktemp("depth") / "disconnected", edit)
+
+
+def test_patch_recovers_a_disconnected_vector_and_profiles_depth(tiny, disconnected):
+    r = intrinsic(
+        tiny, disconnected, _records({"Ancient Rome": (1, 7)}), attacks=("patch",),
+        controls=2, max_questions=3, max_new_tokens=4,
+    )  # fmt: skip
+    c = r.runs[0].concepts[0]
+    assert c.drop("forget") > 0.05
+    p = next(x for x in c.recovery if x.attack == "patch")
+    assert p.recovered == pytest.approx(1.0, abs=1e-4)
+    assert len(p.control_recovered) == 10  # at least 10 controls, whatever --controls says
+    assert p.percentile == 100.0 and max(p.control_recovered) < 0.5
+    prof = p.profile
+    assert prof is not None and prof["layers"] == [0, 1, 2]
+    # below the cut nothing comes back; from the cut's layer on, everything does
+    assert prof["mlp"][0] == pytest.approx(0.0, abs=1e-4)
+    assert prof["resid"][0] == pytest.approx(0.0, abs=1e-4)
+    assert prof["mlp"][1] == pytest.approx(1.0, abs=1e-4)
+    assert prof["resid"][1] == pytest.approx(1.0, abs=1e-4)
+    assert prof["resid"][2] == pytest.approx(1.0, abs=1e-4)
+    d = r.to_dict()
+    json.dumps(d, allow_nan=False)
+    assert d["runs"][0]["concepts"][0]["recovery"][0]["profile"]["layers"] == [0, 1, 2]
+    assert d["settings"]["patch"] == {"controls": 10, "layers": "all"}
+
+
+def test_patch_on_an_untouched_model_claims_nothing(tiny):
+    r = intrinsic(
+        tiny, tiny, _records({"Ancient Rome": (1, 7)}), attacks=("patch",),
+        controls=2, max_questions=2, max_new_tokens=2, options={"patch": {"layers": [2]}},
+    )  # fmt: skip
+    p = r.runs[0].concepts[0].recovery[0]
+    assert p.recovered is None and p.percentile is None
+    assert "unchanged by unlearning" in p.detail
+    assert p.profile is not None and p.profile["layers"] == [2]
+    assert p.profile["resid"] == [None]
+
+
+def test_patch_batches_one_pass_per_variant(tiny, disconnected, monkeypatch):
+    import conceptvec.evaluate.patching as patching
+
+    calls = []
+    real = patching.score_many
+
+    def counting(target, ids, spans, variants):
+        calls.append((ids.shape[0], len(variants)))
+        return real(target, ids, spans, variants)
+
+    monkeypatch.setattr(patching, "score_many", counting)
+    intrinsic(
+        tiny, disconnected, _records({"Ancient Rome": (1, 7)}), attacks=("patch",),
+        max_questions=3, max_new_tokens=2, qa=True, trace_activations=False,
+    )  # fmt: skip
+    # the base once, then every variant (plain, vector, 10 controls, 3 MLP, 3 residual)
+    # in one call over all 3 forget sequences
+    assert calls == [(3, 1), (3, 1 + 1 + 10 + 3 + 3)]
