@@ -85,3 +85,14 @@ def test_patch_batches_one_pass_per_variant(tiny, disconnected, monkeypatch):
     # the base once, then every variant (plain, vector, 10 controls, 3 MLP, 3 residual)
     # in one call over all 3 forget sequences
     assert calls == [(3, 1), (3, 1 + 1 + 10 + 3 + 3)]
+
+
+def test_patch_layers_out_of_range_is_one_line(tiny, disconnected):
+    from conceptvec.errors import EvaluationError
+
+    with pytest.raises(EvaluationError, match="are not layers of"):
+        intrinsic(
+            tiny, disconnected, _records({"Ancient Rome": (1, 7)}), attacks=("patch",),
+            max_questions=1, max_new_tokens=1, trace_activations=False,
+            options={"patch": {"layers": [5]}},
+        )  # fmt: skip

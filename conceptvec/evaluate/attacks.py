@@ -147,6 +147,19 @@ PATCH_CONTROLS = 10
 """The fewest random same-layer controls the ``patch`` attack compares with."""
 
 
+def _patch_layers(config: EvalConfig) -> list[int] | None:
+    """The layers of the ``patch`` depth profile (``options["patch"]["layers"]``; None: all)."""
+    opts = config.options.get("patch")
+    layers = opts.get("layers") if isinstance(opts, dict) else None
+    if layers is None:
+        return None
+    if not isinstance(layers, list) or not all(isinstance(x, int) for x in layers):
+        raise EvaluationError(
+            f"options patch.layers must be a list of layer numbers, not {layers!r}"
+        )
+    return layers
+
+
 @register_attack("recovery")
 def _recovery(inp: AttackInput) -> list[Recovery]:
     """Clamp the vector to its base activation, zero it, put its base vector back; against
@@ -167,7 +180,7 @@ def _recovery(inp: AttackInput) -> list[Recovery]:
     "patch",
     settings=lambda c: {
         "controls": max(PATCH_CONTROLS, c.controls),
-        "layers": c.options.get("patch", {}).get("layers", "all"),
+        "layers": _patch_layers(c) or "all",
     },
 )
 def _patch(inp: AttackInput) -> Recovery:
@@ -182,7 +195,7 @@ def _patch(inp: AttackInput) -> Recovery:
         inp.probes,
         controls=max(PATCH_CONTROLS, inp.config.controls),
         seed=inp.config.seed,
-        layers=inp.config.options.get("patch", {}).get("layers"),
+        layers=_patch_layers(inp.config),
     )
 
 

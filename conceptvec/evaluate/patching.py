@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from conceptvec.errors import EvaluationError
 from conceptvec.interventions.controls import percentile, random_controls
 from conceptvec.interventions.edit_specs import (
     NeuronEdit,
@@ -99,6 +100,11 @@ def patch_recovery(
     (module doc). ``layers`` limits the profile (default: every layer)."""
     n_layers = base.model.dims.n_layers
     layers = list(range(n_layers)) if layers is None else sorted(set(layers))
+    if not layers or layers[0] < 0 or layers[-1] >= n_layers:
+        raise EvaluationError(
+            f"patch profile layers {layers} are not layers of {base.model.name} "
+            f"(0..{n_layers - 1}); name some of those"
+        )
     ids, spans = forget_batch(base, probes)
     width = ids.shape[1]
     wanted = sorted({*layers, neuron.layer})
