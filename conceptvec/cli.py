@@ -168,6 +168,15 @@ def _show_library_log() -> tuple[logging.Logger, logging.Handler, int]:
     return logger, handler, level
 
 
+def _click_class(name: str) -> type[Exception]:
+    """Return click's exception class ``name`` (typer re-exports click, or vendors it)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
+_USAGE_ERROR = _click_class("UsageError")
+_CLICK_ERROR = _click_class("ClickException")
+
+
 def _end_progress_bars() -> None:
     """Close every live tqdm bar (it clears or ends its line), so an error that stopped a
     loop is printed on a line of its own, not after the bar's text."""
@@ -190,11 +199,24 @@ def main() -> None:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line
-            app()  # click's standalone mode handles usage errors (exit 2) and Ctrl-C (exit 1)
+            code = app(standalone_mode=False)  # usage errors come here, not to a rich box
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except ConceptvecError as e:
         _end_progress_bars()
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except _CLICK_ERROR as e:  # a bad option or argument: one line, exit 2
+        _end_progress_bars()
+        text = " ".join(e.format_message().split()).rstrip(".")
+        usage = isinstance(e, _USAGE_ERROR)
+        where = e.ctx.command_path if usage and getattr(e, "ctx", None) else "conceptvec"
+        typer.echo(f"error: {text}; see '{where} --help'", err=True)
+        sys.exit(2 if usage else e.exit_code)
+    except typer.Abort:  # Ctrl-C
+        _end_progress_bars()
+        typer.echo("Aborted.", err=True)
+        sys.exit(1)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

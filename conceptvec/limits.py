@@ -20,6 +20,9 @@ LIST_ITEMS = 10_000
 """The most items in one list of questions or texts."""
 RECORDS = 100_000
 """The most concept records in one file."""
+DIGITS = 18
+"""The most digits of a whole number read from text (a layer, an index, a step count):
+Python refuses to convert more than 4,300, with a traceback; no real value needs 19."""
 
 
 def check_text(value: Any, error: type[ConceptvecError], what: str, limit: int = TEXT_CHARS) -> Any:

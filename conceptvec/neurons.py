@@ -28,6 +28,18 @@ _EXPERT_PATTERNS = (  # layer, expert, index
 )
 
 
+def _whole(digits: str, text: str) -> int:
+    """Return ``digits`` as an int, refusing more than :data:`limits.DIGITS` of them."""
+    from .limits import DIGITS
+
+    if len(digits) > DIGITS:
+        raise BadNeuronIdError(
+            f"neuron id {text[:40]!r}... has a number of {len(digits):,} digits; "
+            f"layers and indices have at most {DIGITS}"
+        )
+    return int(digits)
+
+
 @dataclass(frozen=True)
 class NeuronId:
     """One MLP neuron: hidden unit ``index`` of layer ``layer`` (both 0-based), and in a
@@ -71,11 +83,12 @@ class NeuronId:
             for pattern in _PATTERNS:
                 m = pattern.match(s)
                 if m:
-                    return cls(int(m.group(1)), int(m.group(2)))
+                    return cls(_whole(m.group(1), text), _whole(m.group(2), text))
             for pattern in _EXPERT_PATTERNS:
                 m = pattern.match(s)
                 if m:
-                    return cls(int(m.group(1)), int(m.group(3)), int(m.group(2)))
+                    a, b, c = (_whole(g, text) for g in m.groups())
+                    return cls(a, c, b)
         raise BadNeuronIdError(
             f"cannot read neuron id {text!r}: write it as L<layer>.<index>, e.g. L12.345 "
             "(L<layer>.E<expert>.<index>, e.g. L3.E5.123, in a mixture-of-experts model)"

@@ -796,3 +796,49 @@ def test_json_output_has_no_bare_nan(bad, tiny_dir, tmp_path, monkeypatch, capsy
     code, out, err = run_cli(["neuron", str(folder), "L1.3", "--json"], monkeypatch, capsys)
     assert code == 0, err
     _strict_json(out)
+
+
+# -------------------------------------------------------------- 5. one line, exit 2
+HUGE = "1" * 5000
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["neuron", "{llama}", f"L1.{HUGE}"],
+        ["neuron", "{llama}", f"L{HUGE}.3"],
+        ["neuron", "{llama}", f"{HUGE}:3"],
+        ["neuron", "{llama}", f"L1.E{HUGE}.3"],
+        ["clamp", "{llama}", f"L1.{HUGE}=2", "-p", "x", "-n", "1"],
+        ["neuron", "{llama}", "L1.3", "--k", "0"],
+        ["neuron", "{llama}", "L1.3", "--bogus"],
+        ["neuron"],
+        ["no-such-command"],
+    ],
+    ids=["index", "layer", "colon", "expert", "clamp", "k0", "option", "missing", "command"],
+)
+def test_bad_arguments_are_one_line(args, tiny_dir, monkeypatch, capsys):
+    args = [a.replace("{llama}", str(tiny_dir("llama"))) for a in args]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    _one_line_exit_2(code, err)
+    assert "╭" not in err and "Usage:" not in err
+
+
+@pytest.mark.parametrize("field", ["Layer", "Dim"], ids=["layer", "dim"])
+@pytest.mark.parametrize("as_string", [True, False], ids=["string", "number"])
+def test_concepts_file_huge_integers(field, as_string, tmp_path):
+    from conceptvec.concepts import read_concepts
+    from conceptvec.errors import BadConceptFileError
+
+    path = tmp_path / "c.json"
+    value = json.dumps(HUGE) if as_string else HUGE
+    path.write_text(f'[{{"Concept": "Rome", "QA": ["q"], "{field}": {value}}}]')
+    with pytest.raises(BadConceptFileError):
+        read_concepts(path)
+
+
+@pytest.mark.parametrize("value", [HUGE, "[" * 100_000 + "]" * 100_000], ids=["huge", "deep"])
+def test_unlearn_set_values_are_data(value):
+    from conceptvec.commands.unlearn import _hparams
+
+    assert _hparams([f"beta={value}"]) == {"beta": value}

@@ -32,7 +32,7 @@ def _hparams(pairs: list[str] | None) -> dict:
             raise UnlearningError(f"--set {pair!r}: expected KEY=VALUE, e.g. --set beta=0.2")
         try:
             out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # a word, a 5,000-digit number, deep nesting
             out[key.strip()] = value
     return out
 

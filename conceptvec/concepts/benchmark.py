@@ -56,7 +56,7 @@ _FIXED_KEYS = {
 }
 # Field roles in the order a new record writes them.
 _CANONICAL = tuple("id concept layer dim qa wikipedia_content text_completion unrelated_qa".split())
-_DIGITS = re.compile(r"[0-9]+")
+_DIGITS = re.compile(rf"[0-9]{{1,{limits.DIGITS}}}")
 
 
 @dataclass
@@ -310,6 +310,8 @@ def _load(path: Path) -> Any:
         ) from None
     except RecursionError:
         raise BadConceptFileError(f"{where}: is not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # a number of more than 4,300 digits
+        raise BadConceptFileError(f"{where}: is not valid JSON ({str(e)[:80]})") from None
 
 
 def _parse(rec: Any, where: str, i: int) -> ConceptEntry:

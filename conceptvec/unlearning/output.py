@@ -33,7 +33,7 @@ WRITING_MARK = "conceptvec-unlearn-writing.json"
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

@@ -22,7 +22,7 @@ import torch
 from conceptvec.errors import UnlearningError
 from conceptvec.neurons import NeuronId
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+_RANGE = re.compile(r"^([0-9]{1,9})(?:-([0-9]{1,9}))?$")
 
 
 @dataclass(frozen=True)
