@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -168,7 +168,7 @@ def _show_library_log() -> tuple[logging.Logger, logging.Handler, int]:
     return logger, handler, level
 
 
-def _click_class(name: str) -> type[Exception]:
+def _click_class(name: str) -> Any:
     """Return click's exception class ``name`` (typer re-exports click, or vendors it)."""
     return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
 
