@@ -30,7 +30,7 @@ def disconnected(tiny, tmp_path_factory):
     return _variant(tiny, tmp_path_factory.mktemp("depth") / "disconnected", edit)
 
 
-def test_patch_recovers_a_disconnected_vector_and_profiles_depth(tiny, disconnected):
+def test_patch_recovers_a_disconnected_vector_and_profiles_depth(tiny, disconnected, tmp_path):
     r = intrinsic(
         tiny, disconnected, _records({"Ancient Rome": (1, 7)}), attacks=("patch",),
         controls=2, max_questions=3, max_new_tokens=4,
@@ -53,6 +53,15 @@ def test_patch_recovers_a_disconnected_vector_and_profiles_depth(tiny, disconnec
     json.dumps(d, allow_nan=False)
     assert d["runs"][0]["concepts"][0]["recovery"][0]["profile"]["layers"] == [0, 1, 2]
     assert d["settings"]["patch"] == {"controls": 10, "layers": "all"}
+    # the depth profile is plotted, axes titled, in report.plot() and in the HTML page
+    from conceptvec.viz.evaluation import depth_figure
+
+    fig = depth_figure(r)
+    assert fig.layout.xaxis.title.text == "layer" and "recovered" in fig.layout.yaxis.title.text
+    assert [len(t.x) for t in fig.data] == [3, 3]
+    assert any("path to the answer" in a.text for a in r.plot().layout.annotations)
+    r.write_html(tmp_path / "r.html")
+    assert "Where was the path to the answer cut?" in (tmp_path / "r.html").read_text()
 
 
 def test_patch_on_an_untouched_model_claims_nothing(tiny):

@@ -7,7 +7,9 @@ the HTML page, and the three together, for ``report.plot()``.
 - **recovery**: the share of the lost forget-QA log p that each attack brought back; where
   the forget QA lost less than the measurement's noise, a mark says "too little forgetting
   to measure" instead of a ratio that would divide noise by a number near zero;
-- **trace**: one concept vector's mean activation on concept text, base vs. unlearned.
+- **trace**: one concept vector's mean activation on concept text, base vs. unlearned;
+- **depth**: the ``patch`` attack's depth profile: per layer, the share recovered by patching
+  the base's residual stream after it (solid) or its whole MLP activation (dotted).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ PATTERNS = ("", "/", ".", "x", "\\", "+")
 CHANGE = ("Is the concept vector targeted?", "concept", "change percentile among all vectors")
 LAYERS = ("Which layers changed?", "layer", "relative change of down_proj (log scale)")
 RECOVERY = ("Does the concept come back?", "attack", "share of lost forget-QA log p recovered")
+DEPTH = (
+    "Where was the path to the answer cut? (patching the base's activations per layer)",
+    "layer",
+    "share of lost forget-QA log p recovered",
+)
 
 
 def _colour(n: int) -> str:
@@ -124,6 +131,29 @@ def _recovery_range(report: EvalReport) -> list[float]:
     return [low - 0.05 * (high - low), high + 0.45 * (high - low)]
 
 
+def _depth_traces(report: EvalReport) -> list[Any]:
+    """One line per (checkpoint, concept, point) from the ``patch`` attack's profile."""
+    import plotly.graph_objects as go
+
+    out = []
+    for n, run in enumerate(report.runs):
+        for c in run.concepts:
+            for r in c.recovery:
+                if r.profile is None:
+                    continue
+                for point, dash in (("resid", "solid"), ("mlp", "dot")):
+                    out.append(
+                        go.Scatter(
+                            x=r.profile["layers"],
+                            y=[float("nan") if v is None else v for v in r.profile[point]],
+                            mode="lines+markers",
+                            name=f"{run.name} / {c.concept}: {point}",
+                            line=dict(color=_colour(n), dash=dash),
+                        )
+                    )
+    return out
+
+
 def _drop(c: ConceptEval) -> float:
     d = c.drop("forget")
     return float("nan") if d is None else d
@@ -172,6 +202,17 @@ def recovery_figure(report: EvalReport) -> Any | None:
     return fig
 
 
+def depth_figure(report: EvalReport) -> Any | None:
+    """Return the ``patch`` depth profiles (None when that attack did not run)."""
+    traces = _depth_traces(report)
+    if not traces:
+        return None
+    fig = _alone(DEPTH, traces, xaxis_dtick=1)
+    fig.add_hline(y=1, line_dash="dot", annotation_text="1: all of it")
+    fig.add_hline(y=0, line_width=1)
+    return fig
+
+
 def trace_figure(c: ConceptEval) -> Any | None:
     """Return one vector's mean activation on concept text, base vs. unlearned (None when
     the trace was not run)."""
@@ -212,11 +253,14 @@ def eval_report_figure(report: EvalReport) -> Any:
     recovery = _recovery_traces(report)
     if recovery:
         panels.append((RECOVERY, recovery))
+    depth = _depth_traces(report)
+    if depth:
+        panels.append((DEPTH, depth))
     fig = make_subplots(
         rows=len(panels),
         cols=1,
         subplot_titles=[p[0][0] for p in panels],
-        vertical_spacing=0.14 if len(panels) == 3 else 0.2,
+        vertical_spacing=0.1 if len(panels) > 3 else 0.14 if len(panels) == 3 else 0.2,
     )
     for row, (title, traces) in enumerate(panels, 1):
         for t in traces:

@@ -19,7 +19,7 @@ from conceptvec.evaluate.trace import NOT_MEASURED
 from conceptvec.results import cell
 
 from .base import quoted
-from .evaluation import change_figure, layers_figure, recovery_figure, trace_figure
+from .evaluation import change_figure, depth_figure, layers_figure, recovery_figure, trace_figure
 
 CONFIG = {"displayModeBar": False, "responsive": True}
 """plotly's options for the page's figures: no toolbar over the titles."""
@@ -186,7 +186,8 @@ def _card(report: EvalReport, run: RunEval, c: ConceptEval, fig_html: str) -> st
 
 def eval_page(report: EvalReport) -> str:
     """Return the evaluation as a self-contained HTML page."""
-    figs = [f for f in (change_figure(report), layers_figure(report), recovery_figure(report)) if f]
+    figs = [change_figure(report), layers_figure(report), recovery_figure(report)]
+    figs = [f for f in (*figs, depth_figure(report)) if f]
     plots = []
     for n, fig in enumerate(figs):
         plots.append(fig.to_html(full_html=False, include_plotlyjs=n == 0, config=CONFIG))
