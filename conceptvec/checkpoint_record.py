@@ -54,6 +54,8 @@ class UnlearningRecord:
     base_model: dict[str, object] = field(default_factory=dict)
     """``{"name", "location", "fingerprint"}`` of the model before unlearning."""
     threads: int | None = None
+    precision: str | None = None
+    """``bf16-mixed`` or ``fp32`` (see :mod:`conceptvec.unlearning.train`)."""
     versions: dict[str, str] = field(default_factory=dict)
     trainable: list[str] = field(default_factory=list)
     trainable_parameters: int | None = None
@@ -143,5 +145,5 @@ class UnlearningRecord:
         return path
 
 
-_OPTIONAL = {"evaluation", "peak_gpu_bytes", "written_by", "files"}
+_OPTIONAL = {"evaluation", "peak_gpu_bytes", "written_by", "files", "precision"}
 """Keys written only when set (a record without QA has no ``evaluation``)."""

@@ -178,6 +178,13 @@ class UnlearnConfig(Config):
         default=32, metadata={"help": "Tokens per generated answer."}
     )
     threads: int | None = dataclasses.field(default=None, metadata={"help": "Torch threads."})
+    precision: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "auto | bf16-mixed | fp32: bf16-mixed keeps float32 weights and AdamW and "
+            "computes the forward in bf16 (auto: where the CPU/GPU has bf16 matrix units)."
+        },
+    )
 
     def __post_init__(self) -> None:
         for name in ("forget_file", "retain_file"):

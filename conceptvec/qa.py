@@ -29,6 +29,7 @@ import torch
 
 from conceptvec.results import Result
 
+from .answer_cache import cached_generate
 from .errors import BadInterventionError
 from .interventions.apply import generate as generate_ids
 from .interventions.controls import percentile, random_controls
@@ -110,27 +111,38 @@ def answer(
     batch_size: int = 16,
     tokenizer: Any = None,
     strip: bool = True,
+    cache: bool = True,
 ) -> list[str]:
     """Return the greedy answer to each prompt, generated in left-padded batches.
 
     Questions are wrapped in the chat template (or the paper's prompt, see :func:`use_chat`);
     ``raw=True`` feeds the prompts as they are (text completion). ``strip=False`` returns
-    the decoded text exactly as generated (leading space or newline kept).
+    the decoded text exactly as generated (leading space or newline kept). Without an
+    intervention the answers are cached on disk per weights and prompt
+    (:mod:`conceptvec.answer_cache`; ``cache=False`` generates them anew).
     """
     target = resolve(model, tokenizer)
     texts = list(prompts) if raw else prompt_texts(target, prompts, use_chat(target, chat))
     rows = _encode(target, texts, chat=not raw and use_chat(target, chat))
     pad = _pad_value(target)
     tok = target.tokenizer
-    out: list[str] = []
-    for batch in _batches(len(rows), batch_size):
-        ids, mask = _left_pad([rows[i] for i in batch], pad)
-        new = generate_ids(
-            target, ids.to(target.device), intervention, max_new_tokens, mask.to(target.device)
-        )
-        texts = [tok.decode(r, skip_special_tokens=True) for r in new]
-        out += [t.strip() for t in texts] if strip else texts
-    return out
+
+    def run(todo: list[int]) -> list[list[int]]:
+        made: list[list[int]] = []
+        for batch in _batches(len(todo), batch_size):
+            ids, mask = _left_pad([rows[todo[i]] for i in batch], pad)
+            new = generate_ids(
+                target, ids.to(target.device), intervention, max_new_tokens, mask.to(target.device)
+            )
+            made += new.tolist()
+        return made
+
+    if flatten(intervention) or not cache:
+        made = run(list(range(len(rows))))
+    else:  # the unedited model's answers: from the cache when these weights gave them before
+        made = cached_generate(target.module, target.backend, rows, max_new_tokens, pad, run)
+    texts = [tok.decode(r, skip_special_tokens=True) for r in made]
+    return [t.strip() for t in texts] if strip else texts
 
 
 def answer_logprobs(

@@ -35,6 +35,37 @@ def test_same_seed_same_weights(tiny_dir, tmp_path):
     assert a.record["history"] == b.record["history"]
 
 
+def test_bf16_mixed_keeps_float32_weights_and_follows_fp32(tiny_dir, tmp_path):
+    """bf16-mixed computes in bf16 (other bits than fp32) but keeps float32 weights and
+    lands near the fp32 run; the precision is recorded; a bad value is one line."""
+    from conceptvec.unlearning import UnlearningError
+
+    tiny = tiny_dir("llama")
+    kw = dict(concepts=SAMPLE, steps=4, lr=1e-3, batch_size=2, **FAST)
+    runs = {
+        p: unlearn(tiny, "Ancient Rome", "gd", out=tmp_path / p, precision=p, **kw)
+        for p in ("fp32", "bf16-mixed")
+    }
+    assert {p: r.record["precision"] for p, r in runs.items()} == {
+        "fp32": "fp32",
+        "bf16-mixed": "bf16-mixed",
+    }
+    w32, w16 = _weights(tmp_path / "fp32"), _weights(tmp_path / "bf16-mixed")
+    assert all(t.dtype == torch.float32 for t in w16.values())
+    assert any(not torch.equal(w32[k], w16[k]) for k in w32)  # autocast did run
+    base = _weights(tiny)
+    # Adam moves each weight by about lr whatever its gradient's size, so a weight whose
+    # gradient is near 0 may step the other way; taken over the model, the two runs agree
+    moved = sum(float((w32[k] - base[k]).norm() ** 2) for k in w32) ** 0.5
+    apart = sum(float((w16[k] - w32[k]).norm() ** 2) for k in w32) ** 0.5
+    assert apart <= 0.25 * moved
+    for a, b in zip(runs["fp32"].record["history"], runs["bf16-mixed"].record["history"]):
+        assert b["forget"] == pytest.approx(a["forget"], rel=0.02)
+        assert b["retain"] == pytest.approx(a["retain"], rel=0.02)
+    with pytest.raises(UnlearningError, match="unknown precision 'fp16'"):
+        unlearn(tiny, "Ancient Rome", "gd", precision="fp16", **kw)
+
+
 class _Interrupt(Exception):
     pass
 
@@ -99,7 +130,7 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
     common = [
         "unlearn", str(tiny), "--concept", "Ancient Rome", "--concepts", str(SAMPLE),
         "--method", "npo-gd", "--steps", "3", "--lr", "1e-3", "--batch-size", "4",
-        "--max-length", "32", "--no-eval", "--json",
+        "--max-length", "32", "--no-eval", "--json", "--precision", "fp32",
     ]  # fmt: skip
     one = _cli([*common, "--out", str(tmp_path / "one")], 1, tmp_path)
     assert one.returncode == 0, one.stderr[-2000:]

@@ -60,6 +60,7 @@ def _hparams(pairs: list[str] | None) -> dict:
         "chat": {},
         "max_new_tokens": {"min": 1},
         "threads": {"min": 1},
+        "precision": {},
     },
 )
 def unlearn(

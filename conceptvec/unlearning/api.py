@@ -157,9 +157,13 @@ def unlearn(
     weight_decay, save_every, resume = cfg.weight_decay, cfg.save_every, cfg.resume
     keep_checkpoints, stop_loss, evaluate = cfg.keep_checkpoints, cfg.stop_loss, cfg.evaluate
     chat, max_new_tokens, threads, hparams = cfg.chat, cfg.max_new_tokens, cfg.threads, cfg.hparams
+    precision = cfg.precision
     from conceptvec.models.backends import resolve
 
+    from .train import resolve_precision
+
     m = get_method(method)
+    precision = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     lr = m.lr if lr is None else lr
     _check_numbers(lr, steps, batch_size, world)
@@ -230,6 +234,7 @@ def unlearn(
             "neuron": str(vec) if vec is not None else None,
             "base_model": {"name": base.name, "location": base.location, "fingerprint": base_print},
             "threads": torch.get_num_threads(),
+            "precision": precision,
             "versions": {"torch": torch.__version__, "transformers": _tf_version()},
             "config": cfg.to_dict(),
         }
@@ -265,6 +270,7 @@ def unlearn(
                 lr=lr, steps=steps, batch_size=batch_size, world=world, seed=seed,
                 weight_decay=weight_decay, save_every=save_every, resume=resume,
                 keep=keep_checkpoints, stop_loss=stop_loss, progress=progress, overwrite=overwrite,
+                precision=precision,
             )  # fmt: skip
             record["data"] = asdict(sets.spec)
         hf.eval()
@@ -381,6 +387,7 @@ def _train(
     trainer = UnlearnTrainer(
         model=hf, args=args, train_dataset=data, data_collator=collate(pad), callbacks=[prog],
         context=ctx, loss_fn=loss_method.loss, frozen_decay=frozen_decay,
+        precision=kw["precision"],
     )  # fmt: skip
     holder.append(trainer)
     from transformers.trainer_callback import PrinterCallback

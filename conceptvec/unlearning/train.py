@@ -16,6 +16,7 @@ step is fixed by the seed alone, whatever the number of processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,46 @@ HISTORY_FILE = "conceptvec_losses.json"
 COMPLETE_FILE = "conceptvec-complete.json"
 """Written last into a checkpoint folder: only a folder holding it is resumed from."""
 
+PRECISIONS = ("auto", "bf16-mixed", "fp32")
+"""``bf16-mixed``: float32 weights, gradients and AdamW state, the forward (and so the
+backward) computed in bf16 under ``torch.autocast``; ``fp32``: float32 throughout; ``auto``:
+bf16-mixed where the hardware has bf16 matrix units (:func:`resolve_precision`)."""
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """Return ``bf16-mixed`` or ``fp32`` for ``precision`` on ``device`` (``cpu``/``cuda``).
+
+    ``auto`` is bf16-mixed on a CUDA device with bf16 support and on a CPU whose flags name
+    AVX512-BF16 or AMX-BF16 (measured 1.5-2x faster a step on SmolLM2 with the same log p
+    after 25 steps: benchmarks/RESULTS.md, "Training"), fp32 elsewhere, where bf16 matrix
+    products are emulated and slower than float32.
+    """
+    if precision not in PRECISIONS:
+        raise UnlearningError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16-mixed" if device == "cpu" and _cpu_has_bf16() else "fp32"
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(model: Any, precision: str) -> contextlib.AbstractContextManager:
+    """Return the context a step's forward passes run in: ``torch.autocast`` to bf16 on the
+    model's device for ``bf16-mixed``, nothing for ``fp32``."""
+    if precision != "bf16-mixed":
+        return contextlib.nullcontext()
+    device = next(model.parameters()).device.type
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
 
 class NonFiniteLoss(RuntimeError):
     """A step's loss was NaN or infinite (raised before its gradient is applied)."""
@@ -47,9 +88,18 @@ class NonFiniteLoss(RuntimeError):
 class UnlearnTrainer(Trainer):
     """A Trainer whose loss is an unlearning method's (see :mod:`.methods`)."""
 
-    def __init__(self, *args, context: Context, loss_fn, frozen_decay: set[str], **kwargs):
+    def __init__(
+        self,
+        *args,
+        context: Context,
+        loss_fn,
+        frozen_decay: set[str],
+        precision: str = "fp32",
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.context = context
+        self.precision = precision
         self.loss_fn = loss_fn
         self.frozen_decay = frozen_decay
         self.last: dict[str, float] = {}
@@ -69,7 +119,8 @@ class UnlearnTrainer(Trainer):
     # Trainer passes num_items_in_batch by name; our losses average per batch themselves
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ARG002
         self.context.model = model
-        out = self.loss_fn(self.context, inputs)
+        with autocast(model, self.precision):  # the backward runs outside, as torch advises
+            out = self.loss_fn(self.context, inputs)
         loss = out["loss"]
         # averaged over ranks first, so that every process sees the same value and stops
         # together when it is not finite
