@@ -130,6 +130,10 @@ class EvalReport(Result):
     base: str
     runs: list[RunEval]
     settings: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    """Wall seconds per stage, summed over checkpoints and concepts: ``open`` (loading and
+    checks), ``weights``, ``trace``, ``base_qa`` (the base's answers and scores, once per
+    question set), ``qa`` (the unlearned model's), ``attacks``; and ``total``."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as JSON-ready data (schema ``conceptvec.eval/1``); a non-finite
@@ -140,6 +144,7 @@ class EvalReport(Result):
                 "base": self.base,
                 "settings": self.settings,
                 "runs": [r.to_dict() for r in self.runs],
+                "timings": self.timings,
             }
         )
 
@@ -262,6 +267,8 @@ class EvalReport(Result):
                 notes.append(
                     "  top tokens after:  " + ", ".join(show(t) for t in c.vector.top_after[:6])
                 )
+        if self.timings:
+            notes.append("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items()))
         return self.table() + "\n\n" + "\n".join(notes)
 
     def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,7 @@ def intrinsic(
     ``all_jaccard`` measures Jaccard@k of every down column too, so a concept's token
     change gets a percentile as well). The report records the whole config.
     """
+    clock = _Timings()
     cfg = EvalConfig.build(config, **settings)
     attacks = ATTACKS.check(cfg.attacks)
     METRICS.check(cfg.metrics)
@@ -188,6 +190,7 @@ def intrinsic(
     shared: dict[str, Any] = {}
     runs = []
     stages = progress_bar(len(models) * len(items), "evaluating concepts", progress and live)
+    clock.stop("open")
     for (u, record), run_name in zip(models, names):
         comparison = compare_weights(
             b,
@@ -199,7 +202,9 @@ def intrinsic(
             device=cfg.device,
             progress=progress,
         )
+        clock.stop("weights")
         target = resolve(u) if base_target is not None else None
+        clock.stop("open")
         evals = []
         for c, vec in zip(items, comparison.concepts):
             stages.set_postfix_str(f"{run_name}: {c.name}")
@@ -212,23 +217,29 @@ def intrinsic(
                 if key not in shared:
                     shared[key] = layer_activations(base_target, texts, c.neuron.layer)
                 t = trace(shared[key], target, texts, c.neuron)
+                clock.stop("trace")
             lab, why = label(vec.cosine, vec.jaccard, t, cfg.thresholds)
             if cfg.trace_activations and not c.text and lab == NOT_MEASURED:
                 why = "weights intact; no concept text, so no activation trace"
             ev = ConceptEval(c.name, str(c.neuron), vec, lab, why, t, questions=questions)
             if cfg.qa and base_target is not None and target is not None:
                 p = _probes(shared, base_target, c, held, cfg)
+                clock.stop("base_qa")
                 ev.base_behaviour = p.base
                 ev.behaviour = probe_model(target, p, max_new_tokens=cfg.max_new_tokens)
+                clock.stop("qa")
                 inp = AttackInput(
                     base_target, target, u, c, p, ev.behaviour["forget"].logprob, cfg,
                     (concepts, probes), shared,
                 )  # fmt: skip
                 ev.recovery = [r for a in attacks for r in run_attack(a, inp)]
                 apply_floor(ev.recovery, inp.unlearned_logprob, inp.base_logprob)
+                clock.stop("attacks")
             ev.metrics = compute(
                 cfg.metrics, MetricInput(b, u, c, ev, cfg, base_target, target, shared)
             )
+            if cfg.metrics:
+                clock.stop("metrics")
             evals.append(ev)
             stages.update(1)
         runs.append(RunEval(run_name, comparison, evals, _summary(record)))
@@ -253,7 +264,23 @@ def intrinsic(
         "seed": cfg.seed,
         "config": cfg.to_dict(),
     }
-    return EvalReport(b.name, runs, report_settings)
+    return EvalReport(b.name, runs, report_settings, clock.done())
+
+
+class _Timings:
+    """Wall seconds per stage: :meth:`stop` books the time since the last stop to a stage."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def stop(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self.last
+        self.last = now
+
+    def done(self) -> dict[str, float]:
+        return {**self.seconds, "total": time.perf_counter() - self.start}
 
 
 def _attack_settings(name: str, cfg: EvalConfig) -> dict[str, Any] | None:
