@@ -47,7 +47,7 @@ import torch
 
 import conceptvec as cv
 from conceptvec.data import concepts_file
-from conceptvec.interventions.targets import resolve
+from conceptvec.models.backends import resolve
 from conceptvec.unlearning import train, unlearn
 from conceptvec.unlearning.data import StepDataset, collate
 from conceptvec.unlearning.inputs import build_sets, resolve_concept

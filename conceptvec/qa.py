@@ -140,7 +140,7 @@ def answer(
     if flatten(intervention) or not cache:
         made = run(list(range(len(rows))))
     else:  # the unedited model's answers: from the cache when these weights gave them before
-        made = cached_generate(target.module, target.backend, rows, max_new_tokens, pad, run)
+        made = cached_generate(target.module, target.backend.name, rows, max_new_tokens, pad, run)
     texts = [tok.decode(r, skip_special_tokens=True) for r in made]
     return [t.strip() for t in texts] if strip else texts
 
