@@ -91,7 +91,7 @@ def _limit(compiled: Any) -> None:
 
 
 def render_chat(
-    tok: Any, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    tok: Any, messages: list[dict[str, object]], add_generation_prompt: bool = True
 ) -> str:
     """Return ``messages`` rendered by ``tok``'s chat template, within the limits above."""
     import jinja2

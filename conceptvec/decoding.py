@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import overload
 
 import torch
 
 from conceptvec.results import Result
+from conceptvec.types import ModelSource
 
 from .models import Model, load
 from .neurons import NeuronId, check_matrix
@@ -38,7 +39,7 @@ class TokenScore(Result):
     score: float
     prob: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the token as a plain dict."""
         d = {"id": self.id, "token": self.token, "score": self.score}
         if self.prob is not None:
@@ -55,7 +56,7 @@ class Decoding(Result):
     matrix: str | None
     top: list[TokenScore]
     bottom: list[TokenScore]
-    recipe: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, object] = field(default_factory=dict)
 
     @property
     def top_tokens(self) -> list[str]:
@@ -67,7 +68,7 @@ class Decoding(Result):
         """The bottom tokens' text, most negative first."""
         return [t.token for t in self.bottom]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict (what ``conceptvec neuron --json`` prints)."""
         return {
             "model": self.model,
@@ -199,7 +200,7 @@ def final_logits(model: Model, vectors: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def _recipe(model: Model, matrix: str | None, fold_norm: bool) -> dict[str, Any]:
+def _recipe(model: Model, matrix: str | None, fold_norm: bool) -> dict[str, object]:
     steps = []
     if fold_norm and matrix == "down" and model.has_mlp_out_norm:
         steps.append("post_mlp_norm_gain")
@@ -220,8 +221,8 @@ NeuronLike = str | NeuronId | tuple[int, int]
 
 
 @overload
-def decode(
-    model: Any,
+def decode(  # type: ignore[overload-overlap]  # a str is a Sequence[str]: the first wins
+    model: ModelSource,
     what: NeuronLike,
     matrix: str = ...,
     k: int = ...,
@@ -233,7 +234,7 @@ def decode(
 
 @overload
 def decode(
-    model: Any,
+    model: ModelSource,
     what: Sequence[str | NeuronId],
     matrix: str = ...,
     k: int = ...,
@@ -245,7 +246,7 @@ def decode(
 
 @overload
 def decode(
-    model: Any,
+    model: ModelSource,
     what: torch.Tensor,
     matrix: str = ...,
     k: int = ...,
@@ -256,7 +257,7 @@ def decode(
 
 
 def decode(
-    model: Any,
+    model: ModelSource,
     what: NeuronLike | Sequence[str | NeuronId] | torch.Tensor,
     matrix: str = "down",
     k: int = 20,
@@ -307,7 +308,7 @@ def decode(
 
 
 def decode_many(
-    model: Any,
+    model: ModelSource,
     what: Sequence[str | NeuronId] | torch.Tensor,
     matrix: str = "down",
     k: int = 20,

@@ -55,7 +55,7 @@ def _is_default_to_dict(value: Any) -> bool:
 class Result:
     """Mixin for result dataclasses: ``to_dict``, ``__str__``, ``_repr_html_``, ``plot``."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the result as plain data, field names kept (see :func:`plain`)."""
         return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
 
@@ -65,7 +65,7 @@ class Result:
         width = max([len(k) for k, _ in rows] + [1])
         return "\n".join([type(self).__name__] + [f"  {k:<{width}}  {v}" for k, v in rows])
 
-    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
+    def _html_rows(self) -> tuple[str, list[dict[str, object]]]:
         """Return ``(title, rows)``: what the HTML table shows (a row is column -> value)."""
         return type(self).__name__, [{"field": k, "value": v} for k, v in self.to_dict().items()]
 
@@ -101,7 +101,7 @@ def cell(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def html_table(rows: list[dict[str, Any]], title: str = "") -> str:
+def html_table(rows: list[dict[str, object]], title: str = "") -> str:
     """Return ``rows`` (dicts sharing their keys) as an HTML ``<table>`` under a bold title;
     numbers align right, every value is escaped."""
     head = f"<p><b>{html.escape(title)}</b></p>" if title else ""
@@ -144,10 +144,12 @@ class SearchResult(list, Result):
         self.query = query
         self._table = table
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return ``{"query", "hits"}``; each hit's ``rank`` counts from 1, as printed."""
-        hits = [{"rank": n, **plain(h)} for n, h in enumerate(self, 1)]
-        return {"query": self.query, "hits": hits}
+        return {"query": self.query, "hits": self._hits()}
+
+    def _hits(self) -> list[dict[str, object]]:
+        return [{"rank": n, **plain(h)} for n, h in enumerate(self, 1)]
 
     def __str__(self) -> str:
         if not self:
@@ -159,6 +161,6 @@ class SearchResult(list, Result):
     def __repr__(self) -> str:
         return f"SearchResult({list.__repr__(self)}, query={self.query!r})"
 
-    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
+    def _html_rows(self) -> tuple[str, list[dict[str, object]]]:
         title = f"hits for {self.query!r}" if self.query else "hits"
-        return title, self.to_dict()["hits"]
+        return title, self._hits()

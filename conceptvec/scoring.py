@@ -96,7 +96,7 @@ def _run(
     seen: dict[str, torch.Tensor] = {}
     head = target.hf.get_output_embeddings()
 
-    def grab(_module: Any, args: tuple) -> tuple:
+    def grab(_module: torch.nn.Module, args: tuple) -> tuple:
         seen["h"] = args[0]
         return (args[0][:, :1],)  # the head runs on one position only; we apply it later
 
@@ -114,7 +114,7 @@ def _run(
 
 
 def _keep(record: dict[int, Any], i: int):
-    def hook(_module: Any, _args: Any, output: Any) -> None:
+    def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
         record[i] = output
 
     return hook

@@ -19,7 +19,8 @@ import json
 import re
 import weakref
 from functools import lru_cache
-from typing import Any
+
+from conceptvec.types import Tokenizer
 
 _SP_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 
@@ -52,7 +53,7 @@ def _bytes_to_text(data: bytes) -> str:
     return data.decode("utf-8", errors="conceptvec_hex")
 
 
-def _is_byte_level(tokenizer: Any) -> bool:
+def _is_byte_level(tokenizer: Tokenizer) -> bool:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     decoder = getattr(backend, "decoder", None)
     if decoder is None:
@@ -68,7 +69,7 @@ def _is_byte_level(tokenizer: Any) -> bool:
 _BY_TOKENIZER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def token_text(tokenizer: Any) -> TokenText:
+def token_text(tokenizer: Tokenizer | None) -> TokenText:
     """Return the (cached) :class:`TokenText` of ``tokenizer``."""
     if tokenizer is None:
         return TokenText(None)
@@ -84,7 +85,7 @@ def token_text(tokenizer: Any) -> TokenText:
 class TokenText:
     """Readable text for each token id of one tokenizer (or ids alone when there is none)."""
 
-    def __init__(self, tokenizer: Any = None):
+    def __init__(self, tokenizer: Tokenizer | None = None):
         self.tokenizer = tokenizer
         self.byte_level = tokenizer is not None and _is_byte_level(tokenizer)
         self._size = len(tokenizer) if tokenizer is not None else 0

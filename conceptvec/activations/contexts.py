@@ -17,6 +17,7 @@ import torch
 from conceptvec.errors import BadTextError
 from conceptvec.neurons import NeuronId
 from conceptvec.results import Result
+from conceptvec.types import ModelSource, Tokenizer
 
 from .read import Activations, read_activations
 
@@ -70,7 +71,7 @@ class TopContexts(Result):
     add_bos: bool | None = None
     """Whether the texts were read with the model's BOS in front (see :class:`Activations`)."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the contexts as plain lists and numbers (JSON-ready)."""
         return asdict(self)
 
@@ -194,13 +195,13 @@ def contexts_from(
 
 
 def top_contexts(
-    model: Any,
+    model: ModelSource,
     neuron: NeuronId | str,
     texts: Sequence[str],
     *,
     top: int = 20,
     window: int = 8,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     max_tokens: int = 256,
     bottom: bool = False,
 ) -> TopContexts:

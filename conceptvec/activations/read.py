@@ -30,6 +30,7 @@ from conceptvec.models.backends import resolve
 from conceptvec.neurons import NeuronId
 from conceptvec.results import Result
 from conceptvec.tokens import token_text
+from conceptvec.types import ModelSource, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class Activations(Result):
         """How many tokens were read (padding and BOS excluded)."""
         return sum(len(w.ids) for w in self.windows)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the activations as plain lists and numbers (JSON-ready)."""
         return {
             "model": self.model,
@@ -137,7 +138,7 @@ class Activations(Result):
 
 # ---------------------------------------------------------------------- windows
 def plan_windows(
-    tokenizer: Any, texts: Sequence[str], max_tokens: int, prefix: Sequence[int] = ()
+    tokenizer: Tokenizer, texts: Sequence[str], max_tokens: int, prefix: Sequence[int] = ()
 ) -> tuple[list[tuple[int, int, list[int]]], list[int]]:
     """Return ``(windows, empty)``: ``(text index, start, ids)`` per window of at most
     ``max_tokens - len(prefix)`` text tokens, and the indices of texts without tokens."""
@@ -175,11 +176,11 @@ class _Readers:
 
 
 def read_activations(
-    model: Any,
+    model: ModelSource,
     texts: Sequence[str],
     neurons: Sequence[NeuronId | str],
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     batch_size: int = 8,
     max_tokens: int = 256,
     progress: bool = False,

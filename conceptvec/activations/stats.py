@@ -9,7 +9,6 @@ not at all. It is computed from ranks (the Mann-Whitney U statistic), in O(n log
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 
@@ -62,7 +61,7 @@ class Separation(Result):
     """Tokens of concept text."""
     n_unrelated: int
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the fields as a plain dict."""
         return asdict(self)
 

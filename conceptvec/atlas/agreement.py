@@ -46,7 +46,7 @@ class AgreementHit(Result):
     sign: int
     """The firing side: +1 or -1."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
         return {
             "neuron": str(self.neuron),
@@ -152,7 +152,7 @@ class ContextHit(Result):
     """The strongest (largest in magnitude) activation among them."""
     snippet: str
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
         return {
             "neuron": str(self.neuron),

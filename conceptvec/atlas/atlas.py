@@ -49,7 +49,7 @@ class AtlasHit(Result):
             f"(score {self.score:.3f}, {self.matches} matching)"
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict (``rank`` counted from 1: 1 = the neuron's top token)."""
         return {
             "neuron": str(self.neuron),

@@ -27,6 +27,7 @@ from conceptvec.errors import AtlasError
 from conceptvec.models import Model, load
 from conceptvec.neurons import check_matrix, parse_layers
 from conceptvec.results import Result
+from conceptvec.types import ModelSource
 
 from . import store
 from .head import FoldedHead, Pending, layer_vectors, resolve_compute
@@ -100,7 +101,7 @@ class BuildReport(Result):
 
 
 def build_atlas(
-    model: Any,
+    model: ModelSource,
     out: str | Path,
     *,
     matrices: tuple[str, ...] | list[str] | str | None = None,
@@ -147,13 +148,17 @@ def build_atlas(
     manifest = atlas_identity(model, k=k, dtype=report.dtype, fold_norm=fold_norm)
     manifest["unembedding_sha256"] = head.sha256()
     t_head = time.perf_counter()
-    manifest["compute"] = {"device": dev.type, "dtype": report.dtype, "world_size": world}
-    manifest["compute"]["precision"] = report.precision
+    manifest["compute"] = {
+        "device": dev.type,
+        "dtype": report.dtype,
+        "world_size": world,
+        "precision": report.precision,
+    }
     # a mixture of experts gets a shard per expert
     experts: list[int | None] = [*range(model.dims.n_experts)] or [None]
     items = [store.shard_name(lay, m, e) for lay in layers for e in experts for m in matrices]
 
-    held: dict[str, Any] = {}
+    held: dict[str, object] = {}
 
     def take_lock() -> None:  # rank 0 holds the folder's lock (the kernel drops it if we die)
         _check_writable(root)
@@ -201,7 +206,7 @@ def build_atlas(
 
 
 class _Release:
-    def __init__(self, held: dict[str, Any]):
+    def __init__(self, held: dict[str, object]):
         self.held = held
 
     def close(self) -> None:
@@ -477,7 +482,7 @@ def _run(model, work, root, todo, k, fold_norm, rank, progress) -> list[str]:
                 vectors = ahead.popleft().result()
                 if isinstance(vectors, Pending):
                     vectors = vectors.result()
-                extra: dict[str, Any] = {}
+                extra: dict[str, object] = {}
                 if fast is None:
                     result = project_top_bottom(vectors, head, k)
                 else:
@@ -566,7 +571,7 @@ def _settle_ties(vectors, head: FoldedHead, rows: torch.Tensor, picked):
 
 
 def _write_shard(
-    root: Path, rank: int, name: str, layer: int, matrix: str, result, extra: dict[str, Any]
+    root: Path, rank: int, name: str, layer: int, matrix: str, result, extra: dict[str, object]
 ) -> None:
     result = {key: t.cpu() for key, t in result.items()}
     meta = {"layer": str(layer), "matrix": matrix}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from conceptvec.errors import AtlasError
 from conceptvec.neurons import NeuronId
@@ -36,7 +35,7 @@ class LayerDiff:
     expert: int | None = None
     """The expert, in a mixture-of-experts model's atlases (None when dense)."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
         return {
             "layer": self.layer,
@@ -61,7 +60,7 @@ class NeuronChange:
     top_a: list[str]
     top_b: list[str]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
         return {
             "neuron": str(self.neuron),
@@ -97,7 +96,7 @@ class AtlasDiff(Result):
         """True when every compared neuron kept its top-1 token and its top-k token set."""
         return all(r.unchanged == r.neurons for r in self.layers)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict (what ``conceptvec diff --json`` prints)."""
         matrices = sorted({r.matrix for r in self.layers})
         same, total = self.same_top1_count()

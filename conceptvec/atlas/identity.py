@@ -6,7 +6,6 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 from conceptvec.decoding import _recipe
 from conceptvec.models import Model
@@ -37,7 +36,7 @@ def weights_fingerprint(model: Model) -> str | None:
     return h.hexdigest()
 
 
-def atlas_identity(model: Model, *, k: int, dtype: str, fold_norm: bool) -> dict[str, Any]:
+def atlas_identity(model: Model, *, k: int, dtype: str, fold_norm: bool) -> dict[str, object]:
     """Return a new manifest's fields (without shards): who, what shape, which recipe."""
     d = model.dims
     return {

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 
@@ -32,6 +31,7 @@ from conceptvec.models.disk_cache import cached_tensors
 from conceptvec.neurons import NeuronId, check_matrix, parse_layers
 from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
+from conceptvec.types import ModelSource
 
 from .atlas import match_ids
 from .head import expert_tag, folded_rows, neuron_spread
@@ -69,7 +69,7 @@ class WeightHit(Result):
             f"score={self.score:.3f} vocab rank {self.vocab_rank}" + (f"  [{tops}]" if tops else "")
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict (field names kept)."""
         out = asdict(self)
         out["neuron"] = str(self.neuron)
@@ -101,7 +101,7 @@ them back 0.05 s)."""
 
 
 def search_weights(
-    model: Any,
+    model: ModelSource,
     word: str | None = None,
     *,
     token_ids: list[int] | None = None,

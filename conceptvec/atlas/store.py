@@ -204,7 +204,7 @@ def shard_entry_problem(name: Any, entry: Any, n_layers: int | None = None) -> s
     return None
 
 
-def shard_file(root: Path, entry: dict[str, Any]) -> Path:
+def shard_file(root: Path, entry: dict[str, object]) -> Path:
     """Return the path of a shard record's file, confined to the atlas folder ``root``."""
     return files.confined(
         root, entry.get("file"), CorruptAtlasError, "shards must live in the atlas's shards/"
@@ -308,7 +308,7 @@ def encode_shard(result: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes
     The header is written with sorted keys (``safetensors.torch.save`` orders its metadata
     at random), so the same results always give the same bytes and the same sha256.
     """
-    header: dict[str, Any] = {"__metadata__": dict(sorted(meta.items()))}
+    header: dict[str, object] = {"__metadata__": dict(sorted(meta.items()))}
     blobs, offset = [], 0
     for name in sorted(SHARD_TENSORS):
         dtype = torch.int32 if name.endswith("_ids") else torch.float32
@@ -372,9 +372,9 @@ def decode_shard(
     return tensors
 
 
-def read_journals(root: Path) -> dict[str, dict[str, Any]]:
+def read_journals(root: Path) -> dict[str, dict[str, object]]:
     """Return the shard entries recorded in every rank's journal (a torn last line is skipped)."""
-    entries: dict[str, dict[str, Any]] = {}
+    entries: dict[str, dict[str, object]] = {}
     for path in sorted(root.glob(JOURNAL_GLOB)):
         data = files.read_bounded(path, CorruptAtlasError, "delete it and run again")
         for line in data.decode("utf-8", errors="replace").splitlines():
@@ -386,7 +386,7 @@ def read_journals(root: Path) -> dict[str, dict[str, Any]]:
     return entries
 
 
-def append_journal(root: Path, rank: int, entry: dict[str, Any]) -> None:
+def append_journal(root: Path, rank: int, entry: dict[str, object]) -> None:
     """Record one finished shard in this rank's journal (one line, flushed and synced)."""
     path = root / f"journal.rank{rank}.jsonl"
     try:

@@ -65,10 +65,10 @@ class TextCompletion:
 
     first_half: str
     second_half: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
     """Other keys of the item, kept verbatim."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the on-disk form: ``{"First_half": ..., "Second_half": ..., **extra}``."""
         return {"First_half": self.first_half, "Second_half": self.second_half, **self.extra}
 
@@ -110,7 +110,7 @@ class ConceptEntry(Result):
     """Every other key of the record, verbatim and in file order (our evidence keys go here)."""
     _format: _Format | None = field(default=None, repr=False, compare=False)
 
-    def to_dict(self, style: Style | None = None) -> dict[str, Any]:
+    def to_dict(self, style: Style | None = None) -> dict[str, object]:
         """Return the on-disk record, in ``style`` or else as the source file stored it.
 
         An entry not read from a file uses the ``strings`` style of the released LLaMA file.
@@ -129,7 +129,7 @@ class ConceptEntry(Result):
                 "set the field instead or rename the extra key"
             )
         role_of = {k: r for r, k in keys.items()}
-        out: dict[str, Any] = {}
+        out: dict[str, object] = {}
         for k in source_keys:  # the source's keys, in its order
             if k in role_of:
                 out[k] = values[role_of[k]]
@@ -192,7 +192,7 @@ class ConceptEntry(Result):
         return "\n".join(lines)
 
 
-def read_concepts(source: str | os.PathLike[str] | list[dict[str, Any]]) -> list[ConceptEntry]:
+def read_concepts(source: str | os.PathLike[str] | list[dict[str, object]]) -> list[ConceptEntry]:
     """Return the concepts of a ConceptVectors JSON file (or of a list of its records).
 
     ``source`` may also name a packaged file (``"smollm2-dev"``, ``"conceptvectors-dev"``;

@@ -26,6 +26,7 @@ from typing import Any
 
 from conceptvec.errors import BuildError
 from conceptvec.neurons import NeuronId
+from conceptvec.types import ModelSource
 
 from .benchmark import ConceptEntry, read_concepts, write_concepts
 from .category import check_file
@@ -67,17 +68,17 @@ def entry_for(entry: ConceptEntry, search: ConceptSearch) -> ConceptEntry:
     return replace(entry, layer=n.layer, dim=n.index, extra=extra)
 
 
-def _other(c: ConceptVector) -> dict[str, Any]:
+def _other(c: ConceptVector) -> dict[str, object]:
     """A candidate beside the pick: neuron, side, verdict; the evidence when validated
     (the file-wide category check may name it instead)."""
-    out: dict[str, Any] = {"neuron": c.neuron, "side": c.weights.side, "verdict": c.verdict}
+    out: dict[str, object] = {"neuron": c.neuron, "side": c.weights.side, "verdict": c.verdict}
     if c.verdict != "unvalidated":
         out["evidence"] = c.to_dict()
     return out
 
 
 def build_concepts(
-    model: Any,
+    model: ModelSource,
     source: str | os.PathLike[str] | Sequence[ConceptEntry],
     out: str | os.PathLike[str],
     *,
@@ -173,7 +174,7 @@ def _resume(partial: Path, key: dict[str, Any]) -> dict[str, Any]:
     return dict(done)
 
 
-def _save(path: Path, state: dict[str, Any]) -> None:
+def _save(path: Path, state: dict[str, object]) -> None:
     from conceptvec.atlas.store import write_json  # synced temporary file, then a rename
 
     write_json(path, state)

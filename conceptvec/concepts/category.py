@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conceptvec.neurons import NeuronId
 
@@ -26,9 +26,12 @@ from .benchmark import ConceptEntry
 from .record import VERDICTS, ConceptVector
 from .validate import shared_reason
 
+if TYPE_CHECKING:
+    from conceptvec.models import Model
+
 
 def reference_pools(
-    model: Any, names: Iterable[str], *, exclude: str, matrix: str, top: int
+    model: Model, names: Iterable[str], *, exclude: str, matrix: str, top: int
 ) -> dict[str, set[str]]:
     """Return, for each reference concept name (but ``exclude``), the neurons its own name
     search ranks among its ``top`` candidates (both sides, as the finder searches)."""

@@ -36,6 +36,7 @@ from conceptvec.qa import QAScores, answer, answer_logprobs
 from conceptvec.reference_texts import REFERENCE_TEXTS
 from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
+from conceptvec.types import ModelSource, Tokenizer
 
 from .category import mark_shared, reference_pools
 from .record import VERDICTS, ActivationEvidence, ConceptVector, WeightEvidence
@@ -73,7 +74,7 @@ class ConceptSearch(Result):
     references: list[str] = field(default_factory=list)
     """The unperturbed model's answers: concept questions, then unrelated ones."""
     thresholds: FindThresholds = field(default_factory=FindThresholds)
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, object] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -92,7 +93,7 @@ class ConceptSearch(Result):
         found = self.concept_vectors
         return found[0] if found else None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return everything as JSON-ready data (field names kept)."""
         out = asdict(self)
         out["tokens"] = self.tokens.to_dict()
@@ -100,7 +101,7 @@ class ConceptSearch(Result):
         out["best"] = None if self.best is None else self.best.neuron
         return out
 
-    def table(self) -> list[dict[str, Any]]:
+    def table(self) -> list[dict[str, object]]:
         """Return one row per candidate: the numbers a paper's table would show."""
         rows = []
         for c in self.candidates:
@@ -177,7 +178,7 @@ def _cell(v: Any) -> str:
 
 # --------------------------------------------------------------------------- stages
 def search_concept(
-    model: Any, concept: ConceptTokens, *, top: int = 10, side: str = "both", **kw: Any
+    model: ModelSource, concept: ConceptTokens, *, top: int = 10, side: str = "both", **kw: Any
 ) -> SearchResult:
     """Return the ``top`` neurons whose vectors score the concept's key words highest.
 
@@ -195,7 +196,7 @@ def search_concept(
 
 
 def search_text_words(
-    model: Any, concept: ConceptTokens, *, top: int = 10, side: str = "both", **kw: Any
+    model: ModelSource, concept: ConceptTokens, *, top: int = 10, side: str = "both", **kw: Any
 ) -> list[WeightHit]:
     """Return the ``top`` neurons that score the concept's *distinctive* text words highest
     (:attr:`ConceptTokens.distinctive`: " Mexicans", " Brazilian" for "Culture of Latin
@@ -221,7 +222,7 @@ def merge_hits(*lists: list[WeightHit], top: int) -> list[tuple[WeightHit, int]]
     return out[:top]
 
 
-def _weight_evidence(model: Any, hits: list, concept: ConceptTokens, k: int, matrix: str):
+def _weight_evidence(model: ModelSource, hits: list, concept: ConceptTokens, k: int, matrix: str):
     decoded = decode(model, [h.neuron for h in hits], matrix=matrix, k=k)
     decoded = decoded if isinstance(decoded, list) else [decoded]
     whole, core, kind = set(concept.ids), set(concept.core_ids), set(concept.kind)
@@ -247,7 +248,7 @@ def _weight_evidence(model: Any, hits: list, concept: ConceptTokens, k: int, mat
     return out
 
 
-def _clip_texts(tokenizer: Any, texts: Sequence[str], budget: int) -> list[str]:
+def _clip_texts(tokenizer: Tokenizer, texts: Sequence[str], budget: int) -> list[str]:
     """Return ``texts`` cut to about ``budget`` tokens in all (whole texts first)."""
     out, left = [], budget
     for t in texts:
@@ -260,7 +261,7 @@ def _clip_texts(tokenizer: Any, texts: Sequence[str], budget: int) -> list[str]:
 
 
 def find_concept(
-    model: Any,
+    model: ModelSource,
     name: str,
     config: FindConfig | Mapping[str, Any] | None = None,
     *,
@@ -268,7 +269,7 @@ def find_concept(
     qa: Sequence[str] = (),
     unrelated_qa: Sequence[str] | None = None,
     unrelated_texts: Sequence[str] | None = None,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     progress: bool = True,
     reference: Sequence[str] = (),
     **settings: Any,

@@ -143,7 +143,7 @@ class ConceptVector(Result):
         """Return the evidence of one knockout mode, or None if it was not run."""
         return next((k for k in self.knockouts if k.mode == mode), None)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return every field as JSON-ready data (field names kept)."""
         out = asdict(self)
         out["writes_concept"] = self.writes_concept

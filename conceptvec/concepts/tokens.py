@@ -32,7 +32,6 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import torch
 
@@ -99,7 +98,7 @@ class ConceptTokens(Result):
         order = sorted(set(keys))
         return [order.index(k) for k in keys]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict, tokens as text."""
         out = asdict(self)
         out["core"] = {w: [self.texts[i] for i in ids] for w, ids in self.core.items()}

@@ -16,16 +16,17 @@ from conceptvec.errors import BadInterventionError
 from conceptvec.models.backends import resolve
 from conceptvec.neurons import NeuronId
 from conceptvec.reference_texts import REFERENCE_TEXTS
+from conceptvec.types import ModelSource, Tokenizer
 
 from .apply import forward_with
 from .edit_specs import NeuronEdit, Positions, check_against, check_positions
 
 
 def neuron_means(
-    model: Any,
+    model: ModelSource,
     neurons: Sequence[NeuronId | str],
     texts: Sequence[str] = REFERENCE_TEXTS,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
 ) -> list[float]:
     """Return each neuron's mean MLP activation over every token of ``texts``."""
     target = resolve(model, tokenizer)
@@ -60,11 +61,11 @@ def neuron_means(
 
 
 def mean_ablate(
-    model: Any,
+    model: ModelSource,
     neurons: NeuronId | str | Sequence[NeuronId | str],
     texts: Sequence[str] = REFERENCE_TEXTS,
     positions: Positions = "all",
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
 ) -> list[NeuronEdit]:
     """Return clamps of ``neurons`` to their mean activation over ``texts`` (label ``mean``)."""
     given = [neurons] if isinstance(neurons, (str, NeuronId)) else list(neurons)

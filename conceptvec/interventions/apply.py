@@ -29,6 +29,7 @@ from conceptvec.errors import (
 )
 from conceptvec.models.backends import Fn, Point, Target, resolve
 from conceptvec.models.backends.hf import track_passes
+from conceptvec.types import ModelSource
 
 from . import guard
 from .edit_specs import Edit, Edits, NeuronEdit, Patch, Steer, WeightEdit, check_against, flatten
@@ -48,7 +49,7 @@ class Intervention:
 
     def __init__(
         self,
-        model: Any,
+        model: ModelSource,
         interventions: Edits,
         *,
         check: bool = True,
@@ -283,7 +284,7 @@ def _row_map(edits: list, rows: Sequence[int | None] | None) -> dict[Any, int] |
     return {e: int(r) for e, r in zip(edits, rows) if r is not None}
 
 
-def intervene(model: Any, interventions: Edits, *, check: bool = True) -> Intervention:
+def intervene(model: ModelSource, interventions: Edits, *, check: bool = True) -> Intervention:
     """Return a context manager applying ``interventions`` to ``model`` inside its block.
 
     ``model`` is a :class:`conceptvec.Model`, a ``transformers`` causal LM, a TransformerLens
@@ -334,7 +335,7 @@ def pad_id(target: Target) -> int | None:
 
 
 def logits(
-    model: Any,
+    model: ModelSource,
     input_ids: torch.Tensor,
     interventions: Edits = (),
     rows: Sequence[int | None] | None = None,
@@ -355,7 +356,7 @@ def logits(
 
 
 def generate(
-    model: Any,
+    model: ModelSource,
     input_ids: torch.Tensor,
     interventions: Edits = (),
     max_new_tokens: int = 20,

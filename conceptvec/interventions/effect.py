@@ -22,6 +22,7 @@ from conceptvec.models.backends import Target, resolve
 from conceptvec.progress import progress_bar
 from conceptvec.results import Result
 from conceptvec.tokens import show, token_text
+from conceptvec.types import ModelSource, Tokenizer
 
 from .apply import generate as generate_ids
 from .apply import logits as forward_logits
@@ -43,7 +44,7 @@ class TokenProb:
     token: str
     prob: float
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the token as a plain dict."""
         return {"id": self.id, "token": self.token, "prob": self.prob}
 
@@ -87,7 +88,7 @@ class PromptEffect:
         """Percentile of :attr:`delta` among the controls' (None without controls)."""
         return percentile(self.delta, self.control_deltas)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
         return {
             "prompt": self.prompt,
@@ -152,7 +153,7 @@ class EffectResult(Result):
         """Percentile of :attr:`mean_delta` among the controls' (None without controls)."""
         return percentile(self.mean_delta, self.control_mean_deltas)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict (what ``conceptvec clamp --json`` prints)."""
         return {
             "model": self.model,
@@ -166,7 +167,7 @@ class EffectResult(Result):
             "prompts": [p.to_dict() for p in self.prompts],
         }
 
-    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
+    def _html_rows(self) -> tuple[str, list[dict[str, object]]]:
         rows = []
         for p in self.prompts:
             for t, b, a in zip(p.targets, p.prob_before, p.prob_after):
@@ -273,7 +274,7 @@ def _top(logp: torch.Tensor, k: int, text: Any) -> list[TokenProb]:
 
 
 # ---------------------------------------------------------------------- measuring
-def spaceless_twin(tokenizer: Any, target: str | int) -> str | None:
+def spaceless_twin(tokenizer: Tokenizer, target: str | int) -> str | None:
     """Return ``" " + target`` when ``target`` looks like a word that lost its leading space:
     a word of letters whose spaced form is another single token (" dog" vs "dog")."""
     if tokenizer is None or not isinstance(target, str):
@@ -287,7 +288,7 @@ def spaceless_twin(tokenizer: Any, target: str | int) -> str | None:
     return None
 
 
-def warn_if_spaceless(tokenizer: Any, target: str | int, prompts: Sequence[str]) -> None:
+def warn_if_spaceless(tokenizer: Tokenizer, target: str | int, prompts: Sequence[str]) -> None:
     """Warn (one line) when ``target`` looks like it lost its leading space and some prompt
     does not end in a space (after which the word would be the spaced token)."""
     twin = spaceless_twin(tokenizer, target)
@@ -327,7 +328,7 @@ def _control_logps(
 
 
 def measure_effect(
-    model: Any,
+    model: ModelSource,
     prompts: str | Sequence[str],
     intervention: Edits,
     targets: str | int | Sequence[str | int] = (),
@@ -337,7 +338,7 @@ def measure_effect(
     generate: int = 0,
     chat: bool = False,
     seed: int = 0,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     progress: bool = False,
 ) -> EffectResult:
     """Return an :class:`EffectResult`: the intervention's effect on each prompt's next token.

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from conceptvec.errors import BadInterventionError
 from conceptvec.models.backends import resolve
@@ -17,6 +16,7 @@ from conceptvec.neurons import NeuronId
 from conceptvec.progress import progress_bar
 from conceptvec.results import Result
 from conceptvec.tokens import show
+from conceptvec.types import ModelSource, Tokenizer
 
 from .edit_specs import Positions, clamp, finite
 from .effect import EffectResult, measure_effect, pretty_as_str
@@ -57,7 +57,7 @@ class DoseResponse(Result):
         """Per value, the percentile of the mean change in log p(target) among controls."""
         return [e.percentile for e in self.effects]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return a JSON-ready dict."""
         return {
             "model": self.model,
@@ -80,8 +80,8 @@ class DoseResponse(Result):
 
     _repr_pretty_ = pretty_as_str
 
-    def _html_rows(self) -> tuple[str, list[dict[str, Any]]]:
-        rows: list[dict[str, Any]] = [{"clamp value": "(none)", "p(target)": self.base_prob}]
+    def _html_rows(self) -> tuple[str, list[dict[str, object]]]:
+        rows: list[dict[str, object]] = [{"clamp value": "(none)", "p(target)": self.base_prob}]
         for v, p, e, c in zip(self.values, self.probs, self.effects, self.control_probs):
             rows.append(
                 {
@@ -111,7 +111,7 @@ def _mean(xs: list[float]) -> float:
 
 
 def dose_response(
-    model: Any,
+    model: ModelSource,
     prompts: str | Sequence[str],
     neurons: NeuronId | str | Sequence[NeuronId | str],
     values: Sequence[float],
@@ -123,7 +123,7 @@ def dose_response(
     generate: int = 0,
     chat: bool = False,
     seed: int = 0,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     progress: bool = False,
 ) -> DoseResponse:
     """Return a :class:`DoseResponse`: ``neurons`` clamped to each of ``values`` in turn.

@@ -73,7 +73,7 @@ class ArchSpec:
     hf_architectures: dict[str, str] = field(default_factory=dict)
     """transformers class names (``config.architectures``, TransformerLens'
     ``original_architecture``) -> their ``model_type``."""
-    config_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    config_defaults: dict[str, dict[str, object]] = field(default_factory=dict)
     """Per ``model_type``: what transformers' config class fills in for fields conceptvec
     reads when ``config.json`` leaves them out (``tie_word_embeddings``, softcaps)."""
     eps_key: str = "rms_norm_eps"
@@ -373,9 +373,9 @@ class Dims:
     n_experts: int = 0
     """Experts per layer of a mixture-of-experts model (``d_mlp`` is per expert); 0 if dense."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the dims as a plain dict (``n_experts`` only for a mixture of experts)."""
-        out = {
+        out: dict[str, object] = {
             "n_layers": self.n_layers,
             "d_model": self.d_model,
             "d_mlp": self.d_mlp,

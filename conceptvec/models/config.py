@@ -30,7 +30,7 @@ def _default(model_type: Any, name: str) -> Any:
 class JsonConfig:
     """Attribute access over a ``config.json`` dict (nested ``*_config`` dicts included)."""
 
-    def __init__(self, data: dict[str, Any], folder: str | None = None, **kwargs: Any):
+    def __init__(self, data: dict[str, object], folder: str | None = None, **kwargs: Any):
         self.__dict__["_data"] = data
         self.__dict__["_folder"] = folder
         self.__dict__["_kwargs"] = kwargs
@@ -59,7 +59,7 @@ class JsonConfig:
     def __delattr__(self, name: str) -> None:
         self.__dict__["_data"].pop(name, None)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the config as a plain dict (what config.json holds)."""
         return dict(self.__dict__["_data"])
 

@@ -36,9 +36,13 @@ import tempfile
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from conceptvec.models.model import Model
+
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +79,7 @@ def file_identity(path: str | Path) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def weights_stamp(model: Any) -> str | None:
+def weights_stamp(model: Model) -> str | None:
     """Return a sha256 of ``model``'s files as its reader opened them, or None.
 
     None when nothing can be cached: a live module (no files), or files that changed since
@@ -117,7 +121,7 @@ def code_stamp(modules: tuple[str, ...]) -> str:
 
 
 def cached_tensors(
-    model: Any,
+    model: Model,
     what: str,
     compute: Callable[[], dict[str, torch.Tensor]],
     expect: dict[str, tuple[tuple[int, ...], torch.dtype]],
@@ -134,7 +138,11 @@ def cached_tensors(
 
 
 def cached_texts(
-    model: Any, what: str, compute: Callable[[], list[str]], count: int, depends: Iterable[str] = ()
+    model: Model,
+    what: str,
+    compute: Callable[[], list[str]],
+    count: int,
+    depends: Iterable[str] = (),
 ) -> list[str]:
     """Return ``compute()``, a list of ``count`` strings, cached as :func:`cached_tensors` is."""
     return _cached(model, what, compute, depends, _TextFile(count))
@@ -162,7 +170,7 @@ def _cached(model, what: str, compute: Callable[[], Any], depends, kind, disk=Tr
     return value
 
 
-def _folder(model: Any, stamp: str) -> Path:
+def _folder(model: Model, stamp: str) -> Path:
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(str(model.location)).name)[:60] or "model"
     return cache_root() / "derived" / f"{name}-{stamp[:16]}"
 

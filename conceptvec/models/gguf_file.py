@@ -87,7 +87,7 @@ class GGUFFile:
         if self.version not in (2, 3):
             raise GGUFFormatError(f"GGUF version {self.version} is not supported (2 or 3)")
         n_tensors, n_kv = self._unpack("Q"), self._unpack("Q")
-        self.fields: dict[str, Any] = {}
+        self.fields: dict[str, object] = {}
         for _ in range(n_kv):
             key = self._string()
             self.fields[key] = self._value(self._unpack("I"))

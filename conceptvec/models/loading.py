@@ -22,6 +22,7 @@ from conceptvec.errors import (
     UnsupportedModelError,
 )
 from conceptvec.files import confine_folder, read_json
+from conceptvec.types import Tokenizer
 
 from .aliases import ALIASES, find_alias
 from .arch import dims_from_config, spec_for_model_type, text_config
@@ -69,7 +70,7 @@ def _say(quiet: bool, message: str) -> None:
 def load(
     source: Any,
     *,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     revision: str | None = None,
     dtype: Any = None,
     trust_remote_code: bool = False,
@@ -233,7 +234,9 @@ def _from_gguf(path: Path, *, name: str, source: str, dtype: Any = None) -> Mode
     )
 
 
-def from_object(obj: Any, *, tokenizer: Any = None, changed_ok: bool = False) -> Model:
+def from_object(
+    obj: object, *, tokenizer: Tokenizer | None = None, changed_ok: bool = False
+) -> Model:
     """Wrap a live HF, TransformerLens (bridge or HookedTransformer) or nnsight model without
     copying weights.
 

@@ -17,6 +17,7 @@ import torch
 
 from conceptvec.errors import CorruptWeightsError, NoWeightsError
 from conceptvec.neurons import NeuronId, check_matrix
+from conceptvec.types import Tokenizer
 
 from . import disk_cache
 from .arch import ArchSpec, Dims, dims_from_config, text_config
@@ -44,7 +45,7 @@ class Model:
         tokenizer_loader: Callable[[], Any] | None = None,
         hf_loader: Callable[[], Any] | None = None,
         hf_model: Any = None,
-        tokenizer: Any = None,
+        tokenizer: Tokenizer | None = None,
     ):
         self.name = name
         """What the user asked for (alias, hub id, path or class name)."""
@@ -361,7 +362,7 @@ class Model:
         return None
 
     # ------------------------------------------------------------------ summary
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> dict[str, object]:
         """Return the architecture summary that ``conceptvec info`` prints."""
         tc = text_config(self.config)
         return {

@@ -36,6 +36,7 @@ from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
 from conceptvec.errors import PluginError, listing
 from conceptvec.files import lists_every_file, swap_folder
 from conceptvec.results import Result
+from conceptvec.types import ModelSource
 from conceptvec.version import package_version
 
 SETS: tuple[str, ...] = ("forget_qa", "unrelated_qa", "completion")
@@ -111,7 +112,7 @@ class LmEvalExport(Result):
             f"--include_path {self.folder} --tasks {self.tag}"
         )
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Return the JSON record written as :data:`MANIFEST` (field names kept)."""
         out = asdict(self)
         out.update(
@@ -138,7 +139,7 @@ class LmEvalExport(Result):
 
 
 def export_lm_eval(
-    model: Any,
+    model: ModelSource,
     concepts: str | os.PathLike[str] | list[Any],
     concept: str | None,
     out: str | os.PathLike[str],
@@ -259,7 +260,7 @@ def _docs(
     gold: dict[str, str],
     max_new_tokens: int,
     batch_size: int,
-) -> tuple[list[dict[str, Any]], str]:
+) -> tuple[list[dict[str, object]], str]:
     """Return one set's documents and where its references came from (model or gold)."""
     from conceptvec.qa import answer, prompt_texts
 

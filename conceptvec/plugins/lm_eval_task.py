@@ -25,7 +25,7 @@ DATA_LIMIT = 256 << 20
 """The largest task data file read (bytes)."""
 
 
-def load_docs(folder: str | Path, data_file: str, **_metadata: Any) -> dict[str, Any]:
+def load_docs(folder: str | Path, data_file: str, **_metadata: Any) -> dict[str, object]:
     """Return ``{"test": datasets.Dataset}`` of the JSONL ``data_file`` inside ``folder``.
 
     lm-eval passes the task's ``metadata`` (and ``--metadata``) as keyword arguments too;

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from conceptvec.errors import PluginError
+from conceptvec.types import ModelSource
 
 METRIC = "conceptvec_intrinsic"
 """The metric's handler name in open-unlearning's registry and YAML."""
@@ -63,7 +64,7 @@ def options_of(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _plain(v) for k, v in kwargs.items() if k in accepted and v is not None}
 
 
-def conceptvec_intrinsic(model: Any, **kwargs: Any) -> dict[str, Any]:
+def conceptvec_intrinsic(model: ModelSource, **kwargs: Any) -> dict[str, object]:
     """Return ``{"agg_value", "value_by_index", "conceptvec"}`` for ``model`` (unlearned).
 
     ``kwargs`` are what open-unlearning's evaluator passes: the metric's YAML keys (``base``

@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from conceptvec.errors import UnsupportedModelError
+from conceptvec.types import Tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -63,7 +64,7 @@ class Backend(ABC):
     run_hint: ClassVar[str] = "run the model inside the `with` block"
     """What to tell a user whose edit never fired."""
 
-    def __init__(self, obj: Any, hf: Any, tokenizer: Any = None):
+    def __init__(self, obj: Any, hf: Any, tokenizer: Tokenizer | None = None):
         self.obj = obj
         self.hf = hf
         self.tokenizer = tokenizer
@@ -71,7 +72,7 @@ class Backend(ABC):
     # ------------------------------------------------------------------ finding
     @classmethod
     @abstractmethod
-    def claims(cls, obj: Any) -> bool:
+    def claims(cls, obj: object) -> bool:
         """Return True if ``obj`` is this library's model object (never imports the library)."""
 
     @classmethod
@@ -81,7 +82,7 @@ class Backend(ABC):
         return cls(obj, obj, getattr(obj, "tokenizer", None))
 
     # ------------------------------------------------------------------ weights
-    def own_weights(self, tokenizer: Any = None) -> Model | None:
+    def own_weights(self, tokenizer: Tokenizer | None = None) -> Model | None:
         """Return a :class:`Model` over the object's weights when the library keeps its own
         (not a ``transformers`` module), else None: then :func:`conceptvec.load` reads
         ``hf``."""
@@ -93,7 +94,7 @@ class Backend(ABC):
         rewrote them in place), as a one-line message saying what to do; None when they are."""
         return None
 
-    def rule_tokenizer(self, tokenizer: Any) -> Any:
+    def rule_tokenizer(self, tokenizer: Tokenizer | None) -> Tokenizer | None:
         """Return the tokenizer whose defaults are the model's own tokenization rule (the
         BOS it puts before a text). The wrapper's tokenizer, unless the library changed it."""
         return tokenizer
@@ -196,7 +197,7 @@ def backends() -> list[type[Backend]]:
     return sorted(concrete, key=lambda c: -c.priority)
 
 
-def unwrap(obj: Any, action: str = "use {} as a model") -> Backend:
+def unwrap(obj: object, action: str = "use {} as a model") -> Backend:
     """Return the :class:`Backend` over ``obj``: a ``transformers`` model, a TransformerLens
     ``TransformerBridge`` or ``HookedTransformer``, an nnsight ``LanguageModel`` /
     ``TransformersModel``, or whatever a user's own Backend subclass claims.
@@ -216,7 +217,7 @@ def unwrap(obj: Any, action: str = "use {} as a model") -> Backend:
     )
 
 
-def is_library_object(obj: Any, library: str) -> bool:
+def is_library_object(obj: object, library: str) -> bool:
     """Return True if ``obj``'s class comes from ``library`` (a top-level package name),
     without importing it."""
     module = type(obj).__module__ or ""

@@ -45,7 +45,7 @@ def expert_hooks(
             block = submodule(layers[layer], spec.down_module.rpartition(".")[0], "the MoE block")
             shape: dict[str, torch.Size] = {}
 
-            def remember(_module: Any, args: tuple, shape: dict = shape) -> None:
+            def remember(_module: torch.nn.Module, args: tuple, shape: dict = shape) -> None:
                 shape["tokens"] = args[0].shape[:-1]  # [batch, tokens] before it is flattened
 
             handles.append(block.register_forward_pre_hook(remember))
@@ -80,7 +80,9 @@ def _edit_experts(
             f"{type(experts).__name__} has no act_fn; conceptvec cannot recompute its experts"
         )
 
-    def hook(_module: Any, args: tuple, kwargs: dict, output: torch.Tensor) -> torch.Tensor:
+    def hook(
+        _module: torch.nn.Module, args: tuple, kwargs: dict, output: torch.Tensor
+    ) -> torch.Tensor:
         names = ("hidden_states", "top_k_index", "top_k_weights")
         x, index, weights = (args[i] if len(args) > i else kwargs[n] for i, n in enumerate(names))
         tokens = shape.get("tokens", torch.Size([1, x.shape[0]]))

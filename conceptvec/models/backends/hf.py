@@ -43,7 +43,7 @@ def track_passes(module: torch.nn.Module, begin_pass: Callable[..., None]) -> An
     """Register a pre-hook calling ``begin_pass(ids or None, length, past)`` at the start of
     each forward pass of ``module``; return its handle (the caller removes it)."""
 
-    def begin(_module: Any, args: tuple, kwargs: dict) -> None:
+    def begin(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", kwargs.get("input"))
         if ids is None and args and isinstance(args[0], torch.Tensor):
             ids = args[0]
@@ -84,14 +84,14 @@ def torch_hooks(
 
 
 def _replace_first_arg(fn: Fn) -> Callable:
-    def pre_hook(_module: Any, args: tuple) -> tuple:
+    def pre_hook(_module: torch.nn.Module, args: tuple) -> tuple:
         return (fn(args[0]),) + tuple(args[1:])
 
     return pre_hook
 
 
 def _replace_output(fn: Fn) -> Callable:
-    def hook(_module: Any, _args: tuple, output: Any) -> Any:
+    def hook(_module: torch.nn.Module, _args: tuple, output: Any) -> Any:
         if isinstance(output, tuple):  # older transformers: (hidden_states, ...)
             return (fn(output[0]),) + tuple(output[1:])
         return fn(output)
@@ -107,7 +107,7 @@ class HFBackend(Backend):
     torch_hooks = True
 
     @classmethod
-    def claims(cls, obj: Any) -> bool:
+    def claims(cls, obj: object) -> bool:
         """Return True for a torch module with an HF config."""
         return getattr(obj, "config", None) is not None and hasattr(obj, "state_dict")
 

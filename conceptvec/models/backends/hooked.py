@@ -44,6 +44,7 @@ import torch
 from conceptvec.errors import NoWeightsError, UnsupportedArchitectureError
 from conceptvec.models.arch import ArchSpec, hf_architectures, spec_for_model_type
 from conceptvec.models.model import Model, local_tokenizer_loader
+from conceptvec.types import ModelSource, Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class HookedTransformerReader:
         return (w_u - w_u.mean(0, keepdim=True) + b_u[None, :] / w_u.shape[0]).T
 
 
-def from_hooked_transformer(model: Any, *, tokenizer: Any = None) -> Model:
+def from_hooked_transformer(model: ModelSource, *, tokenizer: Tokenizer | None = None) -> Model:
     """Return a :class:`Model` over a live TransformerLens ``HookedTransformer``.
 
     The spec comes from ``model.cfg.original_architecture`` (``LlamaForCausalLM`` -> llama,

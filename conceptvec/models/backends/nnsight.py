@@ -29,7 +29,7 @@ class NNsightBackend(Backend):
     run_hint = "call run.apply() inside model.trace(...)"
 
     @classmethod
-    def claims(cls, obj: Any) -> bool:
+    def claims(cls, obj: object) -> bool:
         """Return True for any nnsight object (refused in :meth:`open` when it wraps no
         ``transformers`` model)."""
         return is_library_object(obj, "nnsight")

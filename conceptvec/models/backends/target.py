@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from conceptvec.models.model import Model
+from conceptvec.types import Tokenizer
 
 from .base import Backend, unwrap
 from .hf import HFBackend
@@ -76,7 +77,7 @@ class Target:
         return self.backend.point(self.model.spec, layer, kind)
 
 
-def resolve(obj: Any, tokenizer: Any = None) -> Target:
+def resolve(obj: object, tokenizer: Tokenizer | None = None) -> Target:
     """Return the :class:`Target` for ``obj`` (a Model, alias or path, HF, TL or nnsight model).
 
     Raises UnsupportedModelError for objects no backend claims (:func:`unwrap`).
@@ -97,7 +98,7 @@ def resolve(obj: Any, tokenizer: Any = None) -> Target:
     return Target(obj, backend, backend.hf, model, rule)
 
 
-def bos_prefix(tokenizer: Any) -> list[int]:
+def bos_prefix(tokenizer: Tokenizer) -> list[int]:
     """Return the ids ``tokenizer`` puts before a text by default (its BOS, or nothing)."""
     probe = "a"
     with_special = list(tokenizer(probe)["input_ids"])

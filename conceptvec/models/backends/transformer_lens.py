@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from conceptvec.errors import UnsupportedModelError
+from conceptvec.types import Tokenizer
 
 from .base import Backend, Fn, Place, Point, _nothing, is_library_object
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def is_hooked_transformer(obj: Any) -> bool:
+def is_hooked_transformer(obj: object) -> bool:
     """Return True for a TransformerLens ``HookedTransformer`` or a subclass of it.
 
     Looks at class names and modules only, so it never imports ``transformer_lens``.
@@ -49,7 +50,7 @@ class HookedTransformerBackend(Backend):
     name = "transformer_lens"
 
     @classmethod
-    def claims(cls, obj: Any) -> bool:
+    def claims(cls, obj: object) -> bool:
         """Return True for a ``HookedTransformer`` (or a subclass)."""
         return is_hooked_transformer(obj)
 
@@ -58,7 +59,7 @@ class HookedTransformerBackend(Backend):
         """Return the backend (there is no ``transformers`` module inside)."""
         return cls(obj, None, getattr(obj, "tokenizer", None))
 
-    def own_weights(self, tokenizer: Any = None) -> Model | None:
+    def own_weights(self, tokenizer: Tokenizer | None = None) -> Model | None:
         """Return a :class:`Model` reading the HookedTransformer's weights in place."""
         from .hooked import from_hooked_transformer
 
@@ -122,7 +123,7 @@ class BridgeBackend(HookedTransformerBackend):
     """A TransformerLens 3.x/4.x ``TransformerBridge`` around a ``transformers`` model."""
 
     @classmethod
-    def claims(cls, obj: Any) -> bool:
+    def claims(cls, obj: object) -> bool:
         """Return True for any other TransformerLens object (refused in :meth:`open` when
         it wraps no ``transformers`` model)."""
         return is_library_object(obj, "transformer_lens") and not is_hooked_transformer(obj)
@@ -139,7 +140,7 @@ class BridgeBackend(HookedTransformerBackend):
             )
         return cls(obj, hf, getattr(obj, "tokenizer", None))
 
-    def own_weights(self, tokenizer: Any = None) -> Model | None:
+    def own_weights(self, tokenizer: Tokenizer | None = None) -> Model | None:
         """Return None: the weights are the ``transformers`` model's."""
         del tokenizer
         return None
@@ -165,7 +166,7 @@ class BridgeBackend(HookedTransformerBackend):
             "mode or with enable_compatibility_mode(no_processing=True)"
         )
 
-    def rule_tokenizer(self, tokenizer: Any) -> Any:
+    def rule_tokenizer(self, tokenizer: Tokenizer | None) -> Tokenizer | None:
         """Return the model's own tokenizer, read again from the files the bridge's came from.
 
         The bridge replaces the tokenizer it was given by a copy that adds BOS
