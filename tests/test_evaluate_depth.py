@@ -53,6 +53,9 @@ def test_patch_recovers_a_disconnected_vector_and_profiles_depth(tiny, disconnec
     json.dumps(d, allow_nan=False)
     assert d["runs"][0]["concepts"][0]["recovery"][0]["profile"]["layers"] == [0, 1, 2]
     assert d["settings"]["patch"] == {"controls": 10, "layers": "all"}
+    dep = c.metrics["depth"]
+    assert dep["score"] == pytest.approx(0.0, abs=1e-4) and dep["label"] == "shallow"
+    assert dep["recovered_patch"] == pytest.approx(1.0, abs=1e-4)
     # the depth profile is plotted, axes titled, in report.plot() and in the HTML page
     from conceptvec.viz.evaluation import depth_figure
 
@@ -74,6 +77,10 @@ def test_patch_on_an_untouched_model_claims_nothing(tiny):
     assert "unchanged by unlearning" in p.detail
     assert p.profile is not None and p.profile["layers"] == [2]
     assert p.profile["resid"] == [None]
+    dep = r.runs[0].concepts[0].metrics["depth"]
+    assert dep["label"] == "unchanged" and dep["score"] is None
+    # an untouched vector has no change percentile (not "50th by ties")
+    assert dep["change_pct_model"] is None and "did not change" in dep["why"]
 
 
 def test_patch_batches_one_pass_per_variant(tiny, disconnected, monkeypatch):
@@ -105,3 +112,16 @@ def test_patch_layers_out_of_range_is_one_line(tiny, disconnected):
             max_questions=1, max_new_tokens=1, trace_activations=False,
             options={"patch": {"layers": [5]}},
         )  # fmt: skip
+
+
+def test_depth_without_patch_is_not_measured_and_a_zero_vector_has_no_cosine(tiny, tmp_path):
+    def zero(sd):
+        sd["model.layers.1.mlp.down_proj.weight"][:, 7] = 0
+
+    unl = _variant(tiny, tmp_path / "zero", zero)
+    r = intrinsic(tiny, unl, _records({"Ancient Rome": (1, 7)}), qa=False)
+    dep = r.runs[0].concepts[0].metrics["depth"]
+    assert dep["label"] == "not measured" and dep["score"] is None
+    assert "did not run" in dep["why"]
+    assert dep["cosine"] is None and "zero after" in dep["why"]
+    assert dep["change_pct_model"] is not None

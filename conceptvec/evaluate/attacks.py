@@ -177,29 +177,6 @@ def _recovery(inp: AttackInput) -> list[Recovery]:
 
 
 @register_attack(
-    "patch",
-    settings=lambda c: {
-        "controls": max(PATCH_CONTROLS, c.controls),
-        "layers": _patch_layers(c) or "all",
-    },
-)
-def _patch(inp: AttackInput) -> Recovery:
-    """Patch the base's activations in, per position: the vector against same-layer controls,
-    and per layer the whole MLP and the residual stream (:mod:`.patching`)."""
-    from .patching import patch_recovery
-
-    return patch_recovery(
-        inp.base,
-        inp.unlearned,
-        inp.concept.neuron,
-        inp.probes,
-        controls=max(PATCH_CONTROLS, inp.config.controls),
-        seed=inp.config.seed,
-        layers=_patch_layers(inp.config),
-    )
-
-
-@register_attack(
     "quant4",
     settings=lambda _c: {"bits": 4, "group": 64, "scheme": "symmetric absmax, round to nearest"},
 )
@@ -252,3 +229,26 @@ def _relearn(inp: AttackInput) -> Recovery:
         )
     finally:
         del trained
+
+
+@register_attack(
+    "patch",
+    settings=lambda c: {
+        "controls": max(PATCH_CONTROLS, c.controls),
+        "layers": _patch_layers(c) or "all",
+    },
+)
+def _patch(inp: AttackInput) -> Recovery:
+    """Patch the base's activations in, per position: the vector against same-layer controls,
+    and per layer the whole MLP and the residual stream (:mod:`.patching`)."""
+    from .patching import patch_recovery
+
+    return patch_recovery(
+        inp.base,
+        inp.unlearned,
+        inp.concept.neuron,
+        inp.probes,
+        controls=max(PATCH_CONTROLS, inp.config.controls),
+        seed=inp.config.seed,
+        layers=_patch_layers(inp.config),
+    )

@@ -149,5 +149,6 @@ def patch_recovery(
         "resid_logprob": rest[len(layers) :],
         "base_logprob": base_lp,
         "unlearned_logprob": plain,
+        "vector_unchanged": unchanged,
     }
     return Recovery("patch", real, rec, others, pct, detail, floor=floor, profile=profile)

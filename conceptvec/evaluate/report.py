@@ -119,6 +119,13 @@ def cosine_text(c: float) -> str:
     return f"{c:.7f}" if c < 0.9999995 else f"1-{1 - c:.1e}"
 
 
+def depth_text(d: Any) -> str:
+    """Show the ``depth`` metric: ``shallow 0.00``, ``not measured``, or ``-`` (null)."""
+    if not isinstance(d, dict) or d.get("label") is None:
+        return "-"
+    return d["label"] if d.get("score") is None else f"{d['label']} {d['score']:.2f}"
+
+
 def _f(x: float | None, fmt: str = ".3f") -> str:
     return "-" if x is None else format(x, fmt)
 
@@ -196,6 +203,7 @@ class EvalReport(Result):
             "change pct (model/layer)",
             "act. base -> after",
             "label",
+            "depth",
             "forget drop",
             "retain drop",
             "forget ROUGE-L",
@@ -228,6 +236,7 @@ class EvalReport(Result):
                         f"{v.change_pct_model:.0f} / {v.change_pct_layer:.0f}",
                         act,
                         c.label,
+                        depth_text(c.metrics.get("depth")),
                         _f(c.drop("forget"), "+.3f"),
                         _f(c.drop("retain"), "+.3f"),
                         _f(rouge, ".2f"),

@@ -41,6 +41,7 @@ from conceptvec.progress import progress_bar
 from .attacks import ATTACKS, AttackInput, run_attack
 from .behaviour import ConceptProbes, apply_floor, base_probes, probe_model
 from .concepts import EvalConcept, check_concepts, eval_concepts
+from .depth import ALWAYS
 from .metrics import DEFAULT as DEFAULT_METRICS
 from .metrics import METRICS, MetricInput, compute
 from .report import ConceptEval, EvalReport, RunEval
@@ -236,7 +237,7 @@ def intrinsic(
                 apply_floor(ev.recovery, inp.unlearned_logprob, inp.base_logprob)
                 clock.stop("attacks")
             ev.metrics = compute(
-                cfg.metrics, MetricInput(b, u, c, ev, cfg, base_target, target, shared)
+                [*cfg.metrics, *ALWAYS], MetricInput(b, u, c, ev, cfg, base_target, target, shared)
             )
             if cfg.metrics:
                 clock.stop("metrics")
