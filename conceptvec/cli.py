@@ -193,11 +193,12 @@ def main() -> None:
 
     from .commands.help_style import plain_help
     from .errors import ConceptvecError
+    from .interrupts import Terminated, terminate_as_interrupt
 
     plain_help()
     logger, handler, level = _show_library_log()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), terminate_as_interrupt():
             warnings.showwarning = _warning_line
             code = app(standalone_mode=False)  # usage errors come here, not to a rich box
         if isinstance(code, int) and code:
@@ -213,8 +214,11 @@ def main() -> None:
         where = e.ctx.command_path if usage and getattr(e, "ctx", None) else "conceptvec"
         typer.echo(f"error: {text}; see '{where} --help'", err=True)
         sys.exit(2 if usage else e.exit_code)
-    except typer.Abort:  # Ctrl-C
+    except typer.Abort as e:  # Ctrl-C, or SIGTERM: the same cleanup ran on the way out
         _end_progress_bars()
+        if isinstance(e.__cause__, Terminated):
+            typer.echo("Terminated.", err=True)
+            sys.exit(143)
         typer.echo("Aborted.", err=True)
         sys.exit(1)
     finally:

@@ -220,3 +220,31 @@ def test_map_on_a_finished_atlas_leaves_its_exports_alone(
     assert code == 0, err
     assert "0 shards written" in stdout and "nothing to project" in stdout
     assert "export:" not in stdout and parquet.stat().st_mtime_ns == before  # not rewritten
+
+
+def test_sigterm_cleans_up_like_ctrl_c(small_atlas, monkeypatch, capsys):
+    """SIGTERM in the middle of an export: its temporary folder is removed (as on Ctrl-C),
+    the exit status is 143, and the next export runs."""
+    import os
+    import signal
+
+    import conceptvec.atlas.export as export
+
+    real = export._write_batch
+
+    def write_then_terminate(path, batch):
+        real(path, batch)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(export, "_write_batch", write_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = run_cli(["export", str(small_atlas), "--format", "neuronpedia"],
+                           monkeypatch, capsys)  # fmt: skip
+    assert code == 143, err
+    assert not [p.name for p in small_atlas.iterdir() if p.name.startswith(".neuronpedia")]
+    assert not (small_atlas / "neuronpedia").exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    monkeypatch.setattr(export, "_write_batch", real)
+    code, _, err = run_cli(["export", str(small_atlas), "--format", "neuronpedia"],
+                           monkeypatch, capsys)  # fmt: skip
+    assert code == 0 and (small_atlas / "neuronpedia" / "batch-0.jsonl.gz").exists(), err

@@ -230,8 +230,10 @@ def export_neuronpedia(
     batch_size: int = 4096,
     model_id: str | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
-    """Write ``batch-0.jsonl.gz, batch-1.jsonl.gz, ...`` (``batch_size`` records each).
+    """Write ``batch-0.jsonl.gz, batch-1.jsonl.gz, ...`` (``batch_size`` records each);
+    ``progress`` shows a bar over the neurons on stderr.
 
     The folder ``out`` (default ``neuronpedia/`` in the atlas folder) is built under a
     temporary name and renamed, so a reader never sees half an export. An existing folder
@@ -249,6 +251,10 @@ def export_neuronpedia(
     except OSError as e:
         raise AtlasError(store.write_problem(path, e)) from None
     old = None
+    from conceptvec.progress import progress_bar
+
+    total = len(atlas.manifest["shards"]) * int(atlas.dims["d_mlp"])
+    bar = progress_bar(total, "neuronpedia export", progress, unit="neuron")
     try:
         batch: list[str] = []
         n = 0
@@ -256,6 +262,7 @@ def export_neuronpedia(
             batch.append(json.dumps(row, ensure_ascii=False))
             if len(batch) == batch_size:
                 _write_batch(tmp / f"batch-{n}.jsonl.gz", batch)
+                bar.update(len(batch))
                 batch, n = [], n + 1
         if batch:
             _write_batch(tmp / f"batch-{n}.jsonl.gz", batch)
@@ -278,6 +285,7 @@ def export_neuronpedia(
             old = None
         raise AtlasError(store.write_problem(path, e)) from None
     finally:
+        bar.close()
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

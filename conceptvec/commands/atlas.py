@@ -77,7 +77,7 @@ def run_exports(
         if f == "parquet":
             paths.append(export_parquet(atlas, target, overwrite=overwrite))
         elif f == "neuronpedia":
-            paths.append(export_neuronpedia(atlas, target, overwrite=overwrite))
+            paths.append(export_neuronpedia(atlas, target, overwrite=overwrite, progress=True))
         else:
             from conceptvec.atlas.html import export_html
 
