@@ -193,14 +193,19 @@ def main() -> None:
 
     from .commands.help_style import plain_help
     from .errors import ConceptvecError
-    from .interrupts import Terminated, terminate_as_interrupt
+    from .interrupts import TerminateAsInterrupt
 
     plain_help()
     logger, handler, level = _show_library_log()
+    sigterm = TerminateAsInterrupt()  # SIGTERM runs Ctrl-C's cleanup, then exits 143
     try:
-        with warnings.catch_warnings(), terminate_as_interrupt():
+        with warnings.catch_warnings(), sigterm:
             warnings.showwarning = _warning_line
             code = app(standalone_mode=False)  # usage errors come here, not to a rich box
+        if sigterm.terminated:
+            _end_progress_bars()
+            typer.echo("Terminated.", err=True)
+            sys.exit(143)
         if isinstance(code, int) and code:
             sys.exit(code)
     except ConceptvecError as e:
@@ -214,9 +219,9 @@ def main() -> None:
         where = e.ctx.command_path if usage and getattr(e, "ctx", None) else "conceptvec"
         typer.echo(f"error: {text}; see '{where} --help'", err=True)
         sys.exit(2 if usage else e.exit_code)
-    except typer.Abort as e:  # Ctrl-C, or SIGTERM: the same cleanup ran on the way out
+    except typer.Abort:  # Ctrl-C, or SIGTERM: the same cleanup ran on the way out
         _end_progress_bars()
-        if isinstance(e.__cause__, Terminated):
+        if sigterm.terminated:
             typer.echo("Terminated.", err=True)
             sys.exit(143)
         typer.echo("Aborted.", err=True)
