@@ -78,7 +78,7 @@ def _rc(e: dict, name: str) -> str:
     if r is None:
         return "-"
     if r["recovered"] is None:
-        return "nothing lost"
+        return "too little forgetting to measure"
     pct = "" if r.get("percentile") is None else f" (pct {r['percentile']:.1f})"
     return f"{r['recovered']:.2f}{pct}"
 

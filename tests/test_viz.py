@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,13 @@ import pytest
 import torch
 
 import conceptvec as cv
-from conceptvec.evaluate.behaviour import LOST_FLOOR, Recovery, apply_floor, noise_floor
+from conceptvec.evaluate.behaviour import (
+    LOST_FLOOR,
+    Recovery,
+    apply_floor,
+    drop_noise,
+    noise_floor,
+)
 from conceptvec.evaluate.report import TOO_LITTLE
 from conceptvec.results import Result
 from tests.test_evaluate import KEY, _records, _variant
@@ -148,6 +155,15 @@ def test_the_recovered_share_needs_forgetting_above_the_noise():
     kept = Recovery("recovery:clamp", -0.5, 0.5, floor=0.1)
     apply_floor([kept], unlearned=-1.0, base=0.0)
     assert kept.recovered == 0.5  # a drop of 1.0 is far above the floor
+    # three questions whose drops scatter around a small mean: within their standard error
+    base, unl = [-1.00, -1.20, -0.90], [-1.05, -1.18, -0.92]  # drops +0.05, -0.02, +0.02
+    noise = drop_noise(base, unl)
+    assert noise == pytest.approx(2 * statistics.stdev([0.05, -0.02, 0.02]) / 3**0.5)
+    assert noise > 0.0167  # the mean drop
+    few = Recovery("recovery:clamp", -1.1, -5.0, floor=LOST_FLOOR)
+    apply_floor([few], unlearned=-1.0167, base=-1.0, noise=noise)
+    assert few.recovered is None and few.floor == noise
+    assert drop_noise([-1.0], [-2.0]) == 0.0  # one question: no scatter to measure
 
 
 def test_eval_page_is_a_report_to_send(results, tmp_path):

@@ -21,10 +21,10 @@ Recovery (the built-in attacks, registered in :mod:`.attacks`):
 
 The recovered share is ``(after attack - unlearned) / (base - unlearned)`` on the forget QA's
 log-probability: 0 nothing came back, 1 everything did. It is None ("too little forgetting to
-measure") when the loss ``base - unlearned`` is within the measurement's noise: at most
-twice the spread (standard deviation) of what the random same-layer controls' edits do to
-the unlearned model's forget log p, and never below 0.01 nats/token. Below that a ratio
-would only divide noise by a number near zero.
+measure") when the loss ``base - unlearned`` is within the measurement's noise: not above
+twice its standard error over the questions, nor above twice the spread (standard
+deviation) of what the random same-layer controls' edits do to the forget log p, nor above
+0.01 nats/token. Below that a ratio would only divide noise by a number near zero.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ class Probe:
     rouge_l: float | None = None
     bleu: float | None = None
     answers: list[str] = field(default_factory=list)
+    per_question: list[float] = field(default_factory=list)
+    """:attr:`logprob` of each question (their mean is ``logprob``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -150,10 +152,10 @@ def base_probes(
         {},
         prompting="chat" if is_chat else "paper",
     )
-    probes.base = {
-        name: Probe(_mean(answer_logprobs(base, qs, rs, chat=is_chat, raw=raw)), 1.0, 1.0, rs)
-        for name, qs, rs, raw in _sides(probes)
-    }
+    probes.base = {}
+    for name, qs, rs, raw in _sides(probes):
+        lps = answer_logprobs(base, qs, rs, chat=is_chat, raw=raw)
+        probes.base[name] = Probe(_mean(lps), 1.0, 1.0, rs, per_question=list(lps))
     return probes
 
 
@@ -173,13 +175,13 @@ def probe_model(
     chat = probes.prompting == "chat"
     out = {}
     for name, qs, refs, raw in _sides(probes):
-        lp = _mean(answer_logprobs(model, qs, refs, chat=chat, raw=raw))
+        lps = list(answer_logprobs(model, qs, refs, chat=chat, raw=raw))
         if not generate:
-            out[name] = Probe(lp)
+            out[name] = Probe(_mean(lps), per_question=lps)
             continue
         ans = answer(model, qs, chat=chat, raw=raw, max_new_tokens=max_new_tokens)
         s = text_scores(ans, refs)
-        out[name] = Probe(lp, _mean(s["rouge_l"]), _mean(s["bleu"]), ans)
+        out[name] = Probe(_mean(lps), _mean(s["rouge_l"]), _mean(s["bleu"]), ans, lps)
     return out
 
 
@@ -217,10 +219,26 @@ def noise_floor(control_moves: Sequence[float]) -> float:
     return max(LOST_FLOOR, 2 * var**0.5)
 
 
-def apply_floor(recoveries: Sequence[Recovery], unlearned: float, base: float) -> None:
-    """Give every attack on one concept the largest floor any of them measured, and drop the
-    recovered shares that fall below it (an attack without controls has no floor of its own)."""
-    floor = max([r.floor for r in recoveries], default=LOST_FLOOR)
+def drop_noise(base: Sequence[float], unlearned: Sequence[float]) -> float:
+    """Return twice the standard error of the mean forget drop over the questions (the
+    per-question drops ``base - unlearned`` scatter; with few questions a small mean drop is
+    within that scatter). 0 with fewer than two questions."""
+    drops = [b - u for b, u in zip(base, unlearned)]
+    if len(drops) < 2:
+        return 0.0
+    mean = _mean(drops)
+    var = sum((d - mean) ** 2 for d in drops) / (len(drops) - 1)
+    return 2 * (var / len(drops)) ** 0.5
+
+
+def apply_floor(
+    recoveries: Sequence[Recovery], unlearned: float, base: float, noise: float = 0.0
+) -> None:
+    """Give every attack on one concept one floor: the largest of :data:`LOST_FLOOR`, the
+    controls' spread any of them measured (:func:`noise_floor`) and ``noise``, the forget
+    drop's own scatter over the questions (:func:`drop_noise`); drop the recovered shares of
+    a concept whose forget drop is not above it."""
+    floor = max([LOST_FLOOR, noise, *(r.floor for r in recoveries)])
     for r in recoveries:
         r.floor = floor
         if base - unlearned <= floor:

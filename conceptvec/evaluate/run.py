@@ -39,7 +39,7 @@ from conceptvec.models.backends import Target, resolve
 from conceptvec.progress import progress_bar
 
 from .attacks import ATTACKS, AttackInput, run_attack
-from .behaviour import ConceptProbes, apply_floor, base_probes, probe_model
+from .behaviour import ConceptProbes, apply_floor, base_probes, drop_noise, probe_model
 from .concepts import EvalConcept, check_concepts, eval_concepts
 from .depth import ALWAYS
 from .metrics import DEFAULT as DEFAULT_METRICS
@@ -234,7 +234,10 @@ def intrinsic(
                     (concepts, probes), shared,
                 )  # fmt: skip
                 ev.recovery = [r for a in attacks for r in run_attack(a, inp)]
-                apply_floor(ev.recovery, inp.unlearned_logprob, inp.base_logprob)
+                noise = drop_noise(
+                    p.base["forget"].per_question, ev.behaviour["forget"].per_question
+                )
+                apply_floor(ev.recovery, inp.unlearned_logprob, inp.base_logprob, noise)
                 clock.stop("attacks")
             ev.metrics = compute(
                 [*cfg.metrics, *ALWAYS], MetricInput(b, u, c, ev, cfg, base_target, target, shared)

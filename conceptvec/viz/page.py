@@ -153,7 +153,7 @@ def _numbers(report: EvalReport, c: ConceptEval) -> list[list[str]]:
     for r in c.recovery:
         if r.recovered is None:
             value = TOO_LITTLE
-            meaning = f"the forget drop is within the noise of the controls ({r.floor:.3f})"
+            meaning = f"the forget drop is within the measurement's noise ({r.floor:.3f})"
         else:
             pct = "" if r.percentile is None else f" (percentile {r.percentile:.0f})"
             value, meaning = f"{r.recovered:.2f}{pct}", r.detail
