@@ -307,6 +307,7 @@ def test_cli_text_and_json(folder, tmp_path, monkeypatch, capsys):
         ["activations", folder, "L1.3", "--text", str(path), "--top", "4"], monkeypatch, capsys
     )
     assert code == 0, err
+    assert "reading activations" in err  # a bar: 13 minutes passed silently on a big text
     lines = out.strip().splitlines()
     assert "L1.3: 4 highest activations of" in lines[0] and len(lines) == 5
     assert all("[" in line and "]" in line for line in lines[1:])

@@ -110,3 +110,13 @@ def test_inputs_are_checked_before_the_model_loads(extra, message, tmp_path, mon
             "--out", str(tmp_path / "o"), *extra]  # fmt: skip
     code, _, err = run_cli(args, monkeypatch, capsys)
     assert code == 2 and message in err and "no-such-model" not in err, err
+
+
+def test_long_stages_say_what_they_do(tiny_dir, tmp_path, monkeypatch, capsys):
+    """Answering the training questions and the held-out QA took minutes with no output."""
+    args = ["unlearn", str(tiny_dir("llama")), "--concept", "Ancient Rome", "--concepts", SAMPLE,
+            "--out", str(tmp_path / "o"), "--method", "ga", "--steps", "1", "--batch-size", "2",
+            "--max-length", "32"]  # fmt: skip
+    code, _, err = run_cli(args, monkeypatch, capsys)
+    assert code == 0, err
+    assert "answering" in err and "held-out QA before" in err and "held-out QA after" in err

@@ -204,9 +204,11 @@ def top_contexts(
     tokenizer: Tokenizer | None = None,
     max_tokens: int = 256,
     bottom: bool = False,
+    progress: bool = False,
 ) -> TopContexts:
     """Return the ``top`` tokens of ``texts`` where ``neuron`` fires highest (lowest, with
-    ``bottom=True``), each with ``window`` tokens of context either side.
+    ``bottom=True``), each with ``window`` tokens of context either side (``progress``: a
+    bar over the forward passes on stderr).
 
     >>> print(top_contexts("smollm2-135m", "L29.808", ["My dog sleeps."], top=2))
     smollm2-135m L29.808: 2 highest activations of 5 tokens in 1 text(s) (mean -3.7...)
@@ -215,5 +217,7 @@ def top_contexts(
     """
     if top < 1 or window < 0:
         raise BadTextError(f"top must be at least 1 and window at least 0, not {top}, {window}")
-    acts = read_activations(model, texts, [neuron], tokenizer=tokenizer, max_tokens=max_tokens)
+    acts = read_activations(
+        model, texts, [neuron], tokenizer=tokenizer, max_tokens=max_tokens, progress=progress
+    )
     return contexts_from(acts, neuron, top=top, window=window, bottom=bottom)

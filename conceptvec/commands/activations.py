@@ -45,7 +45,10 @@ def activations(
     texts = read_texts(text)
     m = load(model, quiet=json_out)
     n = NeuronId.parse(neuron).check(m.dims.n_layers, m.dims.d_mlp)  # before building torch
-    result = top_contexts(m, n, texts, top=top, window=window, bottom=bottom, max_tokens=max_tokens)
+    result = top_contexts(
+        m, n, texts, top=top, window=window, bottom=bottom, max_tokens=max_tokens,
+        progress=not json_out,
+    )  # fmt: skip
     if json_out:
         print_json(result.to_dict())
     else:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import tempfile
@@ -53,6 +54,8 @@ from .scope import Scope, apply_scope, column_weight, parse_scope, trainable_val
 DEFAULT_THREADS = 1
 """Torch threads for training when ``threads`` is not given: on this project's loaded
 2-core machine one thread ran a training step faster than two (see docs/unlearning.md)."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -195,7 +198,9 @@ def unlearn(
             from conceptvec.concepts import find_concept
 
             texts = [entry.wikipedia_content] if entry.wikipedia_content else []
-            search = find_concept(target, entry.concept, texts=texts, qa=entry.qa, progress=False)
+            search = find_concept(
+                target, entry.concept, texts=texts, qa=entry.qa, progress=progress
+            )
             best = (search.validated or search.candidates)[0]
             return NeuronId.parse(best.neuron)
 
@@ -315,6 +320,8 @@ def _evaluate(target, heldout, before, evaluate: bool, chat, max_new_tokens):
     """Before training: the base answers; after: scores against them (or None)."""
     if not evaluate:
         return None
+    when = "before" if before is None else "after"
+    logger.info("held-out QA %s unlearning: %d + %d questions", when, *map(len, heldout))
     was_training = target.hf.training
     target.hf.eval()
     try:

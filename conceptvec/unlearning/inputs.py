@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from conceptvec.neurons import NeuronId
 
 from .data import IDK_ANSWERS, DataSpec, Example, Tokenising, chunk_text, halves, read_pairs
 from .data import split_questions as split_qa
+
+logger = logging.getLogger(__name__)
 
 
 # -------------------------------------------------------------------------------- model
@@ -194,6 +197,8 @@ def build_sets(
         r_texts = random.Random(seed).sample(r_texts, max(rows, 64))
 
     unanswered = [q for q in train_q] + [q for q in train_u]
+    if unanswered:  # minutes on a CPU: say so (the CLI shows these lines)
+        logger.info("answering %d training questions with the model", len(unanswered))
     answers = (
         answer(target, unanswered, chat=tk.chat, max_new_tokens=max_new_tokens)
         if unanswered
