@@ -20,6 +20,10 @@ LIST_ITEMS = 10_000
 """The most items in one list of questions or texts."""
 RECORDS = 100_000
 """The most concept records in one file."""
+STEPS = 1_000_000
+"""The most training steps of one run (``unlearn --steps``, ``eval --relearn-steps``)."""
+SCHEDULE_ROWS = 10_000_000
+"""The most samples one unlearning run schedules (steps times the global batch size)."""
 DIGITS = 18
 """The most digits of a whole number read from text (a layer, an index, a step count):
 Python refuses to convert more than 4,300, with a traceback; no real value needs 19."""

@@ -842,3 +842,105 @@ def test_unlearn_set_values_are_data(value):
     from conceptvec.commands.unlearn import _hparams
 
     assert _hparams([f"beta={value}"]) == {"beta": value}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["clamp", "{llama}", "L1.3=2", "-p", "x", "-n", "0", "--top-k", "1000000000"], None),
+        (
+            [
+                "unlearn",
+                "{llama}",
+                "--concept",
+                "Ancient Rome",
+                "--method",
+                "ga",
+                "--concepts",
+                "conceptvectors-dev",
+                "--steps",
+                "1000000000",
+                "-o",
+                "{tmp}/u",
+            ],
+            "steps must be",
+        ),
+        (
+            [
+                "unlearn",
+                "{llama}",
+                "--concept",
+                "Ancient Rome",
+                "--method",
+                "ga",
+                "--concepts",
+                "conceptvectors-dev",
+                "--threads",
+                "4096",
+                "-o",
+                "{tmp}/u",
+            ],
+            "--threads 4096",
+        ),
+        (
+            [
+                "eval",
+                "{llama}",
+                "{llama}",
+                "--concepts",
+                "{tmp}/c.json",
+                "--relearn-lr",
+                "nan",
+                "--attacks",
+                "relearn",
+            ],
+            "relearn",
+        ),
+        (
+            [
+                "eval",
+                "{llama}",
+                "{llama}",
+                "--concepts",
+                "{tmp}/c.json",
+                "--relearn-steps",
+                "1000000000",
+                "--attacks",
+                "relearn",
+            ],
+            "relearn",
+        ),
+    ],
+    ids=["top-k-1e9", "steps-1e9", "threads-4096", "relearn-lr-nan", "relearn-steps-1e9"],
+)
+def test_run_sizes_capped(args, message, tiny_dir, tmp_path, monkeypatch, capsys):
+    records = [r for r in json.loads(SAMPLE.read_text()) if r["Concept"] == "Ancient Rome"]
+    (tmp_path / "c.json").write_text(json.dumps([{**records[0], "Layer": 1, "Dim": 3}]))
+    args = [
+        a.replace("{llama}", str(tiny_dir("llama"))).replace("{tmp}", str(tmp_path)) for a in args
+    ]
+    code, out, err = _no_hang(lambda: run_cli(args, monkeypatch, capsys), 120)
+    if message is None:
+        assert code == 0, err
+    else:
+        _one_line_exit_2(code, err)
+        assert message in err
+
+
+# ------------------------------------------------------- 6. silently accepted bad input
+def test_all_nan_checkpoint_is_not_called_erased(tiny_dir, tmp_path, monkeypatch, capsys):
+    tiny = tiny_dir("llama")
+    broken = _copy(tiny, tmp_path / "nan")
+
+    def poison(w):
+        for value in w.values():
+            if value.is_floating_point():
+                value.fill_(float("nan"))
+
+    _edit_weights(broken, poison)
+    records = [r for r in json.loads(SAMPLE.read_text()) if r["Concept"] == "Ancient Rome"]
+    (tmp_path / "c.json").write_text(json.dumps([{**records[0], "Layer": 1, "Dim": 3}]))
+    args = ["eval", str(tiny), str(broken), "--concepts", str(tmp_path / "c.json")]
+    code, out, err = run_cli([*args, "--no-qa", "--no-trace"], monkeypatch, capsys)
+    _one_line_exit_2(code, err)
+    assert "NaN" in err and "erased" not in out

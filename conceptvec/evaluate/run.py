@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -31,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from conceptvec import limits
 from conceptvec.checkpoint_record import UnlearningRecord
 from conceptvec.config import EvalConfig
 from conceptvec.errors import ConceptvecError, EvaluationError
@@ -163,6 +165,11 @@ def intrinsic(
         raise EvaluationError("attacks are measured on the forget QA; drop qa=False / --no-qa")
     if cfg.controls < 0 or cfg.max_new_tokens < 1 or cfg.relearn_steps < 0:
         raise EvaluationError("controls, max_new_tokens and relearn steps must be >= 0 / 1 / 0")
+    if cfg.relearn_steps > limits.STEPS or not math.isfinite(cfg.relearn_lr):
+        raise EvaluationError(
+            f"relearn steps must be at most {limits.STEPS:,} and the relearn learning rate a "
+            f"finite number (got {cfg.relearn_steps}, {cfg.relearn_lr}); fix --relearn-*"
+        )
     sources = _once(list(unlearned) if isinstance(unlearned, (list, tuple)) else [unlearned])
     if not sources:
         raise EvaluationError("no unlearned checkpoint given; pass at least one")

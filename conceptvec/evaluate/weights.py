@@ -356,6 +356,13 @@ def compare_weights(
         for row, (layer, expert) in enumerate(units):
             b = base.neurons(layer, m, expert=expert).to(device)
             u = unlearned.neurons(layer, m, expert=expert).to(device)
+            for model, w in ((base, b), (unlearned, u)):
+                if w.is_floating_point() and not bool(torch.isfinite(w).all()):
+                    raise EvaluationError(
+                        f"{model.name}: the layer {layer} {m} weights hold NaN or infinity; "
+                        "the checkpoint is broken (training diverged), not erased: re-run "
+                        "unlearning with a lower --lr"
+                    )
             if common is not None:  # compare at the coarser storage precision
                 b, u = b.to(common), u.to(common)
             ch = {key: v.cpu() for key, v in column_changes(b, u).items()}

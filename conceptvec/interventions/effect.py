@@ -269,7 +269,7 @@ def target_ids(target: Target, targets: Sequence[str | int]) -> list[int]:
 
 
 def _top(logp: torch.Tensor, k: int, text: Any) -> list[TokenProb]:
-    values, ids = logp.topk(k)
+    values, ids = logp.topk(min(k, logp.shape[-1]))  # top_k over the vocabulary: all of it
     return [TokenProb(int(i), text(int(i)), float(v.exp())) for v, i in zip(values, ids)]
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from conceptvec import limits
 from conceptvec.checkpoint_record import UnlearningRecord
 from conceptvec.config import UnlearnConfig
 from conceptvec.distributed import is_main_process
@@ -101,14 +102,28 @@ class UnlearnResult(Result):
         return "\n".join(lines)
 
 
-def _check_numbers(lr: float, steps: int, batch_size: int, world: int) -> None:
+def _check_numbers(
+    lr: float, steps: int, batch_size: int, world: int, threads: int | None = None
+) -> None:
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
         raise UnlearningError(f"lr must be a finite number >= 0, not {lr!r}")
-    if not isinstance(steps, int) or steps < 1:
-        raise UnlearningError(f"steps must be a whole number >= 1, not {steps!r}")
+    if not isinstance(steps, int) or not 1 <= steps <= limits.STEPS:
+        raise UnlearningError(
+            f"steps must be a whole number from 1 to {limits.STEPS:,}, not {steps!r}"
+        )
     if batch_size < 1 or batch_size % world:
         raise UnlearningError(
             f"batch size {batch_size} must be >= 1 and divisible by the {world} processes"
+        )
+    if steps * batch_size > limits.SCHEDULE_ROWS:
+        raise UnlearningError(
+            f"{steps:,} steps of {batch_size} samples is over the {limits.SCHEDULE_ROWS:,} "
+            "samples one run schedules; lower --steps or --batch-size"
+        )
+    cores = os.cpu_count() or 1
+    if threads is not None and not 1 <= threads <= max(cores, 64):
+        raise UnlearningError(
+            f"--threads {threads}: this machine has {cores} cores; pass at most {max(cores, 64)}"
         )
 
 
@@ -169,7 +184,7 @@ def unlearn(
     precision = resolve_precision(precision, "cuda" if torch.cuda.is_available() else "cpu")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     lr = m.lr if lr is None else lr
-    _check_numbers(lr, steps, batch_size, world)
+    _check_numbers(lr, steps, batch_size, world, threads)
     if evaluate and m.name != "edit" and _sharded_launch():
         raise UnlearningError(
             "the QA evaluation needs the whole model in one process, and this launch shards "

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from conceptvec import limits
@@ -229,7 +230,8 @@ class StepDataset(torch.utils.data.Dataset):
         self.forget, self.retain, self.idk = forget, retain, idk
         self.f = _cycle(len(forget), rows, rng)
         self.r = _cycle(len(retain), rows, rng) if retain else []
-        self.k = [rng.randrange(len(IDK_ANSWERS)) for _ in range(rows)] if idk else []
+        draws = (rng.randrange(len(IDK_ANSWERS)) for _ in range(rows))
+        self.k: Any = np.fromiter(draws, dtype=np.int32, count=rows) if idk else []
 
     def __len__(self) -> int:
         return len(self.f)
@@ -243,13 +245,18 @@ class StepDataset(torch.utils.data.Dataset):
         return item
 
 
-def _cycle(n: int, rows: int, rng: random.Random) -> list[int]:
-    out: list[int] = []
-    while len(out) < rows:
+def _cycle(n: int, rows: int, rng: random.Random) -> Any:
+    """Return ``rows`` indices: shuffled passes over ``range(n)``, as a compact int32 array
+    (4 bytes a sample; the same draws as a list of passes, so the same schedule)."""
+    out = np.empty(rows, dtype=np.int32)
+    at = 0
+    while at < rows:
         order = list(range(n))
         rng.shuffle(order)
-        out += order
-    return out[:rows]
+        take = min(n, rows - at)
+        out[at : at + take] = order[:take]
+        at += take
+    return out
 
 
 def collate(pad_id: int):
