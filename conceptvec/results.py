@@ -24,7 +24,7 @@ from pathlib import PurePath
 from typing import Any
 
 
-def plain(value: Any) -> Any:
+def plain(value: object) -> Any:
     """Return ``value`` as JSON-ready data: dataclasses as dicts (field names kept), neuron
     ids and paths as strings, tensors and tuples as lists."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -81,7 +81,7 @@ class Result:
         return figure(self)
 
 
-def cell(value: Any, limit: int = 120) -> str:
+def cell(value: object, limit: int = 120) -> str:
     """Return ``value`` as the text of a table cell: floats to 4 significant digits, lists
     joined by commas (strings quoted, as tokens are), None as ``-``."""
     from conceptvec.tokens import show
@@ -121,7 +121,7 @@ def html_table(rows: list[dict[str, object]], title: str = "") -> str:
     return f"{head}<table><thead><tr>{th}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _short(value: Any, limit: int = 100) -> str:
+def _short(value: object, limit: int = 100) -> str:
     text = str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

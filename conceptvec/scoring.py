@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,9 @@ from .interventions.apply import Intervention
 from .interventions.apply import logits as forward_logits
 from .interventions.edit_specs import Edits, NeuronEdit, Patch, Steer, WeightEdit, flatten
 from .models.backends.hf import layer_modules
+
+if TYPE_CHECKING:
+    from .models.backends.target import Target
 
 
 def first_layer(edits: Edits) -> int:
@@ -55,7 +58,7 @@ def _gather(logits: torch.Tensor, spans: list[tuple[int, list[int]]]) -> list[fl
 
 
 def score_many(
-    target: Any, ids: torch.Tensor, spans: list[tuple[int, list[int]]], variants: Sequence[Edits]
+    target: Target, ids: torch.Tensor, spans: list[tuple[int, list[int]]], variants: Sequence[Edits]
 ) -> list[list[float]]:
     """Return, per variant, each row's mean log p per answer token.
 
@@ -82,7 +85,7 @@ def score_many(
 
 
 def _run(
-    target: Any,
+    target: Target,
     ids: torch.Tensor,
     edits: Edits,
     *,
@@ -141,7 +144,7 @@ def _constant(out: Any):
     return forward
 
 
-def _from_hidden(target: Any, hidden: torch.Tensor, spans: list[tuple[int, list[int]]]):
+def _from_hidden(target: Target, hidden: torch.Tensor, spans: list[tuple[int, list[int]]]):
     """Mean log p per answer token, applying the LM head at the answer positions only."""
     head = target.hf.get_output_embeddings()
     width = max((len(t) for _, t in spans), default=0) or 1

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,6 +31,9 @@ from conceptvec.errors import AtlasError
 from conceptvec.neurons import NeuronId, check_matrix, parse_layers
 from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
+
+if TYPE_CHECKING:
+    from conceptvec.atlas.atlas import Atlas
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class AgreementHit(Result):
         )
 
 
-def layer_agreement(atlas: Any, layer: int, matrix: str) -> dict[str, torch.Tensor]:
+def layer_agreement(atlas: Atlas, layer: int, matrix: str) -> dict[str, torch.Tensor]:
     """Return ``matched``, ``counted`` (``[d_mlp]`` int) and ``sign`` (+1/-1) for one layer."""
     part = atlas.activations
     if part is None:
@@ -99,7 +102,7 @@ def layer_agreement(atlas: Any, layer: int, matrix: str) -> dict[str, torch.Tens
 
 
 def rank_agreement(
-    atlas: Any,
+    atlas: Atlas,
     *,
     matrix: str = "down",
     layers: str | list[int] | None = None,
@@ -166,7 +169,7 @@ class ContextHit(Result):
 
 
 def search_contexts(
-    atlas: Any, word: str, *, layers: str | list[int] | None = None, top: int | None = 50
+    atlas: Atlas, word: str, *, layers: str | list[int] | None = None, top: int | None = 50
 ) -> SearchResult:
     """Return neurons whose exemplars' contexts hold ``word`` (case-insensitive, whole word),
     most such exemplars first, then by the strongest activation among them."""

@@ -117,7 +117,7 @@ def write_problem(path: Path, e: OSError) -> str:
     return f"cannot write {path}: {why}; then run the same command again to resume"
 
 
-def write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: object) -> None:
     """Write ``data`` as indented JSON, atomically."""
     atomic_write(path, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())
 
@@ -130,7 +130,7 @@ def read_json(path: Path, what: str) -> Any:
     return files.read_json(path, CorruptAtlasError, f"the {what} is damaged")
 
 
-def _positive_int(value: Any) -> bool:
+def _positive_int(value: object) -> bool:
     return type(value) is int and 1 <= value <= MAX_SIZE
 
 
@@ -419,6 +419,6 @@ def identity_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
     return None
 
 
-def _short(value: Any) -> str:
+def _short(value: object) -> str:
     text = json.dumps(value, sort_keys=True)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -422,7 +422,7 @@ def _check_style(style: str) -> str:
     return style
 
 
-def _short(value: Any, limit: int = 50) -> str:
+def _short(value: object, limit: int = 50) -> str:
     """Return ``repr(value)`` on one line, cut to ``limit`` characters."""
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conceptvec.activations import read_activations, separation
 from conceptvec.atlas.search import WeightHit, search_weights
@@ -42,6 +42,9 @@ from .category import mark_shared, reference_pools
 from .record import VERDICTS, ActivationEvidence, ConceptVector, WeightEvidence
 from .tokens import ConceptTokens, concept_tokens
 from .validate import MODES, FindThresholds, decisive, judge, knockout
+
+if TYPE_CHECKING:
+    from conceptvec.models.backends import Target
 
 DEFAULT_UNRELATED_QA = (
     "How many days are there in a leap year?",
@@ -172,7 +175,7 @@ class ConceptSearch(Result):
         return f"<p><b>{title}</b></p><table><tr>{head}</tr>{body}</table>"
 
 
-def _cell(v: Any) -> str:
+def _cell(v: object) -> str:
     return "-" if v is None else str(v)
 
 
@@ -421,7 +424,7 @@ def find_concept(
     )
 
 
-def _chat(target: Any, chat: bool | None) -> bool:
+def _chat(target: Target, chat: bool | None) -> bool:
     from conceptvec.qa import use_chat
 
     return use_chat(target, chat)

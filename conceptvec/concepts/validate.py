@@ -10,7 +10,7 @@ turns the evidence into a verdict with the numbers that decided it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conceptvec.interventions.controls import percentile
 from conceptvec.interventions.edit_specs import NeuronEdit, noise, zero
@@ -18,6 +18,9 @@ from conceptvec.neurons import NeuronId
 from conceptvec.qa import evaluate_qa
 
 from .record import ConceptVector, KnockoutEvidence
+
+if TYPE_CHECKING:
+    from conceptvec.models.backends import Target
 
 MODES = ("zero", "mean", "noise")
 """Knockout modes: activation to 0, activation to its mean on unrelated text, and
@@ -59,7 +62,7 @@ def decisive(c: ConceptVector) -> KnockoutEvidence | None:
 
 
 def knockout(
-    target: Any,
+    target: Target,
     neuron: NeuronId,
     mode: str,
     matrix: str,

@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -36,6 +36,9 @@ from .edit_specs import Edit, Edits, NeuronEdit, Patch, Steer, WeightEdit, check
 from .edits import edit_point
 from .positions import PassTracker
 from .weight_edits import edited_weights
+
+if TYPE_CHECKING:
+    from types import TracebackType
 
 
 class Intervention:
@@ -70,9 +73,9 @@ class Intervention:
         self.applied: Counter = Counter()
         self.tracker = PassTracker()
         self._stack: ExitStack | None = None
-        self._hidden: dict[int, Any] = {}
-        self._experts: dict[tuple[int, int], Any] = {}
-        self._resid: dict[int, Any] = {}
+        self._hidden: dict[int, Fn] = {}
+        self._experts: dict[tuple[int, int], Fn] = {}
+        self._resid: dict[int, Fn] = {}
         self._lock = threading.Lock()  # held while the block is open
         self._thread: int | None = None
 
@@ -153,7 +156,12 @@ class Intervention:
         self._stack = stack
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         stack, self._stack = self._stack, None
         if stack is None:
             return

@@ -21,7 +21,7 @@ from conceptvec.errors import BadInterventionError
 from conceptvec.models.backends import Target, resolve
 from conceptvec.progress import progress_bar
 from conceptvec.results import Result
-from conceptvec.tokens import show, token_text
+from conceptvec.tokens import TokenText, show, token_text
 from conceptvec.types import ModelSource, Tokenizer
 
 from .apply import generate as generate_ids
@@ -268,7 +268,7 @@ def target_ids(target: Target, targets: Sequence[str | int]) -> list[int]:
     return ids
 
 
-def _top(logp: torch.Tensor, k: int, text: Any) -> list[TokenProb]:
+def _top(logp: torch.Tensor, k: int, text: TokenText) -> list[TokenProb]:
     values, ids = logp.topk(min(k, logp.shape[-1]))  # top_k over the vocabulary: all of it
     return [TokenProb(int(i), text(int(i)), float(v.exp())) for v, i in zip(values, ids)]
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -26,7 +25,7 @@ LOCK = threading.RLock()
 _OWNERS: dict[int, list[int]] = {}  # id(module) -> [thread ident, depth]
 
 
-def claim(module: Any) -> None:
+def claim(module: object) -> None:
     """Mark ``module`` as being edited by this thread (nesting allowed), or raise."""
     me = threading.get_ident()
     with LOCK:
@@ -43,7 +42,7 @@ def claim(module: Any) -> None:
             owner[1] += 1
 
 
-def release(module: Any) -> None:
+def release(module: object) -> None:
     """Undo one :func:`claim` of ``module``."""
     with LOCK:
         owner = _OWNERS.get(id(module))

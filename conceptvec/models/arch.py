@@ -385,7 +385,7 @@ class Dims:
         }
         return {**out, "n_experts": self.n_experts} if self.n_experts else out
 
-    def check(self, neuron: Any) -> NeuronId:
+    def check(self, neuron: str | NeuronId | tuple[int, ...]) -> NeuronId:
         """Return ``neuron`` parsed, or raise naming the valid layers, indices and experts."""
         return NeuronId.parse(neuron).check(self.n_layers, self.d_mlp, self.n_experts)
 

@@ -16,13 +16,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conceptvec.errors import NoWeightsError
 from conceptvec.files import read_json
 
 from .config import JsonConfig
 from .disk_cache import cache_root
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def gguf_tokenizer(path: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(folder))
 
 
-def gguf_hf_model(path: Path, dtype: Any = None) -> Any:
+def gguf_hf_model(path: Path, dtype: torch.dtype | str | None = None) -> Any:
     """Return the HF causal LM of a GGUF file, from a cached safetensors copy when there is one."""
     import torch
     from transformers import AutoModelForCausalLM

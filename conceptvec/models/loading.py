@@ -11,7 +11,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conceptvec.errors import (
     ConceptvecError,
@@ -37,6 +37,9 @@ from .readers import (
     ModuleReader,
     SafetensorsReader,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ def load(
     *,
     tokenizer: Tokenizer | None = None,
     revision: str | None = None,
-    dtype: Any = None,
+    dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
     quiet: bool = False,
 ) -> Model:
@@ -152,7 +155,7 @@ def _from_folder(
     name: str,
     source: str,
     revision: str | None = None,
-    dtype: Any = None,
+    dtype: torch.dtype | str | None = None,
     trust_remote_code: bool = False,
 ) -> Model:
     folder = Path(folder)
@@ -209,7 +212,9 @@ def _from_folder(
     )
 
 
-def _from_gguf(path: Path, *, name: str, source: str, dtype: Any = None) -> Model:
+def _from_gguf(
+    path: Path, *, name: str, source: str, dtype: torch.dtype | str | None = None
+) -> Model:
     path = Path(path)
     reader = GGUFWeightReader(path)  # raises for an architecture without a spec
     spec = reader.spec
@@ -284,7 +289,10 @@ def from_object(
 
 
 def hf_from_safetensors(
-    folder: Path, reader: SafetensorsReader, dtype: Any = None, trust_remote_code: bool = False
+    folder: Path,
+    reader: SafetensorsReader,
+    dtype: torch.dtype | str | None = None,
+    trust_remote_code: bool = False,
 ) -> Any:
     """Return the ``transformers`` causal LM of ``folder``, built from the same safetensors
     files ``reader`` reads (never a pickled ``.bin``, whatever else the folder holds)."""

@@ -44,7 +44,7 @@ class Model:
         revision: str | None = None,
         tokenizer_loader: Callable[[], Any] | None = None,
         hf_loader: Callable[[], Any] | None = None,
-        hf_model: Any = None,
+        hf_model: torch.nn.Module | None = None,
         tokenizer: Tokenizer | None = None,
     ):
         self.name = name

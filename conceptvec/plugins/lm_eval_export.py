@@ -30,13 +30,16 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
 from conceptvec.errors import PluginError, listing
 from conceptvec.files import lists_every_file, swap_folder
 from conceptvec.results import Result
 from conceptvec.types import ModelSource
+
+if TYPE_CHECKING:
+    from conceptvec.models.backends import Target
 from conceptvec.version import package_version
 
 SETS: tuple[str, ...] = ("forget_qa", "unrelated_qa", "completion")
@@ -253,7 +256,7 @@ def _gold(gold: Mapping[str, str] | str | os.PathLike[str] | None) -> dict[str, 
 
 
 def _docs(
-    target: Any,
+    target: Target,
     entry: ConceptEntry,
     name: str,
     chat: bool,

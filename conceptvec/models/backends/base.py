@@ -157,11 +157,15 @@ class Backend(ABC):
 
     # ------------------------------------------------------------------ running
     @abstractmethod
-    def logits(self, ids: torch.Tensor, mask: Any = None, place: Place = _nothing) -> Any:
+    def logits(
+        self, ids: torch.Tensor, mask: torch.Tensor | None = None, place: Place = _nothing
+    ) -> Any:
         """Return ``[batch, tokens, vocab]`` logits of ``ids`` (``mask``: attention mask or
         None); ``place`` is called inside the trace of trace-based backends."""
 
-    def forward(self, ids: torch.Tensor, mask: Any = None, place: Place = _nothing) -> None:
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor | None = None, place: Place = _nothing
+    ) -> None:
         """Run one forward pass for its hooks' sake (the logits are not needed)."""
         self.logits(ids, mask, place)
 

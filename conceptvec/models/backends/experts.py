@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,6 +25,8 @@ from .base import Fn
 from .hf import layer_modules, submodule
 
 if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
+
     from conceptvec.models.arch import ArchSpec
 
 
@@ -38,7 +40,7 @@ def expert_hooks(
     by_layer: dict[int, dict[int, Fn]] = {}
     for (layer, expert), fn in mlp.items():
         by_layer.setdefault(layer, {})[expert] = fn
-    handles: list[Any] = []
+    handles: list[RemovableHandle] = []
     try:
         for layer, fns in sorted(by_layer.items()):
             experts = submodule(layers[layer], spec.down_module, "the layer's experts")

@@ -20,6 +20,8 @@ from conceptvec.errors import UnsupportedModelError
 from .base import Backend, Fn, Place, Point, _nothing
 
 if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
+
     from conceptvec.models.arch import ArchSpec
 
 
@@ -70,7 +72,7 @@ def torch_hooks(
     """Inside the block, run ``mlp[layer]`` on ``layer``'s MLP activations (a pre-hook on the
     down projection) and ``resid[layer]`` on its output (a forward hook on the layer)."""
     layers = layer_modules(hf, spec)
-    handles: list[Any] = []
+    handles: list[RemovableHandle] = []
     try:
         for layer, fn in mlp.items():
             down = submodule(layers[layer], spec.down_module, "the MLP's output projection")
@@ -131,14 +133,18 @@ class HFBackend(Backend):
 
         return expert_hooks(self.hf, spec, mlp)
 
-    def logits(self, ids: torch.Tensor, mask: Any = None, place: Place = _nothing) -> Any:
+    def logits(
+        self, ids: torch.Tensor, mask: torch.Tensor | None = None, place: Place = _nothing
+    ) -> Any:
         """Return the module's logits (``place`` is not needed: hooks are live)."""
         del place
         if mask is None:
             return self.hf(input_ids=ids).logits
         return self.hf(input_ids=ids, attention_mask=mask).logits
 
-    def forward(self, ids: torch.Tensor, mask: Any = None, place: Place = _nothing) -> None:
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor | None = None, place: Place = _nothing
+    ) -> None:
         """Run the base model only (the LM head's logits are not needed)."""
         del place
         self.hf.base_model(input_ids=ids, attention_mask=mask)

@@ -70,7 +70,9 @@ class NNsightBackend(Backend):
                 else:
                     block.output = resid[layer](output)
 
-    def logits(self, ids: torch.Tensor, mask: Any = None, place: Place = _nothing) -> Any:
+    def logits(
+        self, ids: torch.Tensor, mask: torch.Tensor | None = None, place: Place = _nothing
+    ) -> Any:
         """Return the logits of one trace with ``place()`` inside it."""
         kwargs = {} if mask is None else {"attention_mask": mask}
         with self.obj.trace(ids, **kwargs):
@@ -78,7 +80,9 @@ class NNsightBackend(Backend):
             out = self.obj.output.logits.save()
         return out
 
-    def forward(self, ids: torch.Tensor, mask: Any = None, place: Place = _nothing) -> None:
+    def forward(
+        self, ids: torch.Tensor, mask: torch.Tensor | None = None, place: Place = _nothing
+    ) -> None:
         """Run one trace with ``place()`` inside it, saving nothing."""
         kwargs = {} if mask is None else {"attention_mask": mask}
         with self.obj.trace(ids, **kwargs):

@@ -83,7 +83,9 @@ class HookedTransformerBackend(Backend):
         fwd += [(self.point(spec, layer, "resid"), _point_fn(fn)) for layer, fn in resid.items()]
         return self.obj.hooks(fwd_hooks=fwd)
 
-    def logits(self, ids: torch.Tensor, mask: Any = None, place: Place = _nothing) -> Any:
+    def logits(
+        self, ids: torch.Tensor, mask: torch.Tensor | None = None, place: Place = _nothing
+    ) -> Any:
         """Return the model's logits for token ids (no BOS is added)."""
         del place
         if mask is None:
