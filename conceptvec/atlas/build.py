@@ -19,7 +19,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +40,9 @@ from .twopass import (
     full_scores,
     project_two_pass,
 )
+
+if TYPE_CHECKING:
+    from conceptvec.atlas.corpus_pass import CorpusReport
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ class BuildReport(Result):
     rescored in float32 and proved exact; the atlas is the same)."""
     two_pass: TwoPassStats = field(default_factory=TwoPassStats)
     """Neurons the two-pass selection proved exact, and how many it redid in float32."""
-    activations: Any = None
+    activations: CorpusReport | None = None
     """The corpus pass's :class:`~conceptvec.atlas.corpus_pass.CorpusReport` (with ``corpus``)."""
 
     def __str__(self) -> str:

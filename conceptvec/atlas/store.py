@@ -178,7 +178,7 @@ def check_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     return manifest
 
 
-def shard_entry_problem(name: Any, entry: Any, n_layers: int | None = None) -> str | None:
+def shard_entry_problem(name: object, entry: object, n_layers: int | None = None) -> str | None:
     """Return why ``entry`` is not a shard record this atlas could have written, or None.
 
     Its file must be exactly ``shards/<name>.safetensors``: a record that points anywhere

@@ -258,7 +258,7 @@ def _clip_texts(tokenizer: Tokenizer, texts: Sequence[str], budget: int) -> list
         if left <= 0:
             break
         ids = tokenizer(t, add_special_tokens=False)["input_ids"]
-        out.append(t if len(ids) <= left else tokenizer.decode(ids[:left]))
+        out.append(t if len(ids) <= left else str(tokenizer.decode(ids[:left])))
         left -= len(ids)
     return out
 

@@ -42,8 +42,8 @@ class Model:
         source: str,
         location: str,
         revision: str | None = None,
-        tokenizer_loader: Callable[[], Any] | None = None,
-        hf_loader: Callable[[], Any] | None = None,
+        tokenizer_loader: Callable[[], Tokenizer] | None = None,
+        hf_loader: Callable[[], torch.nn.Module] | None = None,
         hf_model: torch.nn.Module | None = None,
         tokenizer: Tokenizer | None = None,
     ):
@@ -62,7 +62,7 @@ class Model:
         self._hf = hf_model
         self._hf_loader = hf_loader
         self._unembedding: torch.Tensor | None = None
-        self._texts: tuple[Any, int, list[str]] | None = None  # (tokenizer, its size, texts)
+        self._texts: tuple[Tokenizer, int, list[str]] | None = None  # (tokenizer, its size, texts)
         self.prefix = self._find_prefix()
         self.dims = self._read_dims()
         if hf_model is not None:
@@ -325,12 +325,12 @@ class Model:
     def _share_tokenizer(self) -> None:
         """Remember this model's tokenizer (or its loader) for its torch module, so that
         ``load(model.hf)`` keeps it."""
-        source: tuple[Any, Callable[[], Any] | None] | None = (
+        source: tuple[Tokenizer | None, Callable[[], Tokenizer] | None] | None = (
             (self._tokenizer, None) if self._tokenizer is not None else None
         )
         if source is None and self._tokenizer_loader is not None:
             source = (None, self._tokenizer_loader)
-        if source is None:
+        if source is None or self._hf is None:
             return
         try:
             _TOKENIZERS[self._hf] = source
@@ -398,12 +398,14 @@ class Model:
 # The tokenizer (or its loader) of each torch module a Model built or wrapped, so that
 # ``load(load("smollm2-135m").hf)`` keeps it. Weak keys: an entry goes with its module; the
 # values hold no reference to the module or the Model.
-_TOKENIZERS: weakref.WeakKeyDictionary[Any, tuple[Any, Callable[[], Any] | None]] = (
-    weakref.WeakKeyDictionary()
-)
+_TOKENIZERS: weakref.WeakKeyDictionary[
+    torch.nn.Module, tuple[Tokenizer | None, Callable[[], Tokenizer] | None]
+] = weakref.WeakKeyDictionary()
 
 
-def known_tokenizer(module: Any) -> tuple[Any, Callable[[], Any] | None] | None:
+def known_tokenizer(
+    module: torch.nn.Module,
+) -> tuple[Tokenizer | None, Callable[[], Tokenizer] | None] | None:
     """Return ``(tokenizer, loader)`` remembered for a torch module a Model built or wrapped
     (one of the two is None), or None for a module conceptvec has not seen."""
     try:
@@ -412,10 +414,10 @@ def known_tokenizer(module: Any) -> tuple[Any, Callable[[], Any] | None] | None:
         return None
 
 
-def local_tokenizer_loader(name: str) -> Callable[[], Any]:
+def local_tokenizer_loader(name: str) -> Callable[[], Tokenizer]:
     """Return a loader of ``name``'s tokenizer from local files (a folder or the HF cache)."""
 
-    def load_tokenizer() -> Any:
+    def load_tokenizer() -> Tokenizer:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(name, local_files_only=True)

@@ -33,7 +33,7 @@ class Target:
     """The ``transformers`` module underneath (None for a classic HookedTransformer)."""
     model: Model
     """Reads the live weights in place: weight edits write through its views."""
-    rule: Any = None
+    rule: Tokenizer | None = None
     """The tokenizer whose defaults set the tokenization rule (None: :attr:`tokenizer`)."""
     _prefix: list[int] | None = field(default=None, repr=False)
 
