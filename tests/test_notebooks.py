@@ -124,3 +124,21 @@ def test_intrinsic_evaluation_notebook(monkeypatch):
     assert float(ga["change pct (model/layer)"].split("/")[0]) < 90, ga  # a typical column
     headline = _text(code[3])
     assert "rome-edit-zero" in headline and "recovered by restoring the vector: 1.0" in headline
+
+
+def test_activation_atlas_notebook():
+    nb = _run("05_activation_atlas.ipynb", timeout=600)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "activations:" in _text(code[0]) and "over layers 29-29" in _text(code[0])
+    card = _text(code[1])
+    assert '" Roman"' in card and "strongest side negative" in card
+    assert "the 10 lowest come from texts [0]" in card and "strongest side: -1" in card
+    line = next(x for x in card.splitlines() if "lowest exemplars are Rome text" in x)
+    from_rome = int(line.split()[0])
+    assert from_rome >= 15, card
+    assert "outline" in str(code[2]["outputs"][0]["data"].get("text/html", ""))
+    ranking = _text(code[3]).splitlines()
+    assert ranking[0].split()[:3] == ["neuron", "matrix", "agreement"] and len(ranking) == 11
+    scores = [float(line.split()[2]) for line in ranking[1:]]
+    assert scores == sorted(scores, reverse=True)
+    assert "republic" in _text(code[4]).lower()

@@ -358,22 +358,10 @@ class _Pass:
         read before it); return its token count."""
         from conceptvec.interventions.apply import forward_with
 
-        windows = [
-            (first_text + i, s, row[s : s + self.step])
-            for i, row in enumerate(ids)
-            for s in range(0, len(row), self.step)
-        ]
-        windows.sort(key=lambda w: -len(w[2]))
         hooks = {L: self.readers.fn(L) for L in self.stats}
         n_all = 0
         with torch.no_grad():
-            start = 0
-            while start < len(windows):
-                width = len(self.prefix) + len(windows[start][2])
-                rows = max(1, self.budget // width)
-                group = windows[start : start + rows]
-                start += len(group)
-                batch, ids_t, mask_t = self._batch(group, width, seen + n_all)
+            for batch, ids_t, mask_t in self.batches(ids, first_text, seen):
                 n_all += int(batch.mask.sum())
                 self.readers.batch = batch.to(self.target.device)
                 self.readers.seen.clear()
@@ -385,6 +373,27 @@ class _Pass:
                         f"{self.target.model.name}; is the model's MLP where its spec says?"
                     )
         return n_all
+
+    def batches(
+        self, ids: list[list[int]], first_text: int, seen: int
+    ) -> Iterator[tuple[Batch, torch.Tensor, torch.Tensor]]:
+        """Yield the chunk's padded batches (windows of similar length together) with their
+        ``input_ids`` and attention mask on the model's device."""
+        windows = [
+            (first_text + i, s, row[s : s + self.step])
+            for i, row in enumerate(ids)
+            for s in range(0, len(row), self.step)
+        ]
+        windows.sort(key=lambda w: -len(w[2]))
+        start = 0
+        while start < len(windows):
+            width = len(self.prefix) + len(windows[start][2])
+            rows = max(1, self.budget // width)
+            group = windows[start : start + rows]
+            start += len(group)
+            batch = self._batch(group, width, seen)
+            seen += int(batch[0].mask.sum())
+            yield batch
 
     def _batch(self, group, width: int, seen: int) -> tuple[Batch, torch.Tensor, torch.Tensor]:
         p = len(self.prefix)

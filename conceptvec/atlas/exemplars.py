@@ -78,6 +78,11 @@ class Batch:
     sample_slots: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     """The reservoir slot each of ``sample_rows`` goes to."""
 
+    @property
+    def full(self) -> bool:
+        """True when every position is a text token (no BOS, no padding)."""
+        return self.row.numel() == self.mask.numel()
+
     def to(self, device: torch.device) -> Batch:
         """Return the batch with its tensors on ``device``."""
         names = ("ids", "mask", "text", "pos", "row", "col", "lo", "hi")
@@ -114,7 +119,10 @@ class LayerStats:
         x = x.detach()
         if x.dtype != torch.float32:
             x = x.float()
-        flat = x[batch.mask]  # [n, d]
+        if batch.full:  # every position is a text token: a view, no copy
+            flat = x.reshape(-1, x.shape[-1])
+        else:
+            flat = x[batch.mask]  # [n, d]
         n = flat.shape[0]
         if n == 0:
             return
@@ -131,45 +139,72 @@ class LayerStats:
         for side in SIDES:
             self._merge(side, x, flat, batch)
 
-    def _candidates(self, flat: torch.Tensor, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(values, rows)`` ``[k', d]``: each column's k' best entries of ``flat``."""
-        n, d = flat.shape
-        k, b = self.cfg.k, self.cfg.block
-        nb = n // b
-        if nb <= k:  # too few blocks to gain anything
-            kk = min(k, n)
-            v, r = flat.topk(kk, dim=0, largest=largest)
-            return v, r
-        main = flat[: nb * b].view(nb, b, d)
-        extreme = main.amax(1) if largest else main.amin(1)  # [nb, d]
-        blocks = extreme.topk(k, dim=0, largest=largest).indices  # [k, d]
-        offs = torch.arange(b, device=flat.device).view(1, b, 1)
-        rows = (blocks.unsqueeze(1) * b + offs).reshape(k * b, d)
-        if n > nb * b:  # the tail that fills no whole block: every row is a candidate
-            tail = torch.arange(nb * b, n, device=flat.device).view(-1, 1).expand(-1, d)
-            rows = torch.cat([rows, tail])
-        vals = flat.gather(0, rows)
-        v, pick = vals.topk(k, dim=0, largest=largest)
-        return v, rows.gather(0, pick)
-
     def _merge(self, side: str, x: torch.Tensor, flat: torch.Tensor, batch: Batch) -> None:
-        t, k = self.t, self.cfg.k
-        largest = side == "top"
-        new_v, new_r = self._candidates(flat, largest)  # [k', d]
-        old_v = t[f"{side}_values"]
-        both = torch.cat([old_v, new_v.T], dim=1)  # [d, k + k']
-        v, idx = both.topk(k, dim=1, largest=largest)
-        entered = idx >= k
-        keep = idx.clamp(max=k - 1)
-        for name in ("text", "pos", "window_ids", "window_values"):
-            cur = t[f"{side}_{name}"]
-            ix = keep if cur.dim() == 2 else keep.unsqueeze(-1).expand(-1, -1, cur.shape[2])
-            t[f"{side}_{name}"] = cur.gather(1, ix)
-        t[f"{side}_values"] = v
-        neuron, slot = entered.nonzero(as_tuple=True)
-        if not len(neuron):
+        """Fold the batch's entries that beat a neuron's current k-th value into its list.
+
+        The list is kept unordered (sorted once in :meth:`finish`): an entering value takes
+        the slot of an evicted one, so only entering entries are written.
+        """
+        t, k, b = self.t, self.cfg.k, self.cfg.block
+        top = side == "top"
+        n, d = flat.shape
+        state = t[f"{side}_values"]  # [d, k]
+        worst = state.amin(1) if top else state.amax(1)  # [d]
+        if bool(torch.isinf(state).all()):  # the first batch: its own top-k fills the lists
+            kk = min(k, n)
+            v, r = flat.topk(kk, dim=0, largest=top)  # [kk, d]
+            neuron = torch.arange(d, device=flat.device).repeat(kk)
+            slot = torch.arange(kk, device=flat.device).repeat_interleave(d)
+            self._write(side, x, batch, neuron, slot, r.reshape(-1), v.reshape(-1))
             return
-        token = new_r.T[neuron, idx[neuron, slot] - k]  # flat token index of each new entry
+        nb = n // b
+        js, rows = [], []
+        if nb:
+            main = flat[: nb * b].view(nb, b, d)
+            ext = main.amax(1) if top else main.amin(1)  # [nb, d]
+            if nb > k:
+                ev, ei = ext.topk(k, dim=0, largest=top)
+            else:
+                ev, ei = ext, torch.arange(nb, device=flat.device).view(-1, 1).expand(nb, d)
+            good = ev > worst if top else ev < worst
+            bi, j = good.nonzero(as_tuple=True)
+            blk = ei[bi, j]
+            r = blk.unsqueeze(1) * b + torch.arange(b, device=flat.device)  # [m, b]
+            js.append(j.unsqueeze(1).expand_as(r).reshape(-1))
+            rows.append(r.reshape(-1))
+        if n > nb * b:  # the tail that fills no whole block: every entry is a candidate
+            tr, tj = torch.meshgrid(
+                torch.arange(nb * b, n, device=flat.device),
+                torch.arange(d, device=flat.device),
+                indexing="ij",
+            )
+            js.append(tj.reshape(-1))
+            rows.append(tr.reshape(-1))
+        cj, cr = torch.cat(js), torch.cat(rows)
+        cv = flat[cr, cj]
+        beats = cv > worst[cj] if top else cv < worst[cj]
+        cj, cr, cv = cj[beats], cr[beats], cv[beats]
+        if not len(cv):
+            return
+        # a segmented top-k over (the list's k entries + the candidates) of each neuron
+        all_v = torch.cat([state.reshape(-1), cv])
+        all_j = torch.cat([torch.arange(d, device=flat.device).repeat_interleave(k), cj])
+        o1 = torch.sort(all_v, descending=top, stable=True).indices
+        order = o1[torch.sort(all_j[o1], stable=True).indices]
+        counts = torch.bincount(all_j, minlength=d)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(order), device=flat.device) - starts[all_j[order]]
+        kept = torch.zeros(len(order), dtype=torch.bool, device=flat.device)
+        kept[order] = rank < k
+        old_out = (~kept[: d * k]).nonzero().flatten()  # flat slots (neuron-major) evicted
+        new_in = kept[d * k :].nonzero().flatten()  # candidates that enter (neuron-major)
+        new_in = new_in[torch.sort(cj[new_in], stable=True).indices]
+        self._write(side, x, batch, old_out // k, old_out % k, cr[new_in], cv[new_in])
+
+    def _write(self, side, x, batch: Batch, neuron, slot, token, value) -> None:
+        """Put flat token ``token`` (value ``value``) into list slot ``slot`` of ``neuron``."""
+        t = self.t
+        t[f"{side}_values"][neuron, slot] = value
         t[f"{side}_text"][neuron, slot] = batch.text[token]
         t[f"{side}_pos"][neuron, slot] = batch.pos[token]
         r, c = batch.row[token], batch.col[token]
@@ -200,7 +235,13 @@ class LayerStats:
         """Return the per-neuron results: exemplars, density, mean, std and quantiles."""
         t = self.t
         n = max(int(t["n"]), 1)
-        out = {name: t[name].cpu() for name in t if name.split("_")[0] in SIDES}
+        out: dict[str, torch.Tensor] = {}
+        for side in SIDES:  # the lists are unordered while streaming: strongest first now
+            order = t[f"{side}_values"].sort(dim=1, descending=side == "top", stable=True).indices
+            for name in ("values", "text", "pos", "window_ids", "window_values"):
+                cur = t[f"{side}_{name}"]
+                ix = order if cur.dim() == 2 else order.unsqueeze(-1).expand_as(cur)
+                out[f"{side}_{name}"] = cur.gather(1, ix).cpu()
         mean = t["sum"] / n
         var = (t["sumsq"] / n - mean.square()).clamp(min=0)
         out["mean"] = mean.float().cpu()
