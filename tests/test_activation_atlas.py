@@ -401,3 +401,19 @@ def test_neuronpedia_export_holds_the_exemplars(act_atlas, tmp_path):
     assert low["values"][e.center] == pytest.approx(e.value, abs=1e-4)
     assert low["minValue"] == pytest.approx(e.value, abs=1e-4) or min(e.values) < e.value
     export_neuronpedia(act_atlas, tmp_path / "np", overwrite=True)  # our files: replaced
+
+
+def test_results_table_holds_the_benchmark_numbers():
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "benchmarks" / "RESULTS.md").read_text()
+    for name, label in (
+        ("activation-atlas-smollm2-cpu.json", "fresh start"),
+        ("activation-atlas-smollm2-cpu-warm.json", "after 4096 warm tokens"),
+    ):
+        d = json.loads((root / "benchmarks" / "results" / name).read_text())
+        row = (
+            f"| {label} | {d['tokens']} | {d.get('warm_tokens', 0)} | {min(d['floor_s']):.1f} | "
+            f"{min(d['ours_s']):.1f} | {d['ratio']:.2f}x | {d['naive_s_estimated']:.0f} | "
+            f"{d['naive_ratio']:.1f}x | {d['state_mb']:.0f} |"
+        )
+        assert row in text, row
