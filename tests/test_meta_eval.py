@@ -1,0 +1,106 @@
+"""benchmarks/meta_eval.py: its statistics, its doc, and (real_model) the 2-checkpoint subset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def _bench_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+
+
+def test_auc_counts_ties_half_and_needs_both_classes():
+    from meta_stats import auc
+
+    assert auc(np.array([3.0, 2.0, 1.0]), np.array([1, 1, 0])) == 1.0
+    assert auc(np.array([1.0, 2.0, 3.0]), np.array([1, 1, 0])) == 0.0
+    assert auc(np.array([1.0, 1.0]), np.array([1, 0])) == 0.5
+    assert auc(np.array([1.0, 2.0]), np.array([1, 1])) is None
+
+
+def test_bootstrap_is_seeded_and_brackets_the_auc():
+    from meta_stats import auc, bootstrap
+
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1] * 10)
+    scores = labels + rng.normal(0, 0.8, 20)
+    lo, hi = bootstrap(scores, labels, seed=3)
+    assert (lo, hi) == bootstrap(scores, labels, seed=3)
+    assert lo <= auc(scores, labels) <= hi
+
+
+def test_spearman():
+    from meta_stats import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def _cell(method, back, cos, drop):
+    return {
+        "method": method,
+        "truth": {"comes_back": back},
+        "measures": {"cosine": cos, "forget_drop": drop, "forget_drop_b": drop, "jaccard": None},
+        "robustness": {"quant4": {"cosine": cos, "forget_drop_b": drop},
+                       "relearn": {"cosine": cos, "forget_drop_b": -drop}},
+    }  # fmt: skip
+
+
+def test_analyse_grades_by_the_fixed_sign_and_reports_missing_measures_as_not_measured():
+    from meta_stats import analyse
+
+    cells = [_cell("ga", True, 1.0, 0.5), _cell("ga", True, 0.99, 0.7),
+             _cell("edit", False, 0.0, 1.0), _cell("edit", False, -1.0, 2.0),
+             _cell("meta-control", None, 1.0, 0.0)]  # fmt: skip
+    a = analyse(cells)
+    assert a["graded"] == 4 and a["controls"] == 1 and a["comes_back"] == 2
+    assert a["auc"]["cosine"]["auc"] == 1.0  # higher cosine: comes back
+    assert a["auc"]["forget_drop"]["auc"] == 1.0  # larger drop: does not (sign -1)
+    assert a["auc"]["jaccard"]["status"] == "not measured"
+    assert a["robustness"]["forget_drop"]["relearn"]["spearman"] == pytest.approx(-1.0)
+
+
+def test_meta_evaluation_md_equals_the_script_output(capsys):
+    import meta_eval
+
+    assert meta_eval.main(["--doc", "--check"]) == 0, capsys.readouterr().out
+
+
+def test_the_grid_has_at_least_30_checkpoints_of_5_methods_and_3_validated_vectors():
+    import meta_eval
+
+    cells = meta_eval.grid(subset=False)
+    unlearned = [c for c in cells if c["method"] != "meta-control"]
+    assert len(unlearned) >= 30 and len({c["method"] for c in unlearned}) >= 5
+    assert len({c["concept"] for c in unlearned}) >= 3
+    assert {c["concept"] for c in cells if c["method"] == "meta-control"} == {
+        c["concept"] for c in unlearned
+    }
+
+
+@pytest.mark.real_model
+def test_subset_runs_for_real_and_resumes(tmp_path, capsys):
+    import meta_eval
+
+    out = tmp_path / "meta.json"
+    assert meta_eval.main(["--subset", "--work", str(tmp_path), "--out", str(out)]) == 0
+    s = json.loads(out.read_text())
+    assert s["kind"] == "subset" and len(s["cells"]) == 2
+    for c in s["cells"]:
+        assert c["truth"]["halves"] == [1, 2]
+        assert -1.0 <= c["measures"]["cosine"] <= 1.0
+        assert c["measures"]["uds"] is None  # not measured, never invented
+    edit = next(c for c in s["cells"] if c["method"] == "edit")
+    assert edit["measures"]["cosine"] is None or edit["measures"]["cosine"] == 0.0
+    assert not (tmp_path / "ckpt" / edit["key"]).exists()  # removed once measured
+    capsys.readouterr()
+    assert meta_eval.main(["--subset", "--work", str(tmp_path), "--out", str(out)]) == 0
+    assert capsys.readouterr().err.count("done before, skipped") == 2
