@@ -47,8 +47,10 @@ STRENGTHS: dict[str, list[dict[str, Any]]] = {
     "needle": [{"lr": 3e-3}, {"lr": 1e-2}],
 }
 CONTROL = {"lr": 3e-5}
-FULL = {"steps": 25, "questions": None, "heldout_steps": 10, "max_new_tokens": 32}
-SUBSET = {"steps": 2, "questions": 3, "heldout_steps": 2, "max_new_tokens": 8}
+FULL = {"steps": 25, "questions": None, "heldout_steps": 10, "max_new_tokens": 32,
+        "patch_layers": None}  # fmt: skip
+SUBSET = {"steps": 2, "questions": 3, "heldout_steps": 2, "max_new_tokens": 8,
+          "patch_layers": [0, 10, 20, 29]}  # fmt: skip
 
 
 def validated() -> list[tuple[str, str]]:
@@ -84,10 +86,10 @@ def _cell(method: str, i: int, concept: str, neuron: str) -> dict[str, Any]:
 
 
 def _extras() -> tuple[list[str], list[str]]:
-    from conceptvec.evaluate import ATTACKS, METRICS
+    from conceptvec.evaluate import ATTACKS
 
     attacks = ["meta-heldout", "quant4"] + (["patch"] if "patch" in ATTACKS else [])
-    metrics = ["depth_score"] if "depth_score" in METRICS else []
+    metrics: list[str] = []  # the depth metric is in every report (when the library has it)
     return attacks, metrics
 
 
@@ -122,6 +124,7 @@ def run_cell(cell: dict[str, Any], run: dict[str, Any], work: Path, keep: bool) 
     report = cv.evaluate.intrinsic(
         MODEL, [str(ck)], CONCEPTS, names=[cell["concept"]], attacks=s["attacks"],
         metrics=s["metrics"], max_questions=run["questions"], controls=5,
+        options={"patch": {"layers": run["patch_layers"]}},
         max_new_tokens=run["max_new_tokens"],
     ).to_dict()  # fmt: skip
     t2 = time.perf_counter()
@@ -140,10 +143,10 @@ def run_cell(cell: dict[str, Any], run: dict[str, Any], work: Path, keep: bool) 
             "label": c["label"],
             "trace_label": None if c["label"] == "not measured" else int(c["label"] in HIDDEN),
             "patch_recovery": (rec.get("patch") or {}).get("recovered"),
-            "depth_score": (c.get("metrics") or {}).get("depth_score"),
+            "depth_score": ((c.get("metrics") or {}).get("depth") or {}).get("score"),
             "forget_drop": beh["forget"]["logprob_drop"],
             "rouge_l": beh["forget"]["unlearned"]["rouge_l"],
-            "uds": None,
+            "uds": uds_style((rec.get("patch") or {}).get("profile")),
             "forget_drop_b": side["base_logprob_b"] - side["unlearned_logprob_b"],
             "quant4_recovered": (rec.get("quant4") or {}).get("recovered"),
         },
@@ -151,6 +154,17 @@ def run_cell(cell: dict[str, Any], run: dict[str, Any], work: Path, keep: bool) 
                "base_control_gain": side["base_control_gain_b"], "halves": [side["half_a"], side["half_b"]]},
         robustness={k: side[k] for k in ("quant4", "relearn")},
     )  # fmt: skip
+
+
+def uds_style(profile: dict[str, Any] | None) -> float | None:
+    """A UDS-style score from the patch attack's depth profile: 1 − the mean over the profiled
+    layers of the share of the lost forget log p that patching the base's residual stream
+    after that layer brings back (clipped to 0..1). 0: every layer's residual still carries
+    the answer path (shallow); 1: none does. None when not measured or nothing was lost."""
+    shares = [x for x in (profile or {}).get("resid", []) if x is not None]
+    if not shares:
+        return None
+    return 1.0 - sum(min(1.0, max(0.0, x)) for x in shares) / len(shares)
 
 
 def _hash(s: dict[str, Any]) -> str:
@@ -175,10 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", action="store_true", help="with --doc: exit 1 if the doc differs")
     a = ap.parse_args(argv)
     if a.doc:
-        if not a.out.is_file():
+        if a.out.is_file():
+            blocks = doc_blocks(json.loads(a.out.read_text()))
+        elif a.out == OUT:  # nothing measured yet: the doc says so, with no number
+            none = f"Not run yet: `{OUT.relative_to(ROOT)}` does not exist."
+            blocks = {
+                k: none
+                for k in ("meta-time", "meta-auc", "meta-robust", "meta-cells", "meta-reading")
+            }
+        else:
             print(f"error: {a.out} does not exist; run the grid first", file=sys.stderr)
             return 2
-        blocks = doc_blocks(json.loads(a.out.read_text()))
         time_block = {"meta-time": blocks.pop("meta-time")}
         return write_or_check(DOC, blocks, a.check) or write_or_check(RESULTS, time_block, a.check)
     if a.only is not None and a.only < 1:

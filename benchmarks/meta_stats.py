@@ -157,10 +157,9 @@ def doc_blocks(summary: dict[str, Any]) -> dict[str, str]:
             if best
             else "No measure could be graded (both classes are needed). "
         )
-        + "With so few checkpoints the intervals are wide and no conclusion is drawn; "
-        "measures marked *not measured* were not available in this version (patch recovery, "
-        "the depth score and the UDS-style score come with the `patch` attack and depth score "
-        "of issue 20) and are not estimated."
+        + "With so few checkpoints the intervals are wide and no conclusion is drawn about "
+        "which measure predicts recovery. A measure marked *not measured* had no value on any "
+        "graded checkpoint and is not estimated."
     )
     return {
         "meta-time": estimate(summary),

@@ -36,6 +36,13 @@ def test_bootstrap_is_seeded_and_brackets_the_auc():
     assert lo <= auc(scores, labels) <= hi
 
 
+def test_uds_style_from_the_residual_profile():
+    from meta_eval import uds_style
+
+    assert uds_style({"resid": [1.0, 0.5, None, 2.0]}) == pytest.approx(1 - 2.5 / 3)
+    assert uds_style({"resid": [None]}) is None and uds_style(None) is None
+
+
 def test_spearman():
     from meta_stats import spearman
 
@@ -97,7 +104,8 @@ def test_subset_runs_for_real_and_resumes(tmp_path, capsys):
     for c in s["cells"]:
         assert c["truth"]["halves"] == [1, 2]
         assert -1.0 <= c["measures"]["cosine"] <= 1.0
-        assert c["measures"]["uds"] is None  # not measured, never invented
+        prof = c["measures"]["uds"]
+        assert prof is None or 0.0 <= prof <= 1.0
     edit = next(c for c in s["cells"] if c["method"] == "edit")
     assert edit["measures"]["cosine"] is None or edit["measures"]["cosine"] == 0.0
     assert not (tmp_path / "ckpt" / edit["key"]).exists()  # removed once measured
