@@ -944,3 +944,22 @@ def test_all_nan_checkpoint_is_not_called_erased(tiny_dir, tmp_path, monkeypatch
     code, out, err = run_cli([*args, "--no-qa", "--no-trace"], monkeypatch, capsys)
     _one_line_exit_2(code, err)
     assert "NaN" in err and "erased" not in out
+
+
+# ------------------------------------------------------------------------ 8. small ones
+def test_lm_eval_task_names_of_non_ascii_concepts_differ_and_command_is_quoted(tiny_dir, tmp_path):
+    import shlex
+
+    from conceptvec.plugins import export_lm_eval
+
+    rome = next(r for r in json.loads(SAMPLE.read_text()) if r["Concept"] == "Ancient Rome")
+    records = [{**rome, "Concept": name} for name in ("Ελλάδα", "Россия")]
+    fast = dict(sets=["completion"], max_new_tokens=2, batch_size=4)
+    tags = []
+    for i, rec in enumerate(records):
+        out = tmp_path / f"my exports {i}"
+        ex = export_lm_eval(tiny_dir("llama"), records, rec["Concept"], out, **fast)
+        tags.append(ex.tag)
+        words = shlex.split(ex.command)
+        assert words[words.index("--include_path") + 1] == str(out.absolute())
+    assert tags[0] != tags[1]

@@ -22,11 +22,14 @@ construction, and an unlearned model's drop is the number conceptvec's QA report
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,7 +115,7 @@ class LmEvalExport(Result):
         """The lm-eval command that runs every task on a model (``MODEL``: an HF folder)."""
         return (
             f"lm_eval --model hf --model_args pretrained=MODEL,dtype={self.dtype} "
-            f"--include_path {self.folder} --tasks {self.tag}"
+            f"--include_path {shlex.quote(str(self.folder))} --tasks {self.tag}"
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -181,7 +184,7 @@ def export_lm_eval(
     answers = _gold(gold)
     target = resolve(model)
     is_chat = use_chat(target, chat)
-    slug = re.sub(r"[^a-z0-9]+", "_", entry.concept.lower()).strip("_") or "concept"
+    slug = task_slug(entry.concept)
     export = LmEvalExport(
         folder=out,
         concept=entry.concept,
@@ -225,6 +228,18 @@ def export_lm_eval(
 
 
 # ------------------------------------------------------------------------------ inputs
+def task_slug(concept: str) -> str:
+    """Return the lm-eval task name part for ``concept``: its ASCII letters and digits
+    (accents dropped), and when anything else was dropped a short hash of the whole name,
+    so two names never share tasks ("Ελλάδα" and "Россия" differ)."""
+    ascii_name = unicodedata.normalize("NFKD", concept).encode("ascii", "ignore").decode()
+    slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")
+    if re.fullmatch(r"[A-Za-z0-9 _\-.,'()]*", concept) and slug:
+        return slug
+    digest = hashlib.sha256(concept.encode()).hexdigest()[:8]
+    return f"{slug}_{digest}" if slug else f"concept_{digest}"
+
+
 def _pick(entries: list[ConceptEntry], concept: str | None) -> ConceptEntry:
     if concept is None:
         if len(entries) == 1:
