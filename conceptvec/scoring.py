@@ -117,7 +117,7 @@ def _run(
 
 
 def _keep(record: dict[int, Any], i: int):
-    def hook(_module: torch.nn.Module, _args: Any, output: Any) -> None:
+    def hook(_module: torch.nn.Module, _args: tuple, output: Any) -> None:
         record[i] = output
 
     return hook

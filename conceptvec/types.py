@@ -23,6 +23,12 @@ ModelSource = object
 HookFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+class PrettyPrinter(Protocol):
+    """IPython's pretty printer, as a ``_repr_pretty_`` hook uses it."""
+
+    def text(self, obj: str) -> None: ...
+
+
 class Tokenizer(Protocol):
     """The tokenizer methods and properties conceptvec uses (HF's names and meanings)."""
 

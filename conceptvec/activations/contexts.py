@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +20,9 @@ from conceptvec.results import Result
 from conceptvec.types import ModelSource, Tokenizer
 
 from .read import Activations, read_activations
+
+if TYPE_CHECKING:
+    from conceptvec.types import PrettyPrinter
 
 
 @dataclass
@@ -90,7 +93,7 @@ class TopContexts(Result):
             lines.append(f"{rank:>4}  {c.value:+9.3f}  text {c.text:<4} {c.snippet()}")
         return "\n".join(lines)
 
-    def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
+    def _repr_pretty_(self, printer: PrettyPrinter, _cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:

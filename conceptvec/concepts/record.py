@@ -16,10 +16,13 @@ The :attr:`ConceptVector.verdict` is one of :data:`VERDICTS`, and
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from conceptvec.results import Result
 from conceptvec.tokens import show
+
+if TYPE_CHECKING:
+    from conceptvec.types import PrettyPrinter
 
 VERDICTS = ("concept", "category", "unclear", "not causal", "unvalidated")
 """Best first: ``concept`` (names the concept, and its knockout hurts the concept's QA
@@ -149,7 +152,7 @@ class ConceptVector(Result):
         out["writes_concept"] = self.writes_concept
         return out
 
-    def _repr_pretty_(self, printer: Any, _cycle: bool) -> None:
+    def _repr_pretty_(self, printer: PrettyPrinter, _cycle: bool) -> None:
         printer.text(str(self))
 
     def _repr_html_(self) -> str:

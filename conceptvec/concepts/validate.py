@@ -10,12 +10,12 @@ turns the evidence into a verdict with the numbers that decided it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from conceptvec.interventions.controls import percentile
-from conceptvec.interventions.edit_specs import NeuronEdit, noise, zero
+from conceptvec.interventions.edit_specs import NeuronEdit, WeightEdit, noise, zero
 from conceptvec.neurons import NeuronId
-from conceptvec.qa import evaluate_qa
+from conceptvec.qa import QAScores, evaluate_qa
 
 from .record import ConceptVector, KnockoutEvidence
 
@@ -74,10 +74,10 @@ def knockout(
     seed: int,
     chat: bool,
     max_new_tokens: int,
-    base: Any,
+    base: QAScores | None,
 ) -> KnockoutEvidence:
     if mode == "zero":
-        edit: Any = zero(neuron)
+        edit: NeuronEdit | WeightEdit = zero(neuron)
     elif mode == "mean":
         edit = NeuronEdit(neuron, "clamp", float(mean_value), "all", "mean")
     else:
@@ -95,7 +95,7 @@ def knockout(
     )
     c, u = slice(0, n_concept), slice(n_concept, None)
 
-    def delta(scores: Any, part: slice) -> float:
+    def delta(scores: QAScores, part: slice) -> float:
         after, base = scores.logprob[part], r.base.logprob[part]
         return sum(a - b for a, b in zip(after, base)) / max(len(after), 1)
 
@@ -103,7 +103,7 @@ def knockout(
     cdc = [delta(s, c) for s in r.controls]
     cdu = [delta(s, u) for s in r.controls]
 
-    def mean(xs: Any) -> float | None:
+    def mean(xs: list[float] | None) -> float | None:
         return None if xs is None else sum(xs) / max(len(xs), 1)
 
     ans = r.after.answers or []

@@ -22,7 +22,7 @@ from conceptvec.models.backends import Target, resolve
 from conceptvec.progress import progress_bar
 from conceptvec.results import Result
 from conceptvec.tokens import TokenText, show, token_text
-from conceptvec.types import ModelSource, Tokenizer
+from conceptvec.types import ModelSource, PrettyPrinter, Tokenizer
 
 from .apply import generate as generate_ids
 from .apply import logits as forward_logits
@@ -30,7 +30,7 @@ from .controls import percentile, random_controls
 from .edit_specs import Edit, Edits, WeightEdit, check_against, flatten
 
 
-def pretty_as_str(self: Any, printer: Any, _cycle: bool) -> None:
+def pretty_as_str(self: object, printer: PrettyPrinter, _cycle: bool) -> None:
     """IPython's pretty-printer hook: show a result as its ``str`` (the readable report),
     not as its dataclass fields."""
     printer.text(str(self))

@@ -53,7 +53,7 @@ class JsonConfig:
                 return False  # PretrainedConfig's default
         return _default(model_type, name)
 
-    def __setattr__(self, name: str, value: Any) -> None:
+    def __setattr__(self, name: str, value: object) -> None:
         self.__dict__["_data"][name] = value
 
     def __delattr__(self, name: str) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,6 +20,9 @@ from conceptvec.types import Tokenizer
 
 from .base import Backend, unwrap
 from .hf import HFBackend
+
+if TYPE_CHECKING:
+    from .base import Point
 
 
 @dataclass
@@ -72,7 +75,7 @@ class Target:
         """The module whose forward passes the position tracker watches."""
         return self.backend.module
 
-    def point(self, layer: int, kind: Any) -> str:
+    def point(self, layer: int, kind: Point) -> str:
         """Return the backend's name of ``layer``'s hook point ``kind`` (``mlp``/``resid``)."""
         return self.backend.point(self.model.spec, layer, kind)
 
