@@ -963,3 +963,18 @@ def test_lm_eval_task_names_of_non_ascii_concepts_differ_and_command_is_quoted(t
         words = shlex.split(ex.command)
         assert words[words.index("--include_path") + 1] == str(out.absolute())
     assert tags[0] != tags[1]
+
+
+def test_clamp_error_names_the_weights_when_they_are_the_cause(
+    tiny_dir, tmp_path, monkeypatch, capsys
+):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+
+    def poison(w):
+        w["model.layers.1.mlp.down_proj.weight"][:, 3] = float("nan")
+
+    _edit_weights(folder, poison)
+    args = ["clamp", str(folder), "L1.3=2", "-p", "the dog", "-n", "1"]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    _one_line_exit_2(code, err)
+    assert "weights" in err and "intervention is too large" not in err

@@ -67,6 +67,12 @@ def _report(
     )
     data = result.to_dict()
     bad = _non_finite(data)
+    if bad and "_before" in bad:  # the unedited model already: its weights are the cause
+        raise BadInterventionError(
+            f"the model's own outputs, before any edit, are not finite ({bad} is NaN or "
+            f"infinite): the weights of {model.name} hold NaN or infinity; check or "
+            "re-download the checkpoint"
+        )
     if bad:
         raise BadInterventionError(
             f"the edited model's outputs are not finite ({bad} is NaN or infinite); the "
