@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,9 @@ from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
 
 from . import store
+
+if TYPE_CHECKING:
+    from .cards import ActivationPart
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,7 @@ class Atlas:
 
     # ------------------------------------------------------------------- lookups
     @cached_property
-    def activations(self) -> Any:
+    def activations(self) -> ActivationPart | None:
         """The activation part (:class:`~conceptvec.atlas.cards.ActivationPart`), or None
         when the atlas was mapped without ``--corpus``."""
         from .cards import ActivationPart

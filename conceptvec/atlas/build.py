@@ -161,7 +161,7 @@ def build_atlas(
     experts: list[int | None] = [*range(model.dims.n_experts)] or [None]
     items = [store.shard_name(lay, m, e) for lay in layers for e in experts for m in matrices]
 
-    held: dict[str, object] = {}
+    held: dict[str, tuple[int, Path] | None] = {}
 
     def take_lock() -> None:  # rank 0 holds the folder's lock (the kernel drops it if we die)
         _check_writable(root)
@@ -209,7 +209,7 @@ def build_atlas(
 
 
 class _Release:
-    def __init__(self, held: dict[str, object]):
+    def __init__(self, held: dict[str, tuple[int, Path] | None]):
         self.held = held
 
     def close(self) -> None:

@@ -215,7 +215,7 @@ LOCK = ".conceptvec.lock"
 """Lock file of a ``map`` run: held with ``flock`` while it writes; holds the owner's pid."""
 
 
-def lock_folder(root: Path) -> Any:
+def lock_folder(root: Path) -> tuple[int, Path] | None:
     """Take the atlas folder's lock for this process and return its handle, or raise
     :class:`AtlasError` naming the pid of the run that holds it.
 
@@ -256,7 +256,7 @@ def lock_folder(root: Path) -> Any:
     raise AtlasError(f"cannot take the lock {path}; try again")
 
 
-def unlock_folder(handle: Any) -> None:
+def unlock_folder(handle: tuple[int, Path] | None) -> None:
     """Release a lock taken by :func:`lock_folder` and remove its file."""
     if handle is None:
         return

@@ -8,7 +8,6 @@ while keeping its typical contribution. The means are read with the same hooks t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 
@@ -16,7 +15,7 @@ from conceptvec.errors import BadInterventionError
 from conceptvec.models.backends import resolve
 from conceptvec.neurons import NeuronId
 from conceptvec.reference_texts import REFERENCE_TEXTS
-from conceptvec.types import ModelSource, Tokenizer
+from conceptvec.types import HookFn, ModelSource, Tokenizer
 
 from .apply import forward_with
 from .edit_specs import NeuronEdit, Positions, check_against, check_positions
@@ -41,7 +40,7 @@ def neuron_means(
     count = 0
     seen: dict[int, torch.Tensor] = {}
 
-    def reader(layer: int) -> Any:
+    def reader(layer: int) -> HookFn:
         def read(x: torch.Tensor) -> torch.Tensor:
             seen[layer] = x.detach()
             return x

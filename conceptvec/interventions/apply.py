@@ -80,22 +80,18 @@ class Intervention:
         self._thread: int | None = None
 
     # ------------------------------------------------------------------ building
-    def _hook_functions(self) -> tuple[dict[int, Any], dict[int, Any], dict[Any, Any]]:
+    def _hook_functions(self) -> tuple[dict[int, Fn], dict[int, Fn], dict[tuple[int, int], Fn]]:
         """Return the edit functions by layer: MLP activations, residual stream, and (in a
         mixture of experts) one expert's MLP activations by ``(layer, expert)``."""
         by_layer: dict[tuple[Point, int, int | None], list] = {}
         for e in self.edits:
             if not isinstance(e, WeightEdit):
                 by_layer.setdefault(_point_of(e), []).append(e)
-        hidden: dict[int, Any] = {}
-        resid: dict[int, Any] = {}
-        experts: dict[Any, Any] = {}
+        hidden: dict[int, Fn] = {}
+        resid: dict[int, Fn] = {}
+        experts: dict[tuple[int, int], Fn] = {}
         for (kind, layer, expert), edits in sorted(by_layer.items(), key=_unit_order):
-            into = hidden if kind == "mlp" else resid
-            key: Any = layer
-            if expert is not None:
-                into, key = experts, (layer, expert)
-            into[key] = counted(
+            fn = counted(
                 edit_point,
                 edits,
                 self.tracker,
@@ -104,6 +100,10 @@ class Intervention:
                 self.applied,
                 self._rows,
             )
+            if expert is not None:
+                experts[(layer, expert)] = fn
+            else:
+                (hidden if kind == "mlp" else resid)[layer] = fn
         return hidden, resid, experts
 
     def _point(self, layer: int, kind: Point, expert: int | None = None) -> str:

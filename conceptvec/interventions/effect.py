@@ -13,7 +13,6 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
@@ -394,7 +393,7 @@ def _one_prompt(target, prompt, edits, ids_t, control_edits, top_k, generate, ch
     """Return the :class:`PromptEffect` of one prompt, ticking ``bar`` once per pass."""
     text = token_text(target.tokenizer)
 
-    def next_logp(ids: torch.Tensor, edit: Any) -> torch.Tensor:
+    def next_logp(ids: torch.Tensor, edit: Edits) -> torch.Tensor:
         out = forward_logits(target, ids, edit)[0, -1].log_softmax(-1)
         bar.update(1)
         return out

@@ -27,6 +27,8 @@ from .disk_cache import cache_root
 if TYPE_CHECKING:
     import torch
 
+    from conceptvec.types import Tokenizer
+
 log = logging.getLogger(__name__)
 
 
@@ -80,7 +82,7 @@ def _cached_config(path: Path) -> dict | None:
     return data if isinstance(data, dict) and "model_type" in data else None
 
 
-def gguf_tokenizer(path: Path) -> Any:
+def gguf_tokenizer(path: Path) -> Tokenizer:
     """Return the HF tokenizer of a GGUF file (converted once, then cached)."""
     from transformers import AutoTokenizer
 
