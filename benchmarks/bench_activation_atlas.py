@@ -110,7 +110,6 @@ def main() -> None:
     args = ap.parse_args()
 
     import conceptvec
-    from conceptvec.activations.read import bos_prefix
     from conceptvec.atlas.corpus_pass import _Pass
     from conceptvec.atlas.exemplars import LayerStats, StatsConfig
     from conceptvec.interventions.apply import forward_with
@@ -125,7 +124,7 @@ def main() -> None:
     d = target.model.dims
     every = corpus_ids(model, args.warm_tokens + args.tokens, d.vocab)
     warm_ids, ids = split_tokens(every, args.warm_tokens)
-    prefix = bos_prefix(model.tokenizer) if model.tokenizer is not None else []
+    prefix = target.prefix
     cfg = StatsConfig(k=args.k)
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
