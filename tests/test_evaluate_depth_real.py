@@ -65,3 +65,27 @@ def test_gate_row_zeroed_is_disconnected_and_patch_recovers_it(tmp_path, monkeyp
     assert prof["mlp"][LAYER] >= 0.95 and prof["resid"][LAYER] >= 0.95
     print("profile mlp", [round(x, 3) for x in prof["mlp"]])
     print("profile resid", [round(x, 3) for x in prof["resid"]])
+
+
+def test_reversed_vector_is_erased_and_restoring_it_recovers(tmp_path):
+    from conceptvec.evaluate import intrinsic
+
+    def reverse(sd):
+        w = sd[f"model.layers.{LAYER}.mlp.down_proj.weight"]
+        w[:, INDEX] = -w[:, INDEX]
+
+    ckpt = _checkpoint(tmp_path / "reversed", reverse)
+    r = intrinsic(
+        "smollm2-135m", ckpt, "smollm2-dev", names=["Ancient Rome"], attacks=("recovery",),
+        max_questions=3, controls=2, max_new_tokens=16,
+    )  # fmt: skip
+    c = r.runs[0].concepts[0]
+    restore = next(x for x in c.recovery if x.attack == "recovery:restore")
+    print(
+        f"label {c.label}; cosine {c.vector.cosine:+.4f}; forget drop {c.drop('forget'):+.4f}; "
+        f"restore recovered {restore.recovered:.4f}; depth {c.metrics['depth']}"
+    )
+    assert c.label == "erased" and c.vector.cosine == pytest.approx(-1.0)
+    assert c.drop("forget") > 0.01
+    assert restore.recovered == pytest.approx(1.0, abs=1e-3)
+    assert c.metrics["depth"]["label"] == "not measured"  # patch did not run

@@ -59,7 +59,8 @@ def evaluate(
         str | None,
         typer.Option(
             "--attacks",
-            help="Comma list of registered attacks: recovery, patch, quant4, relearn, or a plugin's "
+            help="Comma list of registered attacks: recovery, patch, quant4, quant4_gguf, relearn, "
+            "relearn_heldout, logit_lens, or a plugin's "
             "('' for none; default: recovery, none with --no-qa).",
         ),
     ] = None,

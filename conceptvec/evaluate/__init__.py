@@ -13,6 +13,7 @@
 
 from conceptvec.config import EvalConfig
 
+from . import literature as _literature  # noqa: F401  (registers its attacks)
 from .attacks import ATTACKS, AttackInput, register_attack
 from .behaviour import Recovery, quantized
 from .concepts import EvalConcept, eval_concepts

@@ -30,7 +30,15 @@ from conceptvec.models import Model
 from conceptvec.models.backends import Target, resolve
 from conceptvec.registry import Registry
 
-from .behaviour import ConceptProbes, Recovery, _recovered, quantized, recovery, relearned
+from .behaviour import (
+    ConceptProbes,
+    Recovery,
+    _recovered,
+    gguf_q4_0,
+    quantized,
+    recovery,
+    relearned,
+)
 from .concepts import EvalConcept, unrelated_texts
 
 
@@ -183,22 +191,38 @@ def _recovery(inp: AttackInput) -> list[Recovery]:
 def _quant4(inp: AttackInput) -> Recovery:
     """Round-trip the decoder matrices through 4 bits; the base under the same round trip is
     the control."""
-    with quantized(inp.unlearned.hf) as n:
-        q = inp.score(inp.unlearned, "quant4", f"{n} decoder matrices round-tripped through int4")
-    key = "quant4:" + json.dumps([inp.probes.questions, inp.probes.references])
-    if key not in inp.cache:  # what 4 bits cost the base itself, once per question set
-        with quantized(inp.base.hf):
+    return _quant_attack(inp, "quant4", None, "int4 (absmax per 64)")
+
+
+def _quant_attack(inp: AttackInput, name: str, roundtrip: Any, scheme: str) -> Recovery:
+    with quantized(inp.unlearned.hf, roundtrip=roundtrip) as n:
+        q = inp.score(inp.unlearned, name, f"{n} decoder matrices round-tripped through {scheme}")
+    key = f"{name}:" + json.dumps([inp.probes.questions, inp.probes.references])
+    if key not in inp.cache:  # what the round trip costs the base itself, once per question set
+        with quantized(inp.base.hf, roundtrip=roundtrip):
             inp.cache[key] = inp.forget_logprob(inp.base)
-    q.base_logprob = inp.cache[key]
-    lost = q.base_logprob - inp.unlearned_logprob
-    q.recovered_vs_attacked_base = (
-        (q.logprob - inp.unlearned_logprob) / lost if lost > 0.01 else None
-    )
-    q.detail += (
-        f"; the base loses {inp.base_logprob - q.base_logprob:+.3f} nats/token to the same "
-        "round trip"
-    )
-    return q
+    return with_base_control(inp, q, inp.cache[key], "round trip")
+
+
+def with_base_control(
+    inp: AttackInput,
+    r: Recovery,
+    base_lp: float,
+    what: str,
+    *,
+    unlearned: float | None = None,
+    base: float | None = None,
+) -> Recovery:
+    """Set ``r``'s base control: ``base_lp``, the base's forget log p under the same attack,
+    and the share recovered relative to it (``unlearned`` / ``base``: the log p before the
+    attack where the attack scores other questions than the report's)."""
+    unl = inp.unlearned_logprob if unlearned is None else unlearned
+    before = inp.base_logprob if base is None else base
+    r.base_logprob = base_lp
+    lost = base_lp - unl
+    r.recovered_vs_attacked_base = (r.logprob - unl) / lost if lost > 0.01 else None
+    r.detail += f"; the base moves {base_lp - before:+.3f} nats/token under the same {what}"
+    return r
 
 
 def _check_relearn(c: EvalConcept, sources: tuple[Any, Any], _config: EvalConfig) -> None:
@@ -221,7 +245,7 @@ def _relearn(inp: AttackInput) -> Recovery:
     tok = inp.checkpoint.tokenizer
     trained = relearned(inp.unlearned.hf, tok, others, steps=steps, lr=lr, seed=inp.config.seed)
     try:
-        return inp.score(
+        r = inp.score(
             resolve(trained, tok),
             "relearn",
             f"{steps} AdamW steps (lr {lr}) on {len(others)} other concepts' articles that "
@@ -229,6 +253,22 @@ def _relearn(inp: AttackInput) -> Recovery:
         )
     finally:
         del trained
+    key = f"relearn:{inp.concept.name}:" + json.dumps([inp.probes.questions, inp.probes.references])
+    if key not in inp.cache:  # the base trained the same way: the control
+        control = relearned(inp.base.hf, tok, others, steps=steps, lr=lr, seed=inp.config.seed)
+        inp.cache[key] = inp.forget_logprob(resolve(control, tok))
+        del control
+    return with_base_control(inp, r, inp.cache[key], "training")
+
+
+@register_attack(
+    "quant4_gguf",
+    settings=lambda _c: {"format": "GGUF Q4_0", "quantizer": "gguf.quants (the gguf package)"},
+)
+def _quant4_gguf(inp: AttackInput) -> Recovery:
+    """Round-trip the decoder matrices through GGUF Q4_0 with the ``gguf`` package's own
+    quantizer; the base under the same round trip is the control."""
+    return _quant_attack(inp, "quant4_gguf", gguf_q4_0, "GGUF Q4_0 (gguf.quants)")
 
 
 @register_attack(

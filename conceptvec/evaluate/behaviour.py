@@ -330,13 +330,20 @@ def recovery(
 
 
 @contextlib.contextmanager
-def quantized(model: torch.nn.Module, bits: int = 4, group: int = 64) -> Iterator[int]:
+def quantized(
+    model: torch.nn.Module,
+    bits: int = 4,
+    group: int = 64,
+    roundtrip: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[int]:
     """Round-trip every 2-D weight of the decoder blocks (not the embeddings or the head)
     through ``bits``-bit integers (symmetric absmax per ``group`` consecutive values of a
     row; for GPT-2's Conv1D that is per output) inside the block; restore it after, bit for
     bit. Yields the number of matrices touched. The embeddings and the unembedding are the
     ones the model's :class:`ArchSpec` names; a mixture of experts' stacked expert weights
-    ``[experts, out, in]`` are quantized row by row like the same matrices kept apart."""
+    ``[experts, out, in]`` are quantized row by row like the same matrices kept apart.
+    ``roundtrip`` (a float32 ``[rows, cols]`` matrix in, its round trip out) replaces the
+    absmax scheme, e.g. :func:`gguf_q4_0`."""
     spec = spec_for_model_type(str(getattr(text_config(model.config), "model_type", None)))
     skip = tuple(k for k in (spec.embed, spec.pos_embed, spec.unembed) if k)
     stacked = tuple({key.rpartition(".")[2] for key, _, _ in spec.stacked.values()})
@@ -354,6 +361,9 @@ def quantized(model: torch.nn.Module, bits: int = 4, group: int = 64) -> Iterato
         with torch.no_grad():
             for _, p in layers:
                 w = p.float().reshape(-1, p.shape[-1])
+                if roundtrip is not None:
+                    p.copy_(roundtrip(w).reshape(p.shape).to(p.dtype))
+                    continue
                 rows, cols = w.shape
                 pad = (-cols) % group
                 g = torch.nn.functional.pad(w, (0, pad)).view(rows, -1, group)
@@ -365,6 +375,21 @@ def quantized(model: torch.nn.Module, bits: int = 4, group: int = 64) -> Iterato
         with torch.no_grad():
             for (_, p), s in zip(layers, saved):
                 p.copy_(s.to(p.device))
+
+
+def gguf_q4_0(w: torch.Tensor) -> torch.Tensor:
+    """Return ``w`` (float32 ``[rows, cols]``) round-tripped through GGUF's Q4_0 with the
+    ``gguf`` package's own quantizer (blocks of 32 along a row, zero-padded to a multiple)."""
+    import numpy as np
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    rows, cols = w.shape
+    pad = (-cols) % 32
+    a = torch.nn.functional.pad(w.detach().cpu().float(), (0, pad)).numpy()
+    q = quantize(np.ascontiguousarray(a), GGMLQuantizationType.Q4_0)
+    back = torch.from_numpy(dequantize(q, GGMLQuantizationType.Q4_0).copy())
+    return back[:, :cols].to(w.device)
 
 
 def relearned(
