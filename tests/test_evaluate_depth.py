@@ -33,7 +33,7 @@ def disconnected(tiny, tmp_path_factory):
 def test_patch_recovers_a_disconnected_vector_and_profiles_depth(tiny, disconnected, tmp_path):
     r = intrinsic(
         tiny, disconnected, _records({"Ancient Rome": (1, 7)}), attacks=("patch",),
-        controls=2, max_questions=3, max_new_tokens=4,
+        controls=2, max_questions=6, max_new_tokens=4,
     )  # fmt: skip
     c = r.runs[0].concepts[0]
     assert c.drop("forget") > 0.05

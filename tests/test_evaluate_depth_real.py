@@ -43,7 +43,7 @@ def test_gate_row_zeroed_is_disconnected_and_patch_recovers_it(tmp_path, monkeyp
     out = tmp_path / "r.json"
     args = [
         "eval", "smollm2-135m", str(ckpt), "--concepts", "smollm2-dev",
-        "--concept", "Ancient Rome", "--attacks", "patch", "--max-questions", "3",
+        "--concept", "Ancient Rome", "--attacks", "patch", "--max-questions", "5",
         "--controls", "10", "--max-new-tokens", "16", "--out", str(out),
     ]  # fmt: skip
     code, stdout, err = run_cli(args, monkeypatch, capsys)

@@ -245,6 +245,8 @@ def apply_floor(
             r.recovered = None
             r.control_recovered = []
             r.percentile = None
+            if r.profile is not None:  # the patch attack's per-layer shares likewise
+                r.profile.update({k: [None] * len(r.profile[k]) for k in ("mlp", "resid")})
 
 
 def recovery(
