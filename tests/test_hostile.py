@@ -978,3 +978,15 @@ def test_clamp_error_names_the_weights_when_they_are_the_cause(
     code, out, err = run_cli(args, monkeypatch, capsys)
     _one_line_exit_2(code, err)
     assert "weights" in err and "intervention is too large" not in err
+
+
+def test_wrong_length_norm_weight_is_one_line(tiny_dir, tmp_path, monkeypatch, capsys):
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+
+    def shorten(w):
+        w["model.norm.weight"] = torch.ones(5)
+
+    _edit_weights(folder, shorten)
+    code, out, err = run_cli(["neuron", str(folder), "L1.3"], monkeypatch, capsys)
+    _one_line_exit_2(code, err)
+    assert "model.norm.weight" in err

@@ -277,7 +277,7 @@ class Model:
         """
         if not key or not self.reader.has(key):
             return None
-        w = self.reader.get(key).float()
+        w = self._vector(key)
         if self.spec.gain_offset and not self.reader.effective_gains:
             w = w + self.spec.gain_offset
         return w
@@ -291,7 +291,17 @@ class Model:
         if self.spec.norm_style != "layernorm":
             return None
         key = self.weight_key("final_norm").replace(".weight", ".bias")
-        return self.reader.get(key).float() if self.reader.has(key) else None
+        return self._vector(key) if self.reader.has(key) else None
+
+    def _vector(self, key: str) -> torch.Tensor:
+        """Return weight ``key`` as float32 ``[d_model]``, or raise if it has another shape."""
+        w = self.reader.get(key)
+        if tuple(w.shape) != (self.dims.d_model,):
+            raise CorruptWeightsError(
+                f"{self.name}: {key} has shape {tuple(w.shape)}, not [{self.dims.d_model}] "
+                "(d_model); the checkpoint is damaged: re-download it"
+            )
+        return w.float()
 
     @property
     def has_mlp_out_norm(self) -> bool:
