@@ -125,3 +125,28 @@ def test_depth_without_patch_is_not_measured_and_a_zero_vector_has_no_cosine(tin
     assert "did not run" in dep["why"]
     assert dep["cosine"] is None and "zero after" in dep["why"]
     assert dep["change_pct_model"] is not None
+
+
+def test_collateral_measures_the_files_other_validated_vectors(tiny, tmp_path):
+    def move(sd):  # Rome's vector reversed, Italy's nudged, Poland's untouched
+        w = sd["model.layers.2.mlp.down_proj.weight"]
+        w[:, 7] = -w[:, 7]
+        sd["model.layers.1.mlp.down_proj.weight"][:, 3] *= 1.5
+
+    unl = _variant(tiny, tmp_path / "moved", move)
+    recs = _records({"Ancient Rome": (2, 7), "Italy": (1, 3), "Poland": (0, 5), "Baseball": (0, 9)})
+    for rec in recs:
+        if rec["Concept"] == "Baseball":
+            rec["verdict"] = "category"  # not a validated concept vector: left out
+    r = intrinsic(tiny, unl, recs, names=["Ancient Rome"], qa=False, trace_activations=False)
+    run = r.runs[0]
+    assert [c.concept for c in run.concepts] == ["Ancient Rome"]
+    assert [v.concept for v in run.weights.concepts] == ["Ancient Rome"]
+    by = {v.concept: v for v in run.collateral}
+    assert set(by) == {"Italy", "Poland"}
+    assert by["Italy"].rel_change == pytest.approx(0.5) and by["Italy"].cosine == pytest.approx(1)
+    assert by["Poland"].l2 == 0.0
+    d = r.to_dict()["runs"][0]
+    assert sorted(v["concept"] for v in d["collateral"]) == ["Italy", "Poland"]
+    text = str(r)
+    assert "the file's other concept vectors: " in text and "Italy L1.3: cosine" in text

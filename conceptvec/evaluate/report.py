@@ -88,6 +88,8 @@ class RunEval:
     concepts: list[ConceptEval]
     record: dict[str, Any] = field(default_factory=dict)
     """What its ``unlearning.json`` says (method, steps, lr, scope), when it has one."""
+    collateral: list[VectorChange] = field(default_factory=list)
+    """The file's other validated concept vectors, measured alike (:mod:`.collateral`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict."""
@@ -96,6 +98,7 @@ class RunEval:
             "record": self.record,
             "identical": self.weights.identical,
             "concepts": [c.to_dict() for c in self.concepts],
+            "collateral": [v.to_dict() for v in self.collateral],
             "weights": self.weights.to_dict(),
         }
 
@@ -117,6 +120,15 @@ TOO_LITTLE = "too little forgetting to measure"
 def cosine_text(c: float) -> str:
     """Show a cosine so that 0.9999982 and 0.9999999 stay apart: ``1-1.8e-06``."""
     return f"{c:.7f}" if c < 0.9999995 else f"1-{1 - c:.1e}"
+
+
+def collateral_text(run: RunEval) -> str:
+    """One line: each other concept vector's cosine and change percentile (model)."""
+    return "; ".join(
+        f"{v.concept} {v.neuron}: cosine {cosine_text(v.cosine)}, Jaccard {v.jaccard:.3f}, "
+        f"change pct {v.change_pct_model:.1f}"
+        for v in run.collateral
+    )
 
 
 def depth_text(d: Any) -> str:
@@ -268,6 +280,10 @@ class EvalReport(Result):
         for run in self.runs:
             if run.weights.identical:
                 notes.append(f"{run.name}: no MLP weight changed at all")
+            if run.collateral:
+                notes.append(
+                    f"{run.name}: the file's other concept vectors: " + collateral_text(run)
+                )
             for c in run.concepts:
                 notes.append(f"{run.name} / {c.concept}: {c.label}: {c.why}")
                 notes.append(

@@ -42,6 +42,7 @@ from conceptvec.progress import progress_bar
 
 from .attacks import ATTACKS, AttackInput, run_attack
 from .behaviour import ConceptProbes, apply_floor, base_probes, drop_noise, probe_model
+from .collateral import collateral_concepts
 from .concepts import EvalConcept, check_concepts, eval_concepts
 from .depth import ALWAYS
 from .metrics import DEFAULT as DEFAULT_METRICS
@@ -199,11 +200,12 @@ def intrinsic(
     runs = []
     stages = progress_bar(len(models) * len(items), "evaluating concepts", progress and live)
     clock.stop("open")
+    others = collateral_concepts(concepts, items, b.dims.n_layers, b.dims.d_mlp)
     for (u, record), run_name in zip(models, names):
         comparison = compare_weights(
             b,
             u,
-            items,
+            items + others,
             k=cfg.k,
             recipe=cfg.recipe,
             all_jaccard=cfg.all_jaccard,
@@ -211,6 +213,8 @@ def intrinsic(
             progress=progress,
         )
         clock.stop("weights")
+        collateral = comparison.concepts[len(items) :]
+        comparison.concepts = comparison.concepts[: len(items)]
         target = resolve(u) if base_target is not None else None
         clock.stop("open")
         evals = []
@@ -253,7 +257,7 @@ def intrinsic(
                 clock.stop("metrics")
             evals.append(ev)
             stages.update(1)
-        runs.append(RunEval(run_name, comparison, evals, _summary(record)))
+        runs.append(RunEval(run_name, comparison, evals, _summary(record), collateral))
         target = None
         if u._hf_loader is not None and u is not unlearned and u not in sources:
             u._hf = None  # a checkpoint we opened: its torch model is not needed again
