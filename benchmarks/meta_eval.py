@@ -134,16 +134,20 @@ def run_cell(cell: dict[str, Any], run: dict[str, Any], work: Path, keep: bool) 
     side = meta_attack.SIDE[cell["concept"]]
     rec = {r["attack"]: r for r in c["recovery"]}
     v, beh = c["vector"], c["behaviour"]
+    depth = (c.get("metrics") or {}).get("depth") or {}
     recovered = rec["meta-heldout"]["recovered"]
     return dict(
         cell, settings_hash=_hash(s), settings=s,
-        seconds={"unlearn": t1 - t0, "evaluate": t2 - t1},
+        seconds={"unlearn": t1 - t0, "evaluate": t2 - t1}, eval_timings=report.get("timings"),
         measures={
-            "cosine": v["cosine"], "jaccard": v["jaccard"], "change_pct": v["change_pct_layer"],
+            # the depth metric's copies make the edge cases null (zero vector: no cosine;
+            # unchanged vector: no percentile)
+            "cosine": depth.get("cosine", v["cosine"]), "jaccard": v["jaccard"],
+            "change_pct": depth.get("change_pct_layer", v["change_pct_layer"]),
             "label": c["label"],
             "trace_label": None if c["label"] == "not measured" else int(c["label"] in HIDDEN),
             "patch_recovery": (rec.get("patch") or {}).get("recovered"),
-            "depth_score": ((c.get("metrics") or {}).get("depth") or {}).get("score"),
+            "depth_score": depth.get("score"),
             "forget_drop": beh["forget"]["logprob_drop"],
             "rouge_l": beh["forget"]["unlearned"]["rouge_l"],
             "uds": uds_style((rec.get("patch") or {}).get("profile")),
