@@ -77,7 +77,7 @@ def test_reversed_vector_is_erased_and_restoring_it_recovers(tmp_path):
     ckpt = _checkpoint(tmp_path / "reversed", reverse)
     r = intrinsic(
         "smollm2-135m", ckpt, "smollm2-dev", names=["Ancient Rome"], attacks=("recovery",),
-        max_questions=3, controls=2, max_new_tokens=16,
+        max_questions=5, controls=2, max_new_tokens=16,
     )  # fmt: skip
     c = r.runs[0].concepts[0]
     restore = next(x for x in c.recovery if x.attack == "recovery:restore")
