@@ -374,8 +374,17 @@ def test_native_configs_are_read_by_structure(tl):
             original_architecture="GPTNeoXForCausalLM",
         )
     )
-    with pytest.raises(UnsupportedArchitectureError, match="GPTNeoXForCausalLM"):
-        conceptvec.load(neox)
+    assert conceptvec.load(neox).spec.family == "gpt_neox"  # a supported family since stop 19
+    bloom = tl.HookedTransformer(
+        tl.HookedTransformerConfig(
+            **common,
+            act_fn="gelu",
+            normalization_type="LN",
+            original_architecture="BloomForCausalLM",
+        )
+    )
+    with pytest.raises(UnsupportedArchitectureError, match="BloomForCausalLM"):
+        conceptvec.load(bloom)
 
 
 # ------------------------------------------------------- detection (no TransformerLens)
