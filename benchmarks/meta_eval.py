@@ -3,7 +3,7 @@
     # the full grid (6 methods x 2 strengths x 3 validated vectors + 3 controls = 39 checkpoints)
     OMP_NUM_THREADS=2 python benchmarks/meta_eval.py --work runs/meta
     # what CI runs: 2 checkpoints, 2 steps, 3 questions
-    python benchmarks/meta_eval.py --subset --work /tmp/meta --out /tmp/meta/meta.json
+    python benchmarks/meta_eval.py --subset --work runs/meta-subset --out runs/meta-subset/meta.json
     # rewrite docs/meta-evaluation.md from docs/data/meta_eval_smollm2.json (--check: compare)
     python benchmarks/meta_eval.py --doc
 
