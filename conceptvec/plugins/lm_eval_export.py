@@ -377,12 +377,12 @@ def _check_replaceable(out: Path, overwrite: bool) -> None:
 def _write(out: Path, files: dict[str, str], export: LmEvalExport, overwrite: bool) -> None:
     """Write ``files`` and the manifest (last) into a hidden folder beside ``out``, then
     rename it to ``out``: a crash never leaves a folder that looks complete."""
-    from conceptvec.files import file_mode
+    from conceptvec.files import follow_umask
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
     try:
         try:
-            os.chmod(tmp, file_mode() | (file_mode() & 0o444) >> 2)  # as mkdir (mkdtemp: 700)
+            follow_umask(tmp)  # as mkdir would (mkdtemp makes 0o700)
             listing = {**export.to_dict(), "files": sorted(files)}
             record = json.dumps(listing, indent=2, ensure_ascii=False) + "\n"
             for name, text in [*files.items(), (MANIFEST, record)]:
