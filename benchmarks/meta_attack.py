@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import torch
@@ -29,6 +31,9 @@ SIDE: dict[str, dict[str, Any]] = {}
 """Per concept name, what ``meta-heldout`` measured beside its Recovery (read by the runner)."""
 OPTIONS = {"steps": 10, "lr": 3e-5, "seed": 0}
 """The attack's settings (the runner sets them before each evaluation)."""
+BASE_CONTROL: dict[str, float] = {}
+"""The base control's half-B log p, kept across evaluations in one process: the base model,
+its training texts and the scored half are the same for every checkpoint of a concept."""
 
 
 def _control_loss(ctx: Context, batches: dict) -> dict[str, torch.Tensor]:
@@ -90,11 +95,14 @@ def heldout(inp: AttackInput) -> Recovery:
             "cosine": _cosine(inp.unlearned.model.neuron_vector(neuron), base_vec),
             "forget_drop_b": base_b - _lp(inp.unlearned, qb, rb, inp.chat),
         }
-    key = f"meta-heldout-base:{inp.concept.name}:{steps}:{lr}:{seed}"
-    if key not in inp.cache:  # the base control, once per concept
+    base_id = inp.base.model.name
+    what = json.dumps([base_id, inp.concept.name, steps, lr, seed, texts, qb, rb])
+    key = "meta-heldout-base:" + hashlib.sha256(what.encode()).hexdigest()[:16]
+    if key not in BASE_CONTROL:  # the base control, once per concept and process
         trained = relearned(inp.base.hf, tok, texts, steps=steps, lr=lr, seed=seed)
-        inp.cache[key] = _lp(resolve(trained, tok), qb, rb, inp.chat)
+        BASE_CONTROL[key] = _lp(resolve(trained, tok), qb, rb, inp.chat)
         del trained
+    inp.cache[key] = BASE_CONTROL[key]
     trained = relearned(inp.unlearned.hf, tok, texts, steps=steps, lr=lr, seed=seed)
     target = resolve(trained, tok)
     after_b = _lp(target, qb, rb, inp.chat)

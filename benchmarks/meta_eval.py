@@ -2,6 +2,10 @@
 
     # the full grid (6 methods x 2 strengths x 3 validated vectors + 3 controls = 39 checkpoints)
     OMP_NUM_THREADS=2 python benchmarks/meta_eval.py --work runs/meta
+    # or in two processes of one thread each (faster on 2 cores), then the summary:
+    OMP_NUM_THREADS=1 python benchmarks/meta_eval.py --work runs/meta --shard 0/2 &
+    OMP_NUM_THREADS=1 python benchmarks/meta_eval.py --work runs/meta --shard 1/2; wait
+    python benchmarks/meta_eval.py --work runs/meta
     # what CI runs: 2 checkpoints, 2 steps, 3 questions
     python benchmarks/meta_eval.py --subset --work runs/meta-subset --out runs/meta-subset/meta.json
     # rewrite docs/meta-evaluation.md from docs/data/meta_eval_smollm2.json (--check: compare)
@@ -171,6 +175,19 @@ def uds_style(profile: dict[str, Any] | None) -> float | None:
     return 1.0 - sum(min(1.0, max(0.0, x)) for x in shares) / len(shares)
 
 
+def _shard(text: str | None) -> tuple[int, int] | None:
+    """``K/N`` as (K, N); (0, 1) when not given; None (after a one-line error) when malformed."""
+    if text is None:
+        return (0, 1)
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n) <= 64):
+        print(
+            f"error: --shard {text!r} is not K/N with 0 <= K < N <= 64, e.g. 0/2", file=sys.stderr
+        )
+        return None
+    return (int(k), int(n))
+
+
 def _hash(s: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -186,6 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--subset", action="store_true", help="the 2-checkpoint CI subset")
     ap.add_argument("--only", type=int, help="run only the first N cells (a partial grid)")
+    ap.add_argument(
+        "--shard",
+        help="K/N: run only cells K, K+N, K+2N, ... (0-based; several "
+        "processes share one --work; a run without --shard then writes the summary)",
+    )
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "meta")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
@@ -209,11 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     if a.only is not None and a.only < 1:
         print("error: --only must be at least 1", file=sys.stderr)
         return 2
+    shard = _shard(a.shard)
+    if shard is None:
+        return 2
     run = SUBSET if a.subset else FULL
     full = grid(a.subset)
     cells = full[: a.only] if a.only else full
     done = []
     for i, cell in enumerate(cells, 1):
+        if (i - 1) % shard[1] != shard[0]:
+            continue
         path = a.work / "cells" / f"{cell['key']}.json"
         h = _hash(settings_of(cell, run))
         if path.is_file() and json.loads(path.read_text()).get("settings_hash") == h:
@@ -227,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         sec = r["seconds"]
         print(f"[{i}/{len(cells)}] {cell['key']}: {sec['unlearn']:.0f} s + {sec['evaluate']:.0f} s, "
               f"recovered {r['truth']['recovered']}", file=sys.stderr)  # fmt: skip
+    if shard != (0, 1):
+        print(f"shard {a.shard} done: {len(done)} cells; run without --shard for the summary",
+              file=sys.stderr)  # fmt: skip
+        return 0
     kind = "subset" if a.subset else ("full grid" if len(cells) == len(full) else
                                       f"partial grid ({len(cells)} of {len(full)} checkpoints)")  # fmt: skip
     per = [sum(c["seconds"].values()) for c in done]

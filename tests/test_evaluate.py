@@ -216,7 +216,8 @@ def test_report_with_trace_behaviour_and_recovery(tiny, tmp_path):
     d = r.to_dict()
     assert d["schema"] == "conceptvec.eval/1" and len(d["runs"]) == 2
     json.dumps(d, allow_nan=False)
-    stages = {"open", "weights", "trace", "base_qa", "qa", "attacks"}
+    stages = {"open", "weights", "trace", "base_qa", "qa"}
+    stages |= {f"attack:{a}" for a in r.settings["attacks"]}
     assert set(d["timings"]) == stages | {"total"}  # every stage that ran, timed
     assert sum(d["timings"][s] for s in stages) == pytest.approx(d["timings"]["total"], rel=0.05)
     assert "time: open " in str(r)

@@ -152,7 +152,7 @@ class EvalReport(Result):
     timings: dict[str, float] = field(default_factory=dict)
     """Wall seconds per stage, summed over checkpoints and concepts: ``open`` (loading and
     checks), ``weights``, ``trace``, ``base_qa`` (the base's answers and scores, once per
-    question set), ``qa`` (the unlearned model's), ``attacks``; and ``total``."""
+    question set), ``qa`` (the unlearned model's), ``attack:NAME`` for each attack; and ``total``."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the report as JSON-ready data (schema ``conceptvec.eval/1``); a non-finite
