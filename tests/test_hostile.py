@@ -990,3 +990,55 @@ def test_wrong_length_norm_weight_is_one_line(tiny_dir, tmp_path, monkeypatch, c
     code, out, err = run_cli(["neuron", str(folder), "L1.3"], monkeypatch, capsys)
     _one_line_exit_2(code, err)
     assert "model.norm.weight" in err
+
+
+# ------------------------------------------------- issue 25, "not yet": weights that lie
+def _neuron_cli(folder: Path, monkeypatch, capsys) -> str:
+    code, out, err = run_cli(["neuron", str(folder), "L1.3"], monkeypatch, capsys)
+    _one_line_exit_2(code, err)
+    return err
+
+
+@pytest.mark.parametrize("short", ["config", "tokenizer"])
+def test_lm_head_smaller_than_vocabulary_refused(short, tiny_dir, tmp_path, monkeypatch, capsys):
+    """A head with fewer rows than the config's vocab_size, or than the tokenizer's tokens,
+    leaves tokens without a row: refused, not decoded over the rows there are."""
+    folder = _copy(tiny_dir("llama"), tmp_path / "m")
+
+    def cut(w):
+        w["lm_head.weight"] = w["lm_head.weight"][:300].clone()
+        if short == "tokenizer":  # weights and config agree; the tokenizer has 394 tokens
+            w["model.embed_tokens.weight"] = w["model.embed_tokens.weight"][:300].clone()
+
+    _edit_weights(folder, cut)
+    if short == "tokenizer":
+        _edit_config(folder, vocab_size=300)
+    err = _neuron_cli(folder, monkeypatch, capsys)
+    assert "300 rows" in err and ("vocab_size=394" in err or "394 tokens" in err)
+
+
+@pytest.mark.parametrize(
+    "key", ["lm_head.weight", "model.layers.1.self_attn.k_proj.weight"], ids=["lm_head", "k_proj"]
+)
+def test_missing_weights_refused(key, tiny_dir, tmp_path, monkeypatch, capsys):
+    """An untied model without its head, or without an attention weight: transformers would
+    initialise it randomly (and we would decode the embedding); refused, naming the tensor."""
+    folder = _edit_weights(_copy(tiny_dir("llama"), tmp_path / "m"), lambda w: w.pop(key))
+    args = ["clamp", str(folder), "L1.3=2", "-p", "the dog", "-n", "1"]
+    code, out, err = run_cli(args, monkeypatch, capsys)
+    _one_line_exit_2(code, err)
+    assert key in err
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int8, torch.bool], ids=str)
+def test_integer_weight_dtypes_refused(dtype, tiny_dir, tmp_path, monkeypatch, capsys):
+    """Integer or bool weights are refused from the safetensors headers, before any tensor
+    is read (q_proj is not even one that ``neuron`` reads)."""
+    key = "model.layers.1.self_attn.q_proj.weight"
+
+    def cast(w):
+        w[key] = (w[key] * 100).to(dtype)
+
+    folder = _edit_weights(_copy(tiny_dir("llama"), tmp_path / "m"), cast)
+    err = _neuron_cli(folder, monkeypatch, capsys)
+    assert key in err and "floating point" in err

@@ -7,9 +7,11 @@ only when :attr:`Model.hf` is used, and the tokenizer only when tokens are shown
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -302,12 +304,17 @@ def hf_from_safetensors(
     standard = (folder / INDEX_FILE).exists() or (folder / SINGLE_FILE).exists()
     try:
         if standard:  # transformers reads the same files; use_safetensors forbids a .bin
-            return AutoModelForCausalLM.from_pretrained(
-                str(folder),
-                dtype=dtype or "auto",
-                trust_remote_code=trust_remote_code,
-                use_safetensors=True,
-            )
+            with _no_load_report():  # what it reports, missing weights, we refuse below
+                loaded: Any = AutoModelForCausalLM.from_pretrained(
+                    str(folder),
+                    dtype=dtype or "auto",
+                    trust_remote_code=trust_remote_code,
+                    use_safetensors=True,
+                    output_loading_info=True,
+                )
+            hf, info = loaded
+            _refuse_missing(folder, info.get("missing_keys") or ())
+            return hf
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     except ConceptvecError:
@@ -328,17 +335,40 @@ def hf_from_safetensors(
             f"({str(e).splitlines()[0][:160]}); re-download the checkpoint"
         ) from None
     tied = {"lm_head.weight"} if dims_from_config(model.config).tied else set()
-    missing = [k for k in result.missing_keys if k not in tied]
-    if missing:
-        raise CorruptWeightsError(
-            f"{folder} lacks {len(missing)} weights the model needs (first: {missing[0]}); "
-            "re-download the checkpoint"
-        )
+    _refuse_missing(folder, [k for k in result.missing_keys if k not in tied])
     if dtype not in (None, "auto"):
         import torch
 
         model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model
+
+
+@contextlib.contextmanager
+def _no_load_report() -> Iterator[None]:
+    """Drop transformers' multi-line LOAD REPORT warning inside the block: the errors it
+    lists (missing or mismatched weights) end in conceptvec's own one-line error."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+    logger = logging.getLogger("transformers.modeling_utils")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _refuse_missing(folder: Path, missing: Any) -> None:
+    """Raise naming the weights the model needs that ``folder`` lacks (transformers would
+    fill them with random values and run, silently, a different model)."""
+    missing = sorted(missing)
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise CorruptWeightsError(
+            f"{folder} lacks {len(missing)} weight(s) the model needs ({', '.join(missing[:3])}"
+            f"{more}); the checkpoint is incomplete: re-download it"
+        )
 
 
 # ------------------------------------------------------------------------------- hub

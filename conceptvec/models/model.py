@@ -97,11 +97,18 @@ class Model:
         return self.prefix + relative.format(layer=layer) if relative else ""
 
     def _is_tied(self) -> bool:
-        if not self.reader.has(self.weight_key("unembed")):
-            return True
         if self.reader.tied is not None:  # the source itself says (a GGUF)
-            return self.reader.tied
-        return dims_from_config(self.config).tied
+            return self.reader.tied or not self.reader.has(self.weight_key("unembed"))
+        if self.reader.has(self.weight_key("unembed")):
+            return dims_from_config(self.config).tied
+        if not dims_from_config(self.config).tied and self.reader.has(self.weight_key("embed")):
+            # transformers would give the model a random head while we decoded the embedding
+            raise CorruptWeightsError(
+                f"{self.location} has no {self.weight_key('unembed')}, and its config does not "
+                "tie it to the embedding (tie_word_embeddings is false); the checkpoint is "
+                "incomplete: re-download it"
+            )
+        return True
 
     def mlp_place(
         self, matrix: str, layer: int, expert: int | None
@@ -128,6 +135,12 @@ class Model:
             raise CorruptWeightsError(
                 f"{self.location}: unembedding has shape {head_shape} but the config says "
                 f"d_model={dims.d_model}; the config and weights do not belong together"
+            )
+        if head_shape[0] < dims.vocab:
+            raise CorruptWeightsError(
+                f"{self.location}: {self._head_key} has {head_shape[0]} rows but the config says "
+                f"vocab_size={dims.vocab}; every token needs a row: the config and weights do "
+                "not belong together (re-download the checkpoint)"
             )
         self._check_layers(dims)
         return Dims(
@@ -327,6 +340,14 @@ class Model:
                     "no tokenizer for %s (%s); tokens are shown as ids",
                     self.name,
                     str(e).splitlines()[0][:120],
+                )
+            size = len(self._tokenizer) if self._tokenizer is not None else 0
+            if size > self.dims.vocab:
+                self._tokenizer, self._tokenizer_loader = None, loader  # refused every time
+                raise CorruptWeightsError(
+                    f"{self.name}: the tokenizer has {size} tokens but the model's head has "
+                    f"{self.dims.vocab} rows; token ids past {self.dims.vocab - 1} have no "
+                    "row: use the tokenizer that belongs to these weights"
                 )
             if self._tokenizer is not None and self._hf is not None:
                 self._share_tokenizer()

@@ -92,6 +92,8 @@ _ST_DTYPES = {
     "BOOL": torch.bool,
 }
 SINGLE_FILE = "model.safetensors"
+_NOT_FLOAT = {"I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8", "BOOL"}
+"""Stored dtypes that no weight or bias may have."""
 
 
 class SafetensorsReader:
@@ -166,6 +168,27 @@ class SafetensorsReader:
                 raise CorruptWeightsError(
                     f"{self.folder}: {len(missing)} tensors listed in {INDEX_FILE} are not in "
                     f"their shards (first: {missing[0]}); re-download the checkpoint"
+                )
+        for name in files:
+            self._check_dtypes(name)
+
+    def _check_dtypes(self, name: str) -> None:
+        """Raise unless every weight and bias in shard ``name`` is stored as a float (its
+        header says; no tensor is read): integer or bool weights would be decoded and run
+        as numbers they do not mean."""
+        try:
+            layout = self._layout(name)
+        except Exception as e:
+            raise CorruptWeightsError(
+                f"{self._paths[name]} has an unreadable header ({_one_line(e)}); re-download it"
+            ) from None
+        for key, entry in layout.items():
+            dtype = entry.get("dtype") if isinstance(entry, dict) else None
+            if key.endswith((".weight", ".bias")) and dtype in _NOT_FLOAT:
+                raise CorruptWeightsError(
+                    f"{self._paths[name]}: {key} is stored as {dtype}, not as floating point; "
+                    "conceptvec reads float weights (F32, F16, BF16): re-download the "
+                    "checkpoint, or use an unquantized one (or a GGUF)"
                 )
 
     @property
