@@ -18,6 +18,7 @@ temporary file, and never replaces an existing file unless asked to.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -145,6 +146,35 @@ def check_new(path: str | Path, overwrite: bool, error: type[ConceptvecError]) -
     if path.exists() and not overwrite:
         raise error(f"{path}: exists; pass --overwrite (overwrite=True) to replace it")
     return path
+
+
+NAME_BYTES = 255
+"""The longest file name that common file systems take (ext4, XFS, APFS), in bytes."""
+
+
+def check_name(path: str | Path, error: type[ConceptvecError], room: int = 0) -> Path:
+    """Raise ``error`` unless ``path``'s last part, with ``room`` bytes more for the
+    temporary names made beside it, fits in a file name (the system's own message, "File
+    name too long", would come late and name no cause)."""
+    path = Path(path)
+    size = len(os.fsencode(path.name))
+    if size + room > NAME_BYTES:
+        raise error(
+            f"the output name {path.name[:40]!r}... is {size} bytes long; at most "
+            f"{NAME_BYTES - room} fit in a file name here: choose a shorter one"
+        )
+    return path
+
+
+def short_name(text: str, limit: int = 64) -> str:
+    """Return ``text`` if it has at most ``limit`` bytes (UTF-8), else its longest prefix
+    that fits with ``-`` and 8 hex digits of its sha256 after it: a name made from a long
+    concept name stays a valid file name, and two long names keep different ones."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    head = data[: limit - 9].decode("utf-8", "ignore")
+    return f"{head}-{hashlib.sha256(data).hexdigest()[:8]}"
 
 
 def write_new(path: str | Path, data: bytes, overwrite: bool, error: type[ConceptvecError]) -> Path:

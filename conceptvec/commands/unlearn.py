@@ -99,8 +99,10 @@ def unlearn(
     METHODS.check([method])  # an unknown name fails here, before the model loads
 
     if out is None:
+        from conceptvec.files import short_name
+
         slug = "".join(c if c.isalnum() else "-" for c in Path(concept).stem.lower()).strip("-")
-        out = Path(f"unlearned-{slug}-{method}")
+        out = Path(f"unlearned-{short_name(slug)}-{method}")  # a long name is cut, hashed
     config = UnlearnConfig(
         method=method, hparams=_hparams(hparam), **settings_of(UnlearnConfig, settings)
     )

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from conceptvec.concepts.benchmark import ConceptEntry, read_concepts
 from conceptvec.errors import PluginError, listing
-from conceptvec.files import lists_every_file, swap_folder
+from conceptvec.files import check_name, lists_every_file, swap_folder
 from conceptvec.results import Result
 from conceptvec.types import ModelSource
 
@@ -230,14 +230,20 @@ def export_lm_eval(
 # ------------------------------------------------------------------------------ inputs
 def task_slug(concept: str) -> str:
     """Return the lm-eval task name part for ``concept``: its ASCII letters and digits
-    (accents dropped), and when anything else was dropped a short hash of the whole name,
-    so two names never share tasks ("Ελλάδα" and "Россия" differ)."""
+    (accents dropped), at most :data:`SLUG_CHARS` of them, and when anything was dropped
+    or cut a short hash of the whole name, so two names never share tasks ("Ελλάδα" and
+    "Россия" differ) and a 300-byte name still makes valid file names."""
     ascii_name = unicodedata.normalize("NFKD", concept).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_")
-    if re.fullmatch(r"[A-Za-z0-9 _\-.,'()]*", concept) and slug:
+    if re.fullmatch(r"[A-Za-z0-9 _\-.,'()]*", concept) and slug and len(slug) <= SLUG_CHARS:
         return slug
     digest = hashlib.sha256(concept.encode()).hexdigest()[:8]
+    slug = slug[: SLUG_CHARS - 9].rstrip("_")  # a long name is cut: file names hold 255 bytes
     return f"{slug}_{digest}" if slug else f"concept_{digest}"
+
+
+SLUG_CHARS = 64
+"""The longest concept part of a task name (task files are named after tasks)."""
 
 
 def _pick(entries: list[ConceptEntry], concept: str | None) -> ConceptEntry:
@@ -361,6 +367,7 @@ def _task_yaml(task: LmEvalTask, tag: str, max_new_tokens: int) -> str:
 
 def _check_replaceable(out: Path, overwrite: bool) -> None:
     """Raise unless ``out`` may be written: absent, or an earlier export and ``overwrite``."""
+    check_name(out, PluginError, room=len("..writing-12345678"))
     if not out.exists():
         if not out.parent.is_dir():
             raise PluginError(f"the folder {out.parent} does not exist; create it first")

@@ -22,7 +22,7 @@ import torch
 
 from conceptvec.checkpoint_record import RECORD_FILE, SCHEMA, WRITER, UnlearningRecord
 from conceptvec.errors import UnlearningError
-from conceptvec.files import follow_umask, lists_every_file, swap_folder
+from conceptvec.files import check_name, follow_umask, lists_every_file, swap_folder
 
 WORK_MARK = "conceptvec-unlearn-run.json"
 """The mark inside the hidden ``.<out>.run/`` folder of resumable checkpoints."""
@@ -48,6 +48,7 @@ def is_output(folder: Path) -> bool:
 def check_out(out: Path, overwrite: bool) -> None:
     """Raise unless ``out`` can be written: absent, or, with ``overwrite``, an empty folder
     or an earlier output of ours (:func:`is_output`). Nothing else is ever replaced."""
+    check_name(out, UnlearningError, room=len("..writing-12345678"))  # and .OUT.run
     if not out.parent.is_dir():
         raise UnlearningError(f"the folder {out.parent} does not exist; create it first")
     if not out.exists() and not out.is_symlink():
