@@ -18,12 +18,15 @@ temporary file, and never replaces an existing file unless asked to.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -164,6 +167,31 @@ def check_name(path: str | Path, error: type[ConceptvecError], room: int = 0) ->
             f"{NAME_BYTES - room} fit in a file name here: choose a shorter one"
         )
     return path
+
+
+def check_writable(folder: str | Path, error: type[ConceptvecError], what: str) -> None:
+    """Raise ``error`` unless a new entry can be made in ``folder``: a folder is made there
+    and removed, so a read-only or full file system is reported before any work."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".conceptvec-probe-", dir=folder))
+    except OSError as e:
+        raise error(f"cannot write in {folder} ({e.strerror or e}); {what}") from None
+
+
+WRITE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+"""The errors of a write that a user fixes: space, quota, a read-only or foreign folder."""
+
+
+def write_failure(e: BaseException) -> str | None:
+    """Return the reason a write failed when ``e`` is one a user fixes (a full disk, a
+    read-only folder: an OSError, or safetensors' own error wrapping one), else None."""
+    if isinstance(e, OSError):
+        return (e.strerror or str(e)) if e.errno in WRITE_ERRORS else None
+    if type(e).__name__ == "SafetensorError":  # "IoError(Os { code: 28, ..., message: "..." })"
+        found = re.search(r"Os \{ code: (\d+),.*message: \"([^\"]*)\"", str(e))
+        if found and int(found.group(1)) in WRITE_ERRORS:
+            return found.group(2)
+    return None
 
 
 def short_name(text: str, limit: int = 64) -> str:

@@ -6,6 +6,7 @@ Each test names the defect it pins down; docs/reliability.md lists them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -1042,6 +1043,88 @@ def test_integer_weight_dtypes_refused(dtype, tiny_dir, tmp_path, monkeypatch, c
     folder = _edit_weights(_copy(tiny_dir("llama"), tmp_path / "m"), cast)
     err = _neuron_cli(folder, monkeypatch, capsys)
     assert key in err and "floating point" in err
+
+
+# ------------------------------------------- issue 25, "not yet": unlearn --out cannot be written
+def _unlearn_args(tiny: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "unlearn", str(tiny), "--concept", "Ancient Rome", "--concepts", "conceptvectors-dev",
+        "--method", "ga", "--steps", "2", "--batch-size", "2", "--max-length", "48", "--no-eval",
+        "-o", str(out), *extra,
+    ]  # fmt: skip
+
+
+def _no_space(kind: str) -> Exception:
+    if kind == "oserror":
+        return OSError(errno.ENOSPC, "No space left on device")
+    from safetensors import SafetensorError  # what save_pretrained raises on a full disk
+
+    return SafetensorError(
+        "Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "
+        '"No space left on device" })'
+    )
+
+
+@pytest.mark.parametrize("kind", ["oserror", "safetensors"])
+@pytest.mark.parametrize("when", ["output", "checkpoint"])
+def test_unlearn_full_disk_is_one_line(kind, when, tiny_dir, tmp_path, monkeypatch, capsys):
+    """A full disk while writing the output (or a checkpoint): one line, exit 2, and no
+    half-written folder left behind (neither --out nor our temporary folders)."""
+    from conceptvec.unlearning import api, train
+
+    if when == "output":
+
+        def save(model, tokenizer, folder, record, state_dict=None):
+            (folder / "model.safetensors").write_bytes(b"\0" * 64)  # half-written
+            raise _no_space(kind)
+
+        monkeypatch.setattr(api, "save_model", save)
+    else:
+
+        def save_checkpoint(self, output_dir=None, state_dict=None):
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+            (Path(output_dir) / "model.safetensors").write_bytes(b"\0" * 64)
+            raise _no_space(kind)
+
+        monkeypatch.setattr(train.UnlearnTrainer, "_save", save_checkpoint)
+    out = tmp_path / "u"
+    code, _, err = run_cli(
+        _unlearn_args(tiny_dir("llama"), out, "--save-every", "1"), monkeypatch, capsys
+    )
+    _one_line_exit_2(code, err)
+    assert "No space left on device" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["chmod", "simulated"])
+def test_unlearn_read_only_out_is_one_line(how, tiny_dir, tmp_path, monkeypatch, capsys):
+    """A read-only folder for --out is reported before the model loads or trains."""
+    import tempfile
+
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    if how == "chmod":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder; see the simulated case")
+        parent.chmod(0o555)
+    else:
+        real = tempfile.mkdtemp
+
+        def read_only(*args, dir=None, **kw):
+            if dir is not None and Path(dir) == parent:
+                raise OSError(errno.EROFS, "Read-only file system")
+            return real(*args, dir=dir, **kw)
+
+        monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    loaded = []
+    monkeypatch.setattr(conceptvec.models.loading, "_from_folder", lambda *a, **k: loaded.append(1))
+    try:
+        code, _, err = run_cli(_unlearn_args(tiny_dir("llama"), parent / "u"), monkeypatch, capsys)
+    finally:
+        parent.chmod(0o755)
+    _one_line_exit_2(code, err)
+    assert ("Read-only" in err or "Permission denied" in err) and not loaded
+    assert list(parent.iterdir()) == []
 
 
 # ------------------------------------- issue 25, "not yet": a concept name over 255 bytes

@@ -27,6 +27,7 @@ from conceptvec.checkpoint_record import UnlearningRecord
 from conceptvec.config import UnlearnConfig
 from conceptvec.distributed import is_main_process
 from conceptvec.errors import UnlearningError
+from conceptvec.files import check_writable, write_failure
 from conceptvec.neurons import NeuronId
 from conceptvec.results import Result
 
@@ -198,6 +199,8 @@ def unlearn(
     out = Path(out) if out is not None else None
     if out is not None:
         check_out(out, overwrite)
+        if is_main_process():
+            check_writable(out.parent, UnlearningError, "choose another --out or free space")
         if m.name != "edit" and is_main_process():
             check_work(work_dir(out), resume=resume, overwrite=overwrite)
     entry, others, source, found = resolve_concept(concept, concepts)
@@ -429,6 +432,18 @@ def _train(
         raise UnlearningError(
             f"the {m.name} loss became {e.value} at step {e.step}; stopped, nothing written to "
             f"{out or 'an output folder'}; {kept}; lower --lr"
+        ) from None
+    except Exception as e:  # a checkpoint could not be written (a full disk)
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        good = last_checkpoint(work)
+        if good is None and main:
+            remove_work(work)
+        raise UnlearningError(
+            f"cannot write a checkpoint in {work} ({reason}); stopped, nothing written to "
+            f"{out or 'an output folder'}; free space, then run again"
+            + (" with --resume" if good else "")
         ) from None
     # every process joins the gather (FSDP, DeepSpeed ZeRO-3); unwrapped as is otherwise
     state = trainer.accelerator.get_state_dict(trainer.model_wrapped)

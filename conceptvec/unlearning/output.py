@@ -22,7 +22,13 @@ import torch
 
 from conceptvec.checkpoint_record import RECORD_FILE, SCHEMA, WRITER, UnlearningRecord
 from conceptvec.errors import UnlearningError
-from conceptvec.files import check_name, follow_umask, lists_every_file, swap_folder
+from conceptvec.files import (
+    check_name,
+    follow_umask,
+    lists_every_file,
+    swap_folder,
+    write_failure,
+)
 
 WORK_MARK = "conceptvec-unlearn-run.json"
 """The mark inside the hidden ``.<out>.run/`` folder of resumable checkpoints."""
@@ -73,16 +79,25 @@ def write_atomically(out: Path, write: Callable[[Path], None], overwrite: bool) 
     (replacing only what :func:`check_out` allows, checked again just before the rename)."""
     check_out(out, overwrite)
     remove_leftovers(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
     try:
-        mark_work(tmp, WRITING_MARK)  # so a run killed while writing can tell it is ours
-        write(tmp)
-        (tmp / WRITING_MARK).unlink()
-        follow_umask(tmp)  # as the atlas folders: not mkdtemp's drwx------
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    swap_folder(tmp, out, lambda: check_out(out, overwrite))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.writing-", dir=out.parent))
+        try:
+            mark_work(tmp, WRITING_MARK)  # so a run killed while writing can tell it is ours
+            write(tmp)
+            (tmp / WRITING_MARK).unlink()
+            follow_umask(tmp)  # as the atlas folders: not mkdtemp's drwx------
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        swap_folder(tmp, out, lambda: check_out(out, overwrite))
+    except Exception as e:  # a full disk, a read-only folder: the temporary folder is gone
+        reason = write_failure(e)
+        if reason is None:
+            raise
+        raise UnlearningError(
+            f"cannot write {out} ({reason}); nothing was written there: free space or "
+            "choose another --out"
+        ) from None
     with contextlib.suppress(OSError):
         fd = os.open(out.parent, os.O_RDONLY)
         try:
