@@ -1127,6 +1127,35 @@ def test_unlearn_read_only_out_is_one_line(how, tiny_dir, tmp_path, monkeypatch,
     assert list(parent.iterdir()) == []
 
 
+# --------------------------------------- issue 25, "not yet": a deep copy inside intervene
+def _our_hooks(module: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
+
+
+def test_deep_copy_inside_intervene_drops_our_hooks(tiny_dir):
+    """``copy.deepcopy(model.hf)`` inside a block (to run a copy in another thread) gives the
+    unedited model: the copied hooks do nothing and leave on the copy's first pass. The
+    original is edited until the block ends, then restored bit-exactly."""
+    import copy
+
+    model = conceptvec.load(tiny_dir("llama"))
+    hf = model.hf
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3]])
+    before = {k: v.clone() for k, v in hf.state_dict().items()}
+    with torch.no_grad():
+        base = hf(ids).logits
+        edits = [conceptvec.clamp("L1.3", 8.0), conceptvec.steer(2, torch.ones(32), 3.0)]
+        with conceptvec.intervene(model, edits):
+            edited = hf(ids).logits
+            twin = copy.deepcopy(hf)
+            assert torch.equal(twin(ids).logits, base) and _our_hooks(twin) == 0
+            assert torch.equal(hf(ids).logits, edited)  # the original keeps its edits
+        assert not torch.allclose(edited, base)
+        assert torch.equal(hf(ids).logits, base) and _our_hooks(hf) == 0
+        assert all(torch.equal(v, before[k]) for k, v in hf.state_dict().items())
+        assert torch.equal(twin(ids).logits, base)
+
+
 # ------------------------------------- issue 25, "not yet": a concept name over 255 bytes
 LONG_NAMES = ["Ancient Rome and " * 20 + "its legacy", "Ancient Rome and " * 20 + "its roads"]
 

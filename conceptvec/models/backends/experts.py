@@ -22,7 +22,7 @@ import torch
 from conceptvec.errors import UnsupportedModelError
 
 from .base import Fn
-from .hf import layer_modules, submodule
+from .hf import OwnHook, layer_modules, submodule
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
@@ -50,9 +50,9 @@ def expert_hooks(
             def remember(_module: torch.nn.Module, args: tuple, shape: dict = shape) -> None:
                 shape["tokens"] = args[0].shape[:-1]  # [batch, tokens] before it is flattened
 
-            handles.append(block.register_forward_pre_hook(remember))
+            handles.append(block.register_forward_pre_hook(OwnHook(remember)))
             hook = _edit_experts(spec, experts, fns, shape)
-            handles.append(experts.register_forward_hook(hook, with_kwargs=True))
+            handles.append(experts.register_forward_hook(OwnHook(hook), with_kwargs=True))
         yield
     finally:
         for h in handles:

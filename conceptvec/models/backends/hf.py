@@ -41,6 +41,41 @@ def layer_modules(hf: torch.nn.Module, spec: ArchSpec) -> Any:
     return submodule(hf, spec.layers_module, "decoder layers")
 
 
+class OwnHook:
+    """A hook function of ours, registered on a torch module for the length of a block.
+
+    ``copy.deepcopy`` of the module (``copy.deepcopy(model.hf)`` inside an ``intervene``
+    block, to run another copy in parallel) would copy the module's hook tables with our
+    functions in them, and the copy would keep editing for good: no handle removes them
+    there. A deep copy of an ``OwnHook`` is an :class:`_InertHook` instead, which changes
+    nothing and removes itself from the copy the first time the copy runs.
+    """
+
+    def __init__(self, fn: Callable[..., Any]):
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __deepcopy__(self, memo: dict) -> _InertHook:
+        return _InertHook()
+
+
+class _InertHook:
+    """What a deep copy of an :class:`OwnHook` becomes: no effect, and gone after one call."""
+
+    def __call__(self, module: torch.nn.Module, *_args: Any, **_kwargs: Any) -> None:
+        for table in (module._forward_pre_hooks, module._forward_hooks):
+            for key in [k for k, hook in table.items() if isinstance(hook, _InertHook)]:
+                del table[key]  # torch iterates over a copy of the table: safe mid-call
+                for extra in ("_forward_pre_hooks_with_kwargs", "_forward_hooks_with_kwargs"):
+                    getattr(module, extra, {}).pop(key, None)
+                getattr(module, "_forward_hooks_always_called", {}).pop(key, None)
+
+    def __deepcopy__(self, memo: dict) -> _InertHook:
+        return _InertHook()
+
+
 def track_passes(module: torch.nn.Module, begin_pass: Callable[..., None]) -> Any:
     """Register a pre-hook calling ``begin_pass(ids or None, length, past)`` at the start of
     each forward pass of ``module``; return its handle (the caller removes it)."""
@@ -62,7 +97,7 @@ def track_passes(module: torch.nn.Module, begin_pass: Callable[..., None]) -> An
         )
         begin_pass(ids if ids is not None and ids.ndim == 2 else None, length, past)
 
-    return module.register_forward_pre_hook(begin, with_kwargs=True)
+    return module.register_forward_pre_hook(OwnHook(begin), with_kwargs=True)
 
 
 @contextmanager
@@ -76,9 +111,9 @@ def torch_hooks(
     try:
         for layer, fn in mlp.items():
             down = submodule(layers[layer], spec.down_module, "the MLP's output projection")
-            handles.append(down.register_forward_pre_hook(_replace_first_arg(fn)))
+            handles.append(down.register_forward_pre_hook(OwnHook(_replace_first_arg(fn))))
         for layer, fn in resid.items():
-            handles.append(layers[layer].register_forward_hook(_replace_output(fn)))
+            handles.append(layers[layer].register_forward_hook(OwnHook(_replace_output(fn))))
         yield
     finally:
         for h in handles:
