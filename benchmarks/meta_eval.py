@@ -3,9 +3,10 @@
     # the full grid (6 methods x 2 strengths x 3 validated vectors + 3 controls = 39 checkpoints)
     OMP_NUM_THREADS=2 python benchmarks/meta_eval.py --work runs/meta
     # or in two processes of one thread each (faster on 2 cores), then the summary:
-    OMP_NUM_THREADS=1 python benchmarks/meta_eval.py --work runs/meta --shard 0/2 &
-    OMP_NUM_THREADS=1 python benchmarks/meta_eval.py --work runs/meta --shard 1/2; wait
-    python benchmarks/meta_eval.py --work runs/meta
+    C=benchmarks/results/meta_eval_cells  # committed: a later session resumes from it
+    OMP_NUM_THREADS=1 python benchmarks/meta_eval.py --work runs/meta --cells $C --shard 0/2 &
+    OMP_NUM_THREADS=1 python benchmarks/meta_eval.py --work runs/meta --cells $C --shard 1/2; wait
+    python benchmarks/meta_eval.py --work runs/meta --cells $C
     # what CI runs: 2 checkpoints, 2 steps, 3 questions
     python benchmarks/meta_eval.py --subset --work runs/meta-subset --out runs/meta-subset/meta.json
     # rewrite docs/meta-evaluation.md from docs/data/meta_eval_smollm2.json (--check: compare)
@@ -209,6 +210,13 @@ def main(argv: list[str] | None = None) -> int:
         "processes share one --work; a run without --shard then writes the summary)",
     )
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "meta")
+    ap.add_argument(
+        "--cells",
+        type=Path,
+        help="where each cell's JSON is kept (default WORK/cells; "
+        "the full grid's are committed in benchmarks/results/meta_eval_cells, so a "
+        "later session resumes)",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
     ap.add_argument("--doc", action="store_true", help="write docs/meta-evaluation.md from --out")
@@ -241,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, cell in enumerate(cells, 1):
         if (i - 1) % shard[1] != shard[0]:
             continue
-        path = a.work / "cells" / f"{cell['key']}.json"
+        path = (a.cells or a.work / "cells") / f"{cell['key']}.json"
         h = _hash(settings_of(cell, run))
         if path.is_file() and json.loads(path.read_text()).get("settings_hash") == h:
             print(f"[{i}/{len(cells)}] {cell['key']}: done before, skipped", file=sys.stderr)

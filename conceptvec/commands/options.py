@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Callable, Iterable, Mapping
 from typing import Annotated, Any
 
 import typer
@@ -31,8 +32,7 @@ def config_options(
     (``Path`` for a ``str`` field), ``default`` (the CLI's, when it differs) and any
     ``typer.Option`` keyword (``min``, ``max``)."""
     by_name = {f.name: f for f in dataclasses.fields(cls)}
-    space = vars(sys.modules[cls.__module__])
-    hints = {n: eval(str(by_name[n].type), space) for n in fields}  # noqa: S307 (our own code)
+    hints = _field_types(cls, fields)
 
     def wrap(command: Callable[..., None]) -> Callable[..., None]:
         sig = inspect.signature(command, eval_str=True)
@@ -64,6 +64,13 @@ def config_options(
         return command
 
     return wrap
+
+
+def _field_types(cls: type[Config], names: Iterable[str]) -> dict[str, Any]:
+    """Return the resolved types of the fields ``names`` of ``cls``, read in its module (only
+    those: the module imports some field types for type checking alone)."""
+    only = type("_Fields", (), {"__annotations__": {n: cls.__annotations__[n] for n in names}})
+    return typing.get_type_hints(only, globalns=vars(sys.modules[cls.__module__]))
 
 
 def _default(f: dataclasses.Field) -> Any:
