@@ -417,3 +417,46 @@ def test_results_table_holds_the_benchmark_numbers():
             f"{d['naive_ratio']:.1f}x | {d['state_mb']:.0f} |"
         )
         assert row in text, row
+
+
+@pytest.mark.parametrize("block", [1, 4, 8, 16])
+def test_layer_stats_merge_equals_a_full_sort_with_ties_and_tails(block):
+    """Many batches of odd sizes (tails, fewer tokens than k), integer activations (ties at
+    the k-th place): the kept values equal a full sort of every activation, each kept entry's
+    position holds its value, and equal values come out in corpus order."""
+    from conceptvec.atlas.exemplars import Batch, LayerStats
+
+    g = torch.Generator().manual_seed(1)
+    cfg = StatsConfig(k=5, window=1, threshold=1.0, sample=4, block=block)
+    d, seen, every = 7, 0, []
+    stats = LayerStats(d, cfg)
+    for n in (3, 19, 40, 8, 33, 64, 2, 50):
+        x = torch.randint(-6, 7, (1, n, d), generator=g).float()
+        x[0, -1, 0], x[0, -1, 1] = 50.0 + n, -50.0 - n  # the last token: in the tail
+        every.append(x[0])
+        idx = torch.arange(n)
+        batch = Batch(
+            ids=torch.zeros((1, n), dtype=torch.long),
+            mask=torch.ones((1, n), dtype=torch.bool),
+            text=torch.zeros(n, dtype=torch.long),
+            pos=seen + idx,
+            row=torch.zeros(n, dtype=torch.long),
+            col=idx,
+            lo=torch.zeros(1, dtype=torch.long),
+            hi=torch.full((1,), n, dtype=torch.long),
+        )
+        stats.update(x, batch)
+        seen += n
+    allv = torch.cat(every)  # [tokens, d]
+    got = stats.finish()
+    for side, top in (("top", True), ("bottom", False)):
+        ref = allv.sort(dim=0, descending=top, stable=True).values[: cfg.k].T
+        assert torch.equal(got[f"{side}_values"], ref)
+        pos = got[f"{side}_pos"]
+        assert torch.equal(allv.gather(0, pos.T).T, got[f"{side}_values"])
+        for j in range(d):  # equal values: earlier positions first
+            v, p = got[f"{side}_values"][j].tolist(), pos[j].tolist()
+            assert all(p[i] < p[i + 1] for i in range(cfg.k - 1) if v[i] == v[i + 1])
+        assert len(set(pos.flatten().tolist())) > 1
+    assert torch.equal(got["density_above"], (allv > 1).float().mean(0))
+    assert torch.equal(got["density_below"], (allv < -1).float().mean(0))

@@ -12,11 +12,14 @@ keeps, from the batches it is shown:
   every neuron and layer), from which the quantiles are estimated at the end.
 
 Selection without sorting every activation: a batch's ``[tokens, d_mlp]`` activations are cut
-into blocks of ``block`` tokens; the top-k of a column lies in the k blocks with the largest
-maxima, so one ``amax`` over blocks, a small top-k over block maxima and a top-k over the
-``k * block`` gathered candidates replace a top-k over every token. Candidates merge with the
-running lists by one top-k over ``2k`` per neuron; only the entries that enter the lists have
-their context windows gathered. Memory is ``O(d_mlp * k * window)``, flat in corpus length.
+into blocks of ``block`` tokens and one ``amax`` (``amin``) gives every block's extreme. A
+neuron whose best block does not beat its current k-th value is left out at once (after a
+long corpus, almost every neuron in almost every batch). For the rest, the top-k lies in the
+k blocks with the best extremes: those blocks are gathered whole (``torch.gather``), narrowed
+to their k best sub-blocks of ``SUB`` tokens, and one ``topk`` per neuron over the list and
+the candidates decides what enters. Only the entries that enter have their context windows
+gathered. Density counts, sums and the sample are one pass each over the batch. Memory is
+``O(d_mlp * k * window)``, flat in corpus length.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from typing import Any
 
 import torch
 
+SUB = 8
+"""Tokens per sub-block: the best blocks' candidates are narrowed to their k best sub-blocks."""
 QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
 SIDES = ("top", "bottom")
 
@@ -128,8 +133,10 @@ class LayerStats:
             return
         t, thr = self.t, self.cfg.threshold
         t["n"] += n
-        t["above"] += flat.gt(thr).sum(0, dtype=torch.int32)
-        t["below"] += flat.lt(-thr).sum(0, dtype=torch.int32)
+        # counts as float sums of signs (exact: a batch has far fewer than 2**24 tokens); a
+        # boolean sum over the token axis is several times slower
+        t["above"] += (flat - thr).sign_().clamp_(min=0).sum(0).long()
+        t["below"] += (flat + thr).sign_().clamp_(max=0).sum(0).neg_().long()
         t["sum"] += flat.sum(0).double()
         t["sumsq"] += flat.square().sum(0).double()
         if len(batch.sample_rows):
@@ -142,64 +149,79 @@ class LayerStats:
     def _merge(self, side: str, x: torch.Tensor, flat: torch.Tensor, batch: Batch) -> None:
         """Fold the batch's entries that beat a neuron's current k-th value into its list.
 
-        The list is kept unordered (sorted once in :meth:`finish`): an entering value takes
-        the slot of an evicted one, so only entering entries are written.
+        A neuron takes part only when one of its block extremes (or an entry of the tail that
+        fills no whole block) beats its current k-th value: a cheap test that, once the lists
+        hold a long corpus's extremes, leaves almost every neuron out. For those that take
+        part, the candidates are the entries of their best blocks, gathered whole blocks at a
+        time (``torch.gather`` on the ``[blocks, block, d_mlp]`` view) in token order, then
+        the tail. The list's ``k`` entries and the candidates are cut to the top ``k`` per
+        neuron by one ``topk``; ties go to the earlier entry: the list's first, then the
+        batch's in token order. The list is kept unordered (sorted once in :meth:`finish`):
+        an entering value takes the slot of an evicted one, in order, so only entering
+        entries are written.
         """
         t, k, b = self.t, self.cfg.k, self.cfg.block
         top = side == "top"
         n, d = flat.shape
+        dev = flat.device
         state = t[f"{side}_values"]  # [d, k]
         worst = state.amin(1) if top else state.amax(1)  # [d]
-        if bool(torch.isinf(state).all()):  # the first batch: its own top-k fills the lists
-            kk = min(k, n)
-            v, r = flat.topk(kk, dim=0, largest=top)  # [kk, d]
-            neuron = torch.arange(d, device=flat.device).repeat(kk)
-            slot = torch.arange(kk, device=flat.device).repeat_interleave(d)
-            self._write(side, x, batch, neuron, slot, r.reshape(-1), v.reshape(-1))
-            return
-        nb = n // b
-        js, rows = [], []
+        nb, tail = n // b, n % b
+        need = torch.zeros(d, dtype=torch.bool, device=dev)
         if nb:
             main = flat[: nb * b].view(nb, b, d)
             ext = main.amax(1) if top else main.amin(1)  # [nb, d]
-            if nb > k:
-                ev, ei = ext.topk(k, dim=0, largest=top)
-            else:
-                ev, ei = ext, torch.arange(nb, device=flat.device).view(-1, 1).expand(nb, d)
-            good = ev > worst if top else ev < worst
-            bi, j = good.nonzero(as_tuple=True)
-            blk = ei[bi, j]
-            r = blk.unsqueeze(1) * b + torch.arange(b, device=flat.device)  # [m, b]
-            js.append(j.unsqueeze(1).expand_as(r).reshape(-1))
-            rows.append(r.reshape(-1))
-        if n > nb * b:  # the tail that fills no whole block: every entry is a candidate
-            tr, tj = torch.meshgrid(
-                torch.arange(nb * b, n, device=flat.device),
-                torch.arange(d, device=flat.device),
-                indexing="ij",
-            )
-            js.append(tj.reshape(-1))
-            rows.append(tr.reshape(-1))
-        cj, cr = torch.cat(js), torch.cat(rows)
-        cv = flat[cr, cj]
-        beats = cv > worst[cj] if top else cv < worst[cj]
-        cj, cr, cv = cj[beats], cr[beats], cv[beats]
-        if not len(cv):
+            need |= ext.amax(0) > worst if top else ext.amin(0) < worst
+        if tail:
+            rest = flat[nb * b :]
+            need |= rest.amax(0) > worst if top else rest.amin(0) < worst
+        J = need.nonzero().flatten()
+        m = len(J)
+        if not m:  # the cheap test: no entry of the batch enters any list
             return
-        # a segmented top-k over (the list's k entries + the candidates) of each neuron
-        all_v = torch.cat([state.reshape(-1), cv])
-        all_j = torch.cat([torch.arange(d, device=flat.device).repeat_interleave(k), cj])
-        o1 = torch.sort(all_v, descending=top, stable=True).indices
-        order = o1[torch.sort(all_j[o1], stable=True).indices]
-        counts = torch.bincount(all_j, minlength=d)
-        starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(len(order), device=flat.device) - starts[all_j[order]]
-        kept = torch.zeros(len(order), dtype=torch.bool, device=flat.device)
-        kept[order] = rank < k
-        old_out = (~kept[: d * k]).nonzero().flatten()  # flat slots (neuron-major) evicted
-        new_in = kept[d * k :].nonzero().flatten()  # candidates that enter (neuron-major)
-        new_in = new_in[torch.sort(cj[new_in], stable=True).indices]
-        self._write(side, x, batch, old_out // k, old_out % k, cr[new_in], cv[new_in])
+        sub = flat if m == d else flat.index_select(1, J)  # [n, m]
+        vals, toks = [state[J].T], []
+        if nb:
+            extj = ext if m == d else ext.index_select(1, J)  # [nb, m]
+            if nb > k:  # each neuron's k best blocks, best first: those that beat come first
+                ev, ei = extj.topk(k, dim=0, largest=top)
+                good = ev > worst[J] if top else ev < worst[J]
+                g = int(good.sum(0).max())  # the block ranks that can beat
+                blk = ei[:g].sort(dim=0).values  # [g, m]: token order
+            else:  # every block, in order
+                g = nb
+                blk = torch.arange(nb, device=dev).view(-1, 1).expand(nb, m)
+            idx = blk.unsqueeze(1).expand(g, b, m)
+            got = torch.gather(sub[: nb * b].view(nb, b, m), 0, idx).reshape(g * b, m)
+            # tokens: block * b + offset; narrowed to the k best sub-blocks of SUB tokens
+            tok = blk.unsqueeze(1) * b + torch.arange(b, device=dev).view(1, b, 1)
+            tok = tok.reshape(g * b, m)
+            if g * b > k * SUB and b % SUB == 0:
+                sb = got.view(-1, SUB, m)
+                sx = sb.amax(1) if top else sb.amin(1)  # [g * b / SUB, m]
+                si = sx.topk(k, dim=0, largest=top).indices.sort(dim=0).values  # [k, m]
+                sidx = si.unsqueeze(1).expand(k, SUB, m)
+                got = torch.gather(sb, 0, sidx).reshape(k * SUB, m)
+                tok = torch.gather(tok.view(-1, SUB, m), 0, sidx).reshape(k * SUB, m)
+            vals.append(got)
+            toks.append(tok)
+        if tail:
+            vals.append(sub[nb * b :])
+            toks.append(torch.arange(nb * b, n, device=dev).view(-1, 1).expand(tail, m))
+        cv = torch.cat(vals).T.contiguous()  # [m, k + C]: the list, then candidates
+        kth = cv.topk(k, dim=1, largest=top).values[:, -1:]  # [m, 1]
+        beat = cv > kth if top else cv < kth
+        tie = cv == kth
+        room = k - beat.sum(1, keepdim=True)
+        if bool((tie.sum(1, keepdim=True) == room).all()):
+            kept = beat | tie
+        else:  # more ties than room: the earliest fit
+            kept = beat | (tie & (tie.cumsum(1) <= room))
+        ri, slot = (~kept[:, :k]).nonzero(as_tuple=True)  # evicted, neuron by neuron
+        ci, cj = kept[:, k:].nonzero(as_tuple=True)  # entering, the same neurons in order
+        value = cv[ci, k + cj]
+        token = torch.cat(toks)[cj, ci]
+        self._write(side, x, batch, J[ri], slot, token, value)
 
     def _write(self, side, x, batch: Batch, neuron, slot, token, value) -> None:
         """Put flat token ``token`` (value ``value``) into list slot ``slot`` of ``neuron``."""
@@ -236,8 +258,13 @@ class LayerStats:
         t = self.t
         n = max(int(t["n"]), 1)
         out: dict[str, torch.Tensor] = {}
-        for side in SIDES:  # the lists are unordered while streaming: strongest first now
-            order = t[f"{side}_values"].sort(dim=1, descending=side == "top", stable=True).indices
+        for side in SIDES:  # the lists are unordered while streaming: strongest first now,
+            # equal values in corpus order (text, then position), whatever their slots
+            order = t[f"{side}_pos"].sort(dim=1, stable=True).indices
+            for key in ("text", "values"):
+                cur = t[f"{side}_{key}"].gather(1, order)
+                down = key == "values" and side == "top"
+                order = order.gather(1, cur.sort(dim=1, descending=down, stable=True).indices)
             for name in ("values", "text", "pos", "window_ids", "window_values"):
                 cur = t[f"{side}_{name}"]
                 ix = order if cur.dim() == 2 else order.unsqueeze(-1).expand_as(cur)
