@@ -460,3 +460,44 @@ def test_layer_stats_merge_equals_a_full_sort_with_ties_and_tails(block):
         assert len(set(pos.flatten().tolist())) > 1
     assert torch.equal(got["density_above"], (allv > 1).float().mean(0))
     assert torch.equal(got["density_below"], (allv < -1).float().mean(0))
+
+
+def test_finder_ranks_candidates_by_exemplars_holding_the_name(act_atlas, tiny_dir, atlas_dir):
+    from conceptvec.concepts.atlas_rank import context_counts, rank_with_atlas
+    from conceptvec.concepts.tokens import concept_tokens
+    from conceptvec.errors import ConceptSearchError
+
+    model = conceptvec.load(str(tiny_dir("llama")), quiet=True)
+    concept = concept_tokens(model, "Berlin")
+    core = set(concept.core_ids)
+    part = act_atlas.activations
+    assert part is not None
+    neurons = [f"L{layer}.{j}" for layer in part.layers for j in range(0, 64, 5)]
+    got = context_counts(act_atlas, neurons, concept.core_ids)
+    for name, count in zip(neurons, got):  # a hand count over the stored windows
+        layer, j = (int(x) for x in name[1:].split("."))
+        t = part.layer(layer)
+        want = sum(
+            1
+            for side in ("top", "bottom")
+            for s in range(CFG.k)
+            if int(t[f"{side}_pos"][j, s]) >= 0
+            and core & set(t[f"{side}_window_ids"][j, s].tolist())
+        )
+        assert count == want, name
+    assert any(got) and not all(got)
+    assert context_counts(act_atlas, ["L99.0"], concept.core_ids) == [None]
+    assert rank_with_atlas([0, 2, None, 2, 1]) == [1, 3, 4, 0, 2]  # ties keep weight order
+
+    plain = conceptvec.find_concept(model, "Berlin", candidates=6, progress=False)
+    ranked = conceptvec.find_concept(model, "Berlin", candidates=6, atlas=act_atlas, progress=False)
+    counts = ranked.settings["atlas_context_counts"]
+    assert [c.neuron for c in ranked.candidates] == list(counts)
+    assert list(counts.values()) == sorted(counts.values(), reverse=True) and any(counts.values())
+    assert {c.neuron for c in plain.candidates} == set(counts)
+    assert "atlas_context_counts" not in plain.settings
+
+    bare = atlas_dir.parent / "bare"
+    build_atlas(str(tiny_dir("llama")), bare, k=5, progress=False)
+    with pytest.raises(ConceptSearchError, match="no activation part"):
+        conceptvec.find_concept(model, "Berlin", candidates=3, atlas=bare, progress=False)

@@ -38,12 +38,14 @@ from conceptvec.results import Result, SearchResult
 from conceptvec.tokens import show
 from conceptvec.types import ModelSource, Tokenizer
 
+from .atlas_rank import context_counts, open_atlas, rank_with_atlas
 from .category import mark_shared, reference_pools
 from .record import VERDICTS, ActivationEvidence, ConceptVector, WeightEvidence
 from .tokens import ConceptTokens, concept_tokens
 from .validate import MODES, FindThresholds, decisive, judge, knockout
 
 if TYPE_CHECKING:
+    from conceptvec.atlas import Atlas
     from conceptvec.models.backends import Target
 
 DEFAULT_UNRELATED_QA = (
@@ -275,6 +277,7 @@ def find_concept(
     tokenizer: Tokenizer | None = None,
     progress: bool = True,
     reference: Sequence[str] = (),
+    atlas: str | os.PathLike[str] | Atlas | None = None,
     **settings: Any,
 ) -> ConceptSearch:
     """Return a :class:`ConceptSearch`: the neurons of ``model`` that hold concept ``name``.
@@ -285,6 +288,9 @@ def find_concept(
     no candidate is validated, and each says so. ``reference`` names other concepts: a
     candidate that their own weight searches rank among their ``candidates`` serves them
     as well, and is a ``category`` neuron (:mod:`conceptvec.concepts.category`).
+    ``atlas`` (an atlas folder with an activation part, or an :class:`~conceptvec.atlas.Atlas`)
+    reorders the candidates before the later stages: those whose corpus exemplars hold the
+    concept's own words rank up (:mod:`conceptvec.concepts.atlas_rank`).
     ``config`` is a :class:`FindConfig` (or its dict); ``settings`` are its fields as
     keywords (``candidates=20``), applied on top; the result records the whole config in
     ``settings["config"]``.
@@ -323,6 +329,13 @@ def find_concept(
             search_text_words(m, concept, matrix=matrix, top=candidates),
             top=candidates,
         )
+        atlas_counts: list[int | None] | None = None
+        if atlas is not None:
+            opened = open_atlas(atlas)
+            atlas_counts = context_counts(opened, [h.neuron for h, _ in merged], concept.core_ids)
+            order = rank_with_atlas(atlas_counts)
+            merged = [merged[i] for i in order]
+            atlas_counts = [atlas_counts[i] for i in order]
         hits = [h for h, _ in merged]
         found = [
             ConceptVector(name, m.name, str(h.neuron), matrix, w)
@@ -419,6 +432,14 @@ def find_concept(
             noise_std=0.1,
             reference=list(reference),
             config=cfg.to_dict(),
+            **(
+                {}
+                if atlas_counts is None
+                else {
+                    "atlas": str(opened.path),
+                    "atlas_context_counts": dict(zip((str(h.neuron) for h in hits), atlas_counts)),
+                }
+            ),
         ),
         seconds=seconds,
     )
