@@ -501,3 +501,15 @@ def test_finder_ranks_candidates_by_exemplars_holding_the_name(act_atlas, tiny_d
     build_atlas(str(tiny_dir("llama")), bare, k=5, progress=False)
     with pytest.raises(ConceptSearchError, match="no activation part"):
         conceptvec.find_concept(model, "Berlin", candidates=3, atlas=bare, progress=False)
+
+
+def test_cli_find_with_an_atlas(act_atlas, tiny_dir, tmp_path, monkeypatch, capsys):
+    from .conftest import run_cli
+
+    model = str(tiny_dir("llama"))
+    args = ["concepts", "find", model, "Berlin", "--candidates", "4", "--json"]
+    code, out, err = run_cli([*args, "--atlas", str(act_atlas.path)], monkeypatch, capsys)
+    assert code == 0, err
+    assert len(json.loads(out)["settings"]["atlas_context_counts"]) == 4
+    code, _, err = run_cli([*args, "--atlas", str(tmp_path / "nope")], monkeypatch, capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

@@ -141,6 +141,14 @@ def find(
             "weight searches rank as well is a category neuron.",
         ),
     ] = None,
+    atlas: Annotated[
+        Path | None,
+        typer.Option(
+            "--atlas",
+            help="An atlas folder with an activation part (`conceptvec map MODEL --corpus "
+            "SOURCE`): candidates whose corpus exemplars hold the concept's words rank up.",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     **find_settings: Any,
 ) -> None:
@@ -169,6 +177,7 @@ def find(
         unrelated_qa=others,
         progress=not json_out,
         reference=names,
+        atlas=atlas,
         **settings,
     )
     if json_out:
