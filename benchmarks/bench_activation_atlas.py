@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import os
 import platform
 import sys
 import time
@@ -83,6 +84,25 @@ def naive_per_neuron(acts: torch.Tensor, neurons: int, k: int, threshold: float)
         _ = (sum((v - mean) ** 2 for v in col) / n) ** 0.5
         _ = sum(v > threshold for v in col), sum(v < -threshold for v in col)
     return (time.perf_counter() - t0) / neurons
+
+
+def cpu_model() -> str:
+    """Return the CPU's model name (as ``lscpu`` shows it), or the platform's processor."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    """Return the 1, 5 and 15 minute load averages (None where the system has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def main() -> None:
@@ -161,6 +181,7 @@ def main() -> None:
         state = sum(t.nbytes for s in p.stats.values() for t in s.t.values())
         return time.perf_counter() - t0, n, state
 
+    load_start = load_average()
     floor([ids[0][: args.seq_len]])  # warm-up (allocator, kernels)
     floors, mine = [], []
     n_tokens = state_bytes = 0
@@ -201,6 +222,8 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
+        "cpu": cpu_model(),
+        "load_average": {"start": load_start, "end": load_average()},
         "date": time.strftime("%Y-%m-%d"),
         "note": args.note,
         "tokens": n_tokens,
