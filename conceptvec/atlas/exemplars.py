@@ -155,8 +155,9 @@ class LayerStats:
         part, the candidates are the entries of their best blocks, gathered whole blocks at a
         time (``torch.gather`` on the ``[blocks, block, d_mlp]`` view) in token order, then
         the tail. The list's ``k`` entries and the candidates are cut to the top ``k`` per
-        neuron by one ``topk``; ties go to the earlier entry: the list's first, then the
-        batch's in token order. The list is kept unordered (sorted once in :meth:`finish`):
+        neuron by one ``topk`` (between values exactly equal at the k-th place, ``topk``
+        chooses; :meth:`finish` orders equal values by corpus position). The list is kept
+        unordered (sorted once in :meth:`finish`):
         an entering value takes the slot of an evicted one, in order, so only entering
         entries are written.
         """
@@ -179,6 +180,8 @@ class LayerStats:
         m = len(J)
         if not m:  # the cheap test: no entry of the batch enters any list
             return
+        if 2 * m > d:  # most neurons: every column (no copy of the columns that take part)
+            J, m = torch.arange(d, device=dev), d
         sub = flat if m == d else flat.index_select(1, J)  # [n, m]
         vals, toks = [state[J].T], []
         if nb:
@@ -209,14 +212,8 @@ class LayerStats:
             vals.append(sub[nb * b :])
             toks.append(torch.arange(nb * b, n, device=dev).view(-1, 1).expand(tail, m))
         cv = torch.cat(vals).T.contiguous()  # [m, k + C]: the list, then candidates
-        kth = cv.topk(k, dim=1, largest=top).values[:, -1:]  # [m, 1]
-        beat = cv > kth if top else cv < kth
-        tie = cv == kth
-        room = k - beat.sum(1, keepdim=True)
-        if bool((tie.sum(1, keepdim=True) == room).all()):
-            kept = beat | tie
-        else:  # more ties than room: the earliest fit
-            kept = beat | (tie & (tie.cumsum(1) <= room))
+        best = cv.topk(k, dim=1, largest=top, sorted=False).indices  # [m, k]
+        kept = torch.zeros(cv.shape, dtype=torch.bool, device=dev).scatter_(1, best, True)
         ri, slot = (~kept[:, :k]).nonzero(as_tuple=True)  # evicted, neuron by neuron
         ci, cj = kept[:, k:].nonzero(as_tuple=True)  # entering, the same neurons in order
         value = cv[ci, k + cj]
@@ -225,20 +222,22 @@ class LayerStats:
 
     def _write(self, side, x, batch: Batch, neuron, slot, token, value) -> None:
         """Put flat token ``token`` (value ``value``) into list slot ``slot`` of ``neuron``."""
-        t = self.t
-        t[f"{side}_values"][neuron, slot] = value
-        t[f"{side}_text"][neuron, slot] = batch.text[token]
-        t[f"{side}_pos"][neuron, slot] = batch.pos[token]
+        t, k = self.t, self.cfg.k
+        at = neuron * k + slot  # flat slot: one-dimensional indexing is the fast path
+        t[f"{side}_values"].view(-1)[at] = value
+        t[f"{side}_text"].view(-1)[at] = batch.text[token]
+        t[f"{side}_pos"].view(-1)[at] = batch.pos[token]
         r, c = batch.row[token], batch.col[token]
         w = self.cfg.window
         cols = c.unsqueeze(1) + torch.arange(-w, w + 1, device=c.device)  # [m, W]
         ok = (cols >= batch.lo[r].unsqueeze(1)) & (cols < batch.hi[r].unsqueeze(1))
-        safe = cols.clamp(0, x.shape[1] - 1)
-        rr = r.unsqueeze(1).expand_as(safe)
-        ids = torch.where(ok, batch.ids[rr, safe], -1)
-        vals = torch.where(ok, x[rr, safe, neuron.unsqueeze(1)], 0.0)
-        t[f"{side}_window_ids"][neuron, slot] = ids.to(torch.int32)
-        t[f"{side}_window_values"][neuron, slot] = vals
+        width = x.shape[1]
+        place = r.unsqueeze(1) * width + cols.clamp(0, width - 1)  # [m, W] row-major token
+        ids = torch.where(ok, batch.ids.reshape(-1)[place], -1)
+        vals = torch.where(ok, x.reshape(-1)[place * x.shape[2] + neuron.unsqueeze(1)], 0.0)
+        W = 2 * w + 1
+        t[f"{side}_window_ids"].view(-1, W)[at] = ids.to(torch.int32)
+        t[f"{side}_window_values"].view(-1, W)[at] = vals
 
     # ------------------------------------------------------------------ results
     def state(self) -> dict[str, torch.Tensor]:
