@@ -46,3 +46,24 @@ def test_kept_tokens_from_jaccard():
 
     assert round(eval_table.kept_of_k(0.951219512195, 200)) == 195
     assert round(eval_table.kept_of_k(1.0, 200)) == 200
+
+
+def test_concepts_md_equals_finder_atlas_check_output(capsys):
+    import finder_atlas_check
+
+    assert finder_atlas_check.main(["--check"]) == 0, capsys.readouterr().out
+
+
+def test_a_changed_rank_changes_the_finder_atlas_block():
+    import json
+
+    import finder_atlas_check
+
+    data = json.loads(finder_atlas_check.DATA.read_text())
+    before = finder_atlas_check.blocks(data)["finder-atlas"]
+    row = data["concepts"][0]
+    row["rank_without"], row["rank_with"] = 9, 1  # moved up from 9 into the top 3
+    after = finder_atlas_check.blocks(data)["finder-atlas"]
+    assert after != before and f"| {row['concept']} | {row['neuron']} |" in after
+    flat = " ".join(after.split())  # the prose is wrapped
+    assert "| 9 | 1 |" in flat and "entered the top 3 (the default `--validate`) for 1" in flat
