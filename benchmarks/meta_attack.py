@@ -29,7 +29,7 @@ from conceptvec.unlearning.methods import METHODS, Context, mean_nll, register_m
 
 SIDE: dict[str, dict[str, Any]] = {}
 """Per concept name, what ``meta-heldout`` measured beside its Recovery (read by the runner)."""
-OPTIONS = {"steps": 10, "lr": 3e-5, "seed": 0}
+OPTIONS: dict[str, Any] = {"steps": 10, "lr": 3e-5, "seed": 0, "precision": "auto"}
 """The attack's settings (the runner sets them before each evaluation)."""
 BASE_CONTROL: dict[str, float] = {}
 """The base control's half-B log p, kept across evaluations in one process: the base model,
@@ -76,6 +76,7 @@ def _lp(model: Any, qs: list[str], refs: list[str], chat: bool) -> float:
 def heldout(inp: AttackInput) -> Recovery:
     """Relearn on half A of the forget QA and half of the article; score half B."""
     steps, lr, seed = int(OPTIONS["steps"]), float(OPTIONS["lr"]), int(OPTIONS["seed"])
+    prec = str(OPTIONS["precision"])
     qs, refs = inp.probes.questions, inp.probes.references
     a, b = _halves(len(qs), seed)
     text = inp.concept.text
@@ -96,14 +97,14 @@ def heldout(inp: AttackInput) -> Recovery:
             "forget_drop_b": base_b - _lp(inp.unlearned, qb, rb, inp.chat),
         }
     base_id = inp.base.model.name
-    what = json.dumps([base_id, inp.concept.name, steps, lr, seed, texts, qb, rb])
+    what = json.dumps([base_id, inp.concept.name, steps, lr, seed, prec, texts, qb, rb])
     key = "meta-heldout-base:" + hashlib.sha256(what.encode()).hexdigest()[:16]
     if key not in BASE_CONTROL:  # the base control, once per concept and process
-        trained = relearned(inp.base.hf, tok, texts, steps=steps, lr=lr, seed=seed)
+        trained = relearned(inp.base.hf, tok, texts, steps=steps, lr=lr, seed=seed, precision=prec)
         BASE_CONTROL[key] = _lp(resolve(trained, tok), qb, rb, inp.chat)
         del trained
     inp.cache[key] = BASE_CONTROL[key]
-    trained = relearned(inp.unlearned.hf, tok, texts, steps=steps, lr=lr, seed=seed)
+    trained = relearned(inp.unlearned.hf, tok, texts, steps=steps, lr=lr, seed=seed, precision=prec)
     target = resolve(trained, tok)
     after_b = _lp(target, qb, rb, inp.chat)
     side["relearn"] = {
@@ -117,7 +118,7 @@ def heldout(inp: AttackInput) -> Recovery:
         "meta-heldout",
         after_b,
         None if lost <= 0.01 else (after_b - unl_b) / lost,
-        detail=f"{steps} AdamW steps (lr {lr}) on {len(a)} held-out Q/A and half the article; "
+        detail=f"{steps} AdamW steps (lr {lr}, {prec}) on {len(a)} held-out Q/A and half the article; "
         f"scored on the other {len(b)} questions",
         base_logprob=inp.cache[key],
     )

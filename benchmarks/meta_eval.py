@@ -38,6 +38,8 @@ import meta_attack  # noqa: E402  (registers meta-control and meta-heldout)
 from docgen import write_or_check  # noqa: E402
 from meta_stats import HIDDEN, analyse, doc_blocks  # noqa: E402
 
+from conceptvec.unlearning.train import resolve_precision  # noqa: E402
+
 ROOT = Path(__file__).parents[1]
 DOC = ROOT / "docs" / "meta-evaluation.md"
 OUT = ROOT / "docs" / "data" / "meta_eval_smollm2.json"
@@ -52,10 +54,16 @@ STRENGTHS: dict[str, list[dict[str, Any]]] = {
     "needle": [{"lr": 3e-3}, {"lr": 1e-2}],
 }
 CONTROL = {"lr": 3e-5}
+# the depth profile on every other layer of SmolLM2's 30 (1, 3, ..., 29: the vectors' layer
+# and the last included) halves the patch attack's forward passes; the UDS-style score
+# averages over these 15 layers
+PRECISION = resolve_precision("auto", "cpu")
+"""The held-out relearning's precision on this machine (bf16-mixed where the CPU has bf16
+matrix units); in the settings hash, so a machine that resolves otherwise remeasures."""
 FULL = {"steps": 25, "questions": None, "heldout_steps": 10, "max_new_tokens": 32,
-        "patch_layers": None}  # fmt: skip
+        "patch_layers": list(range(1, 30, 2)), "heldout_precision": PRECISION}  # fmt: skip
 SUBSET = {"steps": 2, "questions": 3, "heldout_steps": 2, "max_new_tokens": 8,
-          "patch_layers": [0, 10, 20, 29]}  # fmt: skip
+          "patch_layers": [0, 10, 20, 29], "heldout_precision": PRECISION}  # fmt: skip
 
 
 def validated() -> list[tuple[str, str]]:
@@ -124,7 +132,9 @@ def run_cell(cell: dict[str, Any], run: dict[str, Any], work: Path, keep: bool) 
     )  # fmt: skip
     del res
     t1 = time.perf_counter()
-    meta_attack.OPTIONS.update(steps=run["heldout_steps"], lr=3e-5, seed=0)
+    meta_attack.OPTIONS.update(
+        steps=run["heldout_steps"], lr=3e-5, seed=0, precision=run["heldout_precision"]
+    )
     meta_attack.SIDE.clear()
     report = cv.evaluate.intrinsic(
         MODEL, [str(ck)], CONCEPTS, names=[cell["concept"]], attacks=s["attacks"],

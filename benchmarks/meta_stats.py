@@ -144,30 +144,75 @@ def doc_blocks(summary: dict[str, Any]) -> dict[str, str]:
             f"{_f(t['recovered'], '.2f')} | {_f(t['base_control_gain'], '+.3f')} | {cb} | "
             f"{sum(c['seconds'].values()):.0f} |"
         )
-    kind = summary["kind"]
-    measured = [n for n, r in a["auc"].items() if r.get("auc") is not None]
-    best = max(measured, key=lambda n: a["auc"][n]["auc"]) if measured else None
-    reading = (
-        f"This is a **{kind}**: {a['checkpoints']} checkpoints ({a['controls']} controls), "
-        f"{a['graded']} graded (the held-out half lost more than 0.01 nats/token), "
-        f"{a['comes_back']} of which came back (recovered >= 0.5). "
-        + (
-            f"On these, the best predictor of recovery is {MEASURES[best][0]} "
-            f"(AUC {a['auc'][best]['auc']:.3f}). "
-            if best
-            else "No measure could be graded (both classes are needed). "
-        )
-        + "With so few checkpoints the intervals are wide and no conclusion is drawn about "
-        "which measure predicts recovery. A measure marked *not measured* had no value on any "
-        "graded checkpoint and is not estimated."
-    )
     return {
         "meta-time": estimate(summary),
         "meta-auc": "\n".join(lines),
         "meta-robust": "\n".join(rob),
         "meta-cells": "\n".join(cells),
-        "meta-reading": reading,
+        "meta-reading": reading(summary),
     }
+
+
+BEHAVIOURAL = ("forget_drop", "rouge_l")
+GOAL = 0.9
+"""Issue 20's goal for the depth score's AUC."""
+
+
+def reading(summary: dict[str, Any]) -> str:
+    """The page's reading of the AUC table, every clause decided by the numbers."""
+    a, kind = summary["analysis"], summary["kind"]
+    rows = a["auc"]
+    measured = sorted(
+        (n for n, r in rows.items() if r.get("auc") is not None),
+        key=lambda n: -rows[n]["auc"],
+    )
+    head = (
+        f"This is a **{kind}**: {a['checkpoints']} checkpoints ({a['controls']} controls), "
+        f"{a['graded']} graded (the held-out half lost more than 0.01 nats/token), "
+        f"{a['comes_back']} of which came back (recovered >= 0.5)."
+    )
+    if not measured:
+        return head + " No measure could be graded (both classes are needed)."
+    order = ", ".join(f"{MEASURES[n][0]} {rows[n]['auc']:.3f}" for n in measured)
+    out = [head, f"Measures by AUC, best first: {order}."]
+    d = rows.get("depth_score", {})
+    if d.get("auc") is None:
+        out.append("The depth score could not be graded on these checkpoints.")
+    else:
+        lo, hi = d["ci95"] or (None, None)
+        goal = "reaches" if d["auc"] >= GOAL else "does not reach"
+        out.append(
+            f"The depth score's AUC is {d['auc']:.3f}"
+            + ("" if lo is None else f" (95% interval {lo:.3f} to {hi:.3f})")
+            + f"; it {goal} the goal of {GOAL}."
+        )
+        rivals = [n for n in (*BEHAVIOURAL, "uds") if rows.get(n, {}).get("auc") is not None]
+        above = [n for n in rivals if d["auc"] > rows[n]["auc"]]
+        below = [n for n in rivals if n not in above]
+        if rivals:
+            out.append(
+                ("It is above " + ", ".join(MEASURES[n][0] for n in above) + ". " if above else "")
+                + (
+                    "It is not above " + ", ".join(MEASURES[n][0] for n in below) + ". "
+                    if below
+                    else ""
+                )
+                + "Where two intervals overlap, the data do not separate the two measures."
+            )
+    best = measured[0]
+    out.append(
+        f"The best predictor of recovery here is {MEASURES[best][0]} (AUC {rows[best]['auc']:.3f})."
+    )
+    if a["graded"] < 20:
+        out.append(
+            f"With {a['graded']} graded checkpoints the intervals are wide; no conclusion is "
+            "drawn about which measure predicts recovery."
+        )
+    out.append(
+        "A measure marked *not measured* had no value on any graded checkpoint and is not "
+        "estimated."
+    )
+    return " ".join(out)
 
 
 def estimate(summary: dict[str, Any], full_steps: int = 25) -> str:

@@ -247,6 +247,13 @@ class EvalConfig(Config):
     relearn_lr: float = dataclasses.field(
         default=2e-5, metadata={"help": "Learning rate of relearn."}
     )
+    relearn_precision: str = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "Precision of the relearn attacks' training: auto (bf16-mixed where the "
+            "CPU or GPU has bf16 matrix units, else fp32), bf16-mixed or fp32."
+        },
+    )
     thresholds: TraceThresholds = dataclasses.field(
         default_factory=_trace_thresholds, metadata={"help": "Where the labels change."}
     )

@@ -324,6 +324,31 @@ def test_quantized_restores_bit_for_bit_and_relearn_copies(tiny):
     )
 
 
+def test_relearn_precision(tiny):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conceptvec.errors import UnlearningError
+
+    model = AutoModelForCausalLM.from_pretrained(tiny).eval()
+    tok = AutoTokenizer.from_pretrained(tiny)
+    texts = ["The dog chased the cat across the garden."] * 8
+
+    def w(precision: str) -> torch.Tensor:
+        t = relearned(model, tok, texts, steps=2, lr=1e-3, precision=precision)
+        return t.model.layers[0].mlp.down_proj.weight.detach()
+
+    w0 = model.model.layers[0].mlp.down_proj.weight.detach()
+    fp32, bf16 = w("fp32") - w0, w("bf16-mixed") - w0
+    assert torch.equal(fp32, w("fp32") - w0) and bf16.dtype == torch.float32
+    assert not torch.equal(fp32, bf16)  # the forward ran in bf16 ...
+    cos = torch.nn.functional.cosine_similarity(fp32.flatten(), bf16.flatten(), dim=0)
+    assert cos > 0.9, cos  # ... and the float32 weights took nearly the same steps
+    with pytest.raises(UnlearningError, match="unknown precision"):
+        w("fp16")
+    with pytest.raises(EvaluationError, match="relearn precision"):
+        intrinsic(tiny, [tiny], {}, relearn_precision="fp16")
+
+
 def test_score_is_a_plain_dict(tiny, zeroed):
     out = score(tiny, zeroed, _records({"Ancient Rome": (2, 7), "Italy": (1, 3)}))
     assert set(out) == {"agg_value", "value_by_concept", "report"}

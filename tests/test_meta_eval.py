@@ -98,7 +98,12 @@ def test_subset_runs_for_real_and_resumes(tmp_path, capsys):
     import meta_eval
 
     out = tmp_path / "meta.json"
+    # one shard first (the second cell only: no summary), then the whole subset reuses it
+    assert meta_eval.main(["--subset", "--work", str(tmp_path), "--shard", "1/2"]) == 0
+    assert not out.exists() and len(list((tmp_path / "cells").glob("*.json"))) == 1
+    capsys.readouterr()
     assert meta_eval.main(["--subset", "--work", str(tmp_path), "--out", str(out)]) == 0
+    assert capsys.readouterr().err.count("done before, skipped") == 1
     s = json.loads(out.read_text())
     assert s["kind"] == "subset" and len(s["cells"]) == 2
     for c in s["cells"]:
@@ -110,6 +115,33 @@ def test_subset_runs_for_real_and_resumes(tmp_path, capsys):
     edit = next(c for c in s["cells"] if c["method"] == "edit")
     assert edit["measures"]["cosine"] is None or edit["measures"]["cosine"] == 0.0
     assert not (tmp_path / "ckpt" / edit["key"]).exists()  # removed once measured
-    capsys.readouterr()
+    assert s["run"]["heldout_precision"] in ("bf16-mixed", "fp32")
+    assert set(edit["eval_timings"]) >= {"attack:meta-heldout", "attack:quant4", "attack:patch"}
     assert meta_eval.main(["--subset", "--work", str(tmp_path), "--out", str(out)]) == 0
     assert capsys.readouterr().err.count("done before, skipped") == 2
+
+
+def test_reading_is_decided_by_the_numbers():
+    from meta_stats import MEASURES, reading
+
+    def summary(depth: float, drop: float, graded: int) -> dict:
+        auc = {n: {"status": "not measured", "n": 0} for n in MEASURES}
+        auc["depth_score"] = {"status": "measured", "n": graded, "auc": depth, "ci95": (0.8, 1.0)}
+        auc["forget_drop"] = {"status": "measured", "n": graded, "auc": drop, "ci95": (0.4, 0.9)}
+        a = {
+            "checkpoints": graded + 3,
+            "controls": 3,
+            "graded": graded,
+            "comes_back": 9,
+            "auc": auc,
+        }
+        return {"kind": "full grid", "analysis": a}
+
+    good = reading(summary(0.95, 0.6, 36))
+    assert "AUC is 0.950 (95% interval 0.800 to 1.000); it reaches the goal of 0.9" in good
+    assert "It is above forget log p drop" in good and "intervals are wide" not in good
+    assert good.index("depth score 0.950") < good.index("forget log p drop 0.600")
+    bad = reading(summary(0.55, 0.7, 12))
+    assert "does not reach the goal" in bad and "It is not above forget log p drop" in bad
+    assert "best predictor of recovery here is forget log p drop" in bad
+    assert "intervals are wide" in bad

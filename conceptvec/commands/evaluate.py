@@ -33,6 +33,7 @@ MODEL_HELP = "The base model: alias, hub id, local folder or .gguf file."
         "chat": {},
         "relearn_steps": {"min": 1},
         "relearn_lr": {},
+        "relearn_precision": {},
         "seed": {},
     },
 )

@@ -66,7 +66,7 @@ def config_options(
     return wrap
 
 
-def _field_types(cls: type[Config], names: Iterable[str]) -> dict[str, Any]:
+def _field_types(cls: type[Config], names: Iterable[str]) -> dict[str, object]:
     """Return the resolved types of the fields ``names`` of ``cls``, read in its module (only
     those: the module imports some field types for type checking alone)."""
     only = type("_Fields", (), {"__annotations__": {n: cls.__annotations__[n] for n in names}})

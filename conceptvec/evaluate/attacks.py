@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from conceptvec.config import EvalConfig
 from conceptvec.errors import EvaluationError
 from conceptvec.models import Model
@@ -233,17 +235,32 @@ def _check_relearn(c: EvalConcept, sources: tuple[Any, Any], _config: EvalConfig
         )
 
 
+def relearn_precision(config: EvalConfig) -> str:
+    """The precision the relearn attacks train in on this machine (``auto`` resolved)."""
+    from conceptvec.unlearning.train import resolve_precision
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_precision(config.relearn_precision, device)
+
+
 @register_attack(
     "relearn",
     check=_check_relearn,
-    settings=lambda c: {"steps": c.relearn_steps, "lr": c.relearn_lr},
+    settings=lambda c: {
+        "steps": c.relearn_steps,
+        "lr": c.relearn_lr,
+        "precision": relearn_precision(c),
+    },
 )
 def _relearn(inp: AttackInput) -> Recovery:
     """A few AdamW steps on other concepts' articles that never name this one."""
     others = unrelated_texts(inp.sources[0], inp.sources[1], inp.concept.name)
     steps, lr = inp.config.relearn_steps, inp.config.relearn_lr
     tok = inp.checkpoint.tokenizer
-    trained = relearned(inp.unlearned.hf, tok, others, steps=steps, lr=lr, seed=inp.config.seed)
+    trained = relearned(
+        inp.unlearned.hf, tok, others, steps=steps, lr=lr, seed=inp.config.seed,
+        precision=inp.config.relearn_precision,
+    )  # fmt: skip
     try:
         r = inp.score(
             resolve(trained, tok),
@@ -255,7 +272,10 @@ def _relearn(inp: AttackInput) -> Recovery:
         del trained
     key = f"relearn:{inp.concept.name}:" + json.dumps([inp.probes.questions, inp.probes.references])
     if key not in inp.cache:  # the base trained the same way: the control
-        control = relearned(inp.base.hf, tok, others, steps=steps, lr=lr, seed=inp.config.seed)
+        control = relearned(
+            inp.base.hf, tok, others, steps=steps, lr=lr, seed=inp.config.seed,
+            precision=inp.config.relearn_precision,
+        )  # fmt: skip
         inp.cache[key] = inp.forget_logprob(resolve(control, tok))
         del control
     return with_base_control(inp, r, inp.cache[key], "training")

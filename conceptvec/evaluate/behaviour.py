@@ -404,9 +404,16 @@ def relearned(
     batch_size: int = 4,
     max_length: int = 256,
     seed: int = 0,
+    precision: str = "auto",
 ) -> torch.nn.Module:
     """Return a copy of ``model`` after ``steps`` AdamW steps of next-token loss on ``texts``
-    (chunks of ``max_length`` tokens, taken in a seeded order). ``model`` is untouched."""
+    (chunks of ``max_length`` tokens, taken in a seeded order). ``model`` is untouched.
+
+    ``precision`` is the training's (:data:`conceptvec.unlearning.train.PRECISIONS`): ``auto``
+    computes the forward in bf16 over float32 weights and AdamW state where the hardware has
+    bf16 matrix units, as ``unlearn`` does; ``fp32`` throughout otherwise."""
+    from conceptvec.unlearning.train import autocast, resolve_precision
+
     ids = [t for text in texts for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
     chunks = [ids[s : s + max_length] for s in range(0, len(ids) - 1, max_length)]
     chunks = [c for c in chunks if len(c) > 1]
@@ -416,6 +423,7 @@ def relearned(
     trained = copy.deepcopy(model)
     trained.train()
     device = next(trained.parameters()).device
+    precision = resolve_precision(precision, device.type)
     opt = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=0.0)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     for _ in range(steps):
@@ -429,9 +437,10 @@ def relearned(
             x[r, : len(row)] = torch.tensor(row)
             labels[r, : len(row)] = torch.tensor(row)
             mask[r, : len(row)] = 1
-        loss = trained(
-            input_ids=x.to(device), attention_mask=mask.to(device), labels=labels.to(device)
-        ).loss
+        with autocast(trained, precision):  # the backward runs outside, as torch advises
+            loss = trained(
+                input_ids=x.to(device), attention_mask=mask.to(device), labels=labels.to(device)
+            ).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

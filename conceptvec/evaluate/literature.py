@@ -23,7 +23,7 @@ from conceptvec.errors import EvaluationError
 from conceptvec.models.backends import Target, resolve
 from conceptvec.qa import answer_logprobs
 
-from .attacks import AttackInput, register_attack, with_base_control
+from .attacks import AttackInput, register_attack, relearn_precision, with_base_control
 from .behaviour import Recovery, _recovered, relearned
 from .concepts import EvalConcept
 from .patching import cache, forget_batch
@@ -54,7 +54,12 @@ def _check_heldout(c: EvalConcept, _sources: tuple[Any, Any], config: EvalConfig
 @register_attack(
     "relearn_heldout",
     check=_check_heldout,
-    settings=lambda c: {"steps": c.relearn_steps, "lr": c.relearn_lr, "split": "even/odd"},
+    settings=lambda c: {
+        "steps": c.relearn_steps,
+        "lr": c.relearn_lr,
+        "split": "even/odd",
+        "precision": relearn_precision(c),
+    },
 )
 def _relearn_heldout(inp: AttackInput) -> Recovery:
     """Train on the even-numbered forget questions (with the base's answers) and half the
@@ -69,7 +74,10 @@ def _relearn_heldout(inp: AttackInput) -> Recovery:
     base_lp, unl_lp = _lp(inp.base, inp, test), _lp(inp.unlearned, inp, test)
 
     def after(model: torch.nn.Module) -> float:
-        trained = relearned(model, tok, texts, steps=steps, lr=lr, seed=seed)
+        trained = relearned(
+            model, tok, texts, steps=steps, lr=lr, seed=seed,
+            precision=inp.config.relearn_precision,
+        )  # fmt: skip
         try:
             return _lp(resolve(trained, tok), inp, test)
         finally:

@@ -39,6 +39,7 @@ from conceptvec.errors import ConceptvecError, EvaluationError
 from conceptvec.models import Model, load
 from conceptvec.models.backends import Target, resolve
 from conceptvec.progress import progress_bar
+from conceptvec.unlearning.train import PRECISIONS
 
 from .attacks import ATTACKS, AttackInput, run_attack
 from .behaviour import ConceptProbes, apply_floor, base_probes, drop_noise, probe_model
@@ -170,6 +171,10 @@ def intrinsic(
         raise EvaluationError(
             f"relearn steps must be at most {limits.STEPS:,} and the relearn learning rate a "
             f"finite number (got {cfg.relearn_steps}, {cfg.relearn_lr}); fix --relearn-*"
+        )
+    if cfg.relearn_precision not in PRECISIONS:
+        raise EvaluationError(
+            f"unknown relearn precision {cfg.relearn_precision!r}; use {', '.join(PRECISIONS)}"
         )
     sources = _once(list(unlearned) if isinstance(unlearned, (list, tuple)) else [unlearned])
     if not sources:

@@ -11,9 +11,9 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from conceptvec.errors import (
     ConceptvecError,
@@ -305,14 +305,14 @@ def hf_from_safetensors(
     try:
         if standard:  # transformers reads the same files; use_safetensors forbids a .bin
             with _no_load_report():  # what it reports, missing weights, we refuse below
-                loaded: Any = AutoModelForCausalLM.from_pretrained(
+                loaded = AutoModelForCausalLM.from_pretrained(
                     str(folder),
                     dtype=dtype or "auto",
                     trust_remote_code=trust_remote_code,
                     use_safetensors=True,
                     output_loading_info=True,
                 )
-            hf, info = loaded
+            hf, info = cast("tuple[torch.nn.Module, dict[str, list[str]]]", loaded)
             _refuse_missing(folder, info.get("missing_keys") or ())
             return hf
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
@@ -359,7 +359,7 @@ def _no_load_report() -> Iterator[None]:
         logger.removeFilter(keep)
 
 
-def _refuse_missing(folder: Path, missing: Any) -> None:
+def _refuse_missing(folder: Path, missing: Iterable[str]) -> None:
     """Raise naming the weights the model needs that ``folder`` lacks (transformers would
     fill them with random values and run, silently, a different model)."""
     missing = sorted(missing)

@@ -51,10 +51,10 @@ class OwnHook:
     nothing and removes itself from the copy the first time the copy runs.
     """
 
-    def __init__(self, fn: Callable[..., Any]):
+    def __init__(self, fn: Callable[..., object]):
         self.fn = fn
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: object, **kwargs: object) -> object:
         return self.fn(*args, **kwargs)
 
     def __deepcopy__(self, memo: dict) -> _InertHook:
@@ -64,7 +64,7 @@ class OwnHook:
 class _InertHook:
     """What a deep copy of an :class:`OwnHook` becomes: no effect, and gone after one call."""
 
-    def __call__(self, module: torch.nn.Module, *_args: Any, **_kwargs: Any) -> None:
+    def __call__(self, module: torch.nn.Module, *_args: object, **_kwargs: object) -> None:
         for table in (module._forward_pre_hooks, module._forward_hooks):
             for key in [k for k, hook in table.items() if isinstance(hook, _InertHook)]:
                 del table[key]  # torch iterates over a copy of the table: safe mid-call
