@@ -154,6 +154,7 @@ def run_cell(cell: dict[str, Any], run: dict[str, Any], work: Path, keep: bool) 
     return dict(
         cell, settings_hash=_hash(s), settings=s,
         seconds={"unlearn": t1 - t0, "evaluate": t2 - t1}, eval_timings=report.get("timings"),
+        load=round(os.getloadavg()[1], 1),  # the 5-minute load average as the cell ended
         measures={
             # the depth metric's copies make the edge cases null (zero vector: no cosine;
             # unchanged vector: no percentile)
@@ -229,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--keep", action="store_true", help="keep the checkpoints")
+    ap.add_argument(
+        "--measured-only",
+        action="store_true",
+        help="run nothing: summarise the cells measured so far (a partial grid)",
+    )
     ap.add_argument("--doc", action="store_true", help="write docs/meta-evaluation.md from --out")
     ap.add_argument("--check", action="store_true", help="with --doc: exit 1 if the doc differs")
     a = ap.parse_args(argv)
@@ -265,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{i}/{len(cells)}] {cell['key']}: done before, skipped", file=sys.stderr)
             done.append(json.loads(path.read_text()))
             continue
+        if a.measured_only:
+            continue
         print(f"[{i}/{len(cells)}] {cell['key']}: unlearn + evaluate ...", file=sys.stderr)
         r = run_cell(cell, run, a.work, a.keep)
         _write(path, r)
@@ -276,13 +284,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shard {a.shard} done: {len(done)} cells; run without --shard for the summary",
               file=sys.stderr)  # fmt: skip
         return 0
-    kind = "subset" if a.subset else ("full grid" if len(cells) == len(full) else
-                                      f"partial grid ({len(cells)} of {len(full)} checkpoints)")  # fmt: skip
+    if not done:
+        print("error: no cell measured yet; run the grid first", file=sys.stderr)
+        return 2
+    kind = "subset" if a.subset else ("full grid" if len(done) == len(full) else
+                                      f"partial grid ({len(done)} of {len(full)} checkpoints)")  # fmt: skip
     per = [sum(c["seconds"].values()) for c in done]
+    loads = [c["load"] for c in done if c.get("load") is not None]
     summary = {
         "schema": "conceptvec.meta_eval/1", "kind": kind, "model": MODEL, "concepts": CONCEPTS,
         "run": run, "grid_size": len(full), "cells": done, "analysis": analyse(done),
-        "seconds_per_checkpoint": sum(per) / len(per), "load": round(os.getloadavg()[0], 1),
+        "seconds_per_checkpoint": sum(per) / len(per),
+        "load": round(sum(loads) / len(loads), 1) if loads else None,
         "grid_edits": sum(c["method"] == "edit" for c in full),
     }  # fmt: skip
     _write(a.out, summary)

@@ -230,7 +230,7 @@ def estimate(summary: dict[str, Any], full_steps: int = 25) -> str:
     return (
         f"Measured on the {summary['kind']} ({len(cells)} checkpoints, {run['steps']} training "
         f"steps, {run['questions'] or 'all'} questions per probe, this 2-core VM under load "
-        f"{summary.get('load', '?')}): evaluation {mean(ev):.0f} s per checkpoint, training "
+        f"{summary.get('load') or 'not recorded'}): evaluation {mean(ev):.0f} s per checkpoint, training "
         f"{mean(per_step):.1f} s per step"
         + (f", an edit {mean(edit):.0f} s" if edit else "")
         + f". Extrapolated to the full grid ({n} checkpoints, {full_steps} steps): "

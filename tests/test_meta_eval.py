@@ -119,6 +119,10 @@ def test_subset_runs_for_real_and_resumes(tmp_path, capsys):
     assert set(edit["eval_timings"]) >= {"attack:meta-heldout", "attack:quant4", "attack:patch"}
     assert meta_eval.main(["--subset", "--work", str(tmp_path), "--out", str(out)]) == 0
     assert capsys.readouterr().err.count("done before, skipped") == 2
+    again = tmp_path / "again.json"  # the cells measured so far, nothing run
+    assert meta_eval.main(["--subset", "--work", str(tmp_path), "--out", str(again),
+                           "--measured-only"]) == 0  # fmt: skip
+    assert json.loads(again.read_text())["cells"] == s["cells"]
 
 
 def test_reading_is_decided_by_the_numbers():
@@ -145,3 +149,12 @@ def test_reading_is_decided_by_the_numbers():
     assert "does not reach the goal" in bad and "It is not above forget log p drop" in bad
     assert "best predictor of recovery here is forget log p drop" in bad
     assert "intervals are wide" in bad
+
+
+def test_measured_only_with_nothing_measured_is_one_line(tmp_path, capsys):
+    import meta_eval
+
+    out = tmp_path / "m.json"
+    assert meta_eval.main(["--work", str(tmp_path), "--measured-only", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: no cell measured yet; run the grid first"
+    assert not out.exists()
