@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+FEW = 2
+"""Neurons with at most this many blocks that beat their k-th value are merged together."""
 SUB = 8
 """Tokens per sub-block: the best blocks' candidates are narrowed to their k best sub-blocks."""
 QUANTILES = (0.01, 0.1, 0.5, 0.9, 0.99)
@@ -133,12 +135,15 @@ class LayerStats:
             return
         t, thr = self.t, self.cfg.threshold
         t["n"] += n
-        # counts as float sums of signs (exact: a batch has far fewer than 2**24 tokens); a
-        # boolean sum over the token axis is several times slower
-        t["above"] += (flat - thr).sign_().clamp_(min=0).sum(0).long()
-        t["below"] += (flat + thr).sign_().clamp_(max=0).sum(0).neg_().long()
+        # the batch-sized temporaries go to one reused buffer: a fresh one per operation costs
+        # its page faults again on every batch, more than the arithmetic. Counts are float
+        # sums of signs (exact: a batch has far fewer than 2**24 tokens); a boolean sum over
+        # the token axis is several times slower.
+        buf = scratch(flat)
+        t["above"] += torch.sub(flat, thr, out=buf).sign_().clamp_(min=0).sum(0).long()
+        t["below"] += torch.add(flat, thr, out=buf).sign_().clamp_(max=0).sum(0).neg_().long()
         t["sum"] += flat.sum(0).double()
-        t["sumsq"] += flat.square().sum(0).double()
+        t["sumsq"] += torch.square(flat, out=buf).sum(0).double()
         if len(batch.sample_rows):
             t["sample"][batch.sample_slots.to(flat.device)] = flat[
                 batch.sample_rows.to(flat.device)
@@ -152,14 +157,9 @@ class LayerStats:
         A neuron takes part only when one of its block extremes (or an entry of the tail that
         fills no whole block) beats its current k-th value: a cheap test that, once the lists
         hold a long corpus's extremes, leaves almost every neuron out. For those that take
-        part, the candidates are the entries of their best blocks, gathered whole blocks at a
-        time (``torch.gather`` on the ``[blocks, block, d_mlp]`` view) in token order, then
-        the tail. The list's ``k`` entries and the candidates are cut to the top ``k`` per
-        neuron by one ``topk`` (between values exactly equal at the k-th place, ``topk``
-        chooses; :meth:`finish` orders equal values by corpus position). The list is kept
-        unordered (sorted once in :meth:`finish`):
-        an entering value takes the slot of an evicted one, in order, so only entering
-        entries are written.
+        part, the candidates are the entries of their best blocks (the k best at most, and
+        only as many ranks as beat the k-th value: neurons with at most ``FEW`` such blocks are
+        done together, the others apart), in token order, then the tail. See :meth:`_select`.
         """
         t, k, b = self.t, self.cfg.k, self.cfg.block
         top = side == "top"
@@ -180,45 +180,70 @@ class LayerStats:
         m = len(J)
         if not m:  # the cheap test: no entry of the batch enters any list
             return
-        if 2 * m > d:  # most neurons: every column (no copy of the columns that take part)
-            J, m = torch.arange(d, device=dev), d
-        sub = flat if m == d else flat.index_select(1, J)  # [n, m]
-        vals, toks = [state[J].T], []
+        every = torch.ones(m, dtype=torch.bool, device=dev)
+        groups: list[tuple[torch.Tensor, int | None]] = [(every, 0)]
+        ei = torch.zeros((0, m), dtype=torch.long, device=dev)
         if nb:
             extj = ext if m == d else ext.index_select(1, J)  # [nb, m]
             if nb > k:  # each neuron's k best blocks, best first: those that beat come first
                 ev, ei = extj.topk(k, dim=0, largest=top)
-                good = ev > worst[J] if top else ev < worst[J]
-                g = int(good.sum(0).max())  # the block ranks that can beat
-                blk = ei[:g].sort(dim=0).values  # [g, m]: token order
+                good = (ev > worst[J] if top else ev < worst[J]).sum(0)  # [m] ranks that beat
+                few = good <= FEW
+                groups = [(few, FEW), (~few, None)]
             else:  # every block, in order
-                g = nb
-                blk = torch.arange(nb, device=dev).view(-1, 1).expand(nb, m)
-            idx = blk.unsqueeze(1).expand(g, b, m)
-            got = torch.gather(sub[: nb * b].view(nb, b, m), 0, idx).reshape(g * b, m)
-            # tokens: block * b + offset; narrowed to the k best sub-blocks of SUB tokens
-            tok = blk.unsqueeze(1) * b + torch.arange(b, device=dev).view(1, b, 1)
-            tok = tok.reshape(g * b, m)
+                ei = torch.arange(nb, device=dev).view(-1, 1).expand(nb, m)
+                groups = [(every, nb)]
+        fv = flat.reshape(-1)
+        for chosen, ranks in groups:
+            cols = chosen.nonzero().flatten()
+            if not len(cols):
+                continue
+            g = int(good[cols].max()) if ranks is None else min(ranks, len(ei))
+            self._select(side, x, batch, fv, J[cols], ei[:g].index_select(1, cols))
+
+    def _select(self, side: str, x: torch.Tensor, batch: Batch, fv: torch.Tensor, J, blk) -> None:
+        """Merge neurons ``J``'s candidates (blocks ``blk`` ``[g, m]`` and the tail) into their
+        lists.
+
+        Values are read by linear index from the flat ``[n * d]`` activations (``index_select``:
+        no copy of whole columns). More than ``k * SUB`` block entries are first narrowed to
+        the k best sub-blocks of ``SUB`` tokens. The list's ``k`` entries and the candidates
+        are cut to the top ``k`` per neuron by one ``topk``; between values exactly equal at
+        the k-th place, ``topk`` chooses (:meth:`finish` orders equal values by corpus
+        position). The list is kept unordered: an entering value takes the slot of an evicted
+        one, in order, so only entering entries are written.
+        """
+        t, k, b = self.t, self.cfg.k, self.cfg.block
+        top = side == "top"
+        state = t[f"{side}_values"]
+        dev = fv.device
+        d = state.shape[0]
+        n = fv.numel() // d
+        nb = n // b
+        m, g = len(J), blk.shape[0]
+        toks = []
+        if g:
+            blk = blk.sort(dim=0).values  # token order
+            tok = (blk.unsqueeze(1) * b + torch.arange(b, device=dev).view(1, b, 1)).reshape(
+                g * b, m
+            )
             if g * b > k * SUB and b % SUB == 0:
-                sb = got.view(-1, SUB, m)
-                sx = sb.amax(1) if top else sb.amin(1)  # [g * b / SUB, m]
+                got = fv.index_select(0, (tok * d + J).view(-1)).view(-1, SUB, m)
+                sx = got.amax(1) if top else got.amin(1)  # [g * b / SUB, m]
                 si = sx.topk(k, dim=0, largest=top).indices.sort(dim=0).values  # [k, m]
                 sidx = si.unsqueeze(1).expand(k, SUB, m)
-                got = torch.gather(sb, 0, sidx).reshape(k * SUB, m)
                 tok = torch.gather(tok.view(-1, SUB, m), 0, sidx).reshape(k * SUB, m)
-            vals.append(got)
             toks.append(tok)
-        if tail:
-            vals.append(sub[nb * b :])
-            toks.append(torch.arange(nb * b, n, device=dev).view(-1, 1).expand(tail, m))
-        cv = torch.cat(vals).T.contiguous()  # [m, k + C]: the list, then candidates
+        if n > nb * b:
+            toks.append(torch.arange(nb * b, n, device=dev).view(-1, 1).expand(n - nb * b, m))
+        tok = torch.cat(toks) if len(toks) > 1 else toks[0]  # [C, m] flat token index
+        cand = fv.index_select(0, (tok * d + J).reshape(-1)).view(-1, m)
+        cv = torch.cat([state[J].T, cand]).T.contiguous()  # [m, k + C]: the list first
         best = cv.topk(k, dim=1, largest=top, sorted=False).indices  # [m, k]
         kept = torch.zeros(cv.shape, dtype=torch.bool, device=dev).scatter_(1, best, True)
         ri, slot = (~kept[:, :k]).nonzero(as_tuple=True)  # evicted, neuron by neuron
         ci, cj = kept[:, k:].nonzero(as_tuple=True)  # entering, the same neurons in order
-        value = cv[ci, k + cj]
-        token = torch.cat(toks)[cj, ci]
-        self._write(side, x, batch, J[ri], slot, token, value)
+        self._write(side, x, batch, J[ri], slot, tok[cj, ci], cv[ci, k + cj])
 
     def _write(self, side, x, batch: Batch, neuron, slot, token, value) -> None:
         """Put flat token ``token`` (value ``value``) into list slot ``slot`` of ``neuron``."""
@@ -281,6 +306,21 @@ class LayerStats:
         else:
             out["quantiles"] = torch.full((self.d, len(q)), float("nan"))
         return out
+
+
+_SCRATCH: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def scratch(like: torch.Tensor) -> torch.Tensor:
+    """Return a buffer shaped like ``like``, reused from call to call (grown when too small).
+
+    One per device and dtype for every :class:`LayerStats`: the hooks run one layer at a
+    time, and a buffer's content never outlives the statement that fills it."""
+    key = (like.device, like.dtype)
+    have = _SCRATCH.get(key)
+    if have is None or have.numel() < like.numel():
+        have = _SCRATCH[key] = torch.empty(like.numel(), dtype=like.dtype, device=like.device)
+    return have[: like.numel()].view(like.shape)
 
 
 def reservoir(seen: int, n: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
