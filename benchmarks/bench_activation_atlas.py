@@ -13,7 +13,10 @@ per-neuron Python top-k, over the same tokens, in one run.
   ``--naive-tokens`` tokens and extrapolated linearly to every neuron and token (plus the
   floor, since it needs the forward pass too; keeping every activation is not counted).
 
-Floor and conceptvec run alternately ``--repeat`` times; the best of each is reported. Tokens
+Floor and conceptvec run alternately ``--repeat`` times; the best of each is reported, and
+``hook_ratio`` divides each conceptvec pass by the same pass less the time spent inside the
+statistics (timed around every ``LayerStats.update``), the largest over the runs: on a
+shared machine whose load changes between runs, it is the steadier number. Tokens
 are the packaged ConceptVectors articles (tokenized), or random ids for a model without a
 tokenizer (the random checkpoints of ``make_checkpoint.py``). With ``--device cuda`` the JSON
 also projects the cost of Transluce's corpus (1M sequences of 95 tokens).
@@ -105,6 +108,19 @@ def load_average() -> list[float] | None:
         return None
 
 
+def timed(fn, total: list[float]):
+    """Return ``fn`` adding the seconds of each call to ``total[0]``."""
+
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - t0
+
+    return wrapper
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m")
@@ -169,26 +185,30 @@ def main() -> None:
         p.chunk(warm_ids, 0, 0)
         warm_state = {layer: s.state() for layer, s in p.stats.items()}
 
-    def ours() -> tuple[float, int, int]:
+    def ours() -> tuple[float, int, int, float]:
         p = fresh()
         if warm_state is not None:
             for layer, s in p.stats.items():
                 s.load(warm_state[layer])
+        hooks = [0.0]  # the seconds spent inside the statistics (the hooks' own work)
+        for s in p.stats.values():
+            s.update = timed(s.update, hooks)  # type: ignore[method-assign]
         sync()
         t0 = time.perf_counter()
         n = p.chunk(ids, 0, 0)
         sync()
         state = sum(t.nbytes for s in p.stats.values() for t in s.t.values())
-        return time.perf_counter() - t0, n, state
+        return time.perf_counter() - t0, n, state, hooks[0]
 
     load_start = load_average()
     floor([ids[0][: args.seq_len]])  # warm-up (allocator, kernels)
-    floors, mine = [], []
+    floors, mine, hook_s = [], [], []
     n_tokens = state_bytes = 0
     for _ in range(args.repeat):
         floors.append(floor())
-        t, n_tokens, state_bytes = ours()
+        t, n_tokens, state_bytes, h = ours()
         mine.append(t)
+        hook_s.append(h)
 
     # naive: one layer's activations for every token, then Python per neuron
     layer = d.n_layers - 1
@@ -235,6 +255,11 @@ def main() -> None:
         "floor_s": floors,
         "ours_s": mine,
         "ratio": best_ours / best_floor,
+        "hooks_s": hook_s,
+        # within each of our passes: (its time) / (its time less the hooks' own time), the
+        # overhead measured inside one run, so that load changing between runs cancels; the
+        # largest of the runs
+        "hook_ratio": max(t / (t - h) for t, h in zip(mine, hook_s)),
         "naive_s_per_neuron": per_neuron,
         "naive_timed_on": {"neurons": min(args.naive_neurons, d.d_mlp), "tokens": len(acts)},
         "naive_s_estimated": naive_total,
