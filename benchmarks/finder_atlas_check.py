@@ -9,8 +9,9 @@ concepts (issue 22, item 4).
 over the ConceptVectors articles of the ten concepts (each cut to its first ``--chars``
 characters; every layer), then for each concept of the packaged ``smollm2-dev`` file ranks
 the finder's candidates from the weights as :func:`find_concept` does (name search and text
-search, interleaved, ``--candidates`` of them) and again with the atlas
-(:mod:`conceptvec.concepts.atlas_rank`), and records where the file's neuron (its ``Layer``
+search, interleaved, ``--candidates`` of them), again with the atlas
+(:mod:`conceptvec.concepts.atlas_rank`) and, for comparison, by each candidate's agreement
+score (:mod:`conceptvec.atlas.agreement`), and records where the file's neuron (its ``Layer``
 and ``Dim``: the vector the finder reported, with its verdict) stands in each order. No
 knockout is run. The JSON goes to docs/data/finder_atlas_smollm2.json; the doc's block
 ``finder-atlas`` in docs/concepts.md is made from it.
@@ -61,6 +62,7 @@ def run(atlas_dir: Path, chars: int, candidates: int, model_name: str) -> dict:
     atlas = Atlas(atlas_dir)
     model = conceptvec.load(model_name, quiet=True)
     rows = []
+    cache: dict[int, dict] = {}
     for r in records:
         name, want = r["Concept"], f"L{r['Layer']}.{r['Dim']}"
         concept = concept_tokens(model, name, [r["wikipedia_content"]])
@@ -72,6 +74,8 @@ def run(atlas_dir: Path, chars: int, candidates: int, model_name: str) -> dict:
         neurons = [str(h.neuron) for h, _ in merged]
         counts = context_counts(atlas, neurons, concept.core_ids)
         after = [neurons[i] for i in rank_with_atlas(counts)]
+        scores = [agreement(atlas, n, cache) for n in neurons]
+        by_agreement = [neurons[i] for i in sorted(range(len(neurons)), key=lambda i: -scores[i])]
         rows.append(
             {
                 "concept": name,
@@ -80,11 +84,15 @@ def run(atlas_dir: Path, chars: int, candidates: int, model_name: str) -> dict:
                 "core_words": [concept.texts.get(i, str(i)) for i in concept.core_ids],
                 "rank_without": neurons.index(want) + 1 if want in neurons else None,
                 "rank_with": after.index(want) + 1 if want in after else None,
+                "rank_by_agreement": (
+                    by_agreement.index(want) + 1 if want in by_agreement else None
+                ),
                 "count": counts[neurons.index(want)] if want in neurons else None,
                 "candidates_with_count": sum(1 for c in counts if c),
                 "without": neurons,
                 "with": after,
                 "counts": dict(zip(neurons, counts)),
+                "agreement": dict(zip(neurons, scores)),
             }
         )
     return {
@@ -99,6 +107,19 @@ def run(atlas_dir: Path, chars: int, candidates: int, model_name: str) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
         "concepts": rows,
     }
+
+
+def agreement(atlas, neuron: str, cache: dict[int, dict]) -> float:
+    """Return the neuron's agreement score (down column; 0 with no exemplar counted)."""
+    from conceptvec.atlas.agreement import layer_agreement
+    from conceptvec.neurons import NeuronId
+
+    nid = NeuronId.parse(neuron)
+    if nid.layer not in cache:
+        cache[nid.layer] = layer_agreement(atlas, nid.layer, "down")
+    got = cache[nid.layer]
+    counted = int(got["counted"][nid.index])
+    return int(got["matched"][nid.index]) / counted if counted else 0.0
 
 
 def _rank(x: int | None) -> str:
@@ -138,13 +159,14 @@ def blocks(data: dict) -> dict[str, str]:
         *textwrap.wrap(head, 95, break_on_hyphens=False),
         "",
         "| concept | neuron | verdict | rank without | rank with | its exemplars with the "
-        "words | candidates with any |",
-        "|---|---|---|---|---|---|---|",
+        "words | candidates with any | rank by agreement |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['concept']} | {r['neuron']} | {r['verdict']} | {_rank(r['rank_without'])} | "
-            f"{_rank(r['rank_with'])} | {_rank(r['count'])} | {r['candidates_with_count']} |"
+            f"{_rank(r['rank_with'])} | {_rank(r['count'])} | {r['candidates_with_count']} | "
+            f"{_rank(r['rank_by_agreement'])} |"
         )
     verdict = "helped" if better > worse and not out_of else "did not help"
     causal = [r for r in rows if r["verdict"] == "concept"]
@@ -159,12 +181,19 @@ def blocks(data: dict) -> dict[str, str]:
         "corpus is the concepts' own articles, so their words fill it; no knockout was run on "
         "the new order."
     )
+    up = sum(1 for r in rows if _moved(r, "rank_by_agreement") > 0)
+    down = sum(1 for r in rows if _moved(r, "rank_by_agreement") < 0)
+    prose += (
+        " Ordering the candidates by their agreement score instead (the down column's, see "
+        f"[atlas.md](atlas.md)) moved the file's neuron up for {up} concepts and down for "
+        f"{down}."
+    )
     lines += ["", *textwrap.wrap(prose, 95, break_on_hyphens=False)]
     return {"finder-atlas": "\n".join(lines) + "\n"}
 
 
-def _moved(r: dict) -> int:
-    a, b = r["rank_without"], r["rank_with"]
+def _moved(r: dict, key: str = "rank_with") -> int:
+    a, b = r["rank_without"], r[key]
     if a is None or b is None:
         return 0
     return a - b

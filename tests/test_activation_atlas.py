@@ -409,6 +409,7 @@ def test_results_table_holds_the_benchmark_numbers():
     for name, label in (
         ("activation-atlas-smollm2-cpu.json", "fresh start"),
         ("activation-atlas-smollm2-cpu-warm.json", "after 32768 warm tokens"),
+        ("activation-atlas-smollm2-cpu-warm98k.json", "after 98304 warm tokens"),
     ):
         d = json.loads((root / "benchmarks" / "results" / name).read_text())
         row = (
