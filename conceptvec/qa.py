@@ -35,7 +35,7 @@ from .interventions.apply import generate as generate_ids
 from .interventions.controls import percentile, random_controls
 from .interventions.edit_specs import Edits, check_against, flatten
 from .models.backends import Target, resolve
-from .scoring import score_many
+from .scoring import greedy_many, score_many
 from .tokens import show
 
 PAPER_PROMPT = "Question: {question}\n Answer:"
@@ -122,10 +122,28 @@ def answer(
     (:mod:`conceptvec.answer_cache`; ``cache=False`` generates them anew).
     """
     target = resolve(model, tokenizer)
+    rows = _prompt_rows(target, prompts, chat, raw)
+    made = _generate_rows(target, rows, intervention, max_new_tokens, batch_size, cache)
+    return _decode(target, made, strip)
+
+
+def _prompt_rows(target: Target, prompts: Sequence[str], chat: bool | None, raw: bool):
+    """Return each prompt's token ids as generation sees them (see :func:`answer`)."""
     texts = list(prompts) if raw else prompt_texts(target, prompts, use_chat(target, chat))
-    rows = _encode(target, texts, chat=not raw and use_chat(target, chat))
+    return _encode(target, texts, chat=not raw and use_chat(target, chat))
+
+
+def _generate_rows(
+    target: Target,
+    rows: list[list[int]],
+    intervention: Edits,
+    max_new_tokens: int,
+    batch_size: int,
+    cache: bool = True,
+) -> list[list[int]]:
+    """Return the greedy new token ids of each prompt row, in left-padded batches (the
+    unedited model's from the answer cache unless ``cache=False``)."""
     pad = _pad_value(target)
-    tok = target.tokenizer
 
     def run(todo: list[int]) -> list[list[int]]:
         made: list[list[int]] = []
@@ -138,11 +156,147 @@ def answer(
         return made
 
     if flatten(intervention) or not cache:
-        made = run(list(range(len(rows))))
-    else:  # the unedited model's answers: from the cache when these weights gave them before
-        made = cached_generate(target.module, target.backend.name, rows, max_new_tokens, pad, run)
-    texts = [tok.decode(r, skip_special_tokens=True) for r in made]
+        return run(list(range(len(rows))))
+    # the unedited model's answers: from the cache when these weights gave them before
+    return cached_generate(target.module, target.backend.name, rows, max_new_tokens, pad, run)
+
+
+def _decode(target: Target, made: list[list[int]], strip: bool) -> list[str]:
+    texts = [target.tokenizer.decode(r, skip_special_tokens=True) for r in made]
     return [t.strip() for t in texts] if strip else texts
+
+
+def answer_many(
+    model: Any,
+    prompts: Sequence[str],
+    interventions: Sequence[Edits],
+    *,
+    chat: bool | None = None,
+    raw: bool = False,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    tokenizer: Any = None,
+    strip: bool = True,
+) -> list[list[str]]:
+    """Return :func:`answer` under each of ``interventions`` (one list each), the same greedy
+    answers, found by verifying a draft instead of decoding token by token.
+
+    The draft is the unedited model's answers (from the answer cache). For each
+    intervention, one teacher-forced pass over prompt + draft gives the edited model's greedy
+    token at every draft position (:func:`conceptvec.scoring.greedy_many`: the variants
+    share the layers below their first edit); a row keeps the draft up to its first
+    disagreement, takes the edited model's token there, and only rows that go on past it
+    are generated further, from that point. A knockout that leaves most answers as they
+    were costs a fraction of a forward pass instead of a full generation. Edits confined to
+    some positions (``prompt``, ``generated``, ``last``), patches and backends other than
+    ``transformers`` are generated one intervention at a time, as :func:`answer` does.
+    """
+    target = resolve(model, tokenizer)
+    edits = [flatten(iv) for iv in interventions]
+    kw: dict[str, Any] = dict(chat=chat, raw=raw, max_new_tokens=max_new_tokens, strip=strip)
+    if not target.backend.torch_hooks or not all(map(_verifiable, edits)):
+        return [answer(target, prompts, e, batch_size=batch_size, **kw) for e in edits]
+    rows = _prompt_rows(target, prompts, chat, raw)
+    if max_new_tokens < 1 or not rows:
+        return [answer(target, prompts, e, batch_size=batch_size, **kw) for e in edits]
+    stops = _eos_ids(target)
+    draft = [
+        _until_stop(d, stops, max_new_tokens)
+        for d in _generate_rows(target, rows, (), max_new_tokens, batch_size)
+    ]
+    pad = _pad_value(target)
+    made: list[list[list[int]]] = [[[] for _ in rows] for _ in edits]
+    more: list[list[int]] = [[] for _ in edits]  # rows to generate further, per edit
+    for batch in _batches(len(rows), batch_size):
+        seqs = [rows[i] + draft[i] for i in batch]
+        width = max(len(x) for x in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        for r, x in enumerate(seqs):
+            ids[r, : len(x)] = torch.tensor(x)
+        spans = [(len(rows[i]) - 1, len(draft[i]) + 1) for i in batch]
+        preds = greedy_many(target, ids.to(target.device), spans, edits)
+        for k, per in enumerate(preds):
+            for i, p in zip(batch, per):
+                out, done = _accept(draft[i], p, stops, max_new_tokens)
+                made[k][i] = out
+                if not done:
+                    more[k].append(i)
+    for k, e in enumerate(edits):
+        if more[k]:
+            _continue(target, rows, made[k], more[k], e, stops, max_new_tokens, batch_size)
+    return [_decode(target, m, strip) for m in made]
+
+
+def _verifiable(edits: list) -> bool:
+    """Whether teacher forcing sees the edits as generation does: every position edited."""
+    from .interventions.edit_specs import NeuronEdit, Steer, WeightEdit
+
+    return all(
+        isinstance(e, WeightEdit) or (isinstance(e, (NeuronEdit, Steer)) and e.positions == "all")
+        for e in edits
+    )
+
+
+def _eos_ids(target: Target) -> set[int]:
+    """The token ids that end a generation (the generation config's end of sequence)."""
+    config = target.backend.generation_config
+    value = getattr(config, "eos_token_id", None) if config is not None else None
+    if value is None:
+        return set()
+    return {int(v) for v in value} if isinstance(value, (list, tuple)) else {int(value)}
+
+
+def _until_stop(ids: list[int], stops: set[int], limit: int) -> list[int]:
+    """``ids`` up to and including the first end-of-sequence token, at most ``limit``."""
+    for n, t in enumerate(ids[:limit]):
+        if t in stops:
+            return list(ids[: n + 1])
+    return list(ids[:limit])
+
+
+def _accept(
+    draft: list[int], pred: list[int], stops: set[int], limit: int
+) -> tuple[list[int], bool]:
+    """Return (the greedy tokens the verification settles, whether the answer is finished).
+
+    ``pred[j]`` is the edited model's greedy token after the prompt and ``draft[:j]``.
+    """
+    n = next((j for j, t in enumerate(draft) if pred[j] != t), len(draft))
+    if n == len(draft) and (len(draft) >= limit or (draft and draft[-1] in stops)):
+        return list(draft), True  # the whole draft stands, and it was finished
+    out = list(draft[:n]) + [pred[n]]
+    return out, len(out) >= limit or out[-1] in stops
+
+
+def _continue(
+    target: Target,
+    rows: list[list[int]],
+    made: list[list[int]],
+    todo: list[int],
+    edits: list,
+    stops: set[int],
+    limit: int,
+    batch_size: int,
+) -> None:
+    """Generate the rest of the answers ``todo`` (in place) with the edits on, from the
+    prompt and the tokens settled so far."""
+    limit_ctx = target.model.context_length
+    for batch in _batches(len(todo), batch_size):
+        idx = [todo[j] for j in batch]
+        width = max(len(rows[i]) + len(made[i]) for i in idx)
+        budget = max(limit - len(made[i]) for i in idx)
+        # rows with less left to go generate a few tokens too many, cut below; one row at a
+        # time where the longest prompt would not leave room for the longest rest
+        groups = [[i] for i in idx] if limit_ctx and width + budget > limit_ctx else [idx]
+        for group in groups:
+            seqs = [rows[i] + made[i] for i in group]
+            budget = max(limit - len(made[i]) for i in group)
+            ids, mask = _left_pad(seqs, _pad_value(target))
+            new = generate_ids(
+                target, ids.to(target.device), edits, budget, mask.to(target.device)
+            ).tolist()
+            for i, tail in zip(group, new):
+                made[i] = _until_stop(made[i] + tail, stops, limit)
 
 
 def answer_logprobs(
@@ -398,38 +552,23 @@ def evaluate_qa(
     same questions and references. ``raw=True`` treats ``questions`` as plain text prompts.
     """
     target = resolve(model, tokenizer)
-    questions = [str(q) for q in questions]
-    if not questions:
-        raise BadInterventionError("no questions given; pass at least one")
-    if max_new_tokens < 1 or controls < 0:
-        raise BadInterventionError(
-            f"max_new_tokens must be >= 1 and controls >= 0 (got {max_new_tokens}, {controls})"
-        )
     edits = flatten(intervention)
-    d = target.model.dims
-    check_against(edits, d.n_layers, d.d_mlp, d.d_model)
-    prompting = "raw" if raw else ("chat" if use_chat(target, chat) else "paper")
-    is_chat = prompting == "chat"
-    kw: dict[str, Any] = dict(chat=is_chat, raw=raw, batch_size=batch_size)
-    if gold is not None:
-        refs, kind = [str(g) for g in gold], "gold"
-    elif references is not None:
-        refs, kind = [str(r) for r in references], "model"
-    else:
-        refs, kind = answer(target, questions, (), max_new_tokens=max_new_tokens, **kw), "model"
-    if len(refs) != len(questions):
-        raise BadInterventionError(f"{len(questions)} questions but {len(refs)} reference answers")
-
-    if base is None:
-        base = QAScores("base", answer_logprobs(target, questions, refs, (), **kw))
-    elif len(base.logprob) != len(questions):
-        raise BadInterventionError(
-            f"base has {len(base.logprob)} scores for {len(questions)} questions"
-        )
-    if kind == "model" and references is None:
-        base.answers = refs
-        base.bleu = base.rouge_l = [1.0] * len(refs)
-    ctrl_edits = random_controls(edits, d.d_mlp, controls, seed) if edits else []
+    setup = _QASetup.make(
+        target,
+        questions,
+        [edits],
+        references,
+        gold,
+        chat,
+        raw,
+        max_new_tokens,
+        controls,
+        base,
+        batch_size,
+    )
+    kw = setup.kw
+    questions, refs, base = setup.questions, setup.refs, setup.base
+    ctrl_edits = random_controls(edits, target.model.dims.d_mlp, controls, seed) if edits else []
     after, ctrls = base, []
     if edits:  # the intervention and its controls scored together, sharing what they share
         lps = answer_logprobs_many(target, questions, refs, [edits, *ctrl_edits], **kw)
@@ -440,21 +579,156 @@ def evaluate_qa(
     ]:
         if gen:
             scores.answers = answer(target, questions, edit, max_new_tokens=max_new_tokens, **kw)
-            text = text_scores(scores.answers, refs)
-            scores.bleu, scores.rouge_l = text["bleu"], text["rouge_l"]
-    return QAEvaluation(
-        model=target.model.name,
-        prompting=prompting,
-        reference_kind=kind,
-        intervention=[str(e) for e in edits],
-        questions=questions,
-        references=refs,
-        base=base,
-        after=after,
-        controls=ctrls,
-        control_edits=[[str(e) for e in c] for c in ctrl_edits],
-        add_bos=target.add_bos,
+            _text_scores(scores, refs)
+    return setup.result(edits, after, ctrls, ctrl_edits)
+
+
+def evaluate_qa_many(
+    model: Any,
+    questions: Sequence[str],
+    interventions: Sequence[Edits],
+    *,
+    references: Sequence[str] | None = None,
+    gold: Sequence[str] | None = None,
+    chat: bool | None = None,
+    raw: bool = False,
+    max_new_tokens: int = 32,
+    controls: int = 0,
+    generate: bool = True,
+    base: QAScores | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    tokenizer: Any = None,
+) -> list[QAEvaluation]:
+    """Return :func:`evaluate_qa` of each of ``interventions`` (same arguments), with the same
+    numbers, computed together: the references and the base scores once, every intervention
+    and all their controls teacher-forced in one :func:`answer_logprobs_many` (one unedited
+    pass per batch of questions), and the edited answers by :func:`answer_many` (the
+    unedited answers verified under each edit; only the rows an edit changes are generated).
+    """
+    target = resolve(model, tokenizer)
+    edits = [flatten(iv) for iv in interventions]
+    setup = _QASetup.make(
+        target,
+        questions,
+        edits,
+        references,
+        gold,
+        chat,
+        raw,
+        max_new_tokens,
+        controls,
+        base,
+        batch_size,
     )
+    kw = setup.kw
+    questions, refs, base = setup.questions, setup.refs, setup.base
+    d_mlp = target.model.dims.d_mlp
+    ctrl_edits = [random_controls(e, d_mlp, controls, seed) if e else [] for e in edits]
+    variants = [v for e, c in zip(edits, ctrl_edits) if e for v in (e, *c)]
+    lps = iter(answer_logprobs_many(target, questions, refs, variants, **kw) if variants else [])
+    edited = [e for e in edits if e]
+    texts = iter(
+        answer_many(target, questions, edited, max_new_tokens=max_new_tokens, **kw)
+        if generate and edited
+        else []
+    )
+    out = []
+    for e, c in zip(edits, ctrl_edits):
+        after, ctrls = base, []
+        if e:
+            after = QAScores("intervention", next(lps))
+            ctrls = [QAScores(f"control {k}", next(lps)) for k in range(len(c))]
+            if generate:
+                after.answers = next(texts)
+                _text_scores(after, refs)
+        out.append(setup.result(e, after, ctrls, c))
+    return out
+
+
+def _text_scores(scores: QAScores, refs: list[str]) -> None:
+    text = text_scores(scores.answers or [], refs)
+    scores.bleu, scores.rouge_l = text["bleu"], text["rouge_l"]
+
+
+@dataclass
+class _QASetup:
+    """What :func:`evaluate_qa` and :func:`evaluate_qa_many` share: the checked questions,
+    the references (and their kind), the base scores and the prompting."""
+
+    target: Target
+    questions: list[str]
+    refs: list[str]
+    kind: str
+    base: QAScores
+    prompting: str
+    kw: dict[str, Any]
+
+    @classmethod
+    def make(
+        cls,
+        target: Target,
+        questions: Sequence[str],
+        edits: list[list],
+        references: Sequence[str] | None,
+        gold: Sequence[str] | None,
+        chat: bool | None,
+        raw: bool,
+        max_new_tokens: int,
+        controls: int,
+        base: QAScores | None,
+        batch_size: int,
+    ) -> _QASetup:
+        questions = [str(q) for q in questions]
+        if not questions:
+            raise BadInterventionError("no questions given; pass at least one")
+        if max_new_tokens < 1 or controls < 0:
+            raise BadInterventionError(
+                f"max_new_tokens must be >= 1 and controls >= 0 (got {max_new_tokens}, {controls})"
+            )
+        d = target.model.dims
+        for e in edits:
+            check_against(e, d.n_layers, d.d_mlp, d.d_model)
+        prompting = "raw" if raw else ("chat" if use_chat(target, chat) else "paper")
+        kw: dict[str, Any] = dict(chat=prompting == "chat", raw=raw, batch_size=batch_size)
+        if gold is not None:
+            refs, kind = [str(g) for g in gold], "gold"
+        elif references is not None:
+            refs, kind = [str(r) for r in references], "model"
+        else:
+            refs = answer(target, questions, (), max_new_tokens=max_new_tokens, **kw)
+            kind = "model"
+        if len(refs) != len(questions):
+            raise BadInterventionError(
+                f"{len(questions)} questions but {len(refs)} reference answers"
+            )
+        if base is None:
+            base = QAScores("base", answer_logprobs(target, questions, refs, (), **kw))
+        elif len(base.logprob) != len(questions):
+            raise BadInterventionError(
+                f"base has {len(base.logprob)} scores for {len(questions)} questions"
+            )
+        if kind == "model" and references is None:
+            base.answers = refs
+            base.bleu = base.rouge_l = [1.0] * len(refs)
+        return cls(target, questions, refs, kind, base, prompting, kw)
+
+    def result(
+        self, edits: list, after: QAScores, ctrls: list[QAScores], ctrl_edits: list[list]
+    ) -> QAEvaluation:
+        return QAEvaluation(
+            model=self.target.model.name,
+            prompting=self.prompting,
+            reference_kind=self.kind,
+            intervention=[str(e) for e in edits],
+            questions=self.questions,
+            references=self.refs,
+            base=self.base,
+            after=after,
+            controls=ctrls,
+            control_edits=[[str(e) for e in c] for c in ctrl_edits],
+            add_bos=self.target.add_bos,
+        )
 
 
 def evaluate_completion(

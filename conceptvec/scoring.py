@@ -14,7 +14,7 @@ Backends that do not run the ``transformers`` module with plain torch hooks
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -65,23 +65,44 @@ def score_many(
     ``ids`` is a right-padded batch ``[rows, tokens]``; ``spans[r]`` is ``(position of the
     logits that predict the answer's first token, the answer's token ids)``.
     """
-    if not target.backend.torch_hooks or not variants:
+    if not target.backend.torch_hooks:
         return [_gather(forward_logits(target, ids, v), spans) for v in variants]
+    return _each_variant(target, ids, variants, lambda h: _from_hidden(target, h, spans))
+
+
+def greedy_many(
+    target: Target, ids: torch.Tensor, spans: list[tuple[int, int]], variants: Sequence[Edits]
+) -> list[list[list[int]]]:
+    """Return, per variant, each row's greedy next token at ``spans[r] = (start, n)``: the
+    argmax of the logits at positions ``start .. start + n - 1`` (teacher-forced on ``ids``,
+    a right-padded batch), shared-prefix as :func:`score_many` scores."""
+    if not target.backend.torch_hooks:
+        return [_argmax(forward_logits(target, ids, v), spans) for v in variants]
+    return _each_variant(target, ids, variants, lambda h: _argmax_from_hidden(target, h, spans))
+
+
+def _each_variant(
+    target: Target, ids: torch.Tensor, variants: Sequence[Edits], reduce: Callable[[Any], Any]
+) -> list[Any]:
+    """Return ``reduce(final hidden states)`` per variant: the unedited batch runs once and
+    keeps each layer's output; each edited variant runs from its first edited layer on."""
+    if not variants:
+        return []
     first = [first_layer(v) for v in variants]
     keep = max(first)
     outputs: dict[int, Any] = {}
-    scores: list[list[float] | None] = [None] * len(variants)
+    out: list[Any] = [None] * len(variants)
+    done = [False] * len(variants)
     with torch.no_grad():
         plain = [k for k, v in enumerate(variants) if not flatten(v)]
         hidden = _run(target, ids, (), record=outputs if keep > 0 else None, upto=keep)
         for k in plain:
-            scores[k] = _from_hidden(target, hidden, spans)
+            out[k], done[k] = reduce(hidden), True
         for k, v in enumerate(variants):
-            if scores[k] is None:
+            if not done[k]:
                 skip = {i: outputs[i] for i in range(first[k])}
-                hidden = _run(target, ids, v, skip=skip)
-                scores[k] = _from_hidden(target, hidden, spans)
-    return [s or [] for s in scores]
+                out[k] = reduce(_run(target, ids, v, skip=skip))
+    return out
 
 
 def _run(
@@ -146,13 +167,29 @@ def _constant(out: Any):
 
 def _from_hidden(target: Target, hidden: torch.Tensor, spans: list[tuple[int, list[int]]]):
     """Mean log p per answer token, applying the LM head at the answer positions only."""
+    logits = _head_at(target, hidden, [(start, len(tail)) for start, tail in spans])
+    return _gather(logits, [(0, tail) for _, tail in spans])
+
+
+def _argmax(logits: torch.Tensor, spans: list[tuple[int, int]]) -> list[list[int]]:
+    return [logits[r, start : start + n].argmax(-1).tolist() for r, (start, n) in enumerate(spans)]
+
+
+def _argmax_from_hidden(target: Target, hidden: torch.Tensor, spans: list[tuple[int, int]]):
+    """Greedy tokens at ``spans`` (row start, count), the LM head on those positions only."""
+    return _argmax(_head_at(target, hidden, spans), [(0, n) for _, n in spans])
+
+
+def _head_at(target: Target, hidden: torch.Tensor, spans: list[tuple[int, int]]) -> torch.Tensor:
+    """Float32 logits ``[rows, width, vocab]`` of positions ``start .. start + n - 1`` of each
+    row (``spans``), the LM head (and any logit soft-cap) applied to those positions only."""
     head = target.hf.get_output_embeddings()
-    width = max((len(t) for _, t in spans), default=0) or 1
+    width = max((n for _, n in spans), default=0) or 1
     picked = hidden.new_zeros((hidden.shape[0], width, hidden.shape[-1]))
-    for r, (start, tail) in enumerate(spans):
-        picked[r, : len(tail)] = hidden[r, start : start + len(tail)]
+    for r, (start, n) in enumerate(spans):
+        picked[r, :n] = hidden[r, start : start + n]
     logits = head(picked).float()
     cap = target.model.dims.logit_softcap
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return _gather(logits, [(0, tail) for _, tail in spans])
+    return logits

@@ -203,3 +203,65 @@ def test_shared_prefix_scoring_equals_full_forward_passes(tiny_dir, family):
         ]
         assert got == pytest.approx(want, abs=1e-5), (v, got, want)
     assert fast[0] != fast[1]  # the edits change the scores
+
+
+QUESTIONS = [
+    "Where is Paris?",
+    "Who went to Hogwarts with Ron?",
+    "What did the dog chase across the garden?",
+    "Which bird sang?",
+    "Where is Berlin?",
+]
+
+
+@pytest.mark.parametrize("batch_size", [16, 2])
+def test_answer_many_gives_the_answers_of_one_generation_per_edit(tiny, batch_size):
+    """Verifying the unedited draft (and generating on from where it breaks) must give the
+    greedy answers that generating under each edit gives: edits that keep the draft, edits
+    that leave it at once, weight noise, and a steering vector."""
+    model, _hf, _tok = tiny
+    variants = [
+        [],
+        cv.scale("L2.7", 1.0),
+        cv.zero("L2.7"),
+        cv.clamp("L0.3", 40.0),
+        cv.noise("L1.5", 0.5),
+        [cv.zero("L1.3"), cv.clamp("L2.4", 3.0)],
+        cv.steer(1, torch.randn(32, generator=torch.Generator().manual_seed(1)) * 4),
+    ]
+    kw = dict(max_new_tokens=9, batch_size=batch_size)
+    fast = qa.answer_many(model, QUESTIONS, variants, **kw)
+    slow = [qa.answer(model, QUESTIONS, v, **kw) for v in variants]
+    assert fast == slow
+    assert fast[0] == fast[1]  # an edit that changes nothing keeps the draft
+    assert fast[3] != fast[0]  # and these edits do leave it
+    assert fast[4] != fast[0]
+
+
+def test_answer_many_generates_only_the_rows_that_leave_the_draft(tiny, monkeypatch):
+    model, _hf, _tok = tiny
+    calls: list[int] = []
+    real = qa.generate_ids
+
+    def counted(target, ids, *a, **k):
+        calls.append(ids.shape[0])
+        return real(target, ids, *a, **k)
+
+    qa.answer(model, QUESTIONS, max_new_tokens=9)  # the draft, now in the answer cache
+    monkeypatch.setattr(qa, "generate_ids", counted)
+    qa.answer_many(model, QUESTIONS, [cv.scale("L2.7", 1.0)], max_new_tokens=9)
+    assert calls == []  # nothing left the draft: no generation at all
+    qa.answer_many(model, QUESTIONS, [cv.clamp("L0.3", 40.0)], max_new_tokens=9)
+    assert calls and sum(calls) <= len(QUESTIONS)
+
+
+def test_answer_many_accepts_the_draft_up_to_the_first_disagreement():
+    from conceptvec.qa import _accept
+
+    stop = {0}
+    assert _accept([5, 6, 0], [5, 6, 0, 9], stop, 8) == ([5, 6, 0], True)  # finished draft
+    assert _accept([5, 6, 7], [5, 6, 7, 9], stop, 3) == ([5, 6, 7], True)  # at the limit
+    assert _accept([5, 6, 7], [5, 6, 7, 9], stop, 8) == ([5, 6, 7, 9], False)  # goes on
+    assert _accept([5, 6, 7], [5, 4, 7, 9], stop, 8) == ([5, 4], False)  # leaves it
+    assert _accept([5, 6, 7], [5, 0, 7, 9], stop, 8) == ([5, 0], True)  # and stops there
+    assert _accept([5, 6, 0], [5, 6, 1, 9], stop, 8) == ([5, 6, 1], False)  # does not stop
