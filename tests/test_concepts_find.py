@@ -396,3 +396,31 @@ def test_cli_find_takes_qa_and_text_from_a_concepts_file(tiny_dir, tmp_path, mon
          "conceptvectors-dev"], monkeypatch, capsys,
     )  # fmt: skip
     assert code == 2 and "no concept 'Atlantis'" in err and "(2 more)" in err, err
+
+
+def test_batched_knockouts_equal_one_knockout_at_a_time(tiny):
+    """The finder runs every knockout of every candidate together (one unedited pass, the
+    answers verified against the unedited ones); the evidence must be exactly what one
+    evaluate_qa per knockout gives: log p deltas, control percentiles, answers, BLEU."""
+    from dataclasses import asdict
+
+    from conceptvec.concepts.validate import knockout, knockouts
+    from conceptvec.models.backends import resolve
+    from conceptvec.neurons import NeuronId
+    from conceptvec.qa import QAScores, answer, answer_logprobs
+
+    target = resolve(tiny)
+    questions = QA + UNRELATED
+    refs = answer(target, questions, max_new_tokens=6)
+    base = QAScores("base", answer_logprobs(target, questions, refs))
+    runs = [
+        (NeuronId.parse(n), mode, mean)
+        for n, mean in (("L2.7", 0.3), ("L1.40", -2.0), ("L0.3", 25.0))
+        for mode in ("zero", "mean", "noise")
+    ]
+    args = ("down", questions, len(QA), refs, 4, 0, False, 6, base)
+    together = [asdict(k) for k in knockouts(target, runs, *args)]
+    alone = [asdict(knockout(target, n, mode, args[0], mean, *args[1:])) for n, mode, mean in runs]
+    assert together == alone
+    assert len({json.dumps(k["control_delta_concept"]) for k in alone}) == len(runs)
+    assert any(k["changed_concept"] for k in alone)  # some answers moved: generation ran

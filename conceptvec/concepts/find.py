@@ -42,7 +42,7 @@ from .atlas_rank import context_counts, open_atlas, rank_with_atlas
 from .category import mark_shared, reference_pools
 from .record import VERDICTS, ActivationEvidence, ConceptVector, WeightEvidence
 from .tokens import ConceptTokens, concept_tokens
-from .validate import MODES, FindThresholds, decisive, judge, knockout
+from .validate import MODES, FindThresholds, decisive, judge, knockouts
 
 if TYPE_CHECKING:
     from conceptvec.atlas import Atlas
@@ -376,29 +376,35 @@ def find_concept(
             refs = answer(target, questions, chat=is_chat, max_new_tokens=max_new_tokens)
             base = QAScores("base", answer_logprobs(target, questions, refs, chat=is_chat))
             bar.step(None, seconds, "reference answers", t0)
-            for c in found[:validate]:
-                mean_value = c.activations.mean_unrelated if c.activations else 0.0
-                for mode in modes:
-                    bar.label(f"{c.neuron} {mode}")
-                    c.knockouts.append(
-                        knockout(
-                            target,
-                            NeuronId.parse(c.neuron),
-                            mode,
-                            matrix,
-                            mean_value,
-                            questions,
-                            len(qa),
-                            refs,
-                            controls,
-                            seed,
-                            is_chat,
-                            max_new_tokens,
-                            base,
-                        )
-                    )
-                    bar.step(None, seconds, None, t0)
+            chosen = found[:validate]
+            runs = [
+                (
+                    NeuronId.parse(c.neuron),
+                    mode,
+                    c.activations.mean_unrelated if c.activations else 0.0,
+                )
+                for c in chosen
+                for mode in modes
+            ]
+            bar.label(f"{len(runs)} knockouts")
+            evidence = knockouts(
+                target,
+                runs,
+                matrix,
+                questions,
+                len(qa),
+                refs,
+                controls,
+                seed,
+                is_chat,
+                max_new_tokens,
+                base,
+            )
+            for i, c in enumerate(chosen):
+                c.knockouts.extend(evidence[i * len(modes) : (i + 1) * len(modes)])
                 judge(c, thresholds)
+            for _ in runs:
+                bar.step(None, seconds, None, t0)
             seconds["causality"] = time.perf_counter() - t0 - sum(seconds.values())
         else:
             for c in found:

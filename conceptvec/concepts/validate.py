@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from conceptvec.interventions.controls import percentile
 from conceptvec.interventions.edit_specs import NeuronEdit, WeightEdit, noise, zero
 from conceptvec.neurons import NeuronId
-from conceptvec.qa import QAScores, evaluate_qa
+from conceptvec.qa import QAEvaluation, QAScores, evaluate_qa, evaluate_qa_many
 
 from .record import ConceptVector, KnockoutEvidence
 
@@ -61,6 +61,17 @@ def decisive(c: ConceptVector) -> KnockoutEvidence | None:
     return min(c.knockouts, key=lambda k: k.delta_concept)
 
 
+def knockout_edit(
+    neuron: NeuronId, mode: str, matrix: str, mean_value: float, seed: int
+) -> NeuronEdit | WeightEdit:
+    """Return the edit of knockout ``mode`` on ``neuron`` (see :data:`MODES`)."""
+    if mode == "zero":
+        return zero(neuron)
+    if mode == "mean":
+        return NeuronEdit(neuron, "clamp", float(mean_value), "all", "mean")
+    return noise(neuron, 0.1, matrix=matrix, seed=seed)
+
+
 def knockout(
     target: Target,
     neuron: NeuronId,
@@ -76,12 +87,9 @@ def knockout(
     max_new_tokens: int,
     base: QAScores | None,
 ) -> KnockoutEvidence:
-    if mode == "zero":
-        edit: NeuronEdit | WeightEdit = zero(neuron)
-    elif mode == "mean":
-        edit = NeuronEdit(neuron, "clamp", float(mean_value), "all", "mean")
-    else:
-        edit = noise(neuron, 0.1, matrix=matrix, seed=seed)
+    """Return one knockout's evidence, by one :func:`evaluate_qa` (its controls scored
+    together, its answers generated): what :func:`knockouts` finds for many at once."""
+    edit = knockout_edit(neuron, mode, matrix, mean_value, seed)
     r = evaluate_qa(
         target,
         questions,
@@ -93,6 +101,52 @@ def knockout(
         base=base,
         seed=seed,
     )
+    return evidence(mode, edit, r, n_concept, references)
+
+
+def knockouts(
+    target: Target,
+    runs: list[tuple[NeuronId, str, float]],
+    matrix: str,
+    questions: list[str],
+    n_concept: int,
+    references: list[str],
+    controls: int,
+    seed: int,
+    chat: bool,
+    max_new_tokens: int,
+    base: QAScores | None,
+) -> list[KnockoutEvidence]:
+    """Return the evidence of each knockout ``(neuron, mode, mean value)`` in ``runs``, the
+    same as :func:`knockout` gives one by one, computed together by :func:`evaluate_qa_many`:
+    one unedited pass per batch of questions shared by every knockout and control, and
+    each knockout's answers verified against the unedited ones instead of generated anew."""
+    edits = [knockout_edit(n, mode, matrix, mean, seed) for n, mode, mean in runs]
+    found = evaluate_qa_many(
+        target,
+        questions,
+        edits,
+        references=references,
+        chat=chat,
+        max_new_tokens=max_new_tokens,
+        controls=controls,
+        base=base,
+        seed=seed,
+    )
+    return [
+        evidence(mode, e, r, n_concept, references)
+        for (_, mode, _), e, r in zip(runs, edits, found)
+    ]
+
+
+def evidence(
+    mode: str,
+    edit: NeuronEdit | WeightEdit,
+    r: QAEvaluation,
+    n_concept: int,
+    references: list[str],
+) -> KnockoutEvidence:
+    """Return a knockout's evidence from its QA evaluation (concept questions first)."""
     c, u = slice(0, n_concept), slice(n_concept, None)
 
     def delta(scores: QAScores, part: slice) -> float:
