@@ -13,6 +13,23 @@ One run measures, for one concept of the ConceptVectors dev sample:
   knockout mode and the given number of controls, stage by stage.
 
     python benchmarks/bench_concepts.py --concept "Ancient Rome" --validate 2 --controls 10
+
+``--build NAME [NAME ...]`` measures ``concepts build`` instead (issue 21), per concept, the
+routes interleaved in one process (wall and process CPU seconds each):
+
+- **naive**: the per-edit path the finder used before: one ``evaluate_qa`` per knockout
+  (its controls scored together, its answers generated with the edit);
+- **ours**: ``build_concepts`` as ``conceptvec concepts build`` runs it (every knockout of
+  every candidate scored with one unedited pass per batch, the answers verified against
+  the unedited ones);
+- **floor**: the forward passes a build cannot avoid: the unedited model once over the
+  activation stage's texts and once over the questions with their reference answers.
+
+Each route's evidence is compared knockout by knockout, and each verdict with the committed
+``conceptvec/data/smollm2_concepts_dev.json``:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_concepts.py --build "Ancient Rome" Italy \
+        --out benchmarks/results/concepts-build-smollm2-cpu.json
 """
 
 from __future__ import annotations
@@ -20,7 +37,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,8 +72,110 @@ def naive_weights(model, name: str, k: int = 20) -> tuple[float, int]:
     return time.perf_counter() - t0, hits
 
 
+DEV = Path(__file__).resolve().parents[1] / "conceptvec" / "data" / "smollm2_concepts_dev.json"
+
+
+def _timed(fn):
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def _per_edit(target, runs, *args):
+    """The finder's knockouts as they ran before: one evaluate_qa per knockout."""
+    from conceptvec.concepts.validate import knockout
+
+    return [knockout(target, n, mode, args[0], mean, *args[1:]) for n, mode, mean in runs]
+
+
+def _floor(model, entry, settings: dict):
+    """One plain forward pass of the unedited model over what the build must read: the
+    activation stage's texts, and each question with its reference answer."""
+    from conceptvec.concepts.find import DEFAULT_UNRELATED_QA, _clip_texts
+    from conceptvec.models.backends import resolve
+    from conceptvec.qa import answer, prompt_texts, use_chat
+    from conceptvec.reference_texts import REFERENCE_TEXTS
+
+    tok, hf = model.tokenizer, model.hf
+    unrelated = entry.unrelated_qa[:10] or list(DEFAULT_UNRELATED_QA)
+    texts = _clip_texts(tok, [entry.wikipedia_content], settings["max_text_tokens"])
+    texts += unrelated + list(REFERENCE_TEXTS)
+    questions = entry.qa + unrelated
+    target = resolve(model)
+    chat = use_chat(target, None)
+    refs = answer(target, questions, chat=chat, max_new_tokens=32)  # cached: not timed below
+    qa_texts = [p + " " + a for p, a in zip(prompt_texts(target, questions, chat), refs)]
+
+    def run() -> None:
+        with torch.no_grad():
+            for t in texts + qa_texts:
+                ids = tok(t, return_tensors="pt", add_special_tokens=False)["input_ids"]
+                hf(input_ids=ids[:, : model.context_length or None], use_cache=False)
+
+    return run
+
+
+def build_rows(args) -> dict:
+    """Time ``concepts build`` per concept: naive (per edit), ours, and the floor."""
+    import os
+    import tempfile
+
+    from conceptvec.concepts import find as find_module
+    from conceptvec.concepts.build import build_concepts
+
+    committed = {e.concept: e for e in read_concepts(DEV)}
+    model = cv.load("smollm2-135m", quiet=True)
+    model.hf  # noqa: B018  (build the torch model before timing)
+    settings = dict(candidates=8, validate=3, controls=10, max_text_tokens=2048)
+    find = {k: v for k, v in settings.items() if k != "max_text_tokens"}
+    entries = {e.concept: e for e in read_concepts(SAMPLE)}
+    rows = []
+    batched = find_module.knockouts
+    for n, name in enumerate(args.build):
+        entry = entries[name]
+        row: dict = {"concept": name}
+        order = ("ours", "naive") if n % 2 == 0 else ("naive", "ours")
+        found = {}
+        for route in order:
+            find_module.knockouts = batched if route == "ours" else _per_edit
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    out = os.path.join(tmp, "one.json")
+                    res, wall, cpu = _timed(
+                        partial(build_concepts, model, [entry], out, progress=False, **find)
+                    )
+            finally:
+                find_module.knockouts = batched
+            new, search = res[0]
+            found[route] = search
+            row[route] = {
+                "wall_s": round(wall, 1),
+                "cpu_s": round(cpu, 1),
+                "stages_s": {k: round(v, 1) for k, v in search.seconds.items()},
+                "verdict": new.extra.get("verdict"),
+                "vector": f"L{new.layer}.{new.dim}",
+            }
+        _, wall, cpu = _timed(_floor(model, entry, settings))
+        row["floor"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
+        a, b = ([c.to_dict() for c in found[r].candidates] for r in ("naive", "ours"))
+        row["same_evidence"] = a == b
+        row["differs"] = [x["neuron"] for x, y in zip(a, b) if x != y]
+        c = committed[name]
+        row["committed"] = {"verdict": c.extra.get("verdict"), "vector": f"L{c.layer}.{c.dim}"}
+        row["same_verdict_as_committed"] = all(
+            row[r]["verdict"] == row["committed"]["verdict"]
+            and row[r]["vector"] == row["committed"]["vector"]
+            for r in ("naive", "ours")
+        )
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return {"settings": settings, "rows": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--build", nargs="+", metavar="CONCEPT", help="time concepts build")
+    ap.add_argument("--out", help="write the --build results here (JSON)")
     ap.add_argument("--concept", default="Ancient Rome")
     ap.add_argument("--validate", type=int, default=2)
     ap.add_argument("--controls", type=int, default=10)
@@ -62,6 +183,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.build:
+        out = build_rows(args)
+        out["machine"] = _machine()
+        out["command"] = "python benchmarks/bench_concepts.py " + " ".join(sys.argv[1:])
+        text = json.dumps(out, indent=2)
+        print(text)
+        if args.out:
+            tmp = Path(args.out + ".tmp")
+            tmp.write_text(text + "\n", encoding="utf-8")
+            tmp.replace(args.out)
+        return
     entry = next(e for e in read_concepts(SAMPLE) if e.concept == args.concept)
     model = cv.load("smollm2-135m", quiet=True)
     out: dict = {"machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads"}
@@ -102,6 +234,20 @@ def main() -> None:
     out["best"] = None if r.best is None else r.best.neuron
     out["settings"] = vars(args)
     print(json.dumps(out, indent=2))
+
+
+def _machine() -> dict:
+    import os
+    import subprocess
+
+    model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    name = next((x.split(":", 1)[1].strip() for x in model.splitlines() if "Model name" in x), "")
+    return {
+        "cpu": name,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_at_end": os.getloadavg(),
+    }
 
 
 if __name__ == "__main__":
