@@ -221,10 +221,25 @@ def answer_many(
                 made[k][i] = out
                 if not done:
                     more[k].append(i)
-    for k, e in enumerate(edits):
-        if more[k]:
-            _continue(target, rows, made[k], more[k], e, stops, max_new_tokens, batch_size)
+    together = _side_by_side(edits, more)
+    if together:  # activation edits: their rows generated on in shared batches
+        _continue(target, rows, made, together, edits, stops, max_new_tokens, batch_size)
+    for k in range(len(edits)):
+        if more[k] and k not in together:
+            _continue(target, rows, made, [k], edits, stops, max_new_tokens, batch_size)
     return [_decode(target, m, strip) for m in made]
+
+
+def _side_by_side(edits: list[list], more: list[list[int]]) -> list[int]:
+    """The interventions whose unfinished rows can share a batch, each edit confined to its
+    own rows: activation edits only, no edit shared between two of them."""
+    from .interventions.edit_specs import WeightEdit
+
+    picked = [
+        k for k, e in enumerate(edits) if more[k] and not any(isinstance(x, WeightEdit) for x in e)
+    ]
+    seen: list = [x for k in picked for x in edits[k]]
+    return picked if len(picked) > 1 and len(set(seen)) == len(seen) else []
 
 
 def _verifiable(edits: list) -> bool:
@@ -271,32 +286,51 @@ def _accept(
 def _continue(
     target: Target,
     rows: list[list[int]],
-    made: list[list[int]],
-    todo: list[int],
-    edits: list,
+    made: list[list[list[int]]],
+    which: list[int],
+    edits: list[list],
     stops: set[int],
     limit: int,
     batch_size: int,
 ) -> None:
-    """Generate the rest of the answers ``todo`` (in place) with the edits on, from the
-    prompt and the tokens settled so far."""
+    """Generate the rest of the unfinished answers of interventions ``which`` (in place in
+    ``made[k][i]``), from the prompt and the tokens settled so far. Rows of several
+    interventions share a batch, each intervention's edits confined to its own rows."""
     limit_ctx = target.model.context_length
+    todo = [(k, i) for k in which for i in _unfinished(made[k], stops, limit)]
     for batch in _batches(len(todo), batch_size):
-        idx = [todo[j] for j in batch]
-        width = max(len(rows[i]) + len(made[i]) for i in idx)
-        budget = max(limit - len(made[i]) for i in idx)
+        pairs = [todo[j] for j in batch]
+        width = max(len(rows[i]) + len(made[k][i]) for k, i in pairs)
+        budget = max(limit - len(made[k][i]) for k, i in pairs)
         # rows with less left to go generate a few tokens too many, cut below; one row at a
         # time where the longest prompt would not leave room for the longest rest
-        groups = [[i] for i in idx] if limit_ctx and width + budget > limit_ctx else [idx]
+        groups = [[p] for p in pairs] if limit_ctx and width + budget > limit_ctx else [pairs]
         for group in groups:
-            seqs = [rows[i] + made[i] for i in group]
-            budget = max(limit - len(made[i]) for i in group)
-            ids, mask = _left_pad(seqs, _pad_value(target))
+            budget = max(limit - len(made[k][i]) for k, i in group)
+            ids, mask = _left_pad([rows[i] + made[k][i] for k, i in group], _pad_value(target))
+            flat, where = _rows_of(edits, [k for k, _ in group], len(which) > 1)
             new = generate_ids(
-                target, ids.to(target.device), edits, budget, mask.to(target.device)
+                target, ids.to(target.device), flat, budget, mask.to(target.device), rows=where
             ).tolist()
-            for i, tail in zip(group, new):
-                made[i] = _until_stop(made[i] + tail, stops, limit)
+            for (k, i), tail in zip(group, new):
+                made[k][i] = _until_stop(made[k][i] + tail, stops, limit)
+
+
+def _unfinished(made: list[list[int]], stops: set[int], limit: int) -> list[int]:
+    return [i for i, m in enumerate(made) if len(m) < limit and not (m and m[-1] in stops)]
+
+
+def _rows_of(edits: list[list], owner: list[int], confine: bool) -> tuple[list, list | None]:
+    """The edits of the interventions that own a batch's rows (``owner[r]``), each with the
+    rows it acts on (None: every row, when one intervention has the batch)."""
+    if not confine:
+        return edits[owner[0]], None
+    flat, where = [], []
+    for k in dict.fromkeys(owner):
+        for e in edits[k]:
+            flat.append(e)
+            where.append([r for r, o in enumerate(owner) if o == k])
+    return flat, where
 
 
 def answer_logprobs(

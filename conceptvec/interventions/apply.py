@@ -37,6 +37,9 @@ from .edits import edit_point
 from .positions import PassTracker
 from .weight_edits import edited_weights
 
+Rows = int | Sequence[int] | None
+"""Where one edit acts in a batch: a row, several rows, or every row (None)."""
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -45,9 +48,10 @@ class Intervention:
     """A set of edits applied to one model while the object is entered as a context manager.
 
     ``fired`` counts forward passes through each hooked place; ``applied`` counts, per edit,
-    the passes in which it touched at least one token. ``rows`` (one batch row per edit, or
-    None) confines each activation edit and steering vector to one row of the batch, so that
-    several variants (random controls) run side by side in one forward pass.
+    the passes in which it touched at least one token. ``rows`` (one entry per edit: a batch
+    row, a list of rows, or None for every row; or None) confines each activation edit and
+    steering vector to those rows of the batch, so that several variants (random controls,
+    several knockouts) run side by side in one forward pass or one generation.
     """
 
     def __init__(
@@ -56,7 +60,7 @@ class Intervention:
         interventions: Edits,
         *,
         check: bool = True,
-        rows: Sequence[int | None] | None = None,
+        rows: Sequence[Rows] | None = None,
     ):
         self.target: Target = resolve(model)
         self.edits = flatten(interventions)
@@ -247,7 +251,7 @@ def counted(
     fired: Counter,
     key: Any,
     applied: Counter,
-    rows: dict[Any, int] | None = None,
+    rows: dict[Any, int | list[int]] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return ``t -> edit(t, edits, ...)`` that counts each call in ``fired[key]``
     (``edit`` is :func:`edit_point`)."""
@@ -281,7 +285,7 @@ def _check_fits(edits: list, target: Target) -> None:
             )
 
 
-def _row_map(edits: list, rows: Sequence[int | None] | None) -> dict[Any, int] | None:
+def _row_map(edits: list, rows: Sequence[Rows] | None) -> dict[Any, int | list[int]] | None:
     if rows is None:
         return None
     rows = list(rows)
@@ -289,7 +293,17 @@ def _row_map(edits: list, rows: Sequence[int | None] | None) -> dict[Any, int] |
         raise BadInterventionError(f"rows has {len(rows)} entries for {len(edits)} edits")
     if any(r is not None for e, r in zip(edits, rows) if isinstance(e, WeightEdit)):
         raise BadInterventionError("weight edits change every row; they cannot have a row")
-    return {e: int(r) for e, r in zip(edits, rows) if r is not None}
+    out: dict[Any, int | list[int]] = {}
+    for e, r in zip(edits, rows):
+        if r is None:
+            continue
+        if isinstance(r, int):
+            out[e] = int(r)
+            continue
+        if isinstance(e, Patch) or not r:
+            raise BadInterventionError(f"{e}: give it one row (an int), not {list(r)}")
+        out[e] = [int(x) for x in r]
+    return out
 
 
 def intervene(model: ModelSource, interventions: Edits, *, check: bool = True) -> Intervention:
@@ -369,6 +383,7 @@ def generate(
     interventions: Edits = (),
     max_new_tokens: int = 20,
     attention_mask: torch.Tensor | None = None,
+    rows: Sequence[Rows] | None = None,
 ) -> torch.Tensor:
     """Return ``[batch, new tokens]``: greedy continuations of ``input_ids`` with the edits
     applied at every step (KV cache on for HF and nnsight, off for TransformerLens).
@@ -377,10 +392,16 @@ def generate(
     the real tokens (0 on padding), as a tokenizer with ``padding_side="left"`` returns it.
     Each row then continues exactly as it would alone. Without a mask every token is real.
     TransformerLens has no padding support here, so padded rows run one at a time.
+    ``rows`` confines each edit to some rows (see :class:`Intervention`).
     """
     mask = _check_mask(input_ids, attention_mask)
-    iv = Intervention(model, interventions)
+    iv = Intervention(model, interventions, rows=rows)
     target = iv.target
+    if rows is not None and not target.backend.torch_hooks:
+        raise BadInterventionError(
+            f"edits confined to rows need a transformers model in generate, not "
+            f"{target.backend.name}; generate each variant on its own"
+        )
     limit = target.model.context_length
     if max_new_tokens < 1 or (limit and input_ids.shape[1] + max_new_tokens > limit):
         raise BadInterventionError(

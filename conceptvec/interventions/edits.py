@@ -25,12 +25,12 @@ def edit_point(
     edits: Sequence[NeuronEdit | Steer | Patch],
     tracker: PassTracker,
     applied: Counter,
-    rows: dict[Any, int] | None = None,
+    rows: dict[Any, int | list[int]] | None = None,
 ) -> torch.Tensor:
     """Return a copy of the tensor ``x`` ``[batch, tokens, width]`` at one hook point (an MLP
     hidden activation or a residual stream) with ``edits`` applied in order, each at its
     positions; count in ``applied`` each edit that touched a token. An edit in ``rows``
-    touches only that batch row (random controls run side by side in one batch)."""
+    touches only that batch row (or those rows) (random controls run side by side in one batch)."""
     out = x.clone()
     length = x.shape[-2]
     for e in edits:
