@@ -190,6 +190,9 @@ def answer_many(
     were costs a fraction of a forward pass instead of a full generation. Edits confined to
     some positions (``prompt``, ``generated``, ``last``), patches and backends other than
     ``transformers`` are generated one intervention at a time, as :func:`answer` does.
+    The tokens are those of greedy decoding in exact arithmetic; a teacher-forced pass
+    rounds differently from decoding token by token (as another batch shape does), so a
+    near-tie in the last bits could in principle pick another token.
     """
     target = resolve(model, tokenizer)
     edits = [flatten(iv) for iv in interventions]
