@@ -301,6 +301,9 @@ def _continue(
     interventions share a batch, each intervention's edits confined to its own rows."""
     limit_ctx = target.model.context_length
     todo = [(k, i) for k in which for i in _unfinished(made[k], stops, limit)]
+    # most left to go first: a batch runs as long as its longest rest, so rows that left
+    # the draft late share short batches
+    todo.sort(key=lambda p: len(made[p[0]][p[1]]))
     for batch in _batches(len(todo), batch_size):
         pairs = [todo[j] for j in batch]
         width = max(len(rows[i]) + len(made[k][i]) for k, i in pairs)
