@@ -37,6 +37,7 @@ from .interventions.edit_specs import Edits, check_against, flatten
 from .models.backends import Target, resolve
 from .scoring import greedy_many, score_many
 from .tokens import show
+from .types import ModelSource, Tokenizer
 
 PAPER_PROMPT = "Question: {question}\n Answer:"
 """ConceptVectors' QA prompt, used when the model has no chat template."""
@@ -167,7 +168,7 @@ def _decode(target: Target, made: list[list[int]], strip: bool) -> list[str]:
 
 
 def answer_many(
-    model: Any,
+    model: ModelSource,
     prompts: Sequence[str],
     interventions: Sequence[Edits],
     *,
@@ -175,7 +176,7 @@ def answer_many(
     raw: bool = False,
     max_new_tokens: int = 32,
     batch_size: int = 16,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     strip: bool = True,
 ) -> list[list[str]]:
     """Return :func:`answer` under each of ``interventions`` (one list each), the same greedy
@@ -196,12 +197,11 @@ def answer_many(
     """
     target = resolve(model, tokenizer)
     edits = [flatten(iv) for iv in interventions]
-    kw: dict[str, Any] = dict(chat=chat, raw=raw, max_new_tokens=max_new_tokens, strip=strip)
     if not target.backend.torch_hooks or not all(map(_verifiable, edits)):
-        return [answer(target, prompts, e, batch_size=batch_size, **kw) for e in edits]
+        return _one_by_one(target, prompts, edits, chat, raw, max_new_tokens, batch_size, strip)
     rows = _prompt_rows(target, prompts, chat, raw)
     if max_new_tokens < 1 or not rows:
-        return [answer(target, prompts, e, batch_size=batch_size, **kw) for e in edits]
+        return _one_by_one(target, prompts, edits, chat, raw, max_new_tokens, batch_size, strip)
     stops = _eos_ids(target)
     draft = [
         _until_stop(d, stops, max_new_tokens)
@@ -231,6 +231,31 @@ def answer_many(
         if more[k] and k not in together:
             _continue(target, rows, made, [k], edits, stops, max_new_tokens, batch_size)
     return [_decode(target, m, strip) for m in made]
+
+
+def _one_by_one(
+    target: Target,
+    prompts: Sequence[str],
+    edits: list[list],
+    chat: bool | None,
+    raw: bool,
+    max_new_tokens: int,
+    batch_size: int,
+    strip: bool,
+) -> list[list[str]]:
+    return [
+        answer(
+            target,
+            prompts,
+            e,
+            chat=chat,
+            raw=raw,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            strip=strip,
+        )
+        for e in edits
+    ]
 
 
 def _side_by_side(edits: list[list], more: list[list[int]]) -> list[int]:
@@ -606,25 +631,35 @@ def evaluate_qa(
         base,
         batch_size,
     )
-    kw = setup.kw
+    chat = setup.chat
     questions, refs, base = setup.questions, setup.refs, setup.base
     ctrl_edits = random_controls(edits, target.model.dims.d_mlp, controls, seed) if edits else []
     after, ctrls = base, []
     if edits:  # the intervention and its controls scored together, sharing what they share
-        lps = answer_logprobs_many(target, questions, refs, [edits, *ctrl_edits], **kw)
+        lps = answer_logprobs_many(
+            target, questions, refs, [edits, *ctrl_edits], chat=chat, raw=raw, batch_size=batch_size
+        )
         after = QAScores("intervention", lps[0])
         ctrls = [QAScores(f"control {k}", lp) for k, lp in enumerate(lps[1:])]
     for scores, edit, gen in [(after, edits, generate and bool(edits))] + [
         (c, e, generate_controls and generate) for c, e in zip(ctrls, ctrl_edits)
     ]:
         if gen:
-            scores.answers = answer(target, questions, edit, max_new_tokens=max_new_tokens, **kw)
+            scores.answers = answer(
+                target,
+                questions,
+                edit,
+                max_new_tokens=max_new_tokens,
+                chat=chat,
+                raw=raw,
+                batch_size=batch_size,
+            )
             _text_scores(scores, refs)
     return setup.result(edits, after, ctrls, ctrl_edits)
 
 
 def evaluate_qa_many(
-    model: Any,
+    model: ModelSource,
     questions: Sequence[str],
     interventions: Sequence[Edits],
     *,
@@ -638,7 +673,7 @@ def evaluate_qa_many(
     base: QAScores | None = None,
     seed: int = 0,
     batch_size: int = 16,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
 ) -> list[QAEvaluation]:
     """Return :func:`evaluate_qa` of each of ``interventions`` (same arguments), with the same
     numbers, computed together: the references and the base scores once, every intervention
@@ -661,15 +696,29 @@ def evaluate_qa_many(
         base,
         batch_size,
     )
-    kw = setup.kw
+    chat = setup.chat
     questions, refs, base = setup.questions, setup.refs, setup.base
     d_mlp = target.model.dims.d_mlp
     ctrl_edits = [random_controls(e, d_mlp, controls, seed) if e else [] for e in edits]
     variants = [v for e, c in zip(edits, ctrl_edits) if e for v in (e, *c)]
-    lps = iter(answer_logprobs_many(target, questions, refs, variants, **kw) if variants else [])
+    lps = iter(
+        answer_logprobs_many(
+            target, questions, refs, variants, chat=chat, raw=raw, batch_size=batch_size
+        )
+        if variants
+        else []
+    )
     edited = [e for e in edits if e]
     texts = iter(
-        answer_many(target, questions, edited, max_new_tokens=max_new_tokens, **kw)
+        answer_many(
+            target,
+            questions,
+            edited,
+            max_new_tokens=max_new_tokens,
+            chat=chat,
+            raw=raw,
+            batch_size=batch_size,
+        )
         if generate and edited
         else []
     )
@@ -702,7 +751,7 @@ class _QASetup:
     kind: str
     base: QAScores
     prompting: str
-    kw: dict[str, Any]
+    chat: bool
 
     @classmethod
     def make(
@@ -730,20 +779,33 @@ class _QASetup:
         for e in edits:
             check_against(e, d.n_layers, d.d_mlp, d.d_model)
         prompting = "raw" if raw else ("chat" if use_chat(target, chat) else "paper")
-        kw: dict[str, Any] = dict(chat=prompting == "chat", raw=raw, batch_size=batch_size)
+        chat = prompting == "chat"
         if gold is not None:
             refs, kind = [str(g) for g in gold], "gold"
         elif references is not None:
             refs, kind = [str(r) for r in references], "model"
         else:
-            refs = answer(target, questions, (), max_new_tokens=max_new_tokens, **kw)
+            refs = answer(
+                target,
+                questions,
+                (),
+                max_new_tokens=max_new_tokens,
+                chat=chat,
+                raw=raw,
+                batch_size=batch_size,
+            )
             kind = "model"
         if len(refs) != len(questions):
             raise BadInterventionError(
                 f"{len(questions)} questions but {len(refs)} reference answers"
             )
         if base is None:
-            base = QAScores("base", answer_logprobs(target, questions, refs, (), **kw))
+            base = QAScores(
+                "base",
+                answer_logprobs(
+                    target, questions, refs, (), chat=chat, raw=raw, batch_size=batch_size
+                ),
+            )
         elif len(base.logprob) != len(questions):
             raise BadInterventionError(
                 f"base has {len(base.logprob)} scores for {len(questions)} questions"
@@ -751,7 +813,7 @@ class _QASetup:
         if kind == "model" and references is None:
             base.answers = refs
             base.bleu = base.rouge_l = [1.0] * len(refs)
-        return cls(target, questions, refs, kind, base, prompting, kw)
+        return cls(target, questions, refs, kind, base, prompting, prompting == "chat")
 
     def result(
         self, edits: list, after: QAScores, ctrls: list[QAScores], ctrl_edits: list[list]

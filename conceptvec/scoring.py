@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -27,6 +27,8 @@ from .models.backends.hf import layer_modules
 
 if TYPE_CHECKING:
     from .models.backends.target import Target
+
+T = TypeVar("T")
 
 
 def first_layer(edits: Edits) -> int:
@@ -82,8 +84,11 @@ def greedy_many(
 
 
 def _each_variant(
-    target: Target, ids: torch.Tensor, variants: Sequence[Edits], reduce: Callable[[Any], Any]
-) -> list[Any]:
+    target: Target,
+    ids: torch.Tensor,
+    variants: Sequence[Edits],
+    reduce: Callable[[torch.Tensor], T],
+) -> list[T]:
     """Return ``reduce(final hidden states)`` per variant: the unedited batch runs once and
     keeps each layer's output; each edited variant runs from its first edited layer on."""
     if not variants:
@@ -91,18 +96,17 @@ def _each_variant(
     first = [first_layer(v) for v in variants]
     keep = max(first)
     outputs: dict[int, Any] = {}
-    out: list[Any] = [None] * len(variants)
-    done = [False] * len(variants)
+    out: dict[int, T] = {}
     with torch.no_grad():
         plain = [k for k, v in enumerate(variants) if not flatten(v)]
         hidden = _run(target, ids, (), record=outputs if keep > 0 else None, upto=keep)
         for k in plain:
-            out[k], done[k] = reduce(hidden), True
+            out[k] = reduce(hidden)
         for k, v in enumerate(variants):
-            if not done[k]:
+            if k not in out:
                 skip = {i: outputs[i] for i in range(first[k])}
                 out[k] = reduce(_run(target, ids, v, skip=skip))
-    return out
+    return [out[k] for k in range(len(variants))]
 
 
 def _run(

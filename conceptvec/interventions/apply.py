@@ -251,7 +251,7 @@ def counted(
     fired: Counter,
     key: Any,
     applied: Counter,
-    rows: dict[Any, int | list[int]] | None = None,
+    rows: dict[Edit, int | list[int]] | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return ``t -> edit(t, edits, ...)`` that counts each call in ``fired[key]``
     (``edit`` is :func:`edit_point`)."""
@@ -285,7 +285,7 @@ def _check_fits(edits: list, target: Target) -> None:
             )
 
 
-def _row_map(edits: list, rows: Sequence[Rows] | None) -> dict[Any, int | list[int]] | None:
+def _row_map(edits: list[Edit], rows: Sequence[Rows] | None) -> dict[Edit, int | list[int]] | None:
     if rows is None:
         return None
     rows = list(rows)
@@ -293,7 +293,7 @@ def _row_map(edits: list, rows: Sequence[Rows] | None) -> dict[Any, int | list[i
         raise BadInterventionError(f"rows has {len(rows)} entries for {len(edits)} edits")
     if any(r is not None for e, r in zip(edits, rows) if isinstance(e, WeightEdit)):
         raise BadInterventionError("weight edits change every row; they cannot have a row")
-    out: dict[Any, int | list[int]] = {}
+    out: dict[Edit, int | list[int]] = {}
     for e, r in zip(edits, rows):
         if r is None:
             continue

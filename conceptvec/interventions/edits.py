@@ -9,14 +9,14 @@ compute the same thing by construction.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from conceptvec.errors import BadInterventionError
 
-from .edit_specs import NeuronEdit, Patch, Steer
+from .edit_specs import NeuronEdit, Patch, Steer, WeightEdit
 from .positions import PassTracker
 
 
@@ -25,7 +25,7 @@ def edit_point(
     edits: Sequence[NeuronEdit | Steer | Patch],
     tracker: PassTracker,
     applied: Counter,
-    rows: dict[Any, int | list[int]] | None = None,
+    rows: Mapping[NeuronEdit | Steer | Patch | WeightEdit, int | list[int]] | None = None,
 ) -> torch.Tensor:
     """Return a copy of the tensor ``x`` ``[batch, tokens, width]`` at one hook point (an MLP
     hidden activation or a residual stream) with ``edits`` applied in order, each at its
