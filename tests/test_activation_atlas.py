@@ -449,7 +449,11 @@ def test_layer_stats_merge_equals_a_full_sort_with_ties_and_tails(block):
         stats.update(x, batch)
         seen += n
     allv = torch.cat(every)  # [tokens, d]
+    from conceptvec.atlas import exemplars
+
+    assert exemplars._SCRATCH  # the batch-sized buffer, reused between batches
     got = stats.finish()
+    assert not exemplars._SCRATCH  # and not kept after the pass
     for side, top in (("top", True), ("bottom", False)):
         ref = allv.sort(dim=0, descending=top, stable=True).values[: cfg.k].T
         assert torch.equal(got[f"{side}_values"], ref)

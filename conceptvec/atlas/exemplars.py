@@ -279,6 +279,7 @@ class LayerStats:
 
     def finish(self) -> dict[str, torch.Tensor]:
         """Return the per-neuron results: exemplars, density, mean, std and quantiles."""
+        _SCRATCH.clear()  # the pass is over: the batch-sized buffer is not kept
         t = self.t
         n = max(int(t["n"]), 1)
         out: dict[str, torch.Tensor] = {}
