@@ -89,6 +89,8 @@ def analyse(cells: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
         rows[name] = {
             "status": "measured" if a is not None else "one class only",
             "n": len(have), "auc": a, "ci95": bootstrap(s, lab, seed=seed) if a is not None else None,
+            "distinct": len(set(s.tolist())),
+            "constant": float(have[0][0]) if len(set(s.tolist())) == 1 else None,
         }  # fmt: skip
     robust = {}
     for name in ("cosine", "forget_drop"):
@@ -186,6 +188,16 @@ def reading(summary: dict[str, Any]) -> str:
             + ("" if lo is None else f" (95% interval {lo:.3f} to {hi:.3f})")
             + f"; it {goal} the goal of {GOAL}."
         )
+        if d.get("distinct") == 1:
+            out.append(
+                f"It is {d['constant']:g} on every graded checkpoint, so it cannot rank them"
+                + (
+                    ": giving the vector back its base activation at every position recovered "
+                    "nothing on any of them (patch recovery at or below 0)."
+                    if d["constant"] == 1.0
+                    else "."
+                )
+            )
         rivals = [n for n in (*BEHAVIOURAL, "uds") if rows.get(n, {}).get("auc") is not None]
         above = [n for n in rivals if d["auc"] > rows[n]["auc"]]
         below = [n for n in rivals if n not in above]
@@ -199,6 +211,14 @@ def reading(summary: dict[str, Any]) -> str:
                 )
                 + "Where two intervals overlap, the data do not separate the two measures."
             )
+    reversed_ = [n for n in measured if rows[n]["ci95"] and rows[n]["ci95"][1] < 0.5]
+    if reversed_:
+        out.append(
+            "The data reverse the direction fixed in advance for "
+            + ", ".join(f"{MEASURES[n][0]} (AUC {rows[n]['auc']:.3f})" for n in reversed_)
+            + ": their whole interval lies below 0.5, so a value on the side expected to mean "
+            "'does not come back' went with recovery (read flipped, 1 − AUC)."
+        )
     best = measured[0]
     out.append(
         f"The best predictor of recovery here is {MEASURES[best][0]} (AUC {rows[best]['auc']:.3f})."
@@ -233,7 +253,9 @@ def estimate(summary: dict[str, Any], full_steps: int = 25) -> str:
         f"{summary.get('load') or 'not recorded'}): evaluation {mean(ev):.0f} s per checkpoint, training "
         f"{mean(per_step):.1f} s per step"
         + (f", an edit {mean(edit):.0f} s" if edit else "")
-        + f". Extrapolated to the full grid ({n} checkpoints, {full_steps} steps): "
+        + f". The {len(cells)} checkpoints' own seconds sum to "
+        f"{sum(sum(c['seconds'].values()) for c in cells) / 3600:.1f} hours of one process"
+        f"; extrapolated to the full grid ({n} checkpoints, {full_steps} steps): "
         f"**{total / 3600:.1f} hours**"
         + (
             " (a lower bound: the subset evaluates fewer questions than the full grid)"

@@ -72,6 +72,7 @@ def test_analyse_grades_by_the_fixed_sign_and_reports_missing_measures_as_not_me
     assert a["auc"]["cosine"]["auc"] == 1.0  # higher cosine: comes back
     assert a["auc"]["forget_drop"]["auc"] == 1.0  # larger drop: does not (sign -1)
     assert a["auc"]["jaccard"]["status"] == "not measured"
+    assert a["auc"]["cosine"]["distinct"] == 4
     assert a["robustness"]["forget_drop"]["relearn"]["spearman"] == pytest.approx(-1.0)
 
 
@@ -149,6 +150,13 @@ def test_reading_is_decided_by_the_numbers():
     assert "does not reach the goal" in bad and "It is not above forget log p drop" in bad
     assert "best predictor of recovery here is forget log p drop" in bad
     assert "intervals are wide" in bad
+    flat = summary(0.5, 0.1, 36)
+    flat["analysis"]["auc"]["depth_score"].update(ci95=(0.5, 0.5), distinct=1, constant=1.0)
+    flat["analysis"]["auc"]["forget_drop"]["ci95"] = (0.0, 0.3)
+    text = reading(flat)
+    assert "It is 1 on every graded checkpoint, so it cannot rank them: giving" in text
+    assert "reverse the direction fixed in advance for forget log p drop (AUC 0.100)" in text
+    assert "reverse" not in good and "cannot rank" not in good
 
 
 def test_measured_only_with_nothing_measured_is_one_line(tmp_path, capsys):
