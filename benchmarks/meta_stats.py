@@ -177,6 +177,13 @@ def reading(summary: dict[str, Any]) -> str:
         return head + " No measure could be graded (both classes are needed)."
     order = ", ".join(f"{MEASURES[n][0]} {rows[n]['auc']:.3f}" for n in measured)
     out = [head, f"Measures by AUC, best first: {order}."]
+    few = min(a["comes_back"], a["graded"] - a["comes_back"])
+    if few < 5:
+        side = "did not come back" if few == a["graded"] - a["comes_back"] else "came back"
+        out.append(
+            f"Only {few} of the {a['graded']} graded checkpoints {side}, so every AUC rests on "
+            f"{few * (a['graded'] - few)} pairs or fewer and its interval is wide."
+        )
     d = rows.get("depth_score", {})
     if d.get("auc") is None:
         out.append("The depth score could not be graded on these checkpoints.")
@@ -220,9 +227,18 @@ def reading(summary: dict[str, Any]) -> str:
             "'does not come back' went with recovery (read flipped, 1 − AUC)."
         )
     best = measured[0]
-    out.append(
-        f"The best predictor of recovery here is {MEASURES[best][0]} (AUC {rows[best]['auc']:.3f})."
-    )
+    ci = rows[best]["ci95"]
+    if ci is not None and ci[0] <= 0.5:
+        out.append(
+            "No measure predicts recovery better than chance in the direction fixed in "
+            f"advance: the best, {MEASURES[best][0]} (AUC {rows[best]['auc']:.3f}), has an "
+            f"interval that reaches {ci[0]:.3f}."
+        )
+    else:
+        out.append(
+            f"The best predictor of recovery here is {MEASURES[best][0]} (AUC "
+            f"{rows[best]['auc']:.3f})."
+        )
     if a["graded"] < 20:
         out.append(
             f"With {a['graded']} graded checkpoints the intervals are wide; no conclusion is "

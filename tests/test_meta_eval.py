@@ -148,7 +148,9 @@ def test_reading_is_decided_by_the_numbers():
     assert good.index("depth score 0.950") < good.index("forget log p drop 0.600")
     bad = reading(summary(0.55, 0.7, 12))
     assert "does not reach the goal" in bad and "It is not above forget log p drop" in bad
-    assert "best predictor of recovery here is forget log p drop" in bad
+    assert "No measure predicts recovery better than chance" in bad  # 0.4 to 0.9 reaches 0.5
+    assert "best predictor of recovery here is depth score (AUC 0.950)" in good  # 0.8 to 1.0
+    assert "Only" not in good  # 9 of 36 came back: enough of each class
     assert "intervals are wide" in bad
     flat = summary(0.5, 0.1, 36)
     flat["analysis"]["auc"]["depth_score"].update(ci95=(0.5, 0.5), distinct=1, constant=1.0)
@@ -157,6 +159,11 @@ def test_reading_is_decided_by_the_numbers():
     assert "It is 1 on every graded checkpoint, so it cannot rank them: giving" in text
     assert "reverse the direction fixed in advance for forget log p drop (AUC 0.100)" in text
     assert "reverse" not in good and "cannot rank" not in good
+    few = summary(0.6, 0.5, 12)
+    few["analysis"]["comes_back"] = 10
+    assert "Only 2 of the 12 graded checkpoints did not come back, so every AUC rests on 20" in (
+        reading(few)
+    )
 
 
 def test_measured_only_with_nothing_measured_is_one_line(tmp_path, capsys):
