@@ -270,9 +270,15 @@ def estimate(summary: dict[str, Any], full_steps: int = 25) -> str:
         f"{mean(per_step):.1f} s per step"
         + (f", an edit {mean(edit):.0f} s" if edit else "")
         + f". The {len(cells)} checkpoints' own seconds sum to "
-        f"{sum(sum(c['seconds'].values()) for c in cells) / 3600:.1f} hours of one process"
-        f"; extrapolated to the full grid ({n} checkpoints, {full_steps} steps): "
-        f"**{total / 3600:.1f} hours**"
+        + (
+            f"**{sum(sum(c['seconds'].values()) for c in cells) / 3600:.1f} hours** of one "
+            "process (run as two one-thread processes, `--shard 0/2` and `1/2`, the wall time "
+            "is about half of that)"
+            if summary["kind"] == "full grid"
+            else f"{sum(sum(c['seconds'].values()) for c in cells) / 3600:.1f} hours of one "
+            f"process; extrapolated to the full grid ({n} checkpoints, {full_steps} steps): "
+            f"**{total / 3600:.1f} hours**"
+        )
         + (
             " (a lower bound: the subset evaluates fewer questions than the full grid)"
             if summary["kind"] == "subset"
