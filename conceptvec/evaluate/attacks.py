@@ -20,7 +20,7 @@ attack cannot use; ``settings`` returns what the report records of it.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,17 @@ class AttackInput:
 
         lps = answer_logprobs(model, self.probes.questions, self.probes.references, chat=self.chat)
         return sum(lps) / len(lps)
+
+    def relearned(self, model: torch.nn.Module, texts: Sequence[str]) -> Target:
+        """Return a copy of ``model`` after the relearn attacks' training on ``texts``: the
+        configuration's steps, learning rate, seed and precision (:func:`.behaviour.relearned`)."""
+        c = self.config
+        tok = self.checkpoint.tokenizer
+        trained = relearned(
+            model, tok, texts, steps=c.relearn_steps, lr=c.relearn_lr, seed=c.seed,
+            precision=c.relearn_precision,
+        )  # fmt: skip
+        return resolve(trained, tok)
 
     def recovered(self, logprob: float) -> float | None:
         """Return the share of the lost forget-QA log p that ``logprob`` brings back."""
@@ -256,14 +267,10 @@ def _relearn(inp: AttackInput) -> Recovery:
     """A few AdamW steps on other concepts' articles that never name this one."""
     others = unrelated_texts(inp.sources[0], inp.sources[1], inp.concept.name)
     steps, lr = inp.config.relearn_steps, inp.config.relearn_lr
-    tok = inp.checkpoint.tokenizer
-    trained = relearned(
-        inp.unlearned.hf, tok, others, steps=steps, lr=lr, seed=inp.config.seed,
-        precision=inp.config.relearn_precision,
-    )  # fmt: skip
+    trained = inp.relearned(inp.unlearned.hf, others)
     try:
         r = inp.score(
-            resolve(trained, tok),
+            trained,
             "relearn",
             f"{steps} AdamW steps (lr {lr}) on {len(others)} other concepts' articles that "
             "never name this one",
@@ -272,11 +279,8 @@ def _relearn(inp: AttackInput) -> Recovery:
         del trained
     key = f"relearn:{inp.concept.name}:" + json.dumps([inp.probes.questions, inp.probes.references])
     if key not in inp.cache:  # the base trained the same way: the control
-        control = relearned(
-            inp.base.hf, tok, others, steps=steps, lr=lr, seed=inp.config.seed,
-            precision=inp.config.relearn_precision,
-        )  # fmt: skip
-        inp.cache[key] = inp.forget_logprob(resolve(control, tok))
+        control = inp.relearned(inp.base.hf, others)
+        inp.cache[key] = inp.forget_logprob(control)
         del control
     return with_base_control(inp, r, inp.cache[key], "training")
 

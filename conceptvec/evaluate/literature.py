@@ -20,11 +20,11 @@ import torch
 
 from conceptvec.config import EvalConfig
 from conceptvec.errors import EvaluationError
-from conceptvec.models.backends import Target, resolve
+from conceptvec.models.backends import Target
 from conceptvec.qa import answer_logprobs
 
 from .attacks import AttackInput, register_attack, relearn_precision, with_base_control
-from .behaviour import Recovery, _recovered, relearned
+from .behaviour import Recovery, _recovered
 from .concepts import EvalConcept
 from .patching import cache, forget_batch
 from .trace import concept_text
@@ -69,17 +69,13 @@ def _relearn_heldout(inp: AttackInput) -> Recovery:
     texts = [
         f"{inp.probes.questions[i].strip()} {inp.probes.references[i].strip()}" for i in train
     ] + text[: (len(text) + 1) // 2]
-    steps, lr, seed = inp.config.relearn_steps, inp.config.relearn_lr, inp.config.seed
-    tok = inp.checkpoint.tokenizer
+    steps, lr = inp.config.relearn_steps, inp.config.relearn_lr
     base_lp, unl_lp = _lp(inp.base, inp, test), _lp(inp.unlearned, inp, test)
 
     def after(model: torch.nn.Module) -> float:
-        trained = relearned(
-            model, tok, texts, steps=steps, lr=lr, seed=seed,
-            precision=inp.config.relearn_precision,
-        )  # fmt: skip
+        trained = inp.relearned(model, texts)
         try:
-            return _lp(resolve(trained, tok), inp, test)
+            return _lp(trained, inp, test)
         finally:
             del trained
 

@@ -39,7 +39,6 @@ from conceptvec.errors import ConceptvecError, EvaluationError
 from conceptvec.models import Model, load
 from conceptvec.models.backends import Target, resolve
 from conceptvec.progress import progress_bar
-from conceptvec.unlearning.train import PRECISIONS
 
 from .attacks import ATTACKS, AttackInput, run_attack
 from .behaviour import ConceptProbes, apply_floor, base_probes, drop_noise, probe_model
@@ -172,6 +171,8 @@ def intrinsic(
             f"relearn steps must be at most {limits.STEPS:,} and the relearn learning rate a "
             f"finite number (got {cfg.relearn_steps}, {cfg.relearn_lr}); fix --relearn-*"
         )
+    from conceptvec.unlearning.train import PRECISIONS  # (the trainer: imported when used)
+
     if cfg.relearn_precision not in PRECISIONS:
         raise EvaluationError(
             f"unknown relearn precision {cfg.relearn_precision!r}; use {', '.join(PRECISIONS)}"
