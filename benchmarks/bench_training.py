@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from bench_activation_atlas import cpu_model, load_average
 
 import conceptvec as cv
 from conceptvec.data import concepts_file
@@ -229,6 +230,9 @@ def main() -> None:
     result: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]),
         "machine": f"{platform.machine()} {platform.processor()}",
+        "cpu": cpu_model(),
+        "bf16_units": train._cpu_has_bf16(),
+        "load_start": load_average(),
         "torch": torch.__version__,
         "concept": CONCEPT,
         "batch": args.batch,
@@ -238,6 +242,7 @@ def main() -> None:
         result["check"] = check(args, model)
     else:
         result["rows"] = speed(args, model)
+    result["load_end"] = load_average()
     print(json.dumps(result, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ from .interventions.apply import generate as generate_ids
 from .interventions.controls import percentile, random_controls
 from .interventions.edit_specs import Edits, check_against, flatten
 from .models.backends import Target, resolve
-from .scoring import greedy_many, score_many
+from .scoring import greedy_many, score_and_greedy, score_many
 from .tokens import show
 from .types import ModelSource, Tokenizer
 
@@ -96,6 +96,26 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
+def _right_pad(rows: list[list[int]], pad: int) -> torch.Tensor:
+    """Return ``rows`` as one right-padded ``[rows, longest]`` tensor (teacher forcing: a
+    causal model never attends to padding that comes after)."""
+    ids = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    return ids
+
+
+def _answer_ids(target: Target, answers: Sequence[str], chat: bool) -> list[list[int]]:
+    """Return each answer's token ids as it follows its prompt when teacher-forced (a space
+    first in the paper's prompting; an empty answer has none)."""
+    sep = "" if chat else " "
+    tok = target.tokenizer
+    return [
+        list(tok(sep + a.strip(), add_special_tokens=False)["input_ids"]) if a.strip() else []
+        for a in answers
+    ]
+
+
 def _batches(n: int, size: int) -> list[range]:
     return [range(s, min(s + size, n)) for s in range(0, n, max(1, size))]
 
@@ -113,6 +133,7 @@ def answer(
     tokenizer: Any = None,
     strip: bool = True,
     cache: bool = True,
+    draft: ModelSource | None = None,
 ) -> list[str]:
     """Return the greedy answer to each prompt, generated in left-padded batches.
 
@@ -121,11 +142,81 @@ def answer(
     the decoded text exactly as generated (leading space or newline kept). Without an
     intervention the answers are cached on disk per weights and prompt
     (:mod:`conceptvec.answer_cache`; ``cache=False`` generates them anew).
+
+    ``draft``: another model with the same tokenizer whose answers are likely to be close,
+    say the base of a fine-tuned or unlearned ``model``. Its greedy answers (from its own
+    cache) are verified on ``model`` as :func:`answer_many` verifies a knockout's: one
+    teacher-forced pass keeps each draft answer up to the first token ``model`` would not
+    pick, and only the answers that leave it are generated on. The tokens are ``model``'s
+    greedy tokens whatever the draft (a poor draft only saves less), with the rounding
+    caveat of :func:`answer_many`. Used with an intervention, or on a backend without
+    torch hooks, the draft is ignored.
     """
     target = resolve(model, tokenizer)
     rows = _prompt_rows(target, prompts, chat, raw)
-    made = _generate_rows(target, rows, intervention, max_new_tokens, batch_size, cache)
+    if draft is None or flatten(intervention) or not target.backend.torch_hooks:
+        made = _generate_rows(target, rows, intervention, max_new_tokens, batch_size, cache)
+    else:
+        made = _drafted_rows(target, resolve(draft), rows, max_new_tokens, batch_size, cache)
     return _decode(target, made, strip)
+
+
+def _drafted_rows(
+    target: Target,
+    draft: Target,
+    rows: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    cache: bool,
+) -> list[list[int]]:
+    """Return ``target``'s greedy new token ids of each prompt row, verified from ``draft``'s
+    (see :func:`answer`); cached as generated ones are, under ``target``'s weights."""
+    stops = _eos_ids(target)
+    vocab = target.model.dims.vocab
+
+    def run(todo: list[int]) -> list[list[int]]:
+        if max_new_tokens < 1 or not todo:
+            return [[] for _ in todo]
+        sub = [rows[i] for i in todo]
+        guess = [
+            _until_stop(d, stops, max_new_tokens)
+            for d in _generate_rows(draft, sub, (), max_new_tokens, batch_size)  # a guess: cached
+        ]
+        guess = [g if all(0 <= t < vocab for t in g) else [] for g in guess]
+        return _verified(target, sub, guess, [[]], max_new_tokens, batch_size)[0]
+
+    if not cache:
+        return run(list(range(len(rows))))
+    pad = _pad_value(target)
+    return cached_generate(target.module, target.backend.name, rows, max_new_tokens, pad, run)
+
+
+def answer_sets(
+    model: Any,
+    sets: Sequence[tuple[Sequence[str], bool]],
+    *,
+    chat: bool | None = None,
+    max_new_tokens: int = 32,
+    batch_size: int = 96,
+    tokenizer: Any = None,
+    strip: bool = True,
+) -> list[list[str]]:
+    """Return :func:`answer` of the unedited model for each ``(prompts, raw)`` of ``sets``,
+    all their prompts generated together, in batches of up to ``batch_size`` rows.
+
+    Decoding a small model on a CPU costs about the same per step for 16 rows as for 96
+    (each step reads every weight once), so one batch over the question, unrelated-question
+    and text-completion prompts of a concept takes a fraction of three batched calls."""
+    target = resolve(model, tokenizer)
+    rows = [_prompt_rows(target, list(p), chat, raw) if p else [] for p, raw in sets]
+    made = _generate_rows(
+        target, [r for part in rows for r in part], (), max_new_tokens, batch_size
+    )
+    out, start = [], 0
+    for part in rows:
+        out.append(_decode(target, made[start : start + len(part)], strip))
+        start += len(part)
+    return out
 
 
 def _prompt_rows(target: Target, prompts: Sequence[str], chat: bool | None, raw: bool):
@@ -207,29 +298,7 @@ def answer_many(
         _until_stop(d, stops, max_new_tokens)
         for d in _generate_rows(target, rows, (), max_new_tokens, batch_size)
     ]
-    pad = _pad_value(target)
-    made: list[list[list[int]]] = [[[] for _ in rows] for _ in edits]
-    more: list[list[int]] = [[] for _ in edits]  # rows to generate further, per edit
-    for batch in _batches(len(rows), batch_size):
-        seqs = [rows[i] + draft[i] for i in batch]
-        width = max(len(x) for x in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        for r, x in enumerate(seqs):
-            ids[r, : len(x)] = torch.tensor(x)
-        spans = [(len(rows[i]) - 1, len(draft[i]) + 1) for i in batch]
-        preds = greedy_many(target, ids.to(target.device), spans, edits)
-        for k, per in enumerate(preds):
-            for i, p in zip(batch, per):
-                out, done = _accept(draft[i], p, stops, max_new_tokens)
-                made[k][i] = out
-                if not done:
-                    more[k].append(i)
-    together = _side_by_side(edits, more)
-    if together:  # activation edits: their rows generated on in shared batches
-        _continue(target, rows, made, together, edits, stops, max_new_tokens, batch_size)
-    for k in range(len(edits)):
-        if more[k] and k not in together:
-            _continue(target, rows, made, [k], edits, stops, max_new_tokens, batch_size)
+    made = _verified(target, rows, draft, edits, max_new_tokens, batch_size)
     return [_decode(target, m, strip) for m in made]
 
 
@@ -256,6 +325,41 @@ def _one_by_one(
         )
         for e in edits
     ]
+
+
+def _verified(
+    target: Target,
+    rows: list[list[int]],
+    draft: list[list[int]],
+    edits: list[list],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[list[list[int]]]:
+    """Return, per edit set of ``edits``, each row's greedy new tokens: ``draft[i]`` (a
+    guess, ended at its first stop token) kept up to the first position where the model
+    under the edits would pick another token, and generated on from there where needed
+    (see :func:`answer_many`). Any draft gives the same tokens; a good one saves work."""
+    stops = _eos_ids(target)
+    pad = _pad_value(target)
+    made: list[list[list[int]]] = [[[] for _ in rows] for _ in edits]
+    more: list[list[int]] = [[] for _ in edits]  # rows to generate further, per edit
+    for batch in _batches(len(rows), batch_size):
+        ids = _right_pad([rows[i] + draft[i] for i in batch], pad)
+        spans = [(len(rows[i]) - 1, len(draft[i]) + 1) for i in batch]
+        preds = greedy_many(target, ids.to(target.device), spans, edits)
+        for k, per in enumerate(preds):
+            for i, p in zip(batch, per):
+                out, done = _accept(draft[i], p, stops, max_new_tokens)
+                made[k][i] = out
+                if not done:
+                    more[k].append(i)
+    together = _side_by_side(edits, more)
+    if together:  # activation edits: their rows generated on in shared batches
+        _continue(target, rows, made, together, edits, stops, max_new_tokens, batch_size)
+    for k in range(len(edits)):
+        if more[k] and k not in together:
+            _continue(target, rows, made, [k], edits, stops, max_new_tokens, batch_size)
+    return made
 
 
 def _side_by_side(edits: list[list], more: list[list[int]]) -> list[int]:
@@ -415,26 +519,85 @@ def answer_logprobs_many(
     is_chat = not raw and use_chat(target, chat)
     texts = list(prompts) if raw else prompt_texts(target, prompts, is_chat)
     heads = _encode(target, texts, is_chat)
-    tok = target.tokenizer
-    sep = "" if is_chat else " "
-    tails = [
-        list(tok(sep + a.strip(), add_special_tokens=False)["input_ids"]) if a.strip() else []
-        for a in answers
-    ]
+    tails = _answer_ids(target, answers, is_chat)
     pad = _pad_value(target)
     scores = [[0.0] * len(heads) for _ in interventions]
     for batch in _batches(len(heads), batch_size):
-        seqs = [heads[i] + tails[i] for i in batch]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)] = torch.tensor(s)
+        ids = _right_pad([heads[i] + tails[i] for i in batch], pad)
         spans = [(len(heads[i]) - 1, tails[i]) for i in batch]
         per = score_many(target, ids.to(target.device), spans, list(interventions))
         for k, values in enumerate(per):
             for r, i in enumerate(batch):
                 scores[k][i] = values[r]
     return scores
+
+
+def answer_scored(
+    model: Any,
+    prompts: Sequence[str],
+    references: Sequence[str],
+    *,
+    chat: bool | None = None,
+    raw: bool = False,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    tokenizer: Any = None,
+    strip: bool = True,
+    cache: bool = True,
+) -> tuple[list[str], list[float]]:
+    """Return (:func:`answer`'s greedy answers, :func:`answer_logprobs` of ``references``)
+    of the unedited ``model``, the two from one teacher-forced pass where they can be.
+
+    The pass over prompt + reference that scores each reference also gives the model's
+    greedy token at every position of it: the reference is then a draft of the model's own
+    answer, verified as :func:`answer_many` verifies one (kept up to the first token the
+    model would not pick, generated on from there). When the references are another
+    model's answers (a base before unlearning), most of a fine-tuned model's answers need
+    no generation at all. The log p values are those of :func:`answer_logprobs`, bit for
+    bit; the answers are the model's greedy answers whatever the references (with
+    :func:`answer_many`'s rounding caveat), cached like :func:`answer`'s.
+    """
+    target = resolve(model, tokenizer)
+    if len(prompts) != len(references):
+        raise BadInterventionError(f"{len(prompts)} prompts but {len(references)} answers")
+    if not target.backend.torch_hooks or max_new_tokens < 1:
+        lps = answer_logprobs(
+            target, prompts, references, chat=chat, raw=raw, batch_size=batch_size
+        )
+        ans = answer(
+            target, prompts, chat=chat, raw=raw, max_new_tokens=max_new_tokens,
+            batch_size=batch_size, strip=strip, cache=cache,
+        )  # fmt: skip
+        return ans, lps
+    is_chat = not raw and use_chat(target, chat)
+    heads = _prompt_rows(target, prompts, chat, raw)
+    tails = _answer_ids(target, references, is_chat)
+    pad = _pad_value(target)
+    stops = _eos_ids(target)
+    scores = [0.0] * len(heads)
+    made: list[list[int]] = [[] for _ in heads]
+    for batch in _batches(len(heads), batch_size):
+        ids = _right_pad([heads[i] + tails[i] for i in batch], pad)
+        spans = [(len(heads[i]) - 1, tails[i]) for i in batch]
+        values, preds = score_and_greedy(target, ids.to(target.device), spans)
+        for r, i in enumerate(batch):
+            scores[i] = values[r]
+            draft = tails[i][:max_new_tokens]
+            made[i] = _accept(draft, preds[r][: len(draft) + 1], stops, max_new_tokens)[0]
+
+    def run(todo: list[int]) -> list[list[int]]:
+        """The answers of rows ``todo``: each settled draft, generated on where unfinished."""
+        mine = [[list(made[i]) for i in todo]]
+        _continue(
+            target, [heads[i] for i in todo], mine, [0], [[]], stops, max_new_tokens, batch_size
+        )
+        return mine[0]
+
+    if cache:
+        rows = cached_generate(target.module, target.backend.name, heads, max_new_tokens, pad, run)
+    else:
+        rows = run(list(range(len(heads))))
+    return _decode(target, rows, strip), scores
 
 
 def text_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:

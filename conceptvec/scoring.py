@@ -83,6 +83,25 @@ def greedy_many(
     return _each_variant(target, ids, variants, lambda h: _argmax_from_hidden(target, h, spans))
 
 
+def score_and_greedy(
+    target: Target, ids: torch.Tensor, spans: list[tuple[int, list[int]]]
+) -> tuple[list[float], list[list[int]]]:
+    """Return (each row's mean log p per answer token, as :func:`score_many` gives it; each
+    row's greedy next token at every answer position and the one after it) of the unedited
+    model, from one teacher-forced pass: an answer is scored and checked as a draft of the
+    model's own greedy answer at the same time."""
+    greedy = [(start, len(tail) + 1) for start, tail in spans]
+    if not target.backend.torch_hooks:
+        logits = forward_logits(target, ids, ())
+        return _gather(logits, spans), _argmax(logits, greedy)
+    return _each_variant(
+        target,
+        ids,
+        [()],
+        lambda h: (_from_hidden(target, h, spans), _argmax_from_hidden(target, h, greedy)),
+    )[0]
+
+
 def _each_variant(
     target: Target,
     ids: torch.Tensor,

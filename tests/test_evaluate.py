@@ -402,3 +402,42 @@ def test_the_same_checkpoint_given_twice_is_measured_once(tiny, zeroed):
     r = intrinsic(tiny, [zeroed, again, str(zeroed) + "/"], recs, qa=False,
                   trace_activations=False)  # fmt: skip
     assert len(r.runs) == 1
+
+
+def test_concepts_sharing_questions_score_them_once(tiny, zeroed, monkeypatch):
+    """The unrelated questions of one concept are another's questions: each model scores
+    a (prompt, answer) row once per evaluation, and every concept's numbers are those of
+    evaluating it alone."""
+    from conceptvec import qa
+    from conceptvec.evaluate import behaviour
+
+    rome = _records({"Ancient Rome": (2, 7)})[0]
+    concepts = [rome, {**rome, "Concept": "Roma", "Layer": 1, "Dim": 3}]  # the same probes
+    kw = dict(
+        controls=2, max_questions=4, max_new_tokens=4, trace_activations=False,
+        attacks=("recovery",),
+    )  # fmt: skip
+    alone = [intrinsic(tiny, zeroed, [c], **kw).runs[0].concepts[0] for c in concepts]
+    rows: list[int] = []
+    real = qa.answer_logprobs_many
+
+    def counted(model, prompts, *a, **k):
+        rows.append(len(prompts))
+        return real(model, prompts, *a, **k)
+
+    monkeypatch.setattr(qa, "answer_logprobs_many", counted)
+    together = intrinsic(tiny, zeroed, concepts, **kw).runs[0].concepts
+    for a, b in zip(alone, together):
+        for side in a.behaviour:
+            assert b.behaviour[side].answers == a.behaviour[side].answers
+            assert b.behaviour[side].per_question == pytest.approx(
+                a.behaviour[side].per_question, abs=1e-5
+            )
+            assert b.base_behaviour[side].per_question == pytest.approx(
+                a.base_behaviour[side].per_question, abs=1e-5
+            )
+    # the base scored the second concept's probes (the first's) no more: half the rows (the
+    # count sees qa's own calls: the base's scores, not the recovery attack's edits)
+    asked = sum(len(c.base_behaviour[s].per_question) for c in together for s in c.behaviour)
+    assert sum(rows) == asked // 2
+    assert behaviour.rows_once({"a": 1}, ["a", "b", "b"], lambda idx: [len(idx)]) == [1, 1, 1]

@@ -265,3 +265,80 @@ def test_answer_many_accepts_the_draft_up_to_the_first_disagreement():
     assert _accept([5, 6, 7], [5, 4, 7, 9], stop, 8) == ([5, 4], False)  # leaves it
     assert _accept([5, 6, 7], [5, 0, 7, 9], stop, 8) == ([5, 0], True)  # and stops there
     assert _accept([5, 6, 0], [5, 6, 1, 9], stop, 8) == ([5, 6, 1], False)  # does not stop
+
+
+@pytest.mark.parametrize("draft_kind", ["same", "perturbed", "unrelated"])
+def test_answer_with_a_draft_model_gives_the_models_own_greedy_answers(tiny, draft_kind):
+    """A draft from another model (a base before fine-tuning, or an unrelated one) is only
+    a guess: the answers must be the model's own greedy answers whatever the draft, with
+    fewer rows generated when the draft is close."""
+    import copy
+
+    model, hf, tok = tiny
+    other = copy.deepcopy(hf)
+    with torch.no_grad():
+        if draft_kind == "perturbed":  # a fine-tune's size of change on one matrix
+            w = other.model.layers[2].mlp.down_proj.weight
+            w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(3)) * 1e-3)
+        elif draft_kind == "unrelated":
+            for p in other.parameters():
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(4)) * 0.05)
+    draft = cv.load(other, tokenizer=tok)
+    kw = dict(max_new_tokens=9, cache=False)
+    plain = qa.answer(model, QUESTIONS, **kw)
+    assert qa.answer(model, QUESTIONS, draft=draft, **kw) == plain
+    assert qa.answer(model, QUESTIONS, raw=True, draft=draft, **kw) == qa.answer(
+        model, QUESTIONS, raw=True, **kw
+    )
+
+
+def test_answer_with_a_close_draft_generates_nothing_more(tiny, monkeypatch):
+    model, _hf, _tok = tiny
+    calls: list[int] = []
+    real = qa.generate_ids
+
+    def counted(target, ids, *a, **k):
+        calls.append(ids.shape[0])
+        return real(target, ids, *a, **k)
+
+    qa.answer(model, QUESTIONS, max_new_tokens=9)  # the draft model's answers, now cached
+    monkeypatch.setattr(qa, "generate_ids", counted)
+    got = qa.answer(model, QUESTIONS, max_new_tokens=9, cache=False, draft=model)
+    assert calls == []  # every draft answer stands: verified, not generated
+    assert got == qa.answer(model, QUESTIONS, max_new_tokens=9)
+
+
+@pytest.mark.parametrize("refs", ["own", "other", "junk", "empty"])
+@pytest.mark.parametrize("raw", [False, True])
+def test_answer_scored_equals_answer_and_answer_logprobs(tiny, refs, raw):
+    """One pass that scores references and verifies them as drafts must give the log p of
+    answer_logprobs bit for bit and the answers of generating, whatever the references."""
+    import copy
+
+    model, hf, tok = tiny
+    kw = dict(max_new_tokens=9, raw=raw)
+    own = qa.answer(model, QUESTIONS, cache=False, **kw)
+    if refs == "own":
+        references = own
+    elif refs == "other":  # a perturbed model's answers: the case of a base and its fine-tune
+        other = copy.deepcopy(hf)
+        with torch.no_grad():
+            w = other.model.layers[1].mlp.down_proj.weight
+            w.add_(torch.randn(w.shape, generator=torch.Generator().manual_seed(5)) * 0.05)
+        references = qa.answer(cv.load(other, tokenizer=tok), QUESTIONS, cache=False, **kw)
+    elif refs == "junk":
+        references = ["zebra " * 30, "", "Paris", "x y z"] * (len(QUESTIONS) // 4 + 1)
+        references = references[: len(QUESTIONS)]
+    else:
+        references = [""] * len(QUESTIONS)
+    answers, lps = qa.answer_scored(model, QUESTIONS, references, cache=False, **kw)
+    assert lps == qa.answer_logprobs(model, QUESTIONS, references, raw=raw)
+    assert answers == own
+
+
+def test_answer_sets_equals_answer_per_set(tiny):
+    model, _hf, _tok = tiny
+    sets = [(QUESTIONS[:3], False), ([], False), (PROMPTS, True), (QUESTIONS[3:], False)]
+    got = qa.answer_sets(model, sets, max_new_tokens=7, batch_size=4)
+    want = [qa.answer(model, p, raw=raw, max_new_tokens=7) if p else [] for p, raw in sets]
+    assert got == want

@@ -360,3 +360,37 @@ def test_chunks_keep_the_space_between_sentences():
         "The Tiber runs through it.",
     ]
     assert " ".join(chunk_text(text, limit=1)) == text.replace("\n", " ")
+
+
+def test_default_threads_leaves_the_cores_other_jobs_use():
+    """Idle, a run takes torch's threads; with every core busy in other processes, one
+    (measured on the 2-core VM: one thread beat two under load, two beat one idle)."""
+    import os
+    import subprocess
+    import sys
+
+    from conceptvec.unlearning.api import _cpu_busy, default_threads
+
+    if _cpu_busy() is None:
+        pytest.skip("no /proc/stat here")
+    cores = min(os.cpu_count() or 1, 8)
+    if cores < 2:
+        pytest.skip("one core: nothing to leave")
+    before = torch.get_num_threads()
+    torch.set_num_threads(cores)
+    spin = "import time\nt = time.time()\nwhile time.time() - t < 20: pass\n"
+    procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(cores)]
+    try:
+        import time
+
+        time.sleep(0.5)
+        assert default_threads(sample=0.5) == 1
+    finally:
+        for p in procs:
+            p.kill()
+        torch.set_num_threads(before)
+    torch.set_num_threads(1)
+    try:
+        assert default_threads() == 1  # OMP_NUM_THREADS=1 (the grid's shards) is kept
+    finally:
+        torch.set_num_threads(before)

@@ -105,7 +105,11 @@ class AttackInput:
 
         lp = self.forget_logprob(model)
         ans = answer(
-            model, self.probes.questions, chat=self.chat, max_new_tokens=self.config.max_new_tokens
+            model,
+            self.probes.questions,
+            chat=self.chat,
+            max_new_tokens=self.config.max_new_tokens,
+            draft=self.base,  # the base's answers (the references), verified on ``model``
         )
         rouge = text_scores(ans, self.probes.references)["rouge_l"]
         return Recovery(

@@ -44,9 +44,11 @@ from conceptvec.models.arch import spec_for_model_type, text_config
 from conceptvec.models.backends import Target
 from conceptvec.neurons import NeuronId
 from conceptvec.qa import (
-    answer,
     answer_logprobs,
     answer_logprobs_many,
+    answer_many,
+    answer_scored,
+    answer_sets,
     prompt_texts,
     text_scores,
     use_chat,
@@ -132,15 +134,18 @@ def base_probes(
     *,
     max_new_tokens: int,
     chat: bool | None,
+    memo: dict | None = None,
 ) -> ConceptProbes:
-    """Ask the base model every probe once; its answers become the references."""
+    """Ask the base model every probe once; its answers become the references.
+
+    ``memo``: scores already taken of this model, by prompt and answer (see
+    :func:`rows_once`): concepts whose probes share questions score them once."""
     is_chat = use_chat(base, chat)
-    refs = answer(base, questions, chat=is_chat, max_new_tokens=max_new_tokens)
-    urefs = (
-        answer(base, unrelated, chat=is_chat, max_new_tokens=max_new_tokens) if unrelated else []
-    )
-    crefs = (
-        answer(base, completions, raw=True, max_new_tokens=max_new_tokens) if completions else []
+    refs, urefs, crefs = answer_sets(  # generated together: one batch, not three
+        base,
+        [(questions, False), (unrelated, False), (completions, True)],
+        chat=is_chat,
+        max_new_tokens=max_new_tokens,
     )
     probes = ConceptProbes(
         list(questions),
@@ -154,9 +159,43 @@ def base_probes(
     )
     probes.base = {}
     for name, qs, rs, raw in _sides(probes):
-        lps = answer_logprobs(base, qs, rs, chat=is_chat, raw=raw)
+        lps = _logprobs(base, qs, rs, is_chat, raw, memo)
         probes.base[name] = Probe(_mean(lps), 1.0, 1.0, rs, per_question=list(lps))
     return probes
+
+
+def rows_once(memo: dict | None, keys: list, compute: Callable[[list[int]], list]) -> list:
+    """Return the value of each of ``keys``: from ``memo`` where it holds one, else from
+    ``compute(indices)`` (the values of those rows, in that order), each distinct key once,
+    and kept in ``memo``. ``memo=None`` computes every row.
+
+    An evaluation keeps one memo per model: the unrelated questions of one concept are the
+    questions of others, so over the ten dev concepts each model scores about a sixth of
+    the rows it would score concept by concept. A row's value is the same quantity wherever
+    it was computed (its batch neighbours change only the last bits of a float)."""
+    if memo is None:
+        return compute(list(range(len(keys))))
+    first: dict = {}
+    for i, k in enumerate(keys):
+        if k not in memo and k not in first:
+            first[k] = i
+    if first:
+        for k, v in zip(first, compute(list(first.values()))):
+            memo[k] = v
+    return [memo[k] for k in keys]
+
+
+def _logprobs(
+    model: Target, qs: list[str], rs: list[str], chat: bool, raw: bool, memo: dict | None
+) -> list[float]:
+    keys = [("logprob", chat, raw, q, r) for q, r in zip(qs, rs)]
+    return rows_once(
+        memo,
+        keys,
+        lambda idx: answer_logprobs(
+            model, [qs[i] for i in idx], [rs[i] for i in idx], chat=chat, raw=raw
+        ),
+    )
 
 
 def _sides(p: ConceptProbes) -> list[tuple[str, list[str], list[str], bool]]:
@@ -169,17 +208,34 @@ def _sides(p: ConceptProbes) -> list[tuple[str, list[str], list[str], bool]]:
 
 
 def probe_model(
-    model: Target, probes: ConceptProbes, *, max_new_tokens: int, generate: bool = True
+    model: Target,
+    probes: ConceptProbes,
+    *,
+    max_new_tokens: int,
+    generate: bool = True,
+    memo: dict | None = None,
 ) -> dict[str, Probe]:
-    """Return each probe of ``probes`` on ``model``, scored against the base's answers."""
+    """Return each probe of ``probes`` on ``model``, scored against the base's answers (its
+    greedy answers found by verifying the base's as drafts: :func:`conceptvec.qa.answer_scored`)."""
     chat = probes.prompting == "chat"
     out = {}
     for name, qs, refs, raw in _sides(probes):
-        lps = list(answer_logprobs(model, qs, refs, chat=chat, raw=raw))
         if not generate:
+            lps = list(_logprobs(model, qs, refs, chat, raw, memo))
             out[name] = Probe(_mean(lps), per_question=lps)
             continue
-        ans = answer(model, qs, chat=chat, raw=raw, max_new_tokens=max_new_tokens)
+
+        def scored(idx: list[int], qs=qs, refs=refs, raw=raw) -> list[tuple[str, float]]:
+            # one pass scores the base's answers and checks them as drafts of the model's own
+            a, lp = answer_scored(
+                model, [qs[i] for i in idx], [refs[i] for i in idx], chat=chat, raw=raw,
+                max_new_tokens=max_new_tokens,
+            )  # fmt: skip
+            return list(zip(a, lp))
+
+        keys = [("scored", chat, raw, max_new_tokens, q, r) for q, r in zip(qs, refs)]
+        pairs = rows_once(memo, keys, scored)
+        ans, lps = [a for a, _ in pairs], [lp for _, lp in pairs]
         s = text_scores(ans, refs)
         out[name] = Probe(_mean(lps), _mean(s["rouge_l"]), _mean(s["bleu"]), ans, lps)
     return out
@@ -288,23 +344,34 @@ def recovery(
         "zero": lambda n: [clamp(n, 0.0)],
         "restore": lambda n: [replace_weights(n, base.model.neuron_vector(n).clone())],
     }
-    edits_of: dict[str, list[Any]] = {}
+    edits_of = {attack: [make(neuron)] + [make(n) for n in ctrl] for attack, make in kinds.items()}
+    # every edit of the three kinds in one call: the unedited layers below run once
+    every = [e for attack in kinds for e in edits_of[attack]]
+    lps = answer_logprobs_many(unlearned, probes.questions, probes.references, every, chat=chat)
     scores_of: dict[str, list[float]] = {}
-    for attack, make in kinds.items():
-        edits_of[attack] = [make(neuron)] + [make(n) for n in ctrl]
-        lps = answer_logprobs_many(
-            unlearned, probes.questions, probes.references, edits_of[attack], chat=chat
-        )
-        scores_of[attack] = [_mean(lp) for lp in lps]
+    for attack in kinds:
+        scores_of[attack] = [_mean(lp) for lp in lps[: len(edits_of[attack])]]
+        lps = lps[len(edits_of[attack]) :]
     moved = [k for k in kinds if not (k == "restore" and untouched)]  # restore: all 0 then
     floor = noise_floor([s - unlearned_logprob for k in moved for s in scores_of[k][1:]])
+    # the real vector's three edits: the unlearned model's answers verified under each
+    answers = dict(
+        zip(
+            kinds,
+            answer_many(
+                unlearned,
+                probes.questions,
+                [edits_of[a][0] for a in kinds],
+                chat=chat,
+                max_new_tokens=max_new_tokens,
+            ),
+        )
+    )
     for attack in kinds:
-        edits, scores = edits_of[attack], scores_of[attack]
+        scores = scores_of[attack]
         rec = [_recovered(s, unlearned_logprob, base_lp, floor) for s in scores]
         real, others = rec[0], [r for r in rec[1:] if r is not None]
-        ans = answer(
-            unlearned, probes.questions, edits[0], chat=chat, max_new_tokens=max_new_tokens
-        )
+        ans = answers[attack]
         rouge = _mean(text_scores(ans, probes.references)["rouge_l"])
         detail = {
             "clamp": f"{neuron} clamped to its base mean {mean[str(neuron)]:+.3f} over the "

@@ -203,7 +203,7 @@ def intrinsic(
     live = cfg.qa or cfg.trace_activations
     base_target = resolve(b) if live else None
     shared: dict[str, Any] = {}
-    runs = []
+    runs: list[RunEval] = []
     stages = progress_bar(len(models) * len(items), "evaluating concepts", progress and live)
     clock.stop("open")
     others = collateral_concepts(concepts, items, b.dims.n_layers, b.dims.d_mlp)
@@ -244,7 +244,10 @@ def intrinsic(
                 p = _probes(shared, base_target, c, held, cfg)
                 clock.stop("base_qa")
                 ev.base_behaviour = p.base
-                ev.behaviour = probe_model(target, p, max_new_tokens=cfg.max_new_tokens)
+                ev.behaviour = probe_model(  # rows this model scored for another concept: kept
+                    target, p, max_new_tokens=cfg.max_new_tokens,
+                    memo=shared.setdefault(f"rows:run{len(runs)}", {}),
+                )  # fmt: skip
                 clock.stop("qa")
                 inp = AttackInput(
                     base_target, target, u, c, p, ev.behaviour["forget"].logprob, cfg,
@@ -331,7 +334,7 @@ def _probes(
     if key not in shared:
         shared[key] = base_probes(
             base, questions, unrelated, completions, max_new_tokens=cfg.max_new_tokens,
-            chat=cfg.chat,
+            chat=cfg.chat, memo=shared.setdefault("rows:base", {}),
         )  # fmt: skip
     return shared[key]
 

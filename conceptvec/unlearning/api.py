@@ -54,8 +54,45 @@ from .output import (
 from .scope import Scope, apply_scope, column_weight, parse_scope, trainable_values
 
 DEFAULT_THREADS = 1
-"""Torch threads for training when ``threads`` is not given: on this project's loaded
-2-core machine one thread ran a training step faster than two (see docs/unlearning.md)."""
+"""Torch threads for training when ``threads`` is not given and the cores are busy with
+other jobs (:func:`default_threads`): on this project's loaded 2-core machine one thread
+ran a training step faster than two (see docs/unlearning.md)."""
+
+
+def default_threads(sample: float = 0.25) -> int:
+    """Return the torch threads a run uses when ``threads`` is not given: torch's own count
+    (every core, or ``OMP_NUM_THREADS``) less the cores other processes kept busy over the
+    last ``sample`` seconds (``/proc/stat``), at least :data:`DEFAULT_THREADS`.
+
+    Measured on the 2-core VM (benchmarks/RESULTS.md, "Training"): idle, two threads ran a
+    bf16-mixed GD step of SmolLM2 2.4x faster than one; beside other jobs, one thread beat
+    two (docs/unlearning.md, "Threads"). Where ``/proc/stat`` cannot be read, torch's count.
+    """
+    threads = torch.get_num_threads()
+    before = _cpu_busy()
+    if threads <= DEFAULT_THREADS or before is None:
+        return threads
+    time.sleep(sample)
+    after = _cpu_busy()
+    if after is None:
+        return threads
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    others = ((after[0] - before[0]) - (after[1] - before[1])) / ticks / sample
+    return max(DEFAULT_THREADS, min(threads, round((os.cpu_count() or 1) - max(others, 0.0))))
+
+
+def _cpu_busy() -> tuple[int, int] | None:
+    """Return (busy clock ticks of all CPUs, busy ticks of this process), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat", encoding="ascii") as f:
+            own = f.read().rpartition(")")[2].split()
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields[:8]) - idle, int(own[11]) + int(own[12])  # utime + stime
+
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +245,7 @@ def unlearn(
     base, hf, tok = trainable_module(model)
     n_layers = base.dims.n_layers
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or min(DEFAULT_THREADS, old_threads))
+    torch.set_num_threads(threads or default_threads())
     try:
         target = resolve(hf, tok)
 
