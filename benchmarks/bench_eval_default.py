@@ -41,6 +41,7 @@ from unittest import mock
 
 import torch
 from bench_activation_atlas import cpu_model, load_average
+from benchio import emit
 
 import conceptvec as cv
 from conceptvec import answer_cache, qa
@@ -70,18 +71,18 @@ def ours(args: argparse.Namespace, names: list[str] | None) -> tuple[dict, Any]:
     return {**since(t), "timings": {k: round(v, 2) for k, v in rep.timings.items()}}, rep
 
 
-def probes_of(item: Any, c: Any) -> list[tuple[str, list[str], list[str], bool]]:
-    """(side, prompts, the base's answers, raw) of concept ``item`` as report entry ``c``
-    ran it (the CLI's defaults: every question, the first half of each text completion)."""
+def probes_of(item: Any, c: dict) -> list[tuple[str, list[str], list[str], bool]]:
+    """(side, prompts, the base's answers, raw) of concept ``item`` as report entry ``c`` (a
+    report's JSON) ran it (the CLI's defaults: every question, each completion's first half)."""
     prompts = {
         "forget": item.qa,
         "retain": item.unrelated_qa,
         "completion": [tc.first_half for tc in item.completions],
     }
     return [
-        (side, list(prompts[side]), p.answers, side == "completion")
-        for side, p in c.base_behaviour.items()
-        if p.answers
+        (side, list(prompts[side]), p["base"]["answers"], side == "completion")
+        for side, p in c["behaviour"].items()
+        if p["base"]["answers"]
     ]
 
 
@@ -89,8 +90,8 @@ def naive(args: argparse.Namespace, rep: Any) -> dict:
     """One generate / one forward per probe, as a researcher's own script does it."""
     base, unl = cv.load(args.base, quiet=True), cv.load(args.unlearned, quiet=True)
     tb, tu = resolve(base), resolve(unl)
-    c = rep.runs[0].concepts[0]
-    item = eval_concepts(args.concepts, None, [c.concept])[0]
+    c = rep["runs"][0]["concepts"][0]
+    item = eval_concepts(args.concepts, None, [c["concept"]])[0]
     tok = tb.tokenizer
     t = clock()
     logp: dict[str, list[float]] = {}
@@ -134,24 +135,34 @@ def naive(args: argparse.Namespace, rep: Any) -> dict:
                     for row in rows:
                         one_answer(tu, row)
     out = since(t)
-    ours_lp = c.behaviour["forget"].per_question
+    ours_lp = c["behaviour"]["forget"]["unlearned"]["per_question"]
     out["max_logp_difference_vs_ours"] = max(
         abs(a - b) for a, b in zip(logp["unlearned:forget"], ours_lp)
     )
     return out
 
 
-def floor(args: argparse.Namespace, rep: Any, names: list[str] | None) -> dict:
-    """Batched forward passes over every probe + reference and the concept text, both models."""
+def floor(args: argparse.Namespace, rep: dict) -> dict:
+    """Batched forward passes, base and unlearned, over every distinct probe + reference
+    (a row that several concepts share is read once, as the evaluation reads it) and over
+    each concept's text."""
     base, unl = cv.load(args.base, quiet=True), cv.load(args.unlearned, quiet=True)
     tb, tu = resolve(base), resolve(unl)
-    items = {i.name: i for i in eval_concepts(args.concepts, None, names)}
+    concepts = rep["runs"][0]["concepts"]
+    items = {
+        i.name: i for i in eval_concepts(args.concepts, None, [c["concept"] for c in concepts])
+    }
+    rows: dict[bool, dict[tuple[str, str], None]] = {False: {}, True: {}}
+    for c in concepts:
+        for _side, prompts, refs, raw in probes_of(items[c["concept"]], c):
+            rows[raw].update(dict.fromkeys(zip(prompts, refs)))
     t = clock()
-    for c in rep.runs[0].concepts:
-        for _side, prompts, refs, raw in probes_of(items[c.concept], c):
+    for raw, pairs in rows.items():
+        if pairs:
             for target in (tb, tu):
-                qa.answer_logprobs(target, prompts, refs, raw=raw)
-        texts = concept_text(items[c.concept].text)
+                qa.answer_logprobs(target, [p for p, _ in pairs], [r for _, r in pairs], raw=raw)
+    for c in concepts:
+        texts = concept_text(items[c["concept"]].text)
         for target in (tb, tu):
             for s in range(0, len(texts), 8):
                 ids = [target.encode(x)[:256] for x in texts[s : s + 8]]
@@ -161,7 +172,7 @@ def floor(args: argparse.Namespace, rep: Any, names: list[str] | None) -> dict:
                     batch[r, : len(x)] = torch.tensor(x)
                 with torch.no_grad():
                     target.hf(input_ids=batch)
-    return since(t)
+    return {**since(t), "distinct_rows": sum(len(p) for p in rows.values())}
 
 
 def main() -> None:
@@ -172,7 +183,19 @@ def main() -> None:
     ap.add_argument("--concept", action="append", help="only these concepts (repeatable)")
     ap.add_argument("--naive", action="store_true", help="time the naive script (1st concept)")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--report", type=Path, help="also write the cold run's report (JSON)")
+    ap.add_argument(
+        "--floor-from", type=Path, metavar="REPORT",
+        help="only (re)measure the floor, from a cold run's --report; update --out",
+    )  # fmt: skip
     args = ap.parse_args()
+    if args.floor_from:
+        out = json.loads(args.out.read_text())
+        out["floor"] = floor(args, json.loads(args.floor_from.read_text()))
+        out["floor_command"] = " ".join(["python", *sys.argv])
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+        print(json.dumps(out["floor"]))
+        return
     names = args.concept
     out: dict[str, Any] = {
         "command": " ".join(["python", *sys.argv]),
@@ -190,14 +213,13 @@ def main() -> None:
         again.to_dict()["runs"]
     )
     out["concepts"] = [c.concept for c in rep.runs[0].concepts]
-    out["floor"] = floor(args, rep, names)
+    if args.report:
+        rep.write_json(args.report, overwrite=True)
+    out["floor"] = floor(args, rep.to_dict())
     if args.naive:
-        out["naive"] = naive(args, rep)
+        out["naive"] = naive(args, rep.to_dict())
     out["load_end"] = load_average()
-    print(json.dumps(out, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1) + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ two backward GEMMs in bf16 at the step's shapes (``bench_training.floor``).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import torch
 from bench_activation_atlas import cpu_model, load_average
 from bench_training import floor
+from benchio import emit
 
 import conceptvec as cv
 from conceptvec.concepts import read_concepts
@@ -64,10 +64,7 @@ def main() -> None:
     out["fp32_over_bf16"] = out["fp32_best"] / out["bf16-mixed_best"]
     out["bf16_over_floor"] = out["bf16-mixed_best"] / out["floor"]
     out["load_end"] = load_average()
-    print(json.dumps(out, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1) + "\n")
+    emit(out, args.out)
 
 
 if __name__ == "__main__":

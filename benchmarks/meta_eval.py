@@ -251,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {a.out} does not exist; run the grid first", file=sys.stderr)
             return 2
         time_block = {"meta-time": blocks.pop("meta-time")}
-        return write_or_check(DOC, blocks, a.check) or write_or_check(RESULTS, time_block, a.check)
+        return write_or_check(DOC, blocks, a.check) or write_or_check(
+            RESULTS, time_block, a.check, shared=True
+        )
     if a.only is not None and a.only < 1:
         print("error: --only must be at least 1", file=sys.stderr)
         return 2

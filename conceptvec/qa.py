@@ -39,6 +39,11 @@ from .scoring import greedy_many, score_and_greedy, score_many
 from .tokens import show
 from .types import ModelSource, Tokenizer
 
+GENERATE_ROWS = 64
+"""Rows per batch where answers that left their draft are generated on
+(:func:`answer_many`, :func:`answer_scored`) and where :func:`answer_sets` generates: a
+decoding step of a small model on a CPU costs little more for 64 rows than for 16."""
+
 PAPER_PROMPT = "Question: {question}\n Answer:"
 """ConceptVectors' QA prompt, used when the model has no chat template."""
 
@@ -197,16 +202,16 @@ def answer_sets(
     *,
     chat: bool | None = None,
     max_new_tokens: int = 32,
-    batch_size: int = 96,
+    batch_size: int = GENERATE_ROWS,
     tokenizer: Any = None,
     strip: bool = True,
 ) -> list[list[str]]:
     """Return :func:`answer` of the unedited model for each ``(prompts, raw)`` of ``sets``,
     all their prompts generated together, in batches of up to ``batch_size`` rows.
 
-    Decoding a small model on a CPU costs about the same per step for 16 rows as for 96
-    (each step reads every weight once), so one batch over the question, unrelated-question
-    and text-completion prompts of a concept takes a fraction of three batched calls."""
+    Decoding a small model on a CPU costs little more per step for 64 rows than for 16
+    (each step reads every weight once), so a concept's question, unrelated-question and
+    text-completion prompts together take a fraction of three calls of 16-row batches."""
     target = resolve(model, tokenizer)
     rows = [_prompt_rows(target, list(p), chat, raw) if p else [] for p, raw in sets]
     made = _generate_rows(
@@ -353,12 +358,14 @@ def _verified(
                 made[k][i] = out
                 if not done:
                     more[k].append(i)
+    # decoding reads every weight once a step whatever the rows: generate in wide batches
+    wide = max(batch_size, GENERATE_ROWS)
     together = _side_by_side(edits, more)
     if together:  # activation edits: their rows generated on in shared batches
-        _continue(target, rows, made, together, edits, stops, max_new_tokens, batch_size)
+        _continue(target, rows, made, together, edits, stops, max_new_tokens, wide)
     for k in range(len(edits)):
         if more[k] and k not in together:
-            _continue(target, rows, made, [k], edits, stops, max_new_tokens, batch_size)
+            _continue(target, rows, made, [k], edits, stops, max_new_tokens, wide)
     return made
 
 
@@ -588,9 +595,8 @@ def answer_scored(
     def run(todo: list[int]) -> list[list[int]]:
         """The answers of rows ``todo``: each settled draft, generated on where unfinished."""
         mine = [[list(made[i]) for i in todo]]
-        _continue(
-            target, [heads[i] for i in todo], mine, [0], [[]], stops, max_new_tokens, batch_size
-        )
+        wide = max(batch_size, GENERATE_ROWS)
+        _continue(target, [heads[i] for i in todo], mine, [0], [[]], stops, max_new_tokens, wide)
         return mine[0]
 
     if cache:

@@ -14,6 +14,7 @@ Backends that do not run the ``transformers`` module with plain torch hooks
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -121,11 +122,35 @@ def _each_variant(
         hidden = _run(target, ids, (), record=outputs if keep > 0 else None, upto=keep)
         for k in plain:
             out[k] = reduce(hidden)
+        done: dict[tuple, int] = {}  # a variant that repeats an earlier one is not rerun
         for k, v in enumerate(variants):
-            if k not in out:
-                skip = {i: outputs[i] for i in range(first[k])}
-                out[k] = reduce(_run(target, ids, v, skip=skip))
+            if k in out:
+                continue
+            key = _identity(v)
+            if key is not None and key in done:
+                out[k] = copy.deepcopy(out[done[key]])
+                continue
+            skip = {i: outputs[i] for i in range(first[k])}
+            out[k] = reduce(_run(target, ids, v, skip=skip))
+            if key is not None:
+                done[key] = k
     return [out[k] for k in range(len(variants))]
+
+
+def _identity(edits: Edits) -> tuple | None:
+    """Return what makes edit set ``edits`` compute what it computes (two sets with the same
+    identity give bit-identical outputs), or None where that cannot be told from its fields
+    (a steering vector, a patch or a weight replacement carry tensors). Random-neuron
+    controls of knockouts in one layer often repeat: the same seed draws the same neurons."""
+    out: list[tuple] = []
+    for e in flatten(edits):
+        if isinstance(e, NeuronEdit):
+            out.append(("neuron", str(e.neuron), e.op, float(e.value), str(e.positions)))
+        elif isinstance(e, WeightEdit) and e.vector is None:
+            out.append(("weight", str(e.neuron), e.matrix, e.op, e.std, e.relative, e.seed))
+        else:
+            return None
+    return tuple(out)
 
 
 def _run(

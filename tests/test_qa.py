@@ -342,3 +342,36 @@ def test_answer_sets_equals_answer_per_set(tiny):
     got = qa.answer_sets(model, sets, max_new_tokens=7, batch_size=4)
     want = [qa.answer(model, p, raw=raw, max_new_tokens=7) if p else [] for p, raw in sets]
     assert got == want
+
+
+def test_repeated_variants_are_scored_once_with_the_same_numbers(tiny, monkeypatch):
+    """Knockouts of one layer draw the same control neurons: a variant equal to an earlier
+    one (same edits, field by field) is not run again, and scores as it would alone."""
+    from conceptvec import scoring
+    from conceptvec.models.backends import resolve
+
+    model, _hf, _tok = tiny
+    target = resolve(model)
+    ids = torch.tensor([[5, 9, 12, 30, 7, 3], [8, 2, 11, 4, 0, 0]])
+    spans = [(2, [30, 7, 3]), (1, [11, 4])]
+    variants = [
+        cv.zero("L2.7"),
+        cv.noise("L1.5", 0.5, seed=1),
+        cv.zero("L2.7"),  # repeats the first
+        cv.noise("L1.5", 0.5, seed=2),  # another seed: another variant
+        cv.noise("L1.5", 0.5, seed=1),  # repeats the second
+        cv.clamp("L2.7", 0.5),
+    ]
+    runs: list[int] = []
+    real = scoring._run
+
+    def counted(*a, **k):
+        runs.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(scoring, "_run", counted)
+    together = scoring.score_many(target, ids, spans, variants)
+    assert len(runs) == 1 + 4  # the unedited pass, then four distinct variants
+    alone = [scoring.score_many(target, ids, spans, [v])[0] for v in variants]
+    assert together == alone
+    assert together[1] != together[3]

@@ -30,3 +30,16 @@ def test_amx_training_table_holds_the_benchmark_numbers():
         assert label + cells in text, label + cells
     ratio = r["naive_over_ours_cpu"]
     assert f"bf16-mixed gets **{ratio:.1f}x** (CPU seconds)" in text
+
+
+def test_idle_science_loop_tables_are_the_scripts_output():
+    """RESULTS.md's tables of the idle-VM run (training, the log p check, relearning,
+    evaluation, concepts build) are what science_loop_tables.py makes of their JSONs."""
+    import subprocess
+    import sys
+
+    script = ROOT / "benchmarks" / "science_loop_tables.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

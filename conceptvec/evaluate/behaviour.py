@@ -169,10 +169,10 @@ def rows_once(memo: dict | None, keys: list, compute: Callable[[list[int]], list
     ``compute(indices)`` (the values of those rows, in that order), each distinct key once,
     and kept in ``memo``. ``memo=None`` computes every row.
 
-    An evaluation keeps one memo per model: the unrelated questions of one concept are the
-    questions of others, so over the ten dev concepts each model scores about a sixth of
-    the rows it would score concept by concept. A row's value is the same quantity wherever
-    it was computed (its batch neighbours change only the last bits of a float)."""
+    An evaluation keeps one memo per model: ConceptVectors draws a concept's unrelated
+    questions from other concepts' questions, so concepts evaluated together share rows,
+    and each is scored once. A row's value is the same quantity wherever it was computed
+    (its batch neighbours change only the last bits of a float)."""
     if memo is None:
         return compute(list(range(len(keys))))
     first: dict = {}

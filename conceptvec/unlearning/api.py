@@ -59,7 +59,7 @@ other jobs (:func:`default_threads`): on this project's loaded 2-core machine on
 ran a training step faster than two (see docs/unlearning.md)."""
 
 
-def default_threads(sample: float = 0.25) -> int:
+def default_threads(sample: float = 0.1) -> int:
     """Return the torch threads a run uses when ``threads`` is not given: torch's own count
     (every core, or ``OMP_NUM_THREADS``) less the cores other processes kept busy over the
     last ``sample`` seconds (``/proc/stat``), at least :data:`DEFAULT_THREADS`.
