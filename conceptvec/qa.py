@@ -197,13 +197,13 @@ def _drafted_rows(
 
 
 def answer_sets(
-    model: Any,
+    model: ModelSource,
     sets: Sequence[tuple[Sequence[str], bool]],
     *,
     chat: bool | None = None,
     max_new_tokens: int = 32,
     batch_size: int = GENERATE_ROWS,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     strip: bool = True,
 ) -> list[list[str]]:
     """Return :func:`answer` of the unedited model for each ``(prompts, raw)`` of ``sets``,
@@ -540,7 +540,7 @@ def answer_logprobs_many(
 
 
 def answer_scored(
-    model: Any,
+    model: ModelSource,
     prompts: Sequence[str],
     references: Sequence[str],
     *,
@@ -548,7 +548,7 @@ def answer_scored(
     raw: bool = False,
     max_new_tokens: int = 32,
     batch_size: int = 16,
-    tokenizer: Any = None,
+    tokenizer: Tokenizer | None = None,
     strip: bool = True,
     cache: bool = True,
 ) -> tuple[list[str], list[float]]:
