@@ -17,13 +17,12 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench_activation_atlas import cpu_model, load_average
-from benchio import emit
+from benchio import command, emit
 
 from conceptvec.data import concepts_file
 from conceptvec.models.disk_cache import cache_root
@@ -38,7 +37,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     out: dict = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": command(),
         "cpu": cpu_model(),
         "load_start": load_average(),
     }

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from unittest import mock
 
 import torch
 from bench_activation_atlas import cpu_model, load_average
-from benchio import emit
+from benchio import command, emit
 
 import conceptvec as cv
 from conceptvec import answer_cache, qa
@@ -165,11 +164,7 @@ def floor(args: argparse.Namespace, rep: dict) -> dict:
         texts = concept_text(items[c["concept"]].text)
         for target in (tb, tu):
             for s in range(0, len(texts), 8):
-                ids = [target.encode(x)[:256] for x in texts[s : s + 8]]
-                width = max(len(x) for x in ids)
-                batch = torch.zeros((len(ids), width), dtype=torch.long)
-                for r, x in enumerate(ids):
-                    batch[r, : len(x)] = torch.tensor(x)
+                batch = qa._right_pad([target.encode(x)[:256] for x in texts[s : s + 8]], 0)
                 with torch.no_grad():
                     target.hf(input_ids=batch)
     return {**since(t), "distinct_rows": sum(len(p) for p in rows.values())}
@@ -192,13 +187,13 @@ def main() -> None:
     if args.floor_from:
         out = json.loads(args.out.read_text())
         out["floor"] = floor(args, json.loads(args.floor_from.read_text()))
-        out["floor_command"] = " ".join(["python", *sys.argv])
+        out["floor_command"] = command()
         args.out.write_text(json.dumps(out, indent=1) + "\n")
         print(json.dumps(out["floor"]))
         return
     names = args.concept
     out: dict[str, Any] = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": command(),
         "cpu": cpu_model(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

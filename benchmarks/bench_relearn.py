@@ -15,14 +15,13 @@ two backward GEMMs in bf16 at the step's shapes (``bench_training.floor``).
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 from bench_activation_atlas import cpu_model, load_average
 from bench_training import floor
-from benchio import emit
+from benchio import command, emit
 
 import conceptvec as cv
 from conceptvec.concepts import read_concepts
@@ -46,7 +45,7 @@ def main() -> None:
     entries = read_concepts("conceptvectors-dev")
     texts = [e.wikipedia_content for e in entries if e.concept != "Ancient Rome"]
     out: dict = {
-        "command": " ".join(["python", *sys.argv]),
+        "command": command(),
         "cpu": cpu_model(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

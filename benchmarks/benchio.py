@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
+
+
+def command() -> str:
+    """The command line that runs this benchmark, quoted so that it can be pasted again."""
+    return shlex.join(["python", *sys.argv])
 
 
 def emit(result: dict[str, Any], path: Path | None) -> None:

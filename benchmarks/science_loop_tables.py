@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -31,10 +30,8 @@ def _load(name: str) -> dict:
 
 
 def _command(d: dict, key: str = "command") -> str:
-    """The command as it was run (quoting a multi-word concept name again; a scratch
-    ``--report`` file left out)."""
-    cmd = re.sub(r" --report \S+", "", d[key].removeprefix("python "))
-    return cmd.replace("--concept Ancient Rome", '--concept "Ancient Rome"')
+    """The benchmark's recorded command, without the interpreter."""
+    return d[key].removeprefix("python ")
 
 
 def _load_avg(d: dict) -> str:
@@ -50,7 +47,7 @@ def training() -> str:
     lines = []
     for order, d in runs:
         lines.append(
-            f"- threads {order}: `{d['command'].removeprefix('python ')}` ({d['cpu']}, bf16 "
+            f"- threads {order}: `{_command(d)}` ({d['cpu']}, bf16 "
             f"dot products: {'yes' if d['bf16_units'] else 'no'}; {_load_avg(d)})"
         )
     lines += [
@@ -101,7 +98,7 @@ def training_check() -> str:
     d = _load("training-smollm2-cpu-epyc-check.json")
     c = d["check"]
     lines = [
-        f"Command: `{d['command'].removeprefix('python ')}` ({d['cpu']}; {_load_avg(d)}).",
+        f"Command: `{_command(d)}` ({d['cpu']}; {_load_avg(d)}).",
         "",
         "| mean log p per token | base | fp32, 25 steps | bf16-mixed, 25 steps | "
         "bf16 - fp32 | within tolerance |",
@@ -129,7 +126,7 @@ def relearn() -> str:
     runs_b = ", ".join(f"{x:.2f}" for x in d["bf16-mixed"])
     return "\n".join(
         [
-            f"Command: `{d['command'].removeprefix('python ')}` ({d['cpu']}, {d['threads']} "
+            f"Command: `{_command(d)}` ({d['cpu']}, {d['threads']} "
             f"threads; {_load_avg(d)}), {d['batch']}.",
             "",
             "| route | wall s / step (two runs) | best |",
@@ -189,7 +186,7 @@ def evaluation() -> str:
             *_eval_rows(d, naive),
             "",
             (
-                f"The floor was measured by `{d['floor_command'].removeprefix('python ')}`. "
+                f"The floor was measured by `{_command(d, 'floor_command')}`. "
                 if "floor_command" in d
                 else ""
             )
@@ -218,7 +215,7 @@ def evaluation() -> str:
 def concepts() -> str:
     d = _load("concepts-build-ten-smollm2-cpu.json")
     lines = [
-        f"Command: `{d['command'].removeprefix('python ')}`, which runs `{d['build_command']} "
+        f"Command: `{_command(d)}`, which runs `{d['build_command']} "
         f"--candidates 8 --validate 3 --controls 10` ({d['cpu']}; {_load_avg(d)}).",
         "",
         f"{d['concepts']} concepts in {d['wall_s']:.0f} s wall ({d['cpu_s']:.0f} CPU s): "

@@ -238,8 +238,8 @@ def test_answer_many_gives_the_answers_of_one_generation_per_edit(tiny, batch_si
     assert fast[4] != fast[0]
 
 
-def test_answer_many_generates_only_the_rows_that_leave_the_draft(tiny, monkeypatch):
-    model, _hf, _tok = tiny
+def _count_generation(monkeypatch) -> list[int]:
+    """From now on, record the rows of every ``generate`` call that qa makes."""
     calls: list[int] = []
     real = qa.generate_ids
 
@@ -247,8 +247,14 @@ def test_answer_many_generates_only_the_rows_that_leave_the_draft(tiny, monkeypa
         calls.append(ids.shape[0])
         return real(target, ids, *a, **k)
 
-    qa.answer(model, QUESTIONS, max_new_tokens=9)  # the draft, now in the answer cache
     monkeypatch.setattr(qa, "generate_ids", counted)
+    return calls
+
+
+def test_answer_many_generates_only_the_rows_that_leave_the_draft(tiny, monkeypatch):
+    model, _hf, _tok = tiny
+    qa.answer(model, QUESTIONS, max_new_tokens=9)  # the draft, now in the answer cache
+    calls = _count_generation(monkeypatch)
     qa.answer_many(model, QUESTIONS, [cv.scale("L2.7", 1.0)], max_new_tokens=9)
     assert calls == []  # nothing left the draft: no generation at all
     qa.answer_many(model, QUESTIONS, [cv.clamp("L0.3", 40.0)], max_new_tokens=9)
@@ -294,15 +300,8 @@ def test_answer_with_a_draft_model_gives_the_models_own_greedy_answers(tiny, dra
 
 def test_answer_with_a_close_draft_generates_nothing_more(tiny, monkeypatch):
     model, _hf, _tok = tiny
-    calls: list[int] = []
-    real = qa.generate_ids
-
-    def counted(target, ids, *a, **k):
-        calls.append(ids.shape[0])
-        return real(target, ids, *a, **k)
-
     qa.answer(model, QUESTIONS, max_new_tokens=9)  # the draft model's answers, now cached
-    monkeypatch.setattr(qa, "generate_ids", counted)
+    calls = _count_generation(monkeypatch)
     got = qa.answer(model, QUESTIONS, max_new_tokens=9, cache=False, draft=model)
     assert calls == []  # every draft answer stands: verified, not generated
     assert got == qa.answer(model, QUESTIONS, max_new_tokens=9)

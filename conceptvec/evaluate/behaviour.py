@@ -207,6 +207,30 @@ def _sides(p: ConceptProbes) -> list[tuple[str, list[str], list[str], bool]]:
     return out
 
 
+def _answers_scored(
+    model: Target,
+    qs: list[str],
+    rs: list[str],
+    chat: bool,
+    raw: bool,
+    max_new_tokens: int,
+    memo: dict | None,
+) -> tuple[list[str], list[float]]:
+    """(greedy answers, log p of ``rs``) of ``model`` from one pass per batch: the base's
+    answers ``rs`` scored and checked as drafts of the model's own (``answer_scored``)."""
+
+    def compute(idx: list[int]) -> list[tuple[str, float]]:
+        a, lp = answer_scored(
+            model, [qs[i] for i in idx], [rs[i] for i in idx], chat=chat, raw=raw,
+            max_new_tokens=max_new_tokens,
+        )  # fmt: skip
+        return list(zip(a, lp))
+
+    keys = [("scored", chat, raw, max_new_tokens, q, r) for q, r in zip(qs, rs)]
+    pairs = rows_once(memo, keys, compute)
+    return [a for a, _ in pairs], [lp for _, lp in pairs]
+
+
 def probe_model(
     model: Target,
     probes: ConceptProbes,
@@ -225,17 +249,7 @@ def probe_model(
             out[name] = Probe(_mean(lps), per_question=lps)
             continue
 
-        def scored(idx: list[int], qs=qs, refs=refs, raw=raw) -> list[tuple[str, float]]:
-            # one pass scores the base's answers and checks them as drafts of the model's own
-            a, lp = answer_scored(
-                model, [qs[i] for i in idx], [refs[i] for i in idx], chat=chat, raw=raw,
-                max_new_tokens=max_new_tokens,
-            )  # fmt: skip
-            return list(zip(a, lp))
-
-        keys = [("scored", chat, raw, max_new_tokens, q, r) for q, r in zip(qs, refs)]
-        pairs = rows_once(memo, keys, scored)
-        ans, lps = [a for a, _ in pairs], [lp for _, lp in pairs]
+        ans, lps = _answers_scored(model, qs, refs, chat, raw, max_new_tokens, memo)
         s = text_scores(ans, refs)
         out[name] = Probe(_mean(lps), _mean(s["rouge_l"]), _mean(s["bleu"]), ans, lps)
     return out
@@ -347,11 +361,10 @@ def recovery(
     edits_of = {attack: [make(neuron)] + [make(n) for n in ctrl] for attack, make in kinds.items()}
     # every edit of the three kinds in one call: the unedited layers below run once
     every = [e for attack in kinds for e in edits_of[attack]]
-    lps = answer_logprobs_many(unlearned, probes.questions, probes.references, every, chat=chat)
-    scores_of: dict[str, list[float]] = {}
-    for attack in kinds:
-        scores_of[attack] = [_mean(lp) for lp in lps[: len(edits_of[attack])]]
-        lps = lps[len(edits_of[attack]) :]
+    lps = iter(
+        answer_logprobs_many(unlearned, probes.questions, probes.references, every, chat=chat)
+    )
+    scores_of = {attack: [_mean(next(lps)) for _ in edits_of[attack]] for attack in kinds}
     moved = [k for k in kinds if not (k == "restore" and untouched)]  # restore: all 0 then
     floor = noise_floor([s - unlearned_logprob for k in moved for s in scores_of[k][1:]])
     # the real vector's three edits: the unlearned model's answers verified under each
