@@ -295,9 +295,32 @@ def test_compiled_selection_leaves_no_thread_behind(tiny_dir):
     head, fast = _head(model)
     v = _vectors(model, head)
     scores, coef = _fast_scores(v, fast)
+    # enough rows for every thread to take a chunk
+    reps = -(-2 * select_cpu.CHUNK // len(v))
+    scores, coef = scores.repeat(reps, 1), coef.repeat(reps, *[1] * (coef.dim() - 1))
+    started: list[threading.Thread] = []
+    joined: list[threading.Thread] = []
+    real_start, real_join = threading.Thread.start, threading.Thread.join
+
+    def start(thread: threading.Thread) -> None:
+        # only the selection's own helpers: another test's background thread may start one
+        # of its own meanwhile (a ThreadPoolExecutor worker did, once, in CI)
+        if threading.current_thread() is threading.main_thread():
+            started.append(thread)
+        real_start(thread)
+
+    def join(thread: threading.Thread, timeout: float | None = None) -> None:
+        if threading.current_thread() is threading.main_thread():
+            joined.append(thread)
+        real_join(thread, timeout)
+
     before = set(threading.enumerate())
-    select_cpu.select(scores, fast, coef, 5, 5, twopass.SLOPE, twopass.SCALE)
-    assert set(threading.enumerate()) <= before  # (other tests' threads may have ended)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(threading.Thread, "start", start)
+        mp.setattr(threading.Thread, "join", join)
+        select_cpu.select(scores, fast, coef, 5, 5, twopass.SLOPE, twopass.SCALE)
+    assert len(started) == torch.get_num_threads() - 1
+    assert set(started) <= set(joined) and not any(t.is_alive() for t in started)
     assert cli._can_skip_teardown() or any(not t.daemon for t in before - {threading.main_thread()})
 
 
