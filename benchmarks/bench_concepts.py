@@ -18,14 +18,17 @@ One run measures, for one concept of the ConceptVectors dev sample:
 routes interleaved in one process (wall and process CPU seconds each):
 
 - **naive**: the per-edit path the finder used before: one ``evaluate_qa`` per knockout
-  (its controls scored together, its answers generated with the edit);
+  (its controls scored together, its answers generated with the edit), every knockout's
+  controls scored;
 - **ours**: ``build_concepts`` as ``conceptvec concepts build`` runs it (every knockout of
   every candidate scored with one unedited pass per batch, the answers verified against
   the unedited ones);
 - **floor**: the forward passes a build cannot avoid: the unedited model once over the
   activation stage's texts and once over the questions with their reference answers.
 
-Each route's evidence is compared knockout by knockout, and each verdict with the committed
+Each route's evidence is compared knockout by knockout (ours leaves the controls of knockouts
+under ``min_drop`` unscored: those are compared without their control fields), and each
+verdict with the committed
 ``conceptvec/data/smollm2_concepts_dev.json``:
 
     OMP_NUM_THREADS=1 python benchmarks/bench_concepts.py --build "Ancient Rome" Italy \
@@ -36,13 +39,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
 import torch
+from benchio import command, emit
 
 import conceptvec as cv
 from conceptvec import qa
@@ -81,11 +85,37 @@ def _timed(fn):
     return out, time.perf_counter() - w, time.process_time() - c
 
 
-def _per_edit(target, runs, *args):
-    """The finder's knockouts as they ran before: one evaluate_qa per knockout."""
+def _per_edit(target, runs, *args, min_drop=None):  # noqa: ARG001 (the finder passes it)
+    """The finder's knockouts as a script runs them: one evaluate_qa per knockout, every
+    knockout's controls scored (``min_drop`` ignored)."""
     from conceptvec.concepts.validate import knockout
 
     return [knockout(target, n, mode, args[0], mean, *args[1:]) for n, mode, mean in runs]
+
+
+CONTROL_FIELDS = (
+    "drop_percentile",
+    "specificity_percentile",
+    "control_delta_concept",
+    "control_delta_unrelated",
+    "controls_skipped",
+)
+
+
+def _differs(naive: dict, ours: dict) -> bool:
+    """Whether a candidate's evidence differs between the routes, where ours measured it:
+    the knockouts whose controls ours left unscored (a drop under min_drop) are compared
+    without their control fields, and the reasons (which quote them) are not compared."""
+    keys = [k for k in naive if k not in ("knockouts", "reasons")]
+    if any(naive[k] != ours[k] for k in keys) or len(naive["knockouts"]) != len(ours["knockouts"]):
+        return True
+    for a, b in zip(naive["knockouts"], ours["knockouts"]):
+        skip = CONTROL_FIELDS if b.get("controls_skipped") else ("controls_skipped",)
+        if {k: v for k, v in a.items() if k not in skip} != {
+            k: v for k, v in b.items() if k not in skip
+        }:
+            return True
+    return False
 
 
 def _floor(model, entry, settings: dict):
@@ -158,8 +188,12 @@ def build_rows(args) -> dict:
         _, wall, cpu = _timed(_floor(model, entry, settings))
         row["floor"] = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1)}
         a, b = ([c.to_dict() for c in found[r].candidates] for r in ("naive", "ours"))
-        row["same_evidence"] = a == b
-        row["differs"] = [x["neuron"] for x, y in zip(a, b) if x != y]
+        row["differs"] = [x["neuron"] for x, y in zip(a, b) if _differs(x, y)]
+        row["same_evidence"] = not row["differs"]
+        row["controls_skipped"] = sum(
+            bool(k.get("controls_skipped")) for c in b for k in c["knockouts"]
+        )
+        row["knockouts"] = sum(len(c["knockouts"]) for c in b)
         c = committed[name]
         row["committed"] = {"verdict": c.extra.get("verdict"), "vector": f"L{c.layer}.{c.dim}"}
         row["same_verdict_as_committed"] = all(
@@ -184,15 +218,11 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.build:
+        start = os.getloadavg()
         out = build_rows(args)
-        out["machine"] = _machine()
-        out["command"] = "python benchmarks/bench_concepts.py " + " ".join(sys.argv[1:])
-        text = json.dumps(out, indent=2)
-        print(text)
-        if args.out:
-            tmp = Path(args.out + ".tmp")
-            tmp.write_text(text + "\n", encoding="utf-8")
-            tmp.replace(args.out)
+        out["machine"] = {**_machine(), "load_average_at_start": start}
+        out["command"] = command()
+        emit(out, Path(args.out) if args.out else None)
         return
     entry = next(e for e in read_concepts(SAMPLE) if e.concept == args.concept)
     model = cv.load("smollm2-135m", quiet=True)
@@ -237,7 +267,6 @@ def main() -> None:
 
 
 def _machine() -> dict:
-    import os
     import subprocess
 
     model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout

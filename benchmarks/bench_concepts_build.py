@@ -70,6 +70,7 @@ def main() -> None:
         mine = (r.get("verdict"), f"L{r['Layer']}.{r['Dim']}")
         theirs = (c.get("verdict"), f"L{c['Layer']}.{c['Dim']}")
         rows.append({"concept": r["Concept"], "ours": mine, "committed": theirs})
+    out.update(_knockouts_against(records, committed))
     out.update(
         wall_s=round(wall, 1),
         cpu_s=round(cpu, 1),
@@ -80,6 +81,40 @@ def main() -> None:
         load_end=load_average(),
     )
     emit(out, args.out)
+
+
+def _knockouts_against(records: list[dict], committed: dict[str, dict]) -> dict[str, int]:
+    """Count the knockouts (of every validated candidate) whose own numbers equal the
+    committed file's, those whose scored controls equal its controls, and those whose
+    controls this build left unscored (a drop under min_drop)."""
+    n = same = controls_same = skipped = 0
+    for r in records:
+        ours, theirs = _evidence(r), _evidence(committed[r["Concept"]])
+        for neuron, ks in ours.items():
+            for k, c in zip(ks, theirs.get(neuron, [])):
+                n += 1
+                same += (k["delta_concept"], k["delta_unrelated"], k["answers"]) == (
+                    c["delta_concept"],
+                    c["delta_unrelated"],
+                    c["answers"],
+                )
+                if k.get("controls_skipped"):
+                    skipped += 1
+                else:
+                    controls_same += k["control_delta_concept"] == c["control_delta_concept"]
+    return {
+        "knockouts": n,
+        "knockouts_equal": same,
+        "knockouts_controls_scored": n - skipped,
+        "knockouts_controls_equal": controls_same,
+    }
+
+
+def _evidence(row: dict) -> dict[str, list[dict]]:
+    """Each validated candidate's knockouts, by neuron."""
+    cv = row.get("conceptvec") or {}
+    found = [cv.get("vector")] + [o.get("evidence") for o in cv.get("others", [])]
+    return {e["neuron"]: e["knockouts"] for e in found if e and e.get("knockouts")}
 
 
 if __name__ == "__main__":

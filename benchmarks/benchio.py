@@ -20,4 +20,6 @@ def emit(result: dict[str, Any], path: Path | None) -> None:
     print(text)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text + "\n")
+        tmp = path.with_name(path.name + ".tmp")  # never a half-written result
+        tmp.write_text(text + "\n")
+        tmp.replace(path)

@@ -6,8 +6,9 @@ from the committed benchmark JSONs, so every number there comes from a file:
 
 Blocks: ``idle-training`` (bench_training.py, both thread counts), ``idle-training-check``
 (bench_training.py --check-steps), ``idle-relearn`` (bench_relearn.py), ``idle-eval``
-(bench_eval_default.py, one concept and all ten) and ``idle-concepts``
-(bench_concepts_build.py). Each goal of issue 21 is judged here from the numbers.
+(bench_eval_default.py, one concept and all ten), ``idle-eval-weights``
+(bench_eval_weights.py), ``idle-concepts``
+(bench_concepts_build.py) and ``idle-concepts-routes`` (bench_concepts.py --build). Each goal of issue 21 is judged here from the numbers.
 """
 
 from __future__ import annotations
@@ -212,17 +213,54 @@ def evaluation() -> str:
     return "\n".join(lines)
 
 
+def eval_weights() -> str:
+    """bench_eval_weights.py: the weights-only eval as a user runs it."""
+    d = _load("eval-weights-only-smollm2-idle.json")
+    walls = [r["wall_s"] for r in d["runs"]]
+    lines = [
+        f"Command: `{_command(d)}`, which runs `{d['eval_command']}` {len(walls)} times "
+        f"({d['cpu']}; {_load_avg(d)}). Whole command, model loading included:",
+        "",
+        "| run | wall | CPU (user + sys) | report timings |",
+        "|---|---|---|---|",
+    ]
+    for n, r in enumerate(d["runs"], 1):
+        t = ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items())
+        lines.append(f"| {n} | {r['wall_s']:.1f} s | {r['cpu_s']:.1f} s | {t} |")
+    lines += [
+        "",
+        f"Slowest run {max(walls):.1f} s: {'within' if max(walls) <= 30 else 'over'} the 30 s "
+        "goal of weights-only evaluation.",
+    ]
+    return "\n".join(lines)
+
+
 def concepts() -> str:
     d = _load("concepts-build-ten-smollm2-cpu.json")
+    old = _load("concepts-build-ten-smollm2-cpu-before.json")
+    per = d["wall_s_per_concept"]
     lines = [
         f"Command: `{_command(d)}`, which runs `{d['build_command']} "
-        f"--candidates 8 --validate 3 --controls 10` ({d['cpu']}; {_load_avg(d)}).",
+        f"--candidates 8 --validate 3 --controls 10` ({d['cpu']}; {_load_avg(d)}). The earlier "
+        "row is the same command at the last stop, when every knockout got its controls "
+        f"(`--all-controls` now; {_load_avg(old)}).",
         "",
-        f"{d['concepts']} concepts in {d['wall_s']:.0f} s wall ({d['cpu_s']:.0f} CPU s): "
-        f"**{d['wall_s_per_concept']:.0f} s per concept**, "
-        f"{'within' if d['wall_s_per_concept'] <= 60 else 'over'} the 1-minute goal. "
-        f"Verdict and vector equal to the committed file for {d['same_as_committed']} of "
-        f"{d['concepts']}:",
+        "| build | wall | CPU | per concept | verdict and vector as committed |",
+        "|---|---|---|---|---|",
+    ]
+    for label, r in (("every knockout's controls (before)", old), ("default (this stop)", d)):
+        lines.append(
+            f"| {label} | {r['wall_s']:.0f} s | {r['cpu_s']:.0f} s | {r['wall_s_per_concept']:.0f} s "
+            f"| {r['same_as_committed']} of {r['concepts']} |"
+        )
+    lines += [
+        "",
+        f"**{per:.0f} s per concept**, {'within' if per <= 60 else 'over'} the 1-minute goal "
+        f"({old['wall_s'] / d['wall_s']:.2f}x the earlier build). Of the {d['knockouts']} "
+        "knockouts the committed file records, "
+        f"{d['knockouts_equal']} have the same log p changes and answers; "
+        f"{d['knockouts_controls_scored']} had their controls scored (a drop of at least "
+        f"min_drop), with the same control numbers for {d['knockouts_controls_equal']}.",
         "",
         "| concept | this build | committed |",
         "|---|---|---|",
@@ -235,13 +273,42 @@ def concepts() -> str:
     return "\n".join(lines)
 
 
+def concept_routes() -> str:
+    """bench_concepts.py --build: naive, ours and the floor, per concept, in one process."""
+    d = _load("concepts-build-smollm2-cpu-idle.json")
+    m = d["machine"]
+    lines = [
+        f"Command: `{_command(d)}` ({m['cpu']}, {m['torch_threads']} torch threads; load "
+        f"average {m['load_average_at_start'][0]:.2f} at the start, "
+        f"{m['load_average_at_end'][0]:.2f} at the end). Routes interleaved per concept in one "
+        "process; wall / CPU seconds.",
+        "",
+        "| concept | naive | ours | floor | ours vs naive (wall) | ours / floor (wall) "
+        "| evidence where measured | controls left unscored | verdict (committed) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in d["rows"]:
+        n, o, f, c = r["naive"], r["ours"], r["floor"], r["committed"]
+        lines.append(
+            f"| {r['concept']} | {n['wall_s']:.1f} / {n['cpu_s']:.1f} "
+            f"| **{o['wall_s']:.1f} / {o['cpu_s']:.1f}** | {f['wall_s']:.1f} / {f['cpu_s']:.1f} "
+            f"| {n['wall_s'] / o['wall_s']:.2f}x | {o['wall_s'] / f['wall_s']:.1f}x "
+            f"| {'identical' if r['same_evidence'] else 'differs: ' + ', '.join(r['differs'])} "
+            f"| {r['controls_skipped']} of {r['knockouts']} knockouts "
+            f"| {o['verdict']} {o['vector']} ({c['verdict']} {c['vector']}) |"
+        )
+    return "\n".join(lines)
+
+
 def blocks() -> dict[str, str]:
     makers = {
         "idle-training": training,
         "idle-training-check": training_check,
         "idle-relearn": relearn,
         "idle-eval": evaluation,
+        "idle-eval-weights": eval_weights,
         "idle-concepts": concepts,
+        "idle-concepts-routes": concept_routes,
     }
     return {name: make() for name, make in makers.items()}
 

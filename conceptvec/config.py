@@ -294,6 +294,14 @@ class FindConfig(Config):
     controls: int = dataclasses.field(
         default=10, metadata={"help": "Random same-layer control neurons."}
     )
+    all_controls: bool = dataclasses.field(
+        default=False,
+        metadata={
+            "help": "Score the controls of every knockout; by default only knockouts whose "
+            "concept drop reaches min_drop get them (the others cannot count, and their "
+            "percentiles read 'not measured')."
+        },
+    )
     modes: list[str] = dataclasses.field(
         default_factory=lambda: ["zero", "mean", "noise"],  # concepts.validate.MODES
         metadata={

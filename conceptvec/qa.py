@@ -21,7 +21,7 @@ neurons of the same layers, with the percentile of the real change among theirs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -843,12 +843,18 @@ def evaluate_qa_many(
     seed: int = 0,
     batch_size: int = 16,
     tokenizer: Tokenizer | None = None,
+    controls_if: Callable[[QAEvaluation], bool] | None = None,
 ) -> list[QAEvaluation]:
     """Return :func:`evaluate_qa` of each of ``interventions`` (same arguments), with the same
     numbers, computed together: the references and the base scores once, every intervention
     and all their controls teacher-forced in one :func:`answer_logprobs_many` (one unedited
     pass per batch of questions), and the edited answers by :func:`answer_many` (the
     unedited answers verified under each edit; only the rows an edit changes are generated).
+
+    ``controls_if`` scores an intervention's controls only where it returns True for the
+    intervention's evaluation without them (the rest keep ``controls == []``): the
+    interventions are scored first, then the controls of those it picks, with the numbers
+    the controls get when all are scored (a variant's scores do not depend on the others).
     """
     target = resolve(model, tokenizer)
     edits = [flatten(iv) for iv in interventions]
@@ -869,20 +875,32 @@ def evaluate_qa_many(
     questions, refs, base = setup.questions, setup.refs, setup.base
     d_mlp = target.model.dims.d_mlp
     ctrl_edits = [random_controls(e, d_mlp, controls, seed) if e else [] for e in edits]
-    variants = [v for e, c in zip(edits, ctrl_edits) if e for v in (e, *c)]
-    lps = iter(
-        answer_logprobs_many(
+
+    def scored(variants: list[list]) -> list[list[float]]:
+        if not variants:
+            return []
+        return answer_logprobs_many(
             target, questions, refs, variants, chat=chat, raw=raw, batch_size=batch_size
         )
-        if variants
-        else []
-    )
-    edited = [e for e in edits if e]
+
+    edited = [k for k, e in enumerate(edits) if e]
+    if controls_if is not None and controls:
+        # the interventions alone first, then the controls of those controls_if picks
+        own = dict(zip(edited, scored([edits[k] for k in edited])))
+        for k in edited:
+            alone = setup.result(edits[k], QAScores("intervention", own[k]), [], [])
+            if not controls_if(alone):
+                ctrl_edits[k] = []
+        found = iter(scored([v for k in edited for v in ctrl_edits[k]]))
+        lps = {k: [own[k]] + [next(found) for _ in ctrl_edits[k]] for k in edited}
+    else:
+        found = iter(scored([v for k in edited for v in (edits[k], *ctrl_edits[k])]))
+        lps = {k: [next(found) for _ in range(1 + len(ctrl_edits[k]))] for k in edited}
     texts = iter(
         answer_many(
             target,
             questions,
-            edited,
+            [edits[k] for k in edited],
             max_new_tokens=max_new_tokens,
             chat=chat,
             raw=raw,
@@ -892,11 +910,11 @@ def evaluate_qa_many(
         else []
     )
     out = []
-    for e, c in zip(edits, ctrl_edits):
+    for k, (e, c) in enumerate(zip(edits, ctrl_edits)):
         after, ctrls = base, []
         if e:
-            after = QAScores("intervention", next(lps))
-            ctrls = [QAScores(f"control {k}", next(lps)) for k in range(len(c))]
+            after = QAScores("intervention", lps[k][0])
+            ctrls = [QAScores(f"control {j}", lp) for j, lp in enumerate(lps[k][1:])]
             if generate:
                 after.answers = next(texts)
                 _text_scores(after, refs)

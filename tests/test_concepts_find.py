@@ -106,11 +106,18 @@ def test_find_concept_runs_every_stage(tiny):
     for c in r.candidates:
         assert c.verdict in VERDICTS and c.reasons and c.activations is not None
         assert c.weights.side in ("top", "bottom") and len(c.weights.tokens) == 20
+    min_drop = FindThresholds().min_drop
     for c in r.validated:
         assert [k.mode for k in c.knockouts] == ["zero", "mean", "noise"]
         for k in c.knockouts:
-            assert len(k.control_delta_concept) == 3 and k.drop_percentile is not None
+            # the controls of a knockout are scored only when its drop could make it count
+            if -k.delta_concept >= min_drop:
+                assert len(k.control_delta_concept) == 3 and k.drop_percentile is not None
+            else:
+                assert not k.control_delta_concept and k.drop_percentile is None
+                assert "not measured" in (k.controls_skipped or "")
             assert k.specificity == pytest.approx(k.delta_unrelated - k.delta_concept)
+    assert r.settings["all_controls"] is False
     json.dumps(r.to_dict())
     assert "verdict" in str(r) and "<table>" in r._repr_html_() and r.plot().data
     assert set(r.seconds) >= {"tokens", "weights", "activations", "causality"}
@@ -144,6 +151,15 @@ def test_verdict_rules():
         judge(c, t)
         assert c.verdict == want, (want, c.reasons)
         assert c.reasons
+    # a knockout whose controls were not scored: its percentile reads "not measured"
+    unscored = _vector(dc=-0.001, pct=None)
+    unscored.knockouts[0].controls_skipped = "control percentile not measured: short of it"
+    judge(unscored, t)
+    assert unscored.verdict == "not causal" and "control percentile not measured" in str(unscored)
+    assert "drop pct not measured" in str(unscored)
+    none_run = _vector(pct=None)
+    judge(none_run, t)
+    assert none_run.verdict == "not causal" and "no random control was run" in none_run.reasons[0]
     # breadth needs min_named (3) concept and kind tokens: one kind token is no category
     edge = _vector(n_concept=1, n_kind=2)
     judge(edge, t)
@@ -192,6 +208,17 @@ def test_cli_find_and_its_errors(tiny_dir, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     data = json.loads(out)
     assert data["concept"] == "Harry Potter" and len(data["candidates"]) == 3
+    assert data["settings"]["all_controls"] is False
+    code, out, err = run_cli(
+        ["concepts", "find", folder, "Harry Potter", "--qa", str(qa), "--candidates", "2",
+         "--validate", "1", "--controls", "2", "--modes", "zero", "--max-new-tokens", "2",
+         "--all-controls", "--json"], monkeypatch, capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["settings"]["all_controls"] is True
+    ks = [k for c in data["candidates"] for k in c["knockouts"]]
+    assert ks and all(len(k["control_delta_concept"]) == 2 for k in ks)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     for args, msg in [
@@ -424,3 +451,55 @@ def test_batched_knockouts_equal_one_knockout_at_a_time(tiny):
     assert together == alone
     assert len({json.dumps(k["control_delta_concept"]) for k in alone}) == len(runs)
     assert any(k["changed_concept"] for k in alone)  # some answers moved: generation ran
+
+
+def test_knockouts_under_min_drop_leave_their_controls_unscored(tiny, monkeypatch):
+    """With min_drop (the finder's default), only the knockouts whose concept drop reaches
+    it get their controls scored; every number computed is the one the full run gives, and
+    the controls of the others are never run."""
+    from dataclasses import asdict
+
+    from conceptvec import qa
+    from conceptvec.concepts.validate import knockouts
+    from conceptvec.models.backends import resolve
+    from conceptvec.neurons import NeuronId
+
+    target = resolve(tiny)
+    questions = QA + UNRELATED
+    refs = qa.answer(target, questions, max_new_tokens=6)
+    base = qa.QAScores("base", qa.answer_logprobs(target, questions, refs))
+    runs = [
+        (NeuronId.parse(n), mode, mean)
+        for n, mean in (("L2.7", 0.3), ("L1.40", -2.0), ("L0.3", 25.0))
+        for mode in ("zero", "mean", "noise")
+    ]
+    args = ("down", questions, len(QA), refs, 4, 0, False, 6, base)
+    full = knockouts(target, runs, *args)
+    drops = sorted(-k.delta_concept for k in full)
+    min_drop = drops[len(drops) // 2]  # some knockouts reach it, some do not
+    scored: list[int] = []
+    real = qa.answer_logprobs_many
+
+    def counting(*a, **kw):
+        scored.append(len(a[3]))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(qa, "answer_logprobs_many", counting)
+    staged = knockouts(target, runs, *args, min_drop=min_drop)
+    passing = [-k.delta_concept >= min_drop for k in full]
+    assert 0 < sum(passing) < len(runs)
+    assert sum(scored) == len(runs) + 4 * sum(passing)  # the knockouts, then 4 controls each
+    for f, s, p in zip(full, staged, passing):
+        if p:
+            assert asdict(s) == asdict(f)
+        else:
+            assert asdict(s) == {
+                **asdict(f),
+                "drop_percentile": None,
+                "specificity_percentile": None,
+                "control_delta_concept": [],
+                "control_delta_unrelated": [],
+                "controls_skipped": s.controls_skipped,
+            }
+            assert "not measured" in (s.controls_skipped or "")
+            assert f"{s.delta_concept:+.4f}" in (s.controls_skipped or "")

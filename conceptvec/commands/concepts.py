@@ -26,6 +26,7 @@ FIND_OPTIONS: dict[str, dict[str, Any]] = {
     "candidates": {"min": 1},
     "validate": {"min": 0},
     "controls": {"min": 0, "max": 1000},
+    "all_controls": {},
     "modes": {"type": str, "default": "zero,mean,noise"},
     "chat": {"show_default": False},
     "max_new_tokens": {"min": 1, "max": 512},

@@ -399,6 +399,7 @@ def find_concept(
                 is_chat,
                 max_new_tokens,
                 base,
+                min_drop=None if cfg.all_controls else thresholds.min_drop,
             )
             for i, c in enumerate(chosen):
                 c.knockouts.extend(evidence[i * len(modes) : (i + 1) * len(modes)])
@@ -430,6 +431,7 @@ def find_concept(
             candidates=candidates,
             validate=validate,
             controls=controls,
+            all_controls=cfg.all_controls,
             modes=list(modes),
             k=k,
             max_text_tokens=max_text_tokens,

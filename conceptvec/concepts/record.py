@@ -114,6 +114,10 @@ class KnockoutEvidence:
     changed_unrelated: float | None = None
     answers: list[str] = field(default_factory=list)
     """The concept questions' answers after the knockout."""
+    controls_skipped: str | None = None
+    """Why the controls were not scored, where they were not: a knockout whose concept
+    drop is under ``min_drop`` cannot count whatever its percentile (``drop_percentile`` is
+    then None, "not measured")."""
 
 
 @dataclass
@@ -175,8 +179,9 @@ class ConceptVector(Result):
                 f"{a.mean_unrelated:+.3f} unrelated, AUROC {a.auroc:.3f}"
             )
         for k in self.knockouts:
-            pct = "-" if k.drop_percentile is None else f"{k.drop_percentile:.0f}"
-            spct = "-" if k.specificity_percentile is None else f"{k.specificity_percentile:.0f}"
+            unrun = "not measured" if k.controls_skipped else "-"
+            pct = unrun if k.drop_percentile is None else f"{k.drop_percentile:.0f}"
+            spct = unrun if k.specificity_percentile is None else f"{k.specificity_percentile:.0f}"
             bleu = (
                 ""
                 if k.bleu_concept is None

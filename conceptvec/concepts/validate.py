@@ -116,12 +116,23 @@ def knockouts(
     chat: bool,
     max_new_tokens: int,
     base: QAScores | None,
+    min_drop: float | None = None,
 ) -> list[KnockoutEvidence]:
     """Return the evidence of each knockout ``(neuron, mode, mean value)`` in ``runs``, the
     same as :func:`knockout` gives one by one, computed together by :func:`evaluate_qa_many`:
     one unedited pass per batch of questions shared by every knockout and control, and
-    each knockout's answers verified against the unedited ones instead of generated anew."""
+    each knockout's answers verified against the unedited ones instead of generated anew.
+
+    With ``min_drop``, only the knockouts that lower the concept answers' log p by at least
+    that much get their controls scored: below it no percentile can make a knockout count
+    (:func:`judge`), so the others' percentiles are left unmeasured (None, and
+    ``controls_skipped`` says why). The knockouts' own numbers, and those of the controls
+    that are scored, are the same as with every control scored."""
     edits = [knockout_edit(n, mode, matrix, mean, seed) for n, mode, mean in runs]
+
+    def drops_enough(r: QAEvaluation) -> bool:
+        return min_drop is None or -_delta(r.after, r.base, slice(0, n_concept)) >= min_drop
+
     found = evaluate_qa_many(
         target,
         questions,
@@ -132,11 +143,26 @@ def knockouts(
         controls=controls,
         base=base,
         seed=seed,
+        controls_if=None if min_drop is None else drops_enough,
     )
-    return [
+    out = [
         evidence(mode, e, r, n_concept, references)
         for (_, mode, _), e, r in zip(runs, edits, found)
     ]
+    for k in out:
+        if controls and not k.control_delta_concept:
+            k.controls_skipped = (
+                f"control percentile not measured: concept QA moved {k.delta_concept:+.4f}/"
+                f"token, short of the {min_drop} drop a verdict needs, so its controls were "
+                "not scored"
+            )
+    return out
+
+
+def _delta(after: QAScores, base: QAScores, part: slice) -> float:
+    """Mean change of the log p per token over the questions ``part`` (negative: hurt)."""
+    a, b = after.logprob[part], base.logprob[part]
+    return sum(x - y for x, y in zip(a, b)) / max(len(a), 1)
 
 
 def evidence(
@@ -148,14 +174,9 @@ def evidence(
 ) -> KnockoutEvidence:
     """Return a knockout's evidence from its QA evaluation (concept questions first)."""
     c, u = slice(0, n_concept), slice(n_concept, None)
-
-    def delta(scores: QAScores, part: slice) -> float:
-        after, base = scores.logprob[part], r.base.logprob[part]
-        return sum(a - b for a, b in zip(after, base)) / max(len(after), 1)
-
-    dc, du = delta(r.after, c), delta(r.after, u)
-    cdc = [delta(s, c) for s in r.controls]
-    cdu = [delta(s, u) for s in r.controls]
+    dc, du = _delta(r.after, r.base, c), _delta(r.after, r.base, u)
+    cdc = [_delta(s, r.base, c) for s in r.controls]
+    cdu = [_delta(s, r.base, u) for s in r.controls]
 
     def mean(xs: list[float] | None) -> float | None:
         return None if xs is None else sum(xs) / max(len(xs), 1)
@@ -198,10 +219,15 @@ def judge(c: ConceptVector, t: FindThresholds) -> None:
     ]
     best = decisive(c)
     assert best is not None  # c.knockouts is not empty
+    against = (
+        "no random control was run"
+        if best.drop_percentile is None
+        else f"drop beats {best.drop_percentile:.0f}% of {len(best.control_delta_concept)} "
+        "random same-layer controls"
+    )
     shown = (
         f"{best.mode} moved concept QA log p by {best.delta_concept:+.4f}/token and unrelated "
-        f"by {best.delta_unrelated:+.4f} (drop beats {best.drop_percentile:.0f}% of "
-        f"{len(best.control_delta_concept)} random same-layer controls)"
+        f"by {best.delta_unrelated:+.4f} ({best.controls_skipped or against})"
     )
     w = c.weights
     named = w.n_concept + w.n_kind
