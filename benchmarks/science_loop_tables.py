@@ -4,11 +4,12 @@ from the committed benchmark JSONs, so every number there comes from a file:
     python benchmarks/science_loop_tables.py            # rewrite the generated blocks
     python benchmarks/science_loop_tables.py --check    # exit 1 when RESULTS.md differs
 
-Blocks: ``idle-training`` (bench_training.py, both thread counts), ``idle-training-check``
-(bench_training.py --check-steps), ``idle-relearn`` (bench_relearn.py), ``idle-eval``
-(bench_eval_default.py, one concept and all ten), ``idle-eval-weights``
-(bench_eval_weights.py), ``idle-concepts``
-(bench_concepts_build.py) and ``idle-concepts-routes`` (bench_concepts.py --build). Each goal of issue 21 is judged here from the numbers.
+Blocks: ``idle-summary`` (the goals, judged from the files below), ``idle-training``
+(bench_training.py, both thread counts), ``idle-training-check`` (bench_training.py
+--check-steps), ``idle-relearn`` (bench_relearn.py), ``idle-eval`` (bench_eval_default.py,
+one concept and all ten), ``idle-eval-weights`` (bench_eval_weights.py), ``idle-concepts``
+(bench_concepts_build.py) and ``idle-concepts-routes`` (bench_concepts.py --build). Each
+goal of issue 21 is judged here from the numbers.
 """
 
 from __future__ import annotations
@@ -300,8 +301,61 @@ def concept_routes() -> str:
     return "\n".join(lines)
 
 
+def summary() -> str:
+    """Issue 21's goals, each judged from its JSON."""
+    train = [
+        r
+        for name in (
+            "training-smollm2-cpu-epyc-idle-1then2.json",
+            "training-smollm2-cpu-epyc-idle.json",
+        )
+        for r in _load(name)["rows"]
+        if r["threads"] == 2
+    ]
+    check = _load("training-smollm2-cpu-epyc-check.json")["check"]["verdict"]
+    build = _load("concepts-build-ten-smollm2-cpu.json")
+    one = _load("eval-default-smollm2-cpu-rome.json")["ours_cold"]["wall"]
+    weights = max(r["wall_s"] for r in _load("eval-weights-only-smollm2-idle.json")["runs"])
+    speed = min(r["naive_over_ours_wall"] for r in train)
+    floor = max(r["ours_over_floor_wall"] for r in train)
+    logp = all(v["ok"] for v in check.values())
+    per = build["wall_s_per_concept"]
+
+    def met(ok: bool) -> str:
+        return "**met**" if ok else "**not met**"
+
+    rows = [
+        (
+            "training at least 3x the plain fp32 loop, at most 2x the floor, matching log p",
+            f"{speed:.2f}x the loop and {floor:.2f}x the floor at worst (2 threads); log p "
+            f"check {'passed' if logp else 'failed'}",
+            met(speed >= 3 and floor <= 2 and logp),
+        ),
+        (
+            "a concept builds in at most 1 minute",
+            f"{per:.0f} s a concept over the ten dev concepts, "
+            f"{build['same_as_committed']} of {build['concepts']} verdicts as committed",
+            met(per <= 60 and build["same_as_committed"] == build["concepts"]),
+        ),
+        (
+            "default `eval` of one pair in at most 3 minutes",
+            f"{one:.0f} s cold (the checkpoint's concept)",
+            met(one <= 180),
+        ),
+        (
+            "weights-only `eval` under 30 s",
+            f"{weights:.1f} s at worst of 3 runs",
+            met(weights < 30),
+        ),
+    ]
+    lines = ["| goal (issue 21) | measured below | |", "|---|---|---|"]
+    lines += [f"| {g} | {m} | {v} |" for g, m, v in rows]
+    return "\n".join(lines)
+
+
 def blocks() -> dict[str, str]:
     makers = {
+        "idle-summary": summary,
         "idle-training": training,
         "idle-training-check": training_check,
         "idle-relearn": relearn,
