@@ -52,7 +52,9 @@ def main(path: str) -> None:
             num(k and k["delta_unrelated"], "+.4f"),
             num(k and k["bleu_concept"], ".2f"),
             num(k and k["bleu_unrelated"], ".2f"),
-            num(k and k["drop_percentile"], ".0f"),
+            "not measured"
+            if k and k.get("controls_skipped")
+            else num(k and k["drop_percentile"], ".0f"),
             f"**{v['verdict']}**" if v["verdict"] == "concept" else v["verdict"],
         ]
         print("| " + " | ".join(cells) + " |")

@@ -21,6 +21,7 @@ from conceptvec.concepts import (
 )
 from conceptvec.concepts.build import PARTIAL_SUFFIX, build_concepts
 from conceptvec.concepts.tokens import concept_tokens, name_words, spellings
+from conceptvec.concepts.validate import decisive
 from conceptvec.decoding import project, residual_vectors
 from conceptvec.errors import ConceptTokensError
 
@@ -116,6 +117,11 @@ def test_find_concept_runs_every_stage(tiny):
             else:
                 assert not k.control_delta_concept and k.drop_percentile is None
                 assert "not measured" in (k.controls_skipped or "")
+    for row, c in zip(r.table(), r.candidates):
+        k = decisive(c)
+        if k is not None:
+            want = "not measured" if k.controls_skipped else k.drop_percentile
+            assert row["control pct"] == want
             assert k.specificity == pytest.approx(k.delta_unrelated - k.delta_concept)
     assert r.settings["all_controls"] is False
     json.dumps(r.to_dict())

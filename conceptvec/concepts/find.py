@@ -130,7 +130,9 @@ class ConceptSearch(Result):
                     "unrelated BLEU": None
                     if k is None or k.bleu_unrelated is None
                     else round(k.bleu_unrelated, 3),
-                    "control pct": None if k is None else k.drop_percentile,
+                    "control pct": None
+                    if k is None
+                    else ("not measured" if k.controls_skipped else k.drop_percentile),
                     "verdict": c.verdict,
                 }
             )
