@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from bench_activation_atlas import cpu_model, load_average
-from benchio import command, emit
+from benchio import command, emit, timed_run
 
 from conceptvec.data import concepts_file
 from conceptvec.models.disk_cache import cache_root
@@ -56,13 +53,9 @@ def main() -> None:
         out["build_command"] = " ".join(
             cmd[:4] + ["--from", "conceptvectors-dev", "--out", "ours.json"]
         )
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True, env={**os.environ, "CONCEPTVEC_CACHE": str(cache)})
-        wall = time.perf_counter() - t
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        env = {**os.environ, "CONCEPTVEC_CACHE": str(cache)}
+        wall, cpu, _ = timed_run(cmd, check=True, env=env)
         records = json.loads(built.read_text())
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     committed = {r["Concept"]: r for r in json.loads(COMMITTED.read_text())}
     rows = []
     for r in records:

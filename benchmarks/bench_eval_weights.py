@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from bench_activation_atlas import cpu_model, load_average
-from benchio import command, emit
+from benchio import command, emit, timed_run
 
 
 def main() -> None:
@@ -43,12 +41,7 @@ def main() -> None:
         ]  # fmt: skip
         out["eval_command"] = " ".join(cmd[:-3])
         for _ in range(args.repeat):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t = time.perf_counter()
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            wall = time.perf_counter() - t
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+            wall, cpu, _ = timed_run(cmd, check=True, stdout=subprocess.DEVNULL)
             timings = json.loads(report.read_text())["timings"]
             runs.append(
                 {

@@ -30,14 +30,13 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchio import timed_run
 
 IN_PROCESS = """
 import json, sys, time
@@ -64,14 +63,9 @@ def wall(args: list[str], env: dict) -> tuple[float, float, str]:
     CPU seconds (user + system) depend less on the machine's load than wall seconds do.
     It runs in the cache folder, so that ``PYTHONPATH`` alone says which code is imported.
     """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    done = subprocess.run(
+    seconds, cpu, done = timed_run(
         args, env=env, capture_output=True, text=True, cwd=env["CONCEPTVEC_CACHE"]
     )
-    seconds = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if done.returncode:
         raise RuntimeError(f"{args} failed:\n{done.stderr[-2000:]}")
     return seconds, cpu, done.stdout

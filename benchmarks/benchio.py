@@ -1,12 +1,18 @@
-"""What the benchmarks share for their output: print the result, and write it as JSON."""
+"""What the benchmarks share: their command line, a child process timed, and the result
+printed and written as JSON."""
 
 from __future__ import annotations
 
 import json
+import resource
 import shlex
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from conceptvec.atlas.store import atomic_write
 
 
 def command() -> str:
@@ -20,6 +26,16 @@ def emit(result: dict[str, Any], path: Path | None) -> None:
     print(text)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")  # never a half-written result
-        tmp.write_text(text + "\n")
-        tmp.replace(path)
+        atomic_write(path, (text + "\n").encode())  # never a half-written result
+
+
+def timed_run(args: list[str], **kw: Any) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run ``args`` in a fresh process (``subprocess.run`` keywords ``kw``); return (wall
+    seconds, the child's CPU seconds (user + system), the completed process)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    done = subprocess.run(args, **kw)
+    wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return wall, cpu, done

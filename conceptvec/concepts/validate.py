@@ -10,6 +10,7 @@ turns the evidence into a verdict with the numbers that decided it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from conceptvec.interventions.controls import percentile
@@ -130,8 +131,8 @@ def knockouts(
     that are scored, are the same as with every control scored."""
     edits = [knockout_edit(n, mode, matrix, mean, seed) for n, mode, mean in runs]
 
-    def drops_enough(r: QAEvaluation) -> bool:
-        return min_drop is None or -_delta(r.after, r.base, slice(0, n_concept)) >= min_drop
+    def drops_enough(r: QAEvaluation, limit: float) -> bool:
+        return -_delta(r.after, r.base, slice(0, n_concept)) >= limit
 
     found = evaluate_qa_many(
         target,
@@ -143,7 +144,7 @@ def knockouts(
         controls=controls,
         base=base,
         seed=seed,
-        controls_if=None if min_drop is None else drops_enough,
+        controls_if=None if min_drop is None else partial(drops_enough, limit=min_drop),
     )
     out = [
         evidence(mode, e, r, n_concept, references)
